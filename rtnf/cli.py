@@ -1,0 +1,115 @@
+"""The ``rtnf`` command: ``run``, ``demo`` and ``check``.
+
+Errors the user can fix (a bad config, a busy port, existing outputs) are
+printed as one message with exit code 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+from . import __version__
+
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rtnf", description="Real-time fMRI neurofeedback.")
+    parser.add_argument("--version", action="version", version=f"rtnf {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run a session: watch the export folder, process, publish, record")
+    run.add_argument("config", type=Path, help="session config (TOML)")
+    run.add_argument("--export-dir", type=Path, help="override scanner.export_dir")
+    run.add_argument("--output-dir", type=Path, help="override output.dir")
+    run.add_argument("--publish-address", help="override publish.address")
+    run.add_argument("--overwrite", action="store_true", help="replace earlier outputs of the same run")
+
+    check = sub.add_parser("check", help="validate a session config and print its protocol")
+    check.add_argument("config", type=Path)
+
+    demo = sub.add_parser("demo", help="a complete simulated session on this machine")
+    demo.add_argument("--config", type=Path, default=None, help="session config (default: config/demo_acc.toml)")
+    demo.add_argument("--output-dir", type=Path, default=Path("rtnf-demo"), help="where the demo writes (default: ./rtnf-demo)")
+    demo.add_argument("--speed", type=float, default=2.0, help="simulated scanner speed-up (default 2: a TR of 2 s takes 1 s)")
+    demo.add_argument("--amplitude-pct", type=float, default=1.5, help="true activation in the ROI, percent")
+    demo.add_argument("--noise-pct", type=float, default=1.0, help="voxel noise, percent of brain mean")
+    demo.add_argument("--no-screen", action="store_true", help="run without the PsychoPy feedback screen")
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, object]:
+    out: dict[str, object] = {}
+    if getattr(args, "export_dir", None):
+        out["scanner.export_dir"] = str(args.export_dir.resolve())
+    if getattr(args, "output_dir", None):
+        out["output.dir"] = str(args.output_dir.resolve())
+    if getattr(args, "publish_address", None):
+        out["publish.address"] = args.publish_address
+    return out
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .config import load_config
+    from .record import OutputExistsError
+    from .session import run_session
+
+    cfg = load_config(args.config, _overrides(args))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        result = run_session(cfg, args.config.read_text(encoding="utf-8"), overwrite=args.overwrite, stop=stop)
+    except (OutputExistsError, OSError) as exc:
+        print(f"rtnf run: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(
+        f"run {result.status}: {result.n_processed} volumes processed, {result.n_missing} missing; "
+        f"table: {result.timeseries}"
+    )
+    if result.status != "ended":
+        print(f"reason: {result.reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cmd_check(args: argparse.Namespace) -> int:
+    from .config import load_config
+
+    cfg = load_config(args.config)
+    protocol = cfg.make_protocol()
+    print(f"{args.config}: valid")
+    print(f"  run: {cfg.scanner.n_volumes} volumes ({cfg.scanner.dummy_volumes} dummies) at TR {cfg.scanner.tr_s} s")
+    for seg in protocol.segments():
+        print(f"  volumes {seg.start:4d}-{seg.stop - 1:4d}  {seg.condition}")
+    print(f"  ROIs: {', '.join(cfg.rois)}; feedback from {cfg.feedback.roi}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``rtnf`` console script."""
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .config import ConfigError
+
+    try:
+        if args.command == "run":
+            return _cmd_run(args)
+        if args.command == "check":
+            return _cmd_check(args)
+        from .demo import run_demo
+
+        return run_demo(args)
+    except ConfigError as exc:
+        print(f"rtnf {args.command}: config error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

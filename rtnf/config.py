@@ -1,0 +1,399 @@
+"""Session configuration: TOML files validated when loaded.
+
+:func:`load_config` reads a TOML file, checks every key and value, resolves
+relative paths against the file's folder and checks the cross-references
+(the feedback ROI exists, blocks do not overlap, the protocol fits the run,
+ROIs lie in the field of view of the reference volume). Any problem raises
+:class:`ConfigError` with one message that names the key, the bad value and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .messages import DEFAULT_ADDRESS
+from .protocol import Block, Protocol, ProtocolError
+
+LABEL = r"^[A-Za-z0-9]+$"  # BIDS labels: alphanumeric only
+# TOML has no path type: paths are strings, converted (the only non-strict field).
+FilePath = Annotated[Path, Field(strict=False)]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message says why and what is allowed."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SessionConfig(_Model):
+    """BIDS labels of the run."""
+
+    subject: Annotated[str, Field(pattern=LABEL)]
+    session: Annotated[str, Field(pattern=LABEL)] = "01"
+    task: Annotated[str, Field(pattern=LABEL)] = "nf"
+    run: Annotated[int, Field(ge=1)] = 1
+
+
+class ScannerConfig(_Model):
+    """Where and how the scanner exports volumes."""
+
+    export_dir: FilePath
+    format: Literal["nifti"] = "nifti"
+    tr_s: Annotated[float, Field(gt=0, le=60)]
+    n_volumes: Annotated[int, Field(ge=1)]
+    dummy_volumes: Annotated[int, Field(ge=0)] = 0
+    # The volume number is the named group 'volume'; by default the last
+    # number before the extension, as scanners and converters name files.
+    filename_regex: str = r"(?P<volume>\d+)\.nii(\.gz)?$"
+    first_volume_number: Annotated[int, Field(ge=0)] = 1
+    watch: Literal["inotify", "polling"] = "inotify"
+    poll_interval_s: Annotated[float, Field(gt=0, le=5)] = 0.05
+    missing_timeout_s: Optional[Annotated[float, Field(gt=0)]] = None
+    reference_volume: Optional[FilePath] = None
+
+
+class BlockConfig(_Model):
+    condition: str
+    onset: Annotated[float, Field(ge=0)]
+    duration: Annotated[float, Field(gt=0)]
+
+
+class PatternStep(_Model):
+    condition: str
+    duration: Annotated[float, Field(gt=0)]
+
+
+class PatternConfig(_Model):
+    """A sequence of blocks repeated ``repeat`` times from ``onset``."""
+
+    steps: Annotated[list[PatternStep], Field(min_length=1)]
+    repeat: Annotated[int, Field(ge=1)] = 1
+    onset: Annotated[float, Field(ge=0)] = 0.0
+
+
+class ProtocolConfig(_Model):
+    units: Literal["volumes", "seconds"] = "volumes"
+    baseline: str
+    conditions: Optional[list[str]] = None
+    blocks: list[BlockConfig] = []
+    pattern: Optional[PatternConfig] = None
+    instructions: dict[str, str] = {}
+
+
+class RoiConfig(_Model):
+    """A sphere (``center_mm`` and ``radius_mm``) or a NIfTI ``mask``."""
+
+    center_mm: Optional[Annotated[list[float], Field(min_length=3, max_length=3)]] = None
+    radius_mm: Optional[Annotated[float, Field(gt=0, le=50)]] = None
+    mask: Optional[FilePath] = None
+
+
+class ModelConfig(_Model):
+    hrf: Literal["spm", "spm + derivative", "glover"] = "spm"
+    drift_cutoff_s: Annotated[float, Field(gt=0)] = 128.0
+
+
+class FeedbackConfig(_Model):
+    roi: str
+    kind: Literal["continuous"] = "continuous"
+    # Percent signal change mapped to 0 and 1 on the screen, clipped outside.
+    scale_psc: Annotated[list[float], Field(min_length=2, max_length=2)] = [-1.0, 2.0]
+    min_baseline_volumes: Annotated[int, Field(ge=1)] = 3
+
+
+class PublishConfig(_Model):
+    address: str = DEFAULT_ADDRESS
+    heartbeat_s: Annotated[float, Field(gt=0, le=10)] = 1.0
+
+
+class OutputConfig(_Model):
+    dir: FilePath
+
+
+class Config(_Model):
+    """A whole session configuration (one run)."""
+
+    session: SessionConfig
+    scanner: ScannerConfig
+    protocol: ProtocolConfig
+    rois: Annotated[dict[str, RoiConfig], Field(min_length=1)]
+    model: ModelConfig = ModelConfig()
+    feedback: FeedbackConfig
+    publish: PublishConfig = PublishConfig()
+    output: OutputConfig
+
+    @property
+    def n_kept_volumes(self) -> int:
+        """Volumes after the dummies: the ones the model and feedback see."""
+        return self.scanner.n_volumes - self.scanner.dummy_volumes
+
+    def make_protocol(self) -> Protocol:
+        """Lay the protocol out on the run (see :mod:`rtnf.protocol`)."""
+        return _make_protocol(self)
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Config:
+    """Load and validate a session config.
+
+    Parameters
+    ----------
+    path : str or Path
+        TOML file. Relative paths inside it are relative to its folder.
+    overrides : dict, optional
+        Dotted keys to replace after reading (for example
+        ``{"scanner.export_dir": "/tmp/x"}``), validated like the file.
+
+    Returns
+    -------
+    Config
+
+    Raises
+    ------
+    ConfigError
+        With one message naming the key, the bad value and what is allowed.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    for key, value in (overrides or {}).items():
+        _set_dotted(raw, key, value)
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: " + _format_errors(exc)) from None
+    cfg = _resolve_paths(cfg, path.resolve().parent)
+    try:
+        _check_consistency(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return cfg
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
+    node = raw
+    parts = key.split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+
+
+# ---------------------------------------------------------------- messages
+
+
+def _format_errors(exc: ValidationError) -> str:
+    lines = [_format_error(err) for err in exc.errors()]
+    if len(lines) == 1:
+        return lines[0]
+    return f"{len(lines)} problems:\n  " + "\n  ".join(lines)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    key = _dotted(loc)
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        return f"unknown key '{key}'. Allowed keys here: {', '.join(allowed)}."
+    if err["type"] == "missing":
+        return f"missing key '{key}' (required)."
+    value = err.get("input")
+    shown = f"{value!r} ({type(value).__name__})" if not isinstance(value, dict) else "a table"
+    return f"invalid value for '{key}': {shown}. {err['msg']}."
+
+
+def _unwrap(annotation: Any) -> Any:
+    """Strip Annotated/Optional to reach the model or container type."""
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            args = [a for a in typing.get_args(annotation) if a is not type(None)]
+            annotation = args[0]
+        else:
+            return annotation
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    node: Any = Config
+    for part in loc:
+        node = _unwrap(node)
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            node = node.model_fields[part].annotation
+        elif typing.get_origin(node) in (list, dict):
+            node = typing.get_args(node)[-1]
+    node = _unwrap(node)
+    if typing.get_origin(node) is dict:
+        node = _unwrap(typing.get_args(node)[-1])
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return []
+
+
+# ---------------------------------------------------------------- paths and cross-checks
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    def resolve(p: Path | None) -> Path | None:
+        return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
+
+    scanner = cfg.scanner.model_copy(
+        update={
+            "export_dir": resolve(cfg.scanner.export_dir),
+            "reference_volume": resolve(cfg.scanner.reference_volume),
+        }
+    )
+    rois = {name: roi.model_copy(update={"mask": resolve(roi.mask)}) for name, roi in cfg.rois.items()}
+    output = cfg.output.model_copy(update={"dir": resolve(cfg.output.dir)})
+    return cfg.model_copy(update={"scanner": scanner, "rois": rois, "output": output})
+
+
+def _check_consistency(cfg: Config) -> None:
+    sc = cfg.scanner
+    if sc.dummy_volumes >= sc.n_volumes:
+        raise ConfigError(
+            f"invalid value for 'scanner.dummy_volumes': {sc.dummy_volumes}. "
+            f"Allowed: fewer than scanner.n_volumes ({sc.n_volumes})."
+        )
+    try:
+        pattern = re.compile(sc.filename_regex)
+    except re.error as exc:
+        raise ConfigError(
+            f"invalid value for 'scanner.filename_regex': {sc.filename_regex!r} is not a regular "
+            f"expression ({exc})."
+        ) from None
+    if "volume" not in pattern.groupindex:
+        raise ConfigError(
+            f"invalid value for 'scanner.filename_regex': {sc.filename_regex!r}. "
+            "Allowed: a regular expression with a named group (?P<volume>\\d+)."
+        )
+    if sc.reference_volume is not None and not sc.reference_volume.is_file():
+        raise ConfigError(
+            f"invalid value for 'scanner.reference_volume': file not found: {sc.reference_volume}."
+        )
+    for name, roi in cfg.rois.items():
+        _check_roi(name, roi)
+    if cfg.feedback.roi not in cfg.rois:
+        raise ConfigError(
+            f"invalid value for 'feedback.roi': {cfg.feedback.roi!r}. "
+            f"Allowed: one of the ROIs defined under [rois]: {', '.join(map(repr, cfg.rois))}."
+        )
+    lo, hi = cfg.feedback.scale_psc
+    if not lo < hi:
+        raise ConfigError(
+            f"invalid value for 'feedback.scale_psc': {cfg.feedback.scale_psc}. "
+            "Allowed: [low, high] with low < high (percent signal change)."
+        )
+    if not cfg.publish.address.startswith(("tcp://", "ipc://", "inproc://")):
+        raise ConfigError(
+            f"invalid value for 'publish.address': {cfg.publish.address!r}. "
+            "Allowed: a ZeroMQ address such as 'tcp://127.0.0.1:5555' or 'ipc:///tmp/rtnf'."
+        )
+    _make_protocol(cfg)
+    if sc.reference_volume is not None:
+        # Imported here: nibabel is only needed when a reference is given.
+        from .rois import RoiError, load_grid, make_roi
+
+        grid = load_grid(sc.reference_volume)
+        for name, roi in cfg.rois.items():
+            try:
+                make_roi(name, roi).fit(grid)
+            except RoiError as exc:
+                raise ConfigError(f"{exc} (field of view from scanner.reference_volume)") from None
+
+
+def _check_roi(name: str, roi: RoiConfig) -> None:
+    key = f"rois.{name}"
+    if not re.match(r"^[A-Za-z][A-Za-z0-9]*$", name):
+        raise ConfigError(
+            f"invalid ROI name '{key}'. Allowed: letters and digits, starting with a letter "
+            "(the name becomes part of column names)."
+        )
+    sphere = roi.center_mm is not None or roi.radius_mm is not None
+    if roi.mask is not None and sphere:
+        raise ConfigError(f"'{key}' has both 'mask' and a sphere. Allowed: either 'mask' or 'center_mm' with 'radius_mm'.")
+    if roi.mask is None and (roi.center_mm is None or roi.radius_mm is None):
+        raise ConfigError(
+            f"'{key}' is incomplete. Allowed: 'mask' (a NIfTI file) or both 'center_mm' "
+            "([x, y, z] in scanner RAS mm) and 'radius_mm'."
+        )
+    if roi.mask is not None and not roi.mask.is_file():
+        raise ConfigError(f"invalid value for '{key}.mask': file not found: {roi.mask}.")
+
+
+def _make_protocol(cfg: Config) -> Protocol:
+    pc = cfg.protocol
+    unit = cfg.scanner.tr_s if pc.units == "volumes" else 1.0
+    blocks: list[Block] = []
+    for i, b in enumerate(pc.blocks):
+        blocks.append(Block(b.condition, b.onset * unit, b.duration * unit, f"protocol.blocks[{i}]"))
+    if pc.pattern is not None:
+        t = pc.pattern.onset * unit
+        for r in range(pc.pattern.repeat):
+            for j, step in enumerate(pc.pattern.steps):
+                source = f"protocol.pattern.steps[{j}] (repeat {r + 1})"
+                blocks.append(Block(step.condition, t, step.duration * unit, source))
+                t += step.duration * unit
+    blocks.sort(key=lambda b: b.onset_s)
+    used = list(dict.fromkeys([pc.baseline] + [b.condition for b in blocks]))
+    if pc.conditions is not None:
+        for b in blocks:
+            if b.condition not in pc.conditions:
+                raise ConfigError(
+                    f"invalid condition {b.condition!r} in {b.source}. "
+                    f"Allowed: one of protocol.conditions {pc.conditions}."
+                )
+        if pc.baseline not in pc.conditions:
+            raise ConfigError(
+                f"invalid value for 'protocol.baseline': {pc.baseline!r}. "
+                f"Allowed: one of protocol.conditions {pc.conditions}."
+            )
+        conditions = list(dict.fromkeys([pc.baseline] + pc.conditions))
+    else:
+        conditions = used
+    for cond in pc.instructions:
+        if cond not in conditions:
+            raise ConfigError(
+                f"unknown condition in 'protocol.instructions.{cond}'. Allowed: {conditions}."
+            )
+    if len(conditions) < 2:
+        raise ConfigError(
+            "the protocol has no condition besides the baseline "
+            f"({pc.baseline!r}). Allowed: at least one block of another condition in "
+            "'protocol.blocks' or 'protocol.pattern'."
+        )
+    try:
+        return Protocol(
+            blocks=tuple(blocks),
+            baseline=pc.baseline,
+            conditions=tuple(conditions),
+            tr_s=cfg.scanner.tr_s,
+            n_volumes=cfg.n_kept_volumes,
+        )
+    except ProtocolError as exc:
+        raise ConfigError(str(exc)) from None

@@ -1,0 +1,146 @@
+"""The wire protocol: ZeroMQ multipart messages ``[topic, json]``.
+
+Every message body is a UTF-8 JSON object with a ``schema`` field
+(``"rtnf.<topic>/1"``) and the ``run_id``. Receivers ignore fields they do not
+know. Nothing is ever pickled, and message sizes are bounded.
+
+This module imports only the standard library so that clients (the feedback
+screen, the console, third-party tools) can use it without the processing
+stack.
+
+Topics
+------
+run
+    ``event`` ("start", "end" or "abort"), ``tr_s``, ``n_volumes``,
+    ``dummy_volumes``, ``conditions``, ``baseline``, ``blocks``, ``rois``,
+    ``feedback`` (settings), ``instructions`` (condition -> text), ``t``.
+    While a run is going on the start message is repeated every few seconds
+    with ``"repeat": true`` so that late subscribers learn about the run.
+volume
+    ``index``, ``condition``, ``block``, ``rois`` (name -> raw, clean, psc),
+    ``motion``, ``framewise_displacement``, ``flags`` (missing, censored,
+    late), ``timing`` (the ``t_*`` fields of the timing model), ``file``.
+feedback
+    ``index``, ``condition``, ``value`` (in [0, 1] or null), ``reason``
+    (why the value is null, else null), ``kind`` ("continuous"),
+    ``t_published``.
+heartbeat
+    ``source`` ("rtnf" or "stimulus"), ``state`` ("waiting", "running",
+    "ended"), ``last_index``, ``n_volumes``, ``t``.
+displayed
+    Published by the feedback screen on its own socket: ``index`` (null for
+    screens that show no feedback value), ``value``, ``state``,
+    ``t_received``, ``t_displayed`` (time just after the flip).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+TOPICS: tuple[str, ...] = ("run", "volume", "feedback", "heartbeat", "displayed")
+SCHEMA_VERSION = 1
+MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: far above any real message, bounds hostile input
+DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
+DEFAULT_SCREEN_ADDRESS = "tcp://127.0.0.1:5556"
+
+
+class MessageError(ValueError):
+    """A message that cannot be decoded or does not follow the protocol."""
+
+
+def schema_for(topic: str) -> str:
+    """Return the schema identifier for ``topic`` (for example ``rtnf.volume/1``)."""
+    return f"rtnf.{topic}/{SCHEMA_VERSION}"
+
+
+def _clean_floats(value: Any) -> Any:
+    """Replace non-finite floats by ``None``: JSON has no NaN or Infinity."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _clean_floats(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean_floats(v) for v in value]
+    return value
+
+
+def encode(topic: str, run_id: str, body: dict[str, Any]) -> list[bytes]:
+    """Build the two frames of a message.
+
+    Parameters
+    ----------
+    topic : str
+        One of :data:`TOPICS`.
+    run_id : str
+        Identifier of the run the message belongs to.
+    body : dict
+        The topic's fields. ``schema`` and ``run_id`` are added. Non-finite
+        floats become ``null``.
+
+    Returns
+    -------
+    list of bytes
+        ``[topic, json]`` ready for ``socket.send_multipart``.
+    """
+    if topic not in TOPICS:
+        raise MessageError(
+            f"Invalid value for the 'topic' parameter. Allowed values are {TOPICS}, "
+            f"but got {topic!r} instead."
+        )
+    payload = {"schema": schema_for(topic), "run_id": run_id}
+    payload.update(_clean_floats(body))
+    data = json.dumps(payload, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MessageError(
+            f"{topic} message of {len(data)} bytes exceeds MAX_MESSAGE_BYTES "
+            f"({MAX_MESSAGE_BYTES})."
+        )
+    return [topic.encode("ascii"), data]
+
+
+def decode(frames: list[bytes]) -> tuple[str, dict[str, Any]]:
+    """Check and decode the frames of one received message.
+
+    Parameters
+    ----------
+    frames : list of bytes
+        As returned by ``socket.recv_multipart()``.
+
+    Returns
+    -------
+    topic : str
+    body : dict
+        The decoded JSON object, including ``schema`` and ``run_id``.
+
+    Raises
+    ------
+    MessageError
+        If the message has the wrong number of frames, an unknown topic, is
+        too large, is not a UTF-8 JSON object, or its schema does not match
+        the topic.
+    """
+    if len(frames) != 2:
+        raise MessageError(f"expected 2 frames [topic, json], got {len(frames)}")
+    raw_topic, data = frames
+    try:
+        topic = bytes(raw_topic).decode("ascii")
+    except UnicodeDecodeError as exc:
+        raise MessageError("topic frame is not ASCII") from exc
+    if topic not in TOPICS:
+        raise MessageError(f"unknown topic {topic[:40]!r}; allowed topics are {TOPICS}")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise MessageError(f"{topic} message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    try:
+        body = json.loads(bytes(data).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise MessageError(f"{topic} message is not UTF-8 JSON: {exc}") from exc
+    if not isinstance(body, dict):
+        raise MessageError(f"{topic} message is not a JSON object")
+    schema = body.get("schema")
+    if not isinstance(schema, str) or not schema.startswith(f"rtnf.{topic}/"):
+        raise MessageError(
+            f"{topic} message has schema {schema!r}; expected 'rtnf.{topic}/<version>'"
+        )
+    return topic, body

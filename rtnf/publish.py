@@ -1,0 +1,64 @@
+"""ZeroMQ publisher of the wire protocol (see :mod:`rtnf.messages`).
+
+The socket is created, used and closed by one thread: the pipeline's.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import zmq
+
+from .messages import encode
+
+log = logging.getLogger(__name__)
+
+
+class Publisher:
+    """PUB socket bound at ``address`` that sends ``[topic, json]`` messages.
+
+    Parameters
+    ----------
+    address : str
+        ZeroMQ address to bind, loopback by default (``tcp://127.0.0.1:5555``).
+    run_id : str
+        Added to every message.
+    hwm : int
+        Messages queued per subscriber before ZeroMQ drops new ones for
+        that subscriber: a stuck client never slows the pipeline.
+    """
+
+    def __init__(self, address: str, run_id: str, hwm: int = 1000) -> None:
+        self.address = address
+        self.run_id = run_id
+        self._ctx = zmq.Context()
+        self._sock = self._ctx.socket(zmq.PUB)
+        self._sock.setsockopt(zmq.SNDHWM, hwm)
+        self._sock.setsockopt(zmq.LINGER, 2000)  # let the final messages leave at close
+        try:
+            self._sock.bind(address)
+        except zmq.ZMQError as exc:
+            self._sock.close(linger=0)
+            self._ctx.term()
+            raise OSError(
+                f"cannot bind the publisher to publish.address = {address!r}: {exc}. "
+                "Is another rtnf run using it? Choose a free port."
+            ) from None
+
+    def send(self, topic: str, body: dict[str, Any]) -> None:
+        """Encode and send one message (never blocks)."""
+        self._sock.send_multipart(encode(topic, self.run_id, body), flags=zmq.NOBLOCK)
+
+    def heartbeat(self, state: str, last_index: int | None, n_volumes: int) -> None:
+        """Send a heartbeat with the run state and the last processed index."""
+        self.send(
+            "heartbeat",
+            {"source": "rtnf", "state": state, "last_index": last_index, "n_volumes": n_volumes, "t": time.time()},
+        )
+
+    def close(self) -> None:
+        """Flush (up to the linger time) and close."""
+        self._sock.close()
+        self._ctx.term()

@@ -1,0 +1,262 @@
+"""Recording of a run as BIDS derivatives, written as the run goes.
+
+``<output_dir>/sub-<s>/ses-<s>/func/sub-<s>_ses-<s>_task-<t>_run-<n>_<suffix>``:
+
+- ``desc-rtnf_timeseries.tsv`` and ``.json``: one row per kept volume,
+  appended and flushed as each volume completes; the sidecar describes
+  every column;
+- ``events.tsv``: the protocol;
+- ``desc-rtnf_config.toml``: the session config as given;
+- ``desc-rtnf_provenance.json``: run id, times, software versions;
+- ``desc-rtnf_log.tsv``: warnings and notable events, flushed per line.
+
+A crash loses at most the volume in flight: rows are flushed to the
+operating system as they are written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any, TextIO
+
+from .config import Config
+from .protocol import Protocol
+
+TIMING_FIELDS = ("t_acquired", "t_detected", "t_read", "t_preprocessed", "t_modelled", "t_published")
+NA = "n/a"
+
+
+def bids_prefix(cfg: Config) -> str:
+    """``sub-<s>_ses-<s>_task-<t>_run-<n>`` for the configured run."""
+    s = cfg.session
+    return f"sub-{s.subject}_ses-{s.session}_task-{s.task}_run-{s.run}"
+
+
+def func_dir(cfg: Config) -> Path:
+    """Folder of the run's files."""
+    s = cfg.session
+    return cfg.output.dir / f"sub-{s.subject}" / f"ses-{s.session}" / "func"
+
+
+def timeseries_columns(roi_names: list[str]) -> list[str]:
+    """Column names of the per-volume table, in order."""
+    cols = ["index", "acquisition", "onset_s", "condition", "block", "missing", "late"]
+    for name in roi_names:
+        cols += [f"{name}_raw", f"{name}_clean", f"{name}_psc"]
+    cols += ["feedback_value", "feedback_reason", *TIMING_FIELDS, "file"]
+    return cols
+
+
+def row_from_messages(volume: dict[str, Any], feedback: dict[str, Any], roi_names: list[str]) -> dict[str, Any]:
+    """The table row of a volume, taken from the messages that were published for it."""
+    row: dict[str, Any] = {
+        "index": volume["index"],
+        "acquisition": volume["acquisition"],
+        "onset_s": volume["onset_s"],
+        "condition": volume["condition"],
+        "block": volume["block"],
+        "missing": int(volume["flags"]["missing"]),
+        "late": int(volume["flags"]["late"]),
+    }
+    for name in roi_names:
+        values = volume["rois"].get(name) or {}
+        for kind in ("raw", "clean", "psc"):
+            row[f"{name}_{kind}"] = values.get(kind)
+    row["feedback_value"] = feedback["value"]
+    row["feedback_reason"] = feedback["reason"]
+    for field in TIMING_FIELDS:
+        row[field] = volume["timing"][field]
+    row["file"] = volume["file"]
+    return row
+
+
+def format_cell(value: Any) -> str:
+    """TSV text of a value: 'n/a' for missing, shortest round-trip text for floats."""
+    if value is None:
+        return NA
+    if isinstance(value, float):
+        return repr(value)
+    text = str(value)
+    return text.replace("\t", " ").replace("\n", " ")
+
+
+def _sidecar(roi_names: list[str], cfg: Config) -> dict[str, Any]:
+    t = {"Units": "s", "Description": "UNIX time (time.time()) when "}
+    side: dict[str, Any] = {
+        "index": {"Description": "Kept-volume index from 0 (dummy volumes excluded); row of the design."},
+        "acquisition": {"Description": "Volume number in the scanner's file name (n/a when missing)."},
+        "onset_s": {"Units": "s", "Description": "Start of the volume from the first kept volume."},
+        "condition": {"Description": "Protocol condition of the volume."},
+        "block": {"Description": "Number of the protocol segment (consecutive volumes of one condition), from 0."},
+        "missing": {"Description": "1 if the volume never arrived or could not be read, else 0."},
+        "late": {"Description": f"1 if processing took longer than one TR ({cfg.scanner.tr_s} s), else 0."},
+    }
+    for name in roi_names:
+        side[f"{name}_raw"] = {"Description": f"Mean signal of ROI '{name}' (scanner units)."}
+        side[f"{name}_clean"] = {
+            "Description": f"ROI '{name}' signal minus the drift fitted so far by the incremental GLM."
+        }
+        side[f"{name}_psc"] = {
+            "Units": "percent",
+            "Description": f"Cleaned ROI '{name}' signal as percent change from the mean of the most recent "
+            "baseline block.",
+        }
+    lo, hi = cfg.feedback.scale_psc
+    side["feedback_value"] = {
+        "Description": f"Value sent to the feedback screen, in [0, 1]: percent signal change of ROI "
+        f"'{cfg.feedback.roi}' mapped from [{lo}, {hi}] and clipped."
+    }
+    side["feedback_reason"] = {"Description": "Why feedback_value is n/a, else n/a."}
+    for field, when in zip(
+        TIMING_FIELDS,
+        (
+            "the volume's acquisition started (from the file header; n/a if unknown)",
+            "the watcher found the volume's file complete",
+            "the volume was decoded",
+            "the ROI signals were extracted",
+            "the GLM and feedback were updated",
+            "the messages were handed to ZeroMQ",
+        ),
+    ):
+        side[field] = {"Units": "s", "Description": t["Description"] + when + "."}
+    side["file"] = {"Description": "Name of the volume's file in the export folder."}
+    return side
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("rtnf", "numpy", "scipy", "nibabel", "nilearn", "pyzmq", "watchdog", "pydantic"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = NA
+    return out
+
+
+class OutputExistsError(FileExistsError):
+    """The run's outputs exist already and overwriting was not asked for."""
+
+
+class RunRecorder:
+    """Writes a run's outputs as it goes.
+
+    Parameters
+    ----------
+    cfg : Config
+        The session config.
+    config_text : str
+        The config file's text, recorded as given.
+    protocol : Protocol
+        For the events file.
+    roi_names : list of str
+        ROIs in column order.
+    run_id : str
+        Identifier of the run.
+    overwrite : bool
+        Replace earlier outputs of the same run instead of refusing.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        config_text: str,
+        protocol: Protocol,
+        roi_names: list[str],
+        run_id: str,
+        overwrite: bool = False,
+    ) -> None:
+        self.dir = func_dir(cfg)
+        self.prefix = bids_prefix(cfg)
+        self.roi_names = roi_names
+        self.columns = timeseries_columns(roi_names)
+        self.timeseries_path = self.dir / f"{self.prefix}_desc-rtnf_timeseries.tsv"
+        if self.timeseries_path.exists() and not overwrite:
+            raise OutputExistsError(
+                f"outputs of this run exist already: {self.timeseries_path}. "
+                "Use another session.run, another output.dir, or --overwrite."
+            )
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _write_dataset_description(cfg.output.dir)
+        self._path(".json", "desc-rtnf_timeseries").write_text(json.dumps(_sidecar(roi_names, cfg), indent=2))
+        self._path(".toml", "desc-rtnf_config").write_text(config_text)
+        self._write_events(protocol)
+        self.provenance = {
+            "run_id": run_id,
+            "started": time.time(),
+            "command": sys.argv,
+            "platform": platform.platform(),
+            "versions": _versions(),
+        }
+        self._write_provenance()
+        self._table: TextIO = open(self.timeseries_path, "w", encoding="utf-8", newline="")
+        self._table.write("\t".join(self.columns) + "\n")
+        self._table.flush()
+        self._log: TextIO = open(self._path(".tsv", "desc-rtnf_log"), "w", encoding="utf-8")
+        self._log.write("time\tlevel\tmessage\n")
+        self._log.flush()
+        self.n_rows = 0
+
+    def _path(self, ext: str, suffix: str) -> Path:
+        return self.dir / f"{self.prefix}_{suffix}{ext}"
+
+    def _write_events(self, protocol: Protocol) -> None:
+        lines = ["onset\tduration\ttrial_type"]
+        for seg in protocol.segments():
+            onset = seg.start * protocol.tr_s
+            lines.append(f"{onset:g}\t{(seg.stop - seg.start) * protocol.tr_s:g}\t{seg.condition}")
+        self._path(".tsv", "events").write_text("\n".join(lines) + "\n")
+
+    def _write_provenance(self) -> None:
+        self._path(".json", "desc-rtnf_provenance").write_text(json.dumps(self.provenance, indent=2))
+
+    def write_row(self, row: dict[str, Any]) -> None:
+        """Append one volume's row and flush it to the operating system."""
+        self._table.write("\t".join(format_cell(row.get(c)) for c in self.columns) + "\n")
+        self._table.flush()
+        self.n_rows += 1
+
+    def log_event(self, level: str, message: str) -> None:
+        """Append a line to the run's event log."""
+        self._log.write(f"{time.time()!r}\t{level}\t{format_cell(message)}\n")
+        self._log.flush()
+
+    def close(self, status: str) -> None:
+        """Close the files and record how the run ended ("ended" or "aborted")."""
+        self.provenance.update({"finished": time.time(), "status": status, "n_rows": self.n_rows})
+        self._write_provenance()
+        self._table.close()
+        self._log.close()
+
+
+class RecorderLogHandler(logging.Handler):
+    """Copies warnings and errors of the ``rtnf`` loggers into the run's event log."""
+
+    def __init__(self, recorder: RunRecorder, level: int = logging.INFO) -> None:
+        super().__init__(level)
+        self.recorder = recorder
+
+    def emit(self, record: logging.LogRecord) -> None:  # noqa: D102
+        try:
+            self.recorder.log_event(record.levelname, record.getMessage())
+        except (OSError, ValueError):  # a closed or unwritable log must not stop the run
+            pass
+
+
+def _write_dataset_description(root: Path) -> None:
+    path = root / "dataset_description.json"
+    if path.exists():
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    desc = {
+        "Name": "rtnf real-time neurofeedback outputs",
+        "BIDSVersion": "1.9.0",
+        "DatasetType": "derivative",
+        "GeneratedBy": [{"Name": "rtnf", "Version": _versions()["rtnf"]}],
+    }
+    path.write_text(json.dumps(desc, indent=2))

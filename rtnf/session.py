@@ -1,0 +1,252 @@
+"""One real-time run: watcher -> ordered processing -> publishing and recording.
+
+The watcher's thread only stamps and queues complete files. Everything else
+(processing, the ZeroMQ socket, the recorder, heartbeats) happens in the
+thread that calls :func:`run_session`, one volume at a time, in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import re
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+from .nifti import is_complete
+from .pipeline import VolumeProcessor
+from .publish import Publisher
+from .record import RecorderLogHandler, RunRecorder, bids_prefix, row_from_messages
+from .rois import RoiError
+from .sequencer import Sequencer
+from .watcher import VolumeWatcher
+
+log = logging.getLogger(__name__)
+
+RUN_REPEAT_S = 5.0  # late subscribers learn about the run within this time
+
+
+@dataclass
+class RunResult:
+    """How a run ended."""
+
+    status: str  # "ended" or "aborted"
+    run_id: str
+    n_processed: int
+    n_missing: int
+    timeseries: Path
+    reason: str | None = None
+
+
+def make_run_id(cfg: Config) -> str:
+    """``<bids prefix>_<UTC time>_<random>``: unique, readable, sortable."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return f"{bids_prefix(cfg)}_{stamp}_{uuid.uuid4().hex[:6]}"
+
+
+def run_session(
+    cfg: Config,
+    config_text: str,
+    overwrite: bool = False,
+    stop: threading.Event | None = None,
+) -> RunResult:
+    """Run one session until its last volume, or until ``stop`` is set.
+
+    Parameters
+    ----------
+    cfg : Config
+        Validated session config.
+    config_text : str
+        The config file's text, recorded with the outputs.
+    overwrite : bool
+        Replace earlier outputs of the same run.
+    stop : threading.Event, optional
+        Set it (for example from a signal handler) to abort the run cleanly.
+
+    Returns
+    -------
+    RunResult
+    """
+    stop = stop or threading.Event()
+    run_id = make_run_id(cfg)
+    processor = VolumeProcessor(cfg)
+    recorder = RunRecorder(cfg, config_text, processor.protocol, processor.roi_names, run_id, overwrite)
+    handler = RecorderLogHandler(recorder)
+    logging.getLogger("rtnf").addHandler(handler)
+    publisher = Publisher(cfg.publish.address, run_id)
+    files: queue.Queue[tuple[Path, float]] = queue.Queue()
+    watcher = VolumeWatcher(
+        cfg.scanner.export_dir,
+        cfg.scanner.filename_regex,
+        is_complete,
+        lambda path, t: files.put((path, t)),
+        mode=cfg.scanner.watch,
+        poll_interval_s=cfg.scanner.poll_interval_s,
+    )
+    loop = _RunLoop(cfg, run_id, processor, publisher, recorder, files, stop)
+    status, reason = "aborted", "interrupted"
+    try:
+        log.info("run %s: watching %s (%s)", run_id, cfg.scanner.export_dir, cfg.scanner.watch)
+        watcher.start()
+        status, reason = loop.execute()
+    finally:
+        watcher.stop()
+        loop.finish(status, reason)
+        publisher.close()
+        logging.getLogger("rtnf").removeHandler(handler)
+        recorder.close(status)
+    return RunResult(status, run_id, loop.n_processed, loop.n_missing, recorder.timeseries_path, reason)
+
+
+class _RunLoop:
+    """The pipeline thread's loop: order volumes, process, publish, record, beat."""
+
+    def __init__(
+        self,
+        cfg: Config,
+        run_id: str,
+        processor: VolumeProcessor,
+        publisher: Publisher,
+        recorder: RunRecorder,
+        files: "queue.Queue[tuple[Path, float]]",
+        stop: threading.Event,
+    ) -> None:
+        self.cfg = cfg
+        self.run_id = run_id
+        self.processor = processor
+        self.publisher = publisher
+        self.recorder = recorder
+        self.files = files
+        self.stop = stop
+        sc = cfg.scanner
+        self.pattern = re.compile(sc.filename_regex)
+        timeout = sc.missing_timeout_s if sc.missing_timeout_s is not None else sc.tr_s
+        # Sequencer indices are acquisitions from 0; kept volumes start after the dummies.
+        self.sequencer: Sequencer[tuple[Path, float]] = Sequencer(sc.dummy_volumes, sc.n_volumes, timeout)
+        self.state = "waiting"
+        self.last_index: int | None = None
+        self.n_processed = 0
+        self.n_missing = 0
+        self._next_beat = 0.0
+        self._next_run_repeat = 0.0
+        self._run_body = self._make_run_body()
+
+    def _make_run_body(self) -> dict[str, Any]:
+        protocol = self.processor.protocol
+        return {
+            "event": "start",
+            "tr_s": self.cfg.scanner.tr_s,
+            "n_volumes": protocol.n_volumes,
+            "dummy_volumes": self.cfg.scanner.dummy_volumes,
+            "conditions": list(protocol.conditions),
+            "baseline": protocol.baseline,
+            "blocks": [
+                {"condition": s.condition, "start": s.start, "stop": s.stop} for s in protocol.segments()
+            ],
+            "rois": self.processor.roi_names,
+            "feedback": {
+                "roi": self.cfg.feedback.roi,
+                "kind": self.cfg.feedback.kind,
+                "scale_psc": list(self.cfg.feedback.scale_psc),
+            },
+            "instructions": dict(self.cfg.protocol.instructions),
+            "t": time.time(),
+        }
+
+    def execute(self) -> tuple[str, str | None]:
+        """Run until the last volume or a stop request; return (status, reason)."""
+        self.publisher.send("run", self._run_body)
+        while not self.stop.is_set():
+            self._beat()
+            if self.sequencer.done:
+                return "ended", None
+            try:
+                path, t_detected = self.files.get(timeout=self._wait_time())
+            except queue.Empty:
+                pass
+            else:
+                self._accept(path, t_detected)
+            try:
+                for released in self.sequencer.release(time.time()):
+                    self._handle(released.index, released.item)
+            except RoiError as exc:
+                log.error("%s", exc)
+                return "aborted", str(exc)
+        return "aborted", "stopped by the operator"
+
+    def _wait_time(self) -> float:
+        now = time.time()
+        wait = max(0.0, self._next_beat - now)
+        deadline = self.sequencer.time_to_deadline(now)
+        return min(wait, deadline) if deadline is not None else wait
+
+    def _beat(self) -> None:
+        now = time.time()
+        if now >= self._next_beat:
+            self.publisher.heartbeat(self.state, self.last_index, self.processor.protocol.n_volumes)
+            self._next_beat = now + self.cfg.publish.heartbeat_s
+        if now >= self._next_run_repeat:
+            if self._next_run_repeat:  # the first start message was sent by execute()
+                self.publisher.send("run", {**self._run_body, "repeat": True})
+            self._next_run_repeat = now + RUN_REPEAT_S
+
+    def _accept(self, path: Path, t_detected: float) -> None:
+        match = self.pattern.search(path.name)
+        if match is None:  # the watcher filters names already; keep the check local
+            return
+        acquisition = int(match.group("volume")) - self.cfg.scanner.first_volume_number
+        if acquisition < self.cfg.scanner.dummy_volumes:
+            log.info("dummy volume %s discarded", path.name)
+            return
+        refused = self.sequencer.push(acquisition, (path, t_detected), t_detected)
+        if refused:
+            log.warning("%s skipped: %s", path.name, refused)
+
+    def _handle(self, acquisition: int, item: tuple[Path, float] | None) -> None:
+        index = acquisition - self.cfg.scanner.dummy_volumes
+        number = acquisition + self.cfg.scanner.first_volume_number
+        if self.state == "waiting":
+            self.state = "running"
+        if item is None:
+            log.warning("volume %d (file number %d) missing: a later volume arrived and it did not", index, number)
+            volume, feedback = self.processor.missing(index, number, None, None)
+        else:
+            path, t_detected = item
+            try:
+                volume, feedback = self.processor.process(index, number, path, t_detected)
+            except RoiError:
+                raise
+            except Exception:  # a bug or a foreign file must cost one volume, never the run
+                log.exception("volume %d (%s) could not be processed; recorded as missing", index, path.name)
+                volume, feedback = self.processor.missing(index, number, path, t_detected, reason="processing error")
+        self._publish_and_record(volume, feedback)
+
+    def _publish_and_record(self, volume: dict[str, Any], feedback: dict[str, Any]) -> None:
+        t_published = time.time()
+        volume["timing"]["t_published"] = t_published
+        feedback["t_published"] = t_published
+        t_detected = volume["timing"]["t_detected"]
+        if t_detected is not None and not volume["flags"]["missing"]:
+            volume["flags"]["late"] = t_published - t_detected > self.cfg.scanner.tr_s
+        # The participant's value first: it is what the run is for.
+        self.publisher.send("feedback", feedback)
+        self.publisher.send("volume", volume)
+        self.recorder.write_row(row_from_messages(volume, feedback, self.processor.roi_names))
+        self.last_index = volume["index"]
+        if volume["flags"]["missing"]:
+            self.n_missing += 1
+        else:
+            self.n_processed += 1
+
+    def finish(self, status: str, reason: str | None) -> None:
+        """Tell subscribers how the run ended."""
+        self.state = "ended"
+        body = {**self._run_body, "event": "end" if status == "ended" else "abort", "reason": reason, "t": time.time()}
+        self.publisher.send("run", body)
+        self.publisher.heartbeat("ended", self.last_index, self.processor.protocol.n_volumes)
+        log.info("run %s %s: %d volumes processed, %d missing", self.run_id, status, self.n_processed, self.n_missing)

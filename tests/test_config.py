@@ -1,0 +1,151 @@
+"""Config loading: every example loads, every kind of mistake gets a precise message."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from rtnf.config import ConfigError, load_config
+from tests.conftest import CONFIG_DIR
+from tests.helpers import BASE_CONFIG, write_config
+
+EXAMPLES = sorted(CONFIG_DIR.glob("*.toml"))
+
+
+def test_there_are_examples():
+    names = {p.name for p in EXAMPLES}
+    assert {"demo_acc.toml", "insula.toml"} <= names
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_every_example_config_loads(path):
+    cfg = load_config(path)
+    protocol = cfg.make_protocol()
+    assert protocol.n_volumes == cfg.scanner.n_volumes - cfg.scanner.dummy_volumes
+    assert cfg.feedback.roi in cfg.rois
+    assert len(protocol.task_conditions) >= 1
+
+
+def test_demo_config_targets_the_anterior_cingulate():
+    cfg = load_config(CONFIG_DIR / "demo_acc.toml")
+    center = cfg.rois[cfg.feedback.roi].center_mm
+    assert abs(center[0]) <= 5 and 20 <= center[1] <= 40 and 5 <= center[2] <= 30
+
+
+def test_paths_resolve_relative_to_the_file(tmp_path):
+    cfg = load_config(write_config(tmp_path))
+    assert cfg.scanner.export_dir == (tmp_path / "export").resolve()
+    assert cfg.output.dir == (tmp_path / "out").resolve()
+
+
+def _error(tmp_path: Path, text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        load_config(write_config(tmp_path, text))
+    return str(info.value)
+
+
+def test_unknown_key_names_key_and_allowed_keys(tmp_path):
+    msg = _error(tmp_path, BASE_CONFIG.format(extra="").replace("tr_s = 2.0", "tr_s = 2.0\ntr = 2.0"))
+    assert "unknown key 'scanner.tr'" in msg
+    assert "tr_s" in msg and "n_volumes" in msg  # the allowed keys
+
+
+def test_unknown_key_in_roi_table(tmp_path):
+    msg = _error(tmp_path, BASE_CONFIG.format(extra="").replace("radius_mm = 8.0", "radius_mm = 8.0\nradius = 8"))
+    assert "unknown key 'rois.acc.radius'" in msg and "radius_mm" in msg
+
+
+def test_wrong_type_names_key_value_and_type(tmp_path):
+    msg = _error(tmp_path, BASE_CONFIG.format(extra="").replace("n_volumes = 42", 'n_volumes = "42"'))
+    assert "scanner.n_volumes" in msg and "'42'" in msg and "integer" in msg
+
+
+def test_out_of_range_value(tmp_path):
+    msg = _error(tmp_path, BASE_CONFIG.format(extra="").replace("tr_s = 2.0", "tr_s = -1.0"))
+    assert "scanner.tr_s" in msg and "-1.0" in msg and "greater than 0" in msg
+
+
+def test_bad_literal_lists_allowed_values(tmp_path):
+    msg = _error(tmp_path, BASE_CONFIG.format(extra='\n[model]\nhrf = "gamma"\n'))
+    assert "model.hrf" in msg and "'gamma'" in msg and "'spm'" in msg and "'glover'" in msg
+
+
+def test_missing_required_key(tmp_path):
+    msg = _error(tmp_path, BASE_CONFIG.format(extra="").replace("n_volumes = 42\n", ""))
+    assert "missing key 'scanner.n_volumes'" in msg
+
+
+def test_missing_mask_file(tmp_path):
+    text = BASE_CONFIG.format(extra='\n[rois.ins]\nmask = "nowhere/ins.nii.gz"\n')
+    msg = _error(tmp_path, text)
+    assert "rois.ins.mask" in msg and "file not found" in msg and "nowhere/ins.nii.gz" in msg
+
+
+def test_overlapping_blocks(tmp_path):
+    text = BASE_CONFIG.format(extra="").replace(
+        'pattern = { steps = [{ condition = "rest", duration = 10 }, { condition = "regulate", duration = 10 }], repeat = 2 }',
+        "[[protocol.blocks]]\ncondition = \"regulate\"\nonset = 5\nduration = 10\n"
+        "[[protocol.blocks]]\ncondition = \"regulate\"\nonset = 12\nduration = 5\n",
+    )
+    msg = _error(tmp_path, text)
+    assert "protocol.blocks[1]" in msg and "overlaps" in msg and "protocol.blocks[0]" in msg
+
+
+def test_protocol_longer_than_run(tmp_path):
+    text = BASE_CONFIG.format(extra="").replace("repeat = 2", "repeat = 3")
+    msg = _error(tmp_path, text)
+    # 40 kept volumes at TR 2 s = 80 s; the third repeat's rest block starts at 80 s.
+    assert "ends after the run" in msg and "80 s" in msg and "protocol.pattern" in msg
+
+
+def test_feedback_roi_must_exist(tmp_path):
+    msg = _error(tmp_path, BASE_CONFIG.format(extra="").replace('roi = "acc"', 'roi = "insula"'))
+    assert "feedback.roi" in msg and "'insula'" in msg and "'acc'" in msg
+
+
+def test_dummies_fewer_than_volumes(tmp_path):
+    msg = _error(tmp_path, BASE_CONFIG.format(extra="").replace("dummy_volumes = 2", "dummy_volumes = 42"))
+    assert "scanner.dummy_volumes" in msg and "42" in msg
+
+
+def _reference(tmp_path: Path) -> Path:
+    affine = np.diag([3.0, 3.0, 3.0, 1.0])
+    affine[:3, 3] = [-96, -116, -45]
+    path = tmp_path / "ref.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 36), np.int16), affine), path)
+    return path
+
+
+def test_roi_outside_field_of_view(tmp_path):
+    _reference(tmp_path)
+    text = BASE_CONFIG.format(extra="").replace("dummy_volumes = 2", 'dummy_volumes = 2\nreference_volume = "ref.nii.gz"')
+    text = text.replace("[0.0, 30.0, 15.0]", "[0.0, 300.0, 15.0]")
+    msg = _error(tmp_path, text)
+    assert "rois.acc.center_mm" in msg and "300.0" in msg and "outside the field of view" in msg
+    assert "y -117.5 to 74.5 mm" in msg
+
+
+def test_roi_inside_field_of_view_loads(tmp_path):
+    _reference(tmp_path)
+    text = BASE_CONFIG.format(extra="").replace("dummy_volumes = 2", 'dummy_volumes = 2\nreference_volume = "ref.nii.gz"')
+    assert load_config(write_config(tmp_path, text)).scanner.reference_volume.name == "ref.nii.gz"
+
+
+def test_not_toml(tmp_path):
+    msg = _error(tmp_path, "[session\nsubject = 1")
+    assert "not valid TOML" in msg
+
+
+def test_cli_exits_2_with_one_message_and_no_traceback(tmp_path):
+    path = write_config(tmp_path, BASE_CONFIG.format(extra="").replace("tr_s = 2.0", "tr_s = 0"))
+    proc = subprocess.run([sys.executable, "-m", "rtnf", "check", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "scanner.tr_s" in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "rtnf", "run", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "scanner.tr_s" in proc.stderr

@@ -1,0 +1,102 @@
+"""The incremental GLM equals batch least squares at every volume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rtnf.design import make_design
+from rtnf.feedback import RoiModel
+from rtnf.glm import IncrementalGLM
+from rtnf.protocol import Block, Protocol
+
+N = 200
+
+
+def _protocol(n: int = N, tr: float = 2.0) -> Protocol:
+    # 20 s rest, 20 s regulate, repeated over the run
+    blocks = tuple(Block("regulate", 20.0 + 40.0 * k, 20.0, f"b{k}") for k in range(int(n * tr) // 40))
+    return Protocol(blocks=blocks, baseline="rest", conditions=("rest", "regulate"), tr_s=tr, n_volumes=n)
+
+
+def _data(design, n_signals=3, seed=1):
+    rng = np.random.default_rng(seed)
+    X = design.matrix
+    beta = rng.normal(size=(X.shape[1], n_signals)) * 5.0
+    beta[design.names.index("constant")] = [1000.0, 800.0, 650.0][:n_signals]
+    return X @ beta + rng.normal(scale=5.0, size=(X.shape[0], n_signals))
+
+
+def test_design_orders_task_constant_drifts():
+    design = make_design(_protocol(), "spm", 128.0)
+    assert design.names[0] == "regulate" and design.names[1] == "constant"
+    # SPM's rule: floor(2 * duration / cutoff) cosines; 200 volumes x 2 s = 400 s, cutoff 128 s.
+    assert design.names[2:] == tuple(f"drift_{k}" for k in range(1, int(np.floor(2 * 400 / 128)) + 1))
+    assert design.n_core == 2
+    assert np.all(design.matrix[:10, 0] == 0) and design.matrix[18, 0] > 0.5
+
+
+@pytest.mark.parametrize("hrf", ["spm", "spm + derivative", "glover"])
+def test_incremental_equals_lstsq_at_every_volume(hrf):
+    """Every nested model (task + constant + k drifts) against numpy.linalg.lstsq."""
+    design = make_design(_protocol(), hrf, 128.0)
+    X, Y = design.matrix, _data(design)
+    n, p = X.shape
+    glm = IncrementalGLM(p, Y.shape[1])
+    compared = {q: 0 for q in range(design.n_core, p + 1)}
+    for t in range(n):
+        glm.update(X[t], Y[t])
+        for q in compared:
+            Xq = X[: t + 1, :q]
+            if np.linalg.matrix_rank(Xq) < q:
+                assert not glm.identifiable(q), f"volume {t}, {q} columns: rank-deficient but called identifiable"
+                continue
+            if not glm.identifiable(q):
+                # Only numerically hopeless designs may be refused.
+                assert np.linalg.cond(Xq) > 1e5, f"volume {t}, {q} columns refused at cond {np.linalg.cond(Xq):.1e}"
+                continue
+            ref, *_ = np.linalg.lstsq(Xq, Y[: t + 1], rcond=None)
+            rel = np.linalg.norm(glm.coefficients(q) - ref, axis=0) / np.linalg.norm(ref, axis=0)
+            assert rel.max() <= 1e-8, f"volume {t}, {q} columns: relative error {rel.max():.2e}"
+            rss_ref = np.sum((Y[: t + 1] - Xq @ ref) ** 2, axis=0)
+            np.testing.assert_allclose(glm.rss(q), rss_ref, rtol=1e-7)
+            compared[q] += 1
+    # The core model is estimable right after the first task block starts (volume 10) ...
+    assert compared[design.n_core] >= n - 12
+    # ... and the full model well before the end of the run.
+    assert compared[p] >= n // 3
+
+
+def test_model_size_grows_with_the_run_and_never_fits_garbage():
+    protocol = _protocol()
+    design = make_design(protocol, "spm", 128.0)
+    Y = _data(design, n_signals=1)
+    model = RoiModel(design, protocol, 1, drift_cutoff_s=128.0)
+    sizes = []
+    for t in range(N):
+        values = model.update(t, Y[t])
+        sizes.append(model.model_size(t))
+        assert all(v is None or np.isfinite(v) for v in (values[0].raw, values[0].clean, values[0].psc))
+    assert sizes[5] == 0  # before the first task block nothing is fitted
+    assert sizes[15] == design.n_core
+    assert sizes[-1] == design.n_regressors
+    assert all(b >= a for a, b in zip(sizes, sizes[1:]))
+
+
+def test_not_identifiable_before_enough_rows():
+    glm = IncrementalGLM(3, 1)
+    glm.update([1.0, 0.0, 1.0], [2.0])
+    assert not glm.identifiable()
+    with pytest.raises(RuntimeError, match="not identifiable"):
+        glm.coefficients()
+
+
+def test_exact_fit_recovers_coefficients():
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(30, 4))
+    beta = np.array([[1.0], [-2.0], [0.5], [3.0]])
+    glm = IncrementalGLM(4, 1)
+    for row, y in zip(X, X @ beta):
+        glm.update(row, y)
+    np.testing.assert_allclose(glm.coefficients(), beta, rtol=1e-12)
+    assert glm.rss()[0] < 1e-20
