@@ -1,0 +1,482 @@
+"""Run specification: what the simulated scanner acquires.
+
+A :class:`RunSpec` is built from a TOML file (:func:`load_spec`) or a dict
+(:meth:`RunSpec.from_dict`) and validated strictly: unknown keys are rejected
+with the list of allowed keys, and every error names the key, the bad value
+and what is allowed, e.g. ``Invalid value for 'tr_s': -1. Allowed: a number >
+0 (seconds).``
+
+Example TOML::
+
+    tr_s = 1.0
+    n_volumes = 120
+    seed = 7
+
+    [[blocks]]
+    condition = "up"
+    onset_s = 20.0
+    duration_s = 20.0
+
+    [[regions]]
+    name = "acc"
+    center_mm = [0, 30, 15]
+    radius_mm = 8
+    amplitude_pct = 2.0
+    condition = "up"
+
+    [motion]
+    max_trans_mm = 1.0
+    max_rot_deg = 1.0
+    kind = "smooth"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+__all__ = [
+    "Block",
+    "Motion",
+    "Region",
+    "RunSpec",
+    "SpecError",
+    "load_spec",
+    "MOTION_KINDS",
+]
+
+MOTION_KINDS = ("smooth", "random_walk")
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+class SpecError(ValueError):
+    """A run specification is invalid; the message names the key and the value."""
+
+
+# --------------------------------------------------------------------------- helpers
+def _fail(key: str, value: Any, allowed: str) -> SpecError:
+    return SpecError(f"Invalid value for '{key}': {value!r}. Allowed: {allowed}.")
+
+
+def _check_keys(d: Any, key: str, allowed: tuple[str, ...], required: tuple[str, ...]) -> None:
+    if not isinstance(d, Mapping):
+        raise _fail(key or "<spec>", d, "a table (mapping) with keys " + ", ".join(allowed))
+    unknown = sorted(set(d) - set(allowed))
+    if unknown:
+        where = f" in '{key}'" if key else ""
+        raise SpecError(
+            f"Unknown key{'s' if len(unknown) > 1 else ''}{where}: {', '.join(map(repr, unknown))}. "
+            f"Allowed: {', '.join(allowed)}."
+        )
+    for req in required:
+        if req not in d:
+            name = f"{key}.{req}" if key else req
+            raise SpecError(f"Missing required key '{name}'.")
+
+
+def _number(
+    key: str,
+    value: Any,
+    *,
+    unit: str = "",
+    gt: float | None = None,
+    ge: float | None = None,
+    lt: float | None = None,
+) -> float:
+    bounds = []
+    if gt is not None:
+        bounds.append(f"> {gt:g}")
+    if ge is not None:
+        bounds.append(f">= {ge:g}")
+    if lt is not None:
+        bounds.append(f"< {lt:g}")
+    allowed = "a number" + (" " + " and ".join(bounds) if bounds else "") + (f" ({unit})" if unit else "")
+    # bool is an int subclass; `true` is never a sensible number here.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(key, value, allowed)
+    if (gt is not None and not value > gt) or (ge is not None and not value >= ge) or (
+        lt is not None and not value < lt
+    ):
+        raise _fail(key, value, allowed)
+    return float(value)
+
+
+def _integer(key: str, value: Any, *, ge: int | None = None, unit: str = "") -> int:
+    allowed = "an integer" + (f" >= {ge}" if ge is not None else "") + (f" ({unit})" if unit else "")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _fail(key, value, allowed)
+    if ge is not None and value < ge:
+        raise _fail(key, value, allowed)
+    return int(value)
+
+
+def _name(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not _NAME_RE.match(value):
+        raise _fail(key, value, "a non-empty string of letters, digits, '_' or '-' (no spaces)")
+    return value
+
+
+# --------------------------------------------------------------------------- parts
+@dataclass(frozen=True)
+class Block:
+    """One task block.
+
+    Parameters
+    ----------
+    condition : str
+        Condition name (e.g. ``"up"``).
+    onset_s : float
+        Onset in seconds, relative to the acquisition start of volume 0.
+    duration_s : float
+        Duration in seconds.
+    """
+
+    condition: str
+    onset_s: float
+    duration_s: float
+
+    _KEYS = ("condition", "onset_s", "duration_s")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], key: str) -> "Block":
+        _check_keys(d, key, cls._KEYS, cls._KEYS)
+        return cls(
+            condition=_name(f"{key}.condition", d["condition"]),
+            onset_s=_number(f"{key}.onset_s", d["onset_s"], ge=0, unit="seconds"),
+            duration_s=_number(f"{key}.duration_s", d["duration_s"], gt=0, unit="seconds"),
+        )
+
+
+@dataclass(frozen=True)
+class Region:
+    """A spherical region whose signal follows one condition's blocks.
+
+    Parameters
+    ----------
+    name : str
+        Region name, used in truth column ``activation_<name>`` and mask file names.
+    center_mm : tuple of float
+        Centre (x, y, z) in scanner RAS millimeters (= MNI mm for the default grid).
+    radius_mm : float
+        Radius in millimeters; the region is every brain voxel within it.
+    amplitude_pct : float
+        Percent signal change at the plateau of a long block.
+    condition : str
+        The condition whose blocks drive the region.
+    """
+
+    name: str
+    center_mm: tuple[float, float, float]
+    radius_mm: float
+    condition: str
+    amplitude_pct: float = 1.5
+
+    _KEYS = ("name", "center_mm", "radius_mm", "amplitude_pct", "condition")
+    _REQUIRED = ("name", "center_mm", "radius_mm", "condition")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], key: str) -> "Region":
+        _check_keys(d, key, cls._KEYS, cls._REQUIRED)
+        c = d["center_mm"]
+        if not isinstance(c, (list, tuple)) or len(c) != 3:
+            raise _fail(f"{key}.center_mm", c, "a list of 3 numbers [x, y, z] (mm)")
+        center = tuple(_number(f"{key}.center_mm[{j}]", v, unit="mm") for j, v in enumerate(c))
+        return cls(
+            name=_name(f"{key}.name", d["name"]),
+            center_mm=center,  # type: ignore[arg-type]
+            radius_mm=_number(f"{key}.radius_mm", d["radius_mm"], gt=0, unit="mm"),
+            condition=_name(f"{key}.condition", d["condition"]),
+            amplitude_pct=_number(
+                f"{key}.amplitude_pct", d.get("amplitude_pct", 1.5), gt=-100, lt=100, unit="percent"
+            ),
+        )
+
+
+@dataclass(frozen=True)
+class Motion:
+    """Head motion settings.
+
+    Parameters
+    ----------
+    max_trans_mm : float
+        Bound on each translation (mm).
+    max_rot_deg : float
+        Bound on each rotation (degrees; the truth reports radians).
+    kind : {"smooth", "random_walk"}
+        Sum of low-frequency sinusoids, or a bounded random walk.
+    """
+
+    max_trans_mm: float = 1.0
+    max_rot_deg: float = 1.0
+    kind: str = "smooth"
+
+    _KEYS = ("max_trans_mm", "max_rot_deg", "kind")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], key: str = "motion") -> "Motion":
+        _check_keys(d, key, cls._KEYS, ())
+        kind = d.get("kind", "smooth")
+        if kind not in MOTION_KINDS:
+            raise _fail(f"{key}.kind", kind, " or ".join(repr(k) for k in MOTION_KINDS))
+        return cls(
+            max_trans_mm=_number(f"{key}.max_trans_mm", d.get("max_trans_mm", 1.0), ge=0, unit="mm"),
+            max_rot_deg=_number(f"{key}.max_rot_deg", d.get("max_rot_deg", 1.0), ge=0, unit="degrees"),
+            kind=kind,
+        )
+
+
+# --------------------------------------------------------------------------- run spec
+DEFAULT_TEMPLATE = "rtsim_{series:03d}_{volume:05d}.nii"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Everything the simulated scanner needs to synthesise and export a run.
+
+    Parameters
+    ----------
+    tr_s : float
+        Repetition time in seconds (> 0).
+    n_volumes : int
+        Number of volumes (>= 1).
+    shape : tuple of int
+        Grid shape (i, j, k), axial RAS.
+    voxel_mm : float
+        Isotropic voxel size in millimeters.
+    seed : int
+        Seed of every random draw (noise, motion); same seed, same run.
+    series : int
+        Series number used in file names.
+    filename_template : str
+        ``str.format`` template with fields ``series`` and ``volume`` (1-based).
+    blocks : tuple of Block
+        Task blocks; times relative to the acquisition start of volume 0.
+    regions : tuple of Region
+        Active regions.
+    noise_pct : float
+        Gaussian noise sigma as a percentage of the mean brain intensity.
+    ar1 : float
+        Temporal AR(1) coefficient of the noise, in [0, 1).
+    drift_pct : float
+        Amplitude of the slow drift (linear plus one slow cosine), percent of signal.
+    motion : Motion or None
+        Head motion, or None for a perfectly still head.
+    spikes : tuple of int
+        0-based indices of volumes with a global intensity spike.
+    spike_pct : float
+        Size of each spike, percent of the signal.
+    affine : tuple or None
+        Optional 4x4 voxel-to-RAS-mm affine overriding the default diagonal grid.
+    """
+
+    tr_s: float
+    n_volumes: int
+    shape: tuple[int, int, int] = (64, 64, 36)
+    voxel_mm: float = 3.0
+    seed: int = 0
+    series: int = 1
+    filename_template: str = DEFAULT_TEMPLATE
+    blocks: tuple[Block, ...] = ()
+    regions: tuple[Region, ...] = ()
+    noise_pct: float = 1.0
+    ar1: float = 0.3
+    drift_pct: float = 1.0
+    motion: Motion | None = None
+    spikes: tuple[int, ...] = ()
+    spike_pct: float = 5.0
+    affine: tuple[tuple[float, ...], ...] | None = None
+
+    _REQUIRED = ("tr_s", "n_volumes")
+
+    @classmethod
+    def allowed_keys(cls) -> tuple[str, ...]:
+        """Top-level keys accepted in a spec."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @property
+    def conditions(self) -> tuple[str, ...]:
+        """Condition names in order of first appearance in ``blocks``."""
+        return tuple(dict.fromkeys(b.condition for b in self.blocks))
+
+    @property
+    def duration_s(self) -> float:
+        """Nominal run duration (n_volumes * tr_s)."""
+        return self.n_volumes * self.tr_s
+
+    def filename(self, index: int) -> str:
+        """File name of the volume with 0-based ``index`` (the template's ``volume`` is 1-based)."""
+        return self.filename_template.format(series=self.series, volume=index + 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict that :meth:`from_dict` accepts back."""
+
+        def plain(x: Any) -> Any:
+            if isinstance(x, tuple):
+                return [plain(v) for v in x]
+            if isinstance(x, dict):
+                return {k: plain(v) for k, v in x.items()}
+            return x
+
+        d = plain(dataclasses.asdict(self))
+        if d["motion"] is None:
+            del d["motion"]
+        if d["affine"] is None:
+            del d["affine"]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "RunSpec":
+        """Validate ``d`` and build a spec.
+
+        Raises
+        ------
+        SpecError
+            Naming the key, the bad value and what is allowed.
+        """
+        _check_keys(d, "", cls.allowed_keys(), cls._REQUIRED)
+        tr_s = _number("tr_s", d["tr_s"], gt=0, unit="seconds")
+        n_volumes = _integer("n_volumes", d["n_volumes"], ge=1)
+
+        shape = d.get("shape", [64, 64, 36])
+        if (
+            not isinstance(shape, (list, tuple))
+            or len(shape) != 3
+            or any(isinstance(s, bool) or not isinstance(s, int) or s < 2 for s in shape)
+        ):
+            raise _fail("shape", shape, "a list of 3 integers >= 2 [ni, nj, nk]")
+
+        template = d.get("filename_template", DEFAULT_TEMPLATE)
+        tmpl_allowed = "a str.format template using {series} and {volume}, e.g. " + repr(DEFAULT_TEMPLATE)
+        if not isinstance(template, str):
+            raise _fail("filename_template", template, tmpl_allowed)
+        try:
+            n1 = template.format(series=1, volume=1)
+            n2 = template.format(series=1, volume=2)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise _fail("filename_template", template, tmpl_allowed) from exc
+        if n1 == n2 or "/" in n1 or n1.startswith(".") or not n1.endswith(".nii"):
+            raise _fail(
+                "filename_template",
+                template,
+                tmpl_allowed + " (must vary with {volume}, end in '.nii', no '/' or leading '.')",
+            )
+
+        blocks_raw = d.get("blocks", [])
+        if not isinstance(blocks_raw, (list, tuple)):
+            raise _fail("blocks", blocks_raw, "a list of {condition, onset_s, duration_s} tables")
+        blocks = tuple(Block.from_dict(b, f"blocks[{i}]") for i, b in enumerate(blocks_raw))
+        conditions = tuple(dict.fromkeys(b.condition for b in blocks))
+
+        regions_raw = d.get("regions", [])
+        if not isinstance(regions_raw, (list, tuple)):
+            raise _fail("regions", regions_raw, "a list of {name, center_mm, radius_mm, ...} tables")
+        regions = tuple(Region.from_dict(r, f"regions[{i}]") for i, r in enumerate(regions_raw))
+        seen: set[str] = set()
+        for i, r in enumerate(regions):
+            if r.name in seen:
+                raise _fail(f"regions[{i}].name", r.name, "a name not used by another region")
+            seen.add(r.name)
+            if r.condition not in conditions:
+                raise _fail(
+                    f"regions[{i}].condition",
+                    r.condition,
+                    f"one of the block conditions {list(conditions)}",
+                )
+
+        motion = None
+        if d.get("motion") is not None:
+            motion = Motion.from_dict(d["motion"])
+
+        spikes_raw = d.get("spikes", [])
+        if not isinstance(spikes_raw, (list, tuple)):
+            raise _fail("spikes", spikes_raw, f"a list of volume indices in [0, {n_volumes - 1}]")
+        spikes = tuple(
+            sorted(
+                {
+                    _integer(f"spikes[{i}]", s, ge=0)
+                    for i, s in enumerate(spikes_raw)
+                }
+            )
+        )
+        for i, s in enumerate(spikes):
+            if s >= n_volumes:
+                raise _fail("spikes", list(spikes_raw), f"volume indices in [0, {n_volumes - 1}] (0-based)")
+
+        affine = d.get("affine")
+        if affine is not None:
+            ok = (
+                isinstance(affine, (list, tuple))
+                and len(affine) == 4
+                and all(isinstance(r, (list, tuple)) and len(r) == 4 for r in affine)
+                and all(
+                    not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v)
+                    for r in affine
+                    for v in r
+                )
+            )
+            if ok:
+                affine = tuple(tuple(float(v) for v in r) for r in affine)
+                ok = affine[3] == (0.0, 0.0, 0.0, 1.0)
+                det = _det3([r[:3] for r in affine[:3]])
+                ok = ok and abs(det) > 1e-6
+            if not ok:
+                raise _fail("affine", d.get("affine"), "a 4x4 list of numbers, invertible, last row [0, 0, 0, 1]")
+
+        return cls(
+            tr_s=tr_s,
+            n_volumes=n_volumes,
+            shape=tuple(int(s) for s in shape),  # type: ignore[arg-type]
+            voxel_mm=_number("voxel_mm", d.get("voxel_mm", 3.0), gt=0, unit="mm"),
+            seed=_integer("seed", d.get("seed", 0), ge=0),
+            series=_integer("series", d.get("series", 1), ge=0),
+            filename_template=template,
+            blocks=blocks,
+            regions=regions,
+            noise_pct=_number("noise_pct", d.get("noise_pct", 1.0), ge=0, unit="percent"),
+            ar1=_number("ar1", d.get("ar1", 0.3), ge=0, lt=1),
+            drift_pct=_number("drift_pct", d.get("drift_pct", 1.0), ge=0, unit="percent"),
+            motion=motion,
+            spikes=spikes,
+            spike_pct=_number("spike_pct", d.get("spike_pct", 5.0), gt=-100, unit="percent"),
+            affine=affine,  # type: ignore[arg-type]
+        )
+
+
+def _det3(m: list[tuple[float, ...]]) -> float:
+    return (
+        m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1])
+        - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+    )
+
+
+def load_spec(path: str | Path) -> RunSpec:
+    """Read and validate a TOML run spec.
+
+    Parameters
+    ----------
+    path : str or Path
+        The TOML file.
+
+    Raises
+    ------
+    SpecError
+        If the file is missing, is not valid TOML, or fails validation.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            d = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise SpecError(f"Spec file not found: '{path}'.") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise SpecError(f"Spec file '{path}' is not valid TOML: {exc}.") from exc
+    try:
+        return RunSpec.from_dict(d)
+    except SpecError as exc:
+        raise SpecError(f"{path}: {exc}") from None

@@ -1,0 +1,557 @@
+"""The screen's side of the wire protocol, without PsychoPy.
+
+:class:`ScreenState` is a pure state machine fed with decoded messages; it
+decides what the participant should see. :class:`FeedbackLink` owns the two
+ZeroMQ sockets: a SUB connected to rtnf's PUB, and a PUB bound at the
+screen's own address for ``displayed`` acknowledgements and the screen's
+heartbeats.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import zmq
+
+from rtnf.messages import (
+    DEFAULT_ADDRESS,
+    DEFAULT_SCREEN_ADDRESS,
+    MAX_MESSAGE_BYTES,
+    MessageError,
+    decode,
+    encode,
+)
+
+logger = logging.getLogger(__name__)
+
+SUBSCRIBED_TOPICS: tuple[str, ...] = ("run", "feedback", "heartbeat")
+PHASES: tuple[str, ...] = ("waiting", "running", "ended")
+RUN_EVENTS: tuple[str, ...] = ("start", "end", "abort")
+VALUE_TOLERANCE = 1e-6
+"""Values this far outside [0, 1] are float round-off and are clipped;
+anything further out is a protocol error, not something to draw."""
+
+
+# --------------------------------------------------------------------------- #
+# Field checks: a bad field makes the whole message invalid, before any state
+# changes, so that a malformed message never leaves the screen half-updated.
+# --------------------------------------------------------------------------- #
+def _fail(topic: str, key: str, expected: str, got: Any) -> MessageError:
+    shown = repr(got)
+    if len(shown) > 60:
+        shown = shown[:57] + "..."
+    return MessageError(
+        f"{topic} message: invalid value for {key!r}; expected {expected}, but got {shown}"
+    )
+
+
+def _opt_int(body: dict[str, Any], topic: str, key: str, minimum: int = 0) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _fail(topic, key, f"an integer >= {minimum} or null", value)
+    return value
+
+
+def _opt_number(body: dict[str, Any], topic: str, key: str) -> float | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise _fail(topic, key, "a finite number or null", value)
+    return float(value)
+
+
+def _opt_str(body: dict[str, Any], topic: str, key: str) -> str | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _fail(topic, key, "a string or null", value)
+    return value
+
+
+def _choice(body: dict[str, Any], topic: str, key: str, allowed: tuple[str, ...]) -> str:
+    value = body.get(key)
+    if value not in allowed:
+        raise _fail(topic, key, f"one of {allowed}", value)
+    return value
+
+
+def _run_id(body: dict[str, Any], topic: str) -> str | None:
+    """The message's run, or None for messages outside any run (empty or null)."""
+    value = body.get("run_id")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise _fail(topic, "run_id", "a string", value)
+    return value
+
+
+# --------------------------------------------------------------------------- #
+# State
+# --------------------------------------------------------------------------- #
+@dataclass(frozen=True)
+class RunInfo:
+    """What a ``run`` start message says about the run.
+
+    Attributes
+    ----------
+    conditions : tuple of str
+    instructions : dict
+        Condition name -> text shown to the participant.
+    n_volumes : int or None
+    tr_s : float or None
+        Repetition time in seconds.
+    """
+
+    conditions: tuple[str, ...] = ()
+    instructions: dict[str, str] = field(default_factory=dict)
+    n_volumes: int | None = None
+    tr_s: float | None = None
+
+
+@dataclass(frozen=True)
+class Feedback:
+    """The latest accepted ``feedback`` message.
+
+    Attributes
+    ----------
+    index : int
+        Volume index.
+    condition : str or None
+    value : float or None
+        The volume's own value in [0, 1]; None when the volume has none (the
+        bar then holds :attr:`ScreenState.bar_value`).
+    reason : str or None
+        Why ``value`` is None.
+    t_received : float
+        ``time.time()`` when the message was received.
+    """
+
+    index: int
+    condition: str | None
+    value: float | None
+    reason: str | None
+    t_received: float
+
+
+class ScreenState:
+    """What the feedback screen should show, updated message by message.
+
+    Parameters
+    ----------
+    heartbeat_timeout_s : float
+        The link counts as lost when nothing valid came from rtnf for longer
+        than this many seconds (rtnf sends a heartbeat every second).
+
+    Attributes
+    ----------
+    phase : str
+        "waiting" (no run yet), "running" or "ended" (after a run end/abort
+        message or an rtnf heartbeat with state "ended").
+    run_id : str or None
+    run : RunInfo or None
+        None until a run start message arrived (for example when the screen
+        joins late; rtnf repeats the start message every few seconds).
+    feedback : Feedback or None
+        The latest feedback of the current run.
+    bar_value : float or None
+        The level the bar shows: the latest non-null value (held through
+        volumes without a value), None before the first one.
+    t_last_message : float or None
+        Receive time of the latest valid message from rtnf.
+    t_phase : float or None
+        Receive time of the message that set the current phase.
+    """
+
+    def __init__(self, heartbeat_timeout_s: float = 3.0) -> None:
+        if not heartbeat_timeout_s > 0:
+            raise ValueError(
+                "Invalid value for the 'heartbeat_timeout_s' parameter. Allowed values are "
+                f"positive numbers of seconds, but got {heartbeat_timeout_s!r} instead."
+            )
+        self.heartbeat_timeout_s = float(heartbeat_timeout_s)
+        self.t_last_message: float | None = None
+        self._reset(None)
+
+    def _reset(self, run_id: str | None) -> None:
+        self.phase = "waiting"
+        self.run_id = run_id
+        self.run: RunInfo | None = None
+        self.feedback: Feedback | None = None
+        self.bar_value: float | None = None
+        self.t_phase: float | None = None
+
+    def _set_phase(self, phase: str, t: float) -> None:
+        if phase != self.phase:
+            self.phase = phase
+            self.t_phase = t
+
+    def _enter_run(self, run_id: str | None) -> None:
+        # A message from another run means rtnf moved on: forget everything
+        # about the previous one (bar level, instructions, indices).
+        if run_id is not None and run_id != self.run_id:
+            self._reset(run_id)
+
+    # ------------------------------------------------------------------ #
+    @property
+    def condition(self) -> str | None:
+        """Condition of the feedback on screen."""
+        return self.feedback.condition if self.feedback is not None else None
+
+    @property
+    def has_value(self) -> bool:
+        """False when the latest volume came without a value (the bar is held)."""
+        return self.feedback is not None and self.feedback.value is not None
+
+    def instruction(self) -> str | None:
+        """Text for the current condition: the run's instruction, else its name."""
+        condition = self.condition
+        if condition is None:
+            return None
+        if self.run is not None and condition in self.run.instructions:
+            return self.run.instructions[condition]
+        return condition
+
+    def connection_lost(self, now: float) -> bool:
+        """True when rtnf was heard from once, but not for ``heartbeat_timeout_s``."""
+        if self.t_last_message is None:
+            return False
+        return now - self.t_last_message > self.heartbeat_timeout_s
+
+    # ------------------------------------------------------------------ #
+    def handle(self, topic: str, body: dict[str, Any], t_received: float) -> bool:
+        """Apply one decoded message.
+
+        Parameters
+        ----------
+        topic : str
+            "run", "feedback" or "heartbeat"; other topics are ignored.
+        body : dict
+            Decoded message (see :mod:`rtnf.messages`). Unknown fields are
+            ignored.
+        t_received : float
+            ``time.time()`` when the message was received.
+
+        Returns
+        -------
+        bool
+            True when what the screen shows may have changed.
+
+        Raises
+        ------
+        MessageError
+            When a field the screen relies on is invalid; the state is then
+            left exactly as it was.
+        """
+        if topic == "run":
+            return self._handle_run(body, t_received)
+        if topic == "feedback":
+            return self._handle_feedback(body, t_received)
+        if topic == "heartbeat":
+            return self._handle_heartbeat(body, t_received)
+        return False
+
+    def _handle_run(self, body: dict[str, Any], t: float) -> bool:
+        run_id = _run_id(body, "run")
+        event = _choice(body, "run", "event", RUN_EVENTS)
+        info = _parse_run_info(body) if event == "start" else None
+        self.t_last_message = t
+        self._enter_run(run_id)
+        if event == "start":
+            self.run = info
+            # A repeated start only refreshes the run info: it must not wake
+            # a run that has already ended.
+            if self.phase == "waiting" or not body.get("repeat", False):
+                self._set_phase("running", t)
+        else:
+            self._set_phase("ended", t)
+        return True
+
+    def _handle_feedback(self, body: dict[str, Any], t: float) -> bool:
+        run_id = _run_id(body, "feedback")
+        index = _opt_int(body, "feedback", "index")
+        if index is None:
+            raise _fail("feedback", "index", "an integer >= 0", None)
+        condition = _opt_str(body, "feedback", "condition")
+        value = _opt_number(body, "feedback", "value")
+        if value is not None:
+            if not -VALUE_TOLERANCE <= value <= 1.0 + VALUE_TOLERANCE:
+                raise _fail("feedback", "value", "a number in [0, 1] or null", value)
+            value = min(max(value, 0.0), 1.0)
+        reason = body.get("reason")
+        reason = reason if isinstance(reason, str) else None
+        self.t_last_message = t
+        self._enter_run(run_id)
+        if self.phase == "ended":
+            return False  # late message of a finished run
+        if self.feedback is not None and index < self.feedback.index:
+            return False  # older than the one shown
+        self._set_phase("running", t)
+        self.feedback = Feedback(index, condition, value, reason, t)
+        if value is not None:
+            self.bar_value = value
+        return True
+
+    def _handle_heartbeat(self, body: dict[str, Any], t: float) -> bool:
+        if body.get("source") == "stimulus":
+            return False  # another screen's heartbeat says nothing about rtnf
+        run_id = _run_id(body, "heartbeat")
+        state = _choice(body, "heartbeat", "state", PHASES)
+        self.t_last_message = t
+        before = (self.run_id, self.phase)
+        self._enter_run(run_id)
+        if state == "ended":
+            self._set_phase("ended", t)
+        elif state == "running" and self.phase == "waiting":
+            self._set_phase("running", t)
+        return (self.run_id, self.phase) != before
+
+
+def _parse_run_info(body: dict[str, Any]) -> RunInfo:
+    conditions = body.get("conditions") or []
+    if not isinstance(conditions, list) or not all(isinstance(c, str) for c in conditions):
+        raise _fail("run", "conditions", "a list of strings", conditions)
+    instructions = body.get("instructions") or {}
+    if not isinstance(instructions, dict) or not all(
+        isinstance(v, str) for v in instructions.values()
+    ):
+        raise _fail("run", "instructions", "an object mapping condition to text", instructions)
+    return RunInfo(
+        conditions=tuple(conditions),
+        instructions=dict(instructions),
+        n_volumes=_opt_int(body, "run", "n_volumes"),
+        tr_s=_opt_number(body, "run", "tr_s"),
+    )
+
+
+# --------------------------------------------------------------------------- #
+# Sockets
+# --------------------------------------------------------------------------- #
+class Received(NamedTuple):
+    """One decoded message and when it arrived (``time.time()``)."""
+
+    topic: str
+    body: dict[str, Any]
+    t_received: float
+
+
+class FeedbackLink:
+    """The screen's ZeroMQ sockets and its :class:`ScreenState`.
+
+    Parameters
+    ----------
+    address : str
+        rtnf's PUB address; the SUB connects to it (and keeps retrying, so the
+        screen may start before rtnf).
+    ack_address : str
+        Address the screen's PUB binds for ``displayed`` and ``heartbeat``.
+    heartbeat_timeout_s : float
+        Passed to :class:`ScreenState`.
+    rcvhwm : int
+        Receive high-water mark in messages; bounds memory if the screen
+        stalls (PUB/SUB then drops, which is right for feedback).
+    max_batch : int
+        At most this many messages are taken per :meth:`poll`, so that a
+        flood cannot keep the screen from drawing.
+
+    Attributes
+    ----------
+    state : ScreenState
+    n_malformed : int
+        Messages skipped because they could not be decoded or applied.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        ack_address: str = DEFAULT_SCREEN_ADDRESS,
+        heartbeat_timeout_s: float = 3.0,
+        *,
+        rcvhwm: int = 1000,
+        max_batch: int = 1000,
+    ) -> None:
+        self.address = address
+        self.ack_address = ack_address
+        self.state = ScreenState(heartbeat_timeout_s)
+        self.max_batch = int(max_batch)
+        self.n_malformed = 0
+        self._context = zmq.Context()
+        self._sub = self._context.socket(zmq.SUB)
+        self._pub = self._context.socket(zmq.PUB)
+        for sock in (self._sub, self._pub):
+            sock.setsockopt(zmq.LINGER, 0)
+        # Oversized input makes libzmq drop the connection (it reconnects);
+        # the limit matches what any valid rtnf message can be.
+        self._sub.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+        self._sub.setsockopt(zmq.RCVHWM, int(rcvhwm))
+        for topic in SUBSCRIBED_TOPICS:
+            self._sub.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))
+        # libzmq treats an oversized message as a protocol error and then
+        # drops the connection for good (no automatic reconnect), which would
+        # leave the screen deaf. Watch for disconnections and reconnect.
+        self._monitor = self._sub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        self._poller = zmq.Poller()
+        self._poller.register(self._sub, zmq.POLLIN)
+        self._poller.register(self._monitor, zmq.POLLIN)
+        try:
+            self._sub.connect(address)
+            self._pub.bind(ack_address)
+        except zmq.ZMQError as exc:
+            self.close()
+            raise RuntimeError(
+                f"Cannot connect to rtnf at {address!r} or bind the screen's address "
+                f"{ack_address!r}: {exc}. Is another screen already running?"
+            ) from exc
+
+    # ------------------------------------------------------------------ #
+    def poll(self, timeout_ms: float) -> list[Received]:
+        """Take the messages that arrive within ``timeout_ms``.
+
+        Waits at most ``timeout_ms`` for the first message, then drains what
+        is queued without waiting. Malformed messages are logged (one warning
+        each) and skipped.
+
+        Returns
+        -------
+        list of Received
+            ``(topic, body, t_received)`` for each valid message, in order.
+        """
+        ready = dict(self._poller.poll(max(0, int(timeout_ms))))
+        out = self._drain() if self._sub in ready else []
+        if self._monitor in ready:
+            # Take what the connection delivered before it dropped (the run's
+            # end message, typically) before tearing the endpoint down.
+            out += self._drain()
+            self._reconnect()
+        return out
+
+    def _drain(self) -> list[Received]:
+        out: list[Received] = []
+        for _ in range(self.max_batch):
+            try:
+                frames = self._sub.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            t_received = time.time()
+            try:
+                topic, body = decode(frames)
+            except MessageError as exc:
+                self._skip(exc)
+                continue
+            if topic in SUBSCRIBED_TOPICS:  # prefix subscriptions can let others in
+                out.append(Received(topic, body, t_received))
+        return out
+
+    def receive(self, timeout_ms: float) -> list[Received]:
+        """:meth:`poll` and apply each message to :attr:`state`.
+
+        Returns
+        -------
+        list of Received
+            The messages that were valid and applied.
+        """
+        applied = []
+        for message in self.poll(timeout_ms):
+            try:
+                self.state.handle(*message)
+            except MessageError as exc:
+                self._skip(exc)
+                continue
+            applied.append(message)
+        return applied
+
+    def _reconnect(self) -> None:
+        """Reconnect after the SUB's connection dropped.
+
+        Disconnecting first keeps one connection per endpoint whether or not
+        libzmq would have reconnected by itself (it does after rtnf restarts,
+        not after a protocol error), so messages are never duplicated.
+        """
+        while self._monitor.poll(0):
+            self._monitor.recv_multipart()
+        logger.warning(
+            "Connection to rtnf at %s dropped (rtnf stopped, or sent an oversized or "
+            "invalid message); reconnecting.", self.address,
+        )
+        try:
+            self._sub.disconnect(self.address)
+        except zmq.ZMQError:
+            pass  # libzmq already forgot the endpoint
+        self._sub.connect(self.address)
+
+    def _skip(self, exc: MessageError) -> None:
+        self.n_malformed += 1
+        logger.warning("Skipped a malformed message from %s: %s", self.address, exc)
+
+    # ------------------------------------------------------------------ #
+    def _send(self, topic: str, body: dict[str, Any]) -> None:
+        frames = encode(topic, self.state.run_id or "", body)
+        try:
+            self._pub.send_multipart(frames, zmq.NOBLOCK)
+        except zmq.Again:
+            # Nobody keeps up: an acknowledgement is not worth stalling a frame.
+            logger.debug("dropped a %s message (high-water mark)", topic)
+
+    def send_displayed(
+        self,
+        *,
+        index: int | None,
+        value: float | None,
+        condition: str | None,
+        state: str,
+        t_received: float | None,
+        t_displayed: float,
+        **extra: Any,
+    ) -> None:
+        """Publish a ``displayed`` acknowledgement (run_id from :attr:`state`)."""
+        body = {
+            "source": "stimulus",
+            "index": index,
+            "value": value,
+            "condition": condition,
+            "state": state,
+            "t_received": t_received,
+            "t_displayed": t_displayed,
+        }
+        body.update(extra)
+        self._send("displayed", body)
+
+    def send_heartbeat(self, state: str, **extra: Any) -> None:
+        """Publish the screen's ``heartbeat`` (``source: "stimulus"``).
+
+        Parameters
+        ----------
+        state : str
+            The screen's phase ("waiting", "running" or "ended").
+        **extra
+            Further fields (for example ``last_index``).
+        """
+        body = {"source": "stimulus", "state": state, "pid": os.getpid(), "t": time.time()}
+        body.update(extra)
+        self._send("heartbeat", body)
+
+    def close(self) -> None:
+        """Close both sockets and the context (idempotent)."""
+        monitor = getattr(self, "_monitor", None)
+        if monitor is not None and not monitor.closed:
+            self._sub.disable_monitor()
+            monitor.close(linger=0)
+        for sock in (self._sub, self._pub):
+            if not sock.closed:
+                sock.close(linger=0)
+        if not self._context.closed:
+            self._context.term()
+
+    def __enter__(self) -> FeedbackLink:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

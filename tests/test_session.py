@@ -1,0 +1,163 @@
+"""A whole session with real processes: scanner-sim, rtnf run, a ZeroMQ subscriber and the screen."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rtnf.config import load_config
+from rtnf.demo import Listener, Processes, _wait_ready, free_address, read_tsv, screen_command, sim_spec, write_toml
+from rtnf.record import bids_prefix, format_cell, func_dir, row_from_messages, timeseries_columns
+from tests.conftest import requires_display
+from tests.helpers import write_config
+
+N_VOLUMES, DUMMIES = 50, 2
+CONFIG = f"""
+[session]
+subject = "sim"
+task = "nf"
+
+[scanner]
+export_dir = "export"
+tr_s = 2.0
+n_volumes = {N_VOLUMES}
+dummy_volumes = {DUMMIES}
+missing_timeout_s = 1.0
+
+[protocol]
+baseline = "rest"
+pattern = {{ steps = [{{ condition = "rest", duration = 8 }}, {{ condition = "regulate", duration = 8 }}], repeat = 3 }}
+
+[protocol.instructions]
+regulate = "Raise the bar"
+
+[rois.acc]
+center_mm = [0.0, 30.0, 15.0]
+radius_mm = 8.0
+
+[rois.linsula]
+center_mm = [-37.0, 1.0, -1.0]
+radius_mm = 6.0
+
+[feedback]
+roi = "acc"
+scale_psc = [-1.0, 2.5]
+
+[output]
+dir = "outputs"
+"""
+
+
+def _session(tmp_path: Path, with_screen: bool, speed: float = 4.0):
+    address, ack_address = free_address(), free_address()
+    cfg_path = write_config(tmp_path, CONFIG)
+    cfg = load_config(cfg_path, {"publish.address": address})
+    spec_path = tmp_path / "spec.toml"
+    spec = sim_spec(cfg, amplitude_pct=1.5, noise_pct=1.0, seed=3)
+    spec["regions"] = [r for r in spec["regions"] if r["name"] == "acc"]  # the insula stays silent
+    write_toml(spec, spec_path)
+    listener = Listener([address] + ([ack_address] if with_screen else []))
+    procs = Processes()
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    try:
+        if with_screen:
+            procs.start("screen", screen_command(address, ack_address, tmp_path, exit_after_end_s=1.0), logs)
+        procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--publish-address", address], logs)
+        _wait_ready(listener, procs, no_screen=not with_screen)
+        procs.start(
+            "scanner_sim",
+            [sys.executable, "-m", "scanner_sim", "synth", str(spec_path), "--export-dir", str(cfg.scanner.export_dir),
+             "--truth-dir", str(tmp_path / "truth"), "--speed", str(speed), "--mode", "reopen"],
+            logs,
+        )
+        rtnf = procs.procs["rtnf"]
+        while rtnf.poll() is None:
+            listener.poll(0.2)
+        assert rtnf.returncode == 0, (logs / "rtnf.log").read_text()
+        if with_screen:
+            procs.procs["screen"].wait(30)
+            assert procs.procs["screen"].returncode == 0, (logs / "screen.log").read_text()
+        listener.poll(0.5)
+    finally:
+        listener.close()
+        procs.stop_all()
+    return cfg, listener
+
+
+@requires_display()
+def test_full_session_with_the_feedback_screen(tmp_path):
+    cfg, listener = _session(tmp_path, with_screen=True)
+    n_kept = N_VOLUMES - DUMMIES
+    volumes, feedback = listener.of("volume"), listener.of("feedback")
+
+    # Every volume published exactly once, in order, and none missing.
+    assert [v["index"] for v in volumes] == list(range(n_kept))
+    assert [f["index"] for f in feedback] == list(range(n_kept))
+    assert not any(v["flags"]["missing"] for v in volumes)
+    for v in volumes:
+        t = v["timing"]
+        assert t["t_acquired"] <= t["t_detected"] <= t["t_read"] <= t["t_preprocessed"] <= t["t_modelled"] <= t["t_published"]
+
+    # The recorded table holds exactly what was published.
+    table_path = func_dir(cfg) / f"{bids_prefix(cfg)}_desc-rtnf_timeseries.tsv"
+    rows = read_tsv(table_path)
+    columns = timeseries_columns(["acc", "linsula"])
+    assert list(rows[0]) == columns and len(rows) == n_kept
+    for row, v, f in zip(rows, volumes, feedback):
+        expected = row_from_messages(v, f, ["acc", "linsula"])
+        assert row == {c: format_cell(expected[c]) for c in columns}
+
+    # The feedback follows the simulator's true activation.
+    truth = read_tsv(tmp_path / "truth" / "truth.tsv")
+    pairs = [(f["value"], float(truth[f["index"] + DUMMIES]["activation_acc"])) for f in feedback if f["value"] is not None]
+    assert len(pairs) >= n_kept - 10
+    r = np.corrcoef(np.array(pairs).T)[0, 1]
+    assert r >= 0.8, f"feedback vs true activation r = {r:.3f}"
+
+    # The screen flipped a frame for every feedback message and acknowledged each.
+    with open(tmp_path / "flips.csv", newline="") as fh:
+        flips = list(csv.DictReader(fh))
+    shown = {int(f["index"]) for f in flips if f["index"] not in ("", "None", "n/a")}
+    assert set(range(n_kept)) <= shown
+    acks = {d["index"]: d for d in listener.of("displayed") if d.get("index") is not None}
+    assert set(acks) == set(range(n_kept))
+    for v in volumes:
+        assert acks[v["index"]]["t_displayed"] >= v["timing"]["t_published"]
+
+    # The last frame shows the bar at the height of the last value.
+    last_value = next(f["value"] for f in reversed(feedback) if f["value"] is not None)
+    fill_fraction, height = _bar_fill_fraction(tmp_path / "last_frame.png")
+    assert abs(fill_fraction - last_value) * height <= 2.0, (fill_fraction, last_value)
+
+
+def _bar_fill_fraction(png: Path) -> tuple[float, int]:
+    from PIL import Image
+
+    from stimulus.geometry import BAR_BG, BAR_FILL
+
+    img = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    column = img[:, img.shape[1] // 2]
+    fill = int(np.sum(np.all(np.abs(column - BAR_FILL) <= 2, axis=1)))
+    background = int(np.sum(np.all(np.abs(column - BAR_BG) <= 2, axis=1)))
+    assert fill + background > 0.5 * 0.6 * img.shape[0], "no thermometer in the screenshot"
+    return fill / (fill + background), fill + background
+
+
+def test_session_without_screen_records_every_volume_and_survives_a_bad_file(tmp_path):
+    """Headless: a foreign file among the volumes is logged and skipped; every volume is still recorded."""
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "notes_00007.nii").write_bytes(b"this is not a volume")  # matches the pattern, never completes
+    cfg, listener = _session(tmp_path, with_screen=False, speed=8.0)
+    volumes = listener.of("volume")
+    assert [v["index"] for v in volumes] == list(range(N_VOLUMES - DUMMIES))
+    run_messages = listener.of("run")
+    assert run_messages[-1]["event"] == "end"
+    beats = [h for h in listener.of("heartbeat") if h.get("source") == "rtnf"]
+    assert beats[0]["state"] == "waiting" and beats[-1]["state"] == "ended"

@@ -1,0 +1,366 @@
+"""The real feedback screen (``python -m stimulus``) under Xvfb, driven over ZeroMQ.
+
+Each test plays rtnf: it binds a PUB on a free loopback port, starts the
+screen as a subprocess, listens to the screen's acknowledgements on a SUB, and
+checks the screenshots pixel by pixel against :mod:`stimulus.geometry`.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import socket
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import zmq
+
+from rtnf.messages import MAX_MESSAGE_BYTES, encode, schema_for
+from stimulus.geometry import (
+    BAR_BG,
+    BAR_FILL,
+    LOST_COLOR,
+    TARGET_COLOR,
+    bar_geometry,
+    to_image_col,
+    to_image_row,
+)
+from stimulus.xvfb import display_prefix
+
+pytestmark = [
+    pytest.mark.display,
+    pytest.mark.skipif(importlib.util.find_spec("psychopy") is None,
+                       reason="PsychoPy is not installed (pip install rtnf[display])"),
+    pytest.mark.skipif(shutil.which("Xvfb") is None or shutil.which("xvfb-run") is None,
+                       reason="Xvfb/xvfb-run not found: install the Debian package xvfb"),
+]
+
+SIZE = (640, 480)
+RUN = "run-test"
+START = {"event": "start", "tr_s": 1.0, "n_volumes": 10, "conditions": ["rest", "regulate"],
+         "instructions": {"regulate": "Raise the bar"}}
+
+
+# --------------------------------------------------------------------------- #
+# Helpers
+# --------------------------------------------------------------------------- #
+def free_address() -> str:
+    """A loopback TCP address nobody listens on (plain socket: closes synchronously)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"tcp://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def xdisplay():
+    """A private Xvfb; screens started with it get SIGTERM directly (no xvfb-run shell)."""
+    read_fd, write_fd = os.pipe()
+    proc = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+        pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        number = f.readline().strip()
+    if not number:
+        proc.kill()
+        pytest.skip("Xvfb did not start")
+    yield f":{number}"
+    proc.terminate()
+    proc.wait(10)
+
+
+class Rtnf:
+    """The test's stand-in for rtnf: a PUB for messages and a SUB for the screen's replies."""
+
+    def __init__(self, address: str, ack_address: str, bind: bool = True) -> None:
+        self.ctx = zmq.Context()
+        self.address = address
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.pub.setsockopt(zmq.LINGER, 0)
+        if bind:
+            self.bind()
+        self.sub = self.ctx.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.connect(ack_address)
+        self.replies: list[tuple[str, dict]] = []
+
+    def bind(self) -> None:
+        self.pub.bind(self.address)
+
+    def send(self, topic: str, **body: Any) -> None:
+        self.pub.send_multipart(encode(topic, RUN, body))
+
+    def heartbeat(self, state: str = "waiting") -> None:
+        self.send("heartbeat", source="rtnf", state=state, last_index=None, t=time.time())
+
+    def wait_for(self, pred: Callable[[str, dict], bool], timeout_s: float = 10.0,
+                 meanwhile: Callable[[], None] | None = None, every_s: float = 0.05) -> dict:
+        """Collect replies until one satisfies ``pred``; call ``meanwhile`` every ``every_s``."""
+        deadline = time.time() + timeout_s
+        while time.time() < deadline:
+            if meanwhile is not None:
+                meanwhile()
+            if self.sub.poll(int(every_s * 1000)):
+                while self.sub.poll(0):
+                    topic, data = self.sub.recv_multipart()
+                    reply = (topic.decode(), json.loads(data))
+                    self.replies.append(reply)
+                    if pred(*reply):
+                        return reply[1]
+        raise AssertionError(f"no matching reply within {timeout_s} s; got {self.replies[-5:]}")
+
+    def wait_up(self, proc: subprocess.Popen, timeout_s: float = 20.0) -> dict:
+        """Wait for the screen's own heartbeat (it is up and its ack socket is reachable)."""
+        def check_alive() -> None:
+            assert proc.poll() is None, f"screen exited early with {proc.returncode}"
+            self.heartbeat()  # PUB drops what it sends before the screen connects
+        return self.wait_for(lambda t, b: t == "heartbeat" and b["source"] == "stimulus",
+                             timeout_s, check_alive, every_s=0.1)
+
+    def acked(self, index: int, timeout_s: float = 10.0,
+              meanwhile: Callable[[], None] | None = None) -> dict:
+        return self.wait_for(lambda t, b: t == "displayed" and b["index"] == index,
+                             timeout_s, meanwhile)
+
+    def start_run_and_show(self, index: int, value: float | None) -> dict:
+        """Send the run start and a first feedback until it is acknowledged (syncs the link)."""
+        def resend() -> None:
+            self.send("run", **START)
+            self.send("feedback", index=index, condition="regulate", value=value,
+                      reason=None, kind="continuous", t_published=time.time())
+        return self.acked(index, meanwhile=resend)
+
+    def show(self, index: int, value: float | None, condition: str = "regulate") -> dict:
+        self.send("feedback", index=index, condition=condition, value=value,
+                  reason=None if value is not None else "censored", kind="continuous",
+                  t_published=time.time())
+        return self.acked(index)
+
+    def close(self) -> None:
+        self.pub.close()
+        self.sub.close()
+        self.ctx.term()
+
+
+def start_screen(tmp_path: Path, address: str, ack: str, *extra: str,
+                 display: str | None = None) -> tuple[subprocess.Popen, dict[str, Path]]:
+    """Start ``python -m stimulus``; on ``display``, else the way rtnf's demo does (xvfb-run)."""
+    paths = {"flip_log": tmp_path / "flips.csv", "screenshot": tmp_path / "screen.png",
+             "stderr": tmp_path / "stderr.txt"}
+    env = dict(os.environ)
+    if display is None:
+        env.pop("DISPLAY", None)
+        old = os.environ.pop("DISPLAY", None)
+        try:
+            prefix = display_prefix()
+        finally:
+            if old is not None:
+                os.environ["DISPLAY"] = old
+        assert prefix[:2] == ["xvfb-run", "-a"]
+    else:
+        env["DISPLAY"] = display
+        prefix = []
+    cmd = prefix + [
+        sys.executable, "-m", "stimulus", "--address", address, "--ack-address", ack,
+        "--size", f"{SIZE[0]}x{SIZE[1]}", "--flip-log", str(paths["flip_log"]),
+        "--screenshot", str(paths["screenshot"]), *extra,
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
+                            stderr=paths["stderr"].open("w"))
+    return proc, paths
+
+
+def stop(proc: subprocess.Popen, paths: dict[str, Path], sig: int | None = signal.SIGTERM) -> None:
+    """Signal the screen (unless it exits by itself) and check it exited cleanly."""
+    if sig is not None:
+        proc.send_signal(sig)
+    try:
+        rc = proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+    assert rc == 0, paths["stderr"].read_text()[-3000:]
+
+
+def read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def bar_column(img: np.ndarray) -> tuple[np.ndarray, Any]:
+    """Pixels of the column through the bar's centre, between the bar's top and bottom."""
+    assert img.shape[:2] == (SIZE[1], SIZE[0])
+    g = bar_geometry(SIZE)
+    col = to_image_col(g.left + g.width / 2, SIZE)
+    top, bottom = to_image_row(g.top, SIZE), to_image_row(g.bottom, SIZE)
+    return img[top:bottom, col], g
+
+
+def measured_level(img: np.ndarray) -> float:
+    column, g = bar_column(img)
+    fill = np.all(column == BAR_FILL, axis=1)
+    bg = np.all(column == BAR_BG, axis=1)
+    # Only fill and background inside the bar: nothing is drawn over it.
+    assert np.all(fill | bg), "unexpected colours in the bar's column"
+    assert fill.sum() + bg.sum() == g.height
+    # Fill at the bottom, background on top.
+    assert not np.any(fill[: bg.sum()]) and not np.any(bg[bg.sum():])
+    return fill.sum() / (fill.sum() + bg.sum())
+
+
+def read_flips(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# --------------------------------------------------------------------------- #
+# Tests
+# --------------------------------------------------------------------------- #
+def test_run_acks_flip_log_and_final_screenshot(tmp_path):
+    """The demo's way: xvfb-run, a whole run, and exit shortly after its end."""
+    address, ack = free_address(), free_address()
+    rtnf = Rtnf(address, ack)
+    proc, paths = start_screen(tmp_path, address, ack, "--exit-after-end", "0.3")
+    try:
+        hb = rtnf.wait_up(proc)
+        assert hb["state"] == "waiting"
+        values = [0.2, None, 0.55, 0.63]
+        acks = [rtnf.start_run_and_show(0, values[0])]
+        acks += [rtnf.show(i, v) for i, v in enumerate(values) if i > 0]
+        rtnf.send("run", event="end")
+        stop(proc, paths, sig=None)  # --exit-after-end
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        rtnf.close()
+
+    for i, (a, v) in enumerate(zip(acks, values)):
+        assert a["index"] == i and a["value"] == v and a["condition"] == "regulate"
+        assert a["run_id"] == RUN and a["schema"] == schema_for("displayed")
+        assert a["t_received"] <= a["t_displayed"] < a["t_received"] + 1.0
+    assert acks[1]["bar_value"] == 0.2  # the null volume held the previous level
+
+    flips = read_flips(paths["flip_log"])
+    by_index = {}
+    for row in flips:
+        by_index.setdefault(row["index"], row)
+    assert all(str(i) in by_index for i in range(len(values)))
+    for i, a in enumerate(acks):  # the ack stamps the first flip that showed the index
+        assert float(by_index[str(i)]["t_flip"]) == pytest.approx(a["t_displayed"], abs=1e-5)
+    assert by_index["1"]["has_value"] == "0" and float(by_index["1"]["value"]) == 0.2
+    assert flips[-1]["phase"] == "ended"
+    t = [float(r["t_flip"]) for r in flips]
+    assert all(b >= a for a, b in zip(t, t[1:]))
+    # Capped by the clock at 60 fps (Xvfb has no vsync to do it): without the
+    # cap Xvfb flips every fraction of a millisecond.
+    intervals = np.diff(t)
+    assert np.median(intervals) >= 0.9 / 60
+    assert intervals.min() >= 0.45 / 60
+
+    img = read_png(paths["screenshot"])
+    g = bar_geometry(SIZE)
+    level = measured_level(img)
+    assert abs(level * g.height - 0.63 * g.height) <= 2
+    # Target ticks at 0.75 beside the bar, on both sides.
+    row = to_image_row(g.level_y(0.75), SIZE) - 1
+    for col in (to_image_col(g.left - 30, SIZE), to_image_col(g.left + g.width + 30, SIZE)):
+        assert tuple(img[row, col]) == TARGET_COLOR
+
+
+@pytest.mark.parametrize("value", [0.3, 0.9])
+def test_screenshot_shows_value(tmp_path, xdisplay, value):
+    address, ack = free_address(), free_address()
+    rtnf = Rtnf(address, ack)
+    proc, paths = start_screen(tmp_path, address, ack, display=xdisplay)
+    try:
+        rtnf.wait_up(proc)
+        a = rtnf.start_run_and_show(3, value)
+        assert a["value"] == value and a["state"] == "running"
+        stop(proc, paths)  # SIGTERM saves the screenshot and exits 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        rtnf.close()
+    level = measured_level(read_png(paths["screenshot"]))
+    g = bar_geometry(SIZE)
+    assert abs(level * g.height - value * g.height) <= 2
+    assert read_flips(paths["flip_log"])[-1]["index"] == "3"
+
+
+def test_malformed_messages_are_skipped(tmp_path, xdisplay):
+    address, ack = free_address(), free_address()
+    rtnf = Rtnf(address, ack)
+    proc, paths = start_screen(tmp_path, address, ack, display=xdisplay)
+    try:
+        rtnf.wait_up(proc)
+        rtnf.start_run_and_show(0, 0.5)
+        garbage = [
+            [b"feedback"],
+            [b"feedback", b"{}", b"third frame"],
+            [b"feedback", b"not json at all"],
+            [b"feedback", b"\xff\xfe\xfd"],
+            [b"feedback", json.dumps({"schema": "rtnf.run/1", "run_id": RUN}).encode()],
+            [b"feedback", json.dumps({"schema": schema_for("feedback"), "run_id": RUN,
+                                      "index": "one", "value": 0.9}).encode()],
+            [b"run", json.dumps({"schema": schema_for("run"), "event": "explode"}).encode()],
+            [b"runaway", b"{}"],
+        ]
+        for frames in garbage:
+            rtnf.pub.send_multipart(frames)
+        # The screen counts what it skipped in its heartbeat.
+        hb = rtnf.wait_for(lambda t, b: t == "heartbeat" and b["n_malformed"] >= len(garbage))
+        assert hb["n_malformed"] == len(garbage) and hb["last_index"] == 0
+        # Oversized: libzmq drops the connection, the screen reconnects.
+        rtnf.pub.send_multipart([b"feedback", b"x" * (MAX_MESSAGE_BYTES + 1)])
+        a = rtnf.acked(1, meanwhile=lambda: rtnf.send(
+            "feedback", index=1, condition="regulate", value=0.8, reason=None))
+        assert a["value"] == 0.8
+        assert proc.poll() is None
+        stop(proc, paths)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        rtnf.close()
+    log = paths["stderr"].read_text()
+    assert log.count("Skipped a malformed message") == len(garbage)
+    assert "Traceback" not in log
+    assert measured_level(read_png(paths["screenshot"])) == pytest.approx(0.8, abs=2 / 288)
+
+
+def test_screen_started_before_rtnf_and_connection_lost(tmp_path, xdisplay):
+    address, ack = free_address(), free_address()
+    rtnf = Rtnf(address, ack, bind=False)
+    proc, paths = start_screen(tmp_path, address, ack, "--heartbeat-timeout", "0.5",
+                               display=xdisplay)
+    try:
+        hb = rtnf.wait_up(proc)  # up although nobody publishes yet
+        assert hb["state"] == "waiting" and hb["connection_lost"] is False
+        rtnf.bind()
+        a = rtnf.start_run_and_show(0, 0.4)
+        assert a["value"] == 0.4
+        # rtnf goes silent: the screen says so.
+        hb = rtnf.wait_for(lambda t, b: t == "heartbeat" and b["connection_lost"])
+        assert hb["state"] == "running"
+        stop(proc, paths)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        rtnf.close()
+    img = read_png(paths["screenshot"])
+    assert np.all(img == LOST_COLOR, axis=2).sum() > 50  # the notice is drawn
+    assert measured_level(img) == pytest.approx(0.4, abs=2 / 288)  # over the held screen
+    assert read_flips(paths["flip_log"])[-1]["connection_lost"] == "1"

@@ -1,0 +1,94 @@
+"""The watcher hands over every file once, complete, while the simulator writes it in pieces."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from rtnf.nifti import IncompleteFileError, is_complete, read_nifti
+from rtnf.watcher import VolumeWatcher
+from scanner_sim.spec import RunSpec
+from scanner_sim.synth import SyntheticRun
+from scanner_sim.writer import ScannerWriter
+
+from rtnf.demo import read_tsv
+
+
+def _spec(n: int) -> RunSpec:
+    return RunSpec.from_dict({"tr_s": 1.0, "n_volumes": n, "shape": [32, 32, 20], "voxel_mm": 6.0, "noise_pct": 1.0})
+
+
+def _watch_while_writing(tmp_path: Path, n: int, mode: str, watch: str, speed: float) -> tuple[dict, list]:
+    export, truth = tmp_path / "export", tmp_path / "truth"
+    handed: dict[str, tuple[str, int]] = {}
+    order: list[str] = []
+
+    def on_ready(path: Path, t_detected: float) -> None:
+        # Read at once, as the pipeline would: a partial file would show here.
+        data = path.read_bytes()
+        handed.setdefault(path.name, (hashlib.sha256(data).hexdigest(), len(data)))
+        order.append(path.name)
+
+    spec = _spec(n)
+    watcher = VolumeWatcher(export, r"(?P<volume>\d+)\.nii$", is_complete, on_ready, mode=watch, poll_interval_s=0.02)
+    watcher.start()
+    try:
+        writer = ScannerWriter(export, spec, mode=mode, n_chunks=4, chunk_delay_s=0.005, speed=speed, recon_delay_s=0.0)
+        writer.write_run(SyntheticRun(spec), truth)
+        deadline = time.time() + 5
+        while len(order) < n and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        watcher.stop()
+    return handed, order, read_tsv(truth / "files.tsv")
+
+
+@pytest.mark.parametrize("mode", ["reopen", "chunked"])
+def test_never_hands_over_a_partial_file_over_200_volumes(tmp_path, mode):
+    handed, order, files = _watch_while_writing(tmp_path, 200, mode, "inotify", speed=25.0)
+    assert len(files) == 200
+    assert len(order) == 200, f"{200 - len(order)} files never handed over"
+    assert len(set(order)) == 200, "a file was handed over twice"
+    for row in files:
+        name = Path(row["path"]).name
+        sha, size = handed[name]
+        assert size == int(row["n_bytes"]), f"{name} handed over with {size} of {row['n_bytes']} bytes"
+        assert sha == row["sha256"], f"{name} handed over with other content than written"
+
+
+def test_polling_mode_and_atomic_renames(tmp_path):
+    handed, order, files = _watch_while_writing(tmp_path, 30, "atomic", "polling", speed=10.0)
+    assert sorted(order) == sorted(Path(r["path"]).name for r in files)
+    assert all(handed[Path(r["path"]).name][0] == r["sha256"] for r in files)
+
+
+def test_files_present_before_start_are_handed_over(tmp_path):
+    spec = _spec(3)
+    ScannerWriter(tmp_path, spec, speed=100.0, recon_delay_s=0.0).write_run(SyntheticRun(spec), tmp_path / "truth")
+    got: list[str] = []
+    done = threading.Event()
+    watcher = VolumeWatcher(tmp_path, r"(?P<volume>\d+)\.nii$", is_complete, lambda p, t: got.append(p.name))
+    watcher.start()
+    watcher.stop()
+    done.set()
+    assert sorted(got) == [spec.filename(i) for i in range(3)]
+
+
+def test_truncated_file_is_incomplete_and_reader_says_so(tmp_path):
+    spec = _spec(1)
+    ScannerWriter(tmp_path, spec, speed=100.0, recon_delay_s=0.0).write_run(SyntheticRun(spec), tmp_path / "truth")
+    path = tmp_path / spec.filename(0)
+    assert is_complete(path)
+    full = path.read_bytes()
+    cut = tmp_path / "cut_00001.nii"
+    cut.write_bytes(full[: len(full) // 2])
+    assert not is_complete(cut)
+    with pytest.raises(IncompleteFileError, match="cut_00001.nii"):
+        read_nifti(cut)
+    foreign = tmp_path / "foreign_00002.nii"
+    foreign.write_bytes(b"not a nifti file at all" * 100)
+    assert not is_complete(foreign)
