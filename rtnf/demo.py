@@ -362,11 +362,12 @@ def run_demo(args: argparse.Namespace) -> int:
         listener.close()
         procs.stop_all()
     console.rule("rtnf demo summary")
-    for line in summary.lines():
-        console.print(line)
+    lines = summary.lines()
     if not args.no_screen:
-        console.print(f"screen                   last frame {root / 'last_frame.png'}, flip log {root / 'flips.csv'}")
-    console.print(f"ground truth             {truth}")
+        lines.append(f"screen                   last frame {root / 'last_frame.png'}, flip log {root / 'flips.csv'}")
+    lines.append(f"ground truth             {truth}")
+    for line in lines:
+        console.print(line, soft_wrap=True)  # paths stay whole for copy and paste
     return 0
 
 

@@ -1,8 +1,9 @@
 """From ROI signals to the value the participant sees.
 
 Continuous feedback: the ROI signal cleaned of drift by the incremental GLM,
-as percent signal change against the most recent baseline block, mapped
-linearly from ``scale_psc`` to [0, 1] and clipped.
+as percent signal change against the most recent baseline period (baseline
+blocks shifted by the hemodynamic lag, see :func:`baseline_segments`),
+mapped linearly from ``scale_psc`` to [0, 1] and clipped.
 """
 
 from __future__ import annotations
@@ -70,9 +71,7 @@ class RoiModel:
         self.min_baseline_volumes = min_baseline_volumes
         self._nuisance = design.nuisance_columns
         self._raw = np.full((protocol.n_volumes, n_rois), np.nan)
-        self._baseline_segments = [
-            (s.start, s.stop) for s in protocol.segments() if s.condition == protocol.baseline
-        ]
+        self._baseline_segments = baseline_segments(design)
 
     def update(self, index: int, raw: np.ndarray) -> list[RoiValues]:
         """Add volume ``index`` (counted from the first kept volume) and return every ROI's values.
@@ -127,7 +126,7 @@ class RoiModel:
         return self.design.matrix[np.ix_(rows, drift_cols)] @ beta
 
     def _baseline_mean(self, index: int, clean_all: np.ndarray) -> np.ndarray | None:
-        """Mean cleaned signal over the most recent baseline block with enough volumes."""
+        """Mean cleaned signal over the most recent baseline period with enough volumes seen."""
         for start, stop in reversed(self._baseline_segments):
             if start > index:
                 continue
@@ -136,6 +135,32 @@ class RoiModel:
             if len(values) >= self.min_baseline_volumes:
                 return values.mean(axis=0)
         return None
+
+
+BASELINE_RESPONSE_FRACTION = 0.1
+
+
+def baseline_segments(design: Design) -> list[tuple[int, int]]:
+    """Periods where the model predicts no task response: (start, stop) volume ranges.
+
+    The protocol's baseline blocks, shifted by the hemodynamic lag: a volume
+    belongs to the baseline when every task regressor (HRF-convolved boxcar)
+    is below ``BASELINE_RESPONSE_FRACTION`` of its peak. This drops the tail
+    of the response at the start of a rest block and keeps the first
+    volumes of the next regulation block, before the response rises.
+    """
+    task = design.matrix[:, : design.n_core - 1]
+    names = design.names[: design.n_core - 1]
+    main = [k for k, n in enumerate(names) if not n.endswith("_derivative")]
+    quiet = np.all(task[:, main] <= BASELINE_RESPONSE_FRACTION * task[:, main].max(axis=0), axis=1)
+    segments, start = [], None
+    for i, q in enumerate(np.append(quiet, False)):
+        if q and start is None:
+            start = i
+        elif not q and start is not None:
+            segments.append((start, i))
+            start = None
+    return segments
 
 
 def continuous_feedback(psc: float | None, scale_psc: tuple[float, float]) -> FeedbackValue:

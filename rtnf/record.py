@@ -104,8 +104,8 @@ def _sidecar(roi_names: list[str], cfg: Config) -> dict[str, Any]:
         }
         side[f"{name}_psc"] = {
             "Units": "percent",
-            "Description": f"Cleaned ROI '{name}' signal as percent change from the mean of the most recent "
-            "baseline block.",
+            "Description": f"Cleaned ROI '{name}' signal as percent change from its mean over the most recent "
+            "baseline period (baseline blocks shifted by the hemodynamic lag).",
         }
     lo, hi = cfg.feedback.scale_psc
     side["feedback_value"] = {

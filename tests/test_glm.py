@@ -100,3 +100,40 @@ def test_exact_fit_recovers_coefficients():
         glm.update(row, y)
     np.testing.assert_allclose(glm.coefficients(), beta, rtol=1e-12)
     assert glm.rss()[0] < 1e-20
+
+
+def test_baseline_periods_follow_the_hemodynamic_lag():
+    from rtnf.feedback import baseline_segments
+
+    protocol = _protocol()  # TR 2 s: regulate volumes 10-19, 30-39, ...
+    segments = baseline_segments(make_design(protocol, "spm", 128.0))
+    start, stop = segments[1]
+    # The response's tail lasts a few volumes into the rest block (20-29) ...
+    assert 22 <= start <= 26
+    # ... and the next regulation block's first volume is still quiet.
+    assert 30 <= stop <= 33
+    assert segments[0][0] == 0
+
+
+def test_percent_signal_change_recovers_a_known_response_through_drift():
+    """With drift on top, the PSC equals that of the drift-free signal against the same baseline."""
+    from rtnf.feedback import baseline_segments
+
+    protocol = _protocol()
+    design = make_design(protocol, "spm", 128.0)
+    response = design.matrix[:, 0] / design.matrix[:, 0].max()  # 1.0 at the plateau
+    t = np.arange(N) * protocol.tr_s
+    signal = 1000.0 * (1.0 + 0.015 * response)
+    y = signal * (1.0 + 0.01 * np.cos(np.pi * t / t[-1]))  # a 1 % slow drift, modelled by drift_1
+    model = RoiModel(design, protocol, 1, drift_cutoff_s=128.0)
+    psc = np.array([model.update(i, [y[i]])[0].psc or np.nan for i in range(N)])
+    segments = baseline_segments(design)
+    expected = np.full(N, np.nan)
+    for i in range(N // 2, N):
+        start, stop = [(a, b) for a, b in segments if a + 3 <= i + 1][-1]
+        base = signal[start : min(stop, i + 1)].mean()
+        expected[i] = 100 * (signal[i] - base) / base
+    late = slice(N // 2, N)  # once the drift terms are in the model
+    np.testing.assert_allclose(psc[late], expected[late], atol=0.03)
+    # and the response itself is there: about 1.5 % at the plateau
+    assert 1.4 < np.nanmax(psc[late]) < 1.7
