@@ -41,7 +41,33 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--amplitude-pct", type=float, default=1.5, help="true activation in the ROI, percent")
     demo.add_argument("--noise-pct", type=float, default=1.0, help="voxel noise, percent of brain mean")
     demo.add_argument("--no-screen", action="store_true", help="run without the PsychoPy feedback screen")
+    bench = sub.add_parser("bench", help="latency benchmarks of the pipeline's stages")
+    bench.add_argument("--json", action="store_true", help="print results as JSON")
+    stages = bench.add_subparsers(dest="stage", required=True)
+    for module in _bench_stages():
+        stage = stages.add_parser(module.NAME, help=module.HELP)
+        module.add_arguments(stage)
+        stage.set_defaults(bench_module=module)
     return parser
+
+
+def _bench_stages() -> list:
+    import importlib
+
+    from .bench import STAGES
+
+    return [importlib.import_module(f"rtnf.bench.{name}") for name in STAGES]
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    results = args.bench_module.run(args)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print(results.get("text", json.dumps(results, indent=2)))
+    return 0
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, object]:
@@ -103,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "check":
             return _cmd_check(args)
+        if args.command == "bench":
+            return _cmd_bench(args)
         from .demo import run_demo
 
         return run_demo(args)
