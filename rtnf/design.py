@@ -1,9 +1,14 @@
-"""The design matrix of a run, known in full before the first volume.
+"""The design matrix of a run.
 
 Task regressors (the protocol's non-baseline blocks convolved with an HRF),
-cosine drift terms up to the cutoff and a constant, built with nilearn's
-``make_first_level_design_matrix`` so that rtnf's model is the one batch
-analyses use.
+cosine drift terms up to the cutoff and a constant are known before the first
+volume and built with nilearn's ``make_first_level_design_matrix``, so that
+rtnf's model is the one batch analyses use. Motion regressors (6 or 24, with
+fMRIPrep's names) are known only as each volume is realigned: their columns
+are filled row by row with :func:`motion_regressors`.
+
+Column order: task, constant, motion, drifts. The incremental QR then holds
+every nested model "task + constant [+ motion] [+ first k drifts]" at once.
 """
 
 from __future__ import annotations
@@ -23,18 +28,34 @@ class Design:
     ----------
     matrix : ndarray, shape (n_volumes, n_regressors)
         One row per kept volume.
+        Motion columns hold NaN until :meth:`set_motion` fills a row.
     names : tuple of str
-        Column names: task conditions (and their derivatives), ``drift_k``,
-        ``constant``.
+        Column names: task conditions (and ``<condition>_derivative``),
+        ``constant``, motion (``trans_x`` ... ``rot_z_derivative1_power2``),
+        ``drift_k``.
     """
 
     matrix: np.ndarray
     names: tuple[str, ...]
 
     @property
-    def nuisance_columns(self) -> np.ndarray:
-        """Indices of the drift columns: what 'cleaning' a signal removes."""
+    def drift_columns(self) -> np.ndarray:
+        """Indices of the cosine drift columns."""
         return np.array([i for i, n in enumerate(self.names) if n.startswith("drift_")], dtype=int)
+
+    @property
+    def motion_columns(self) -> np.ndarray:
+        """Indices of the motion columns."""
+        return np.array([i for i, n in enumerate(self.names) if n.split("_")[0] in ("trans", "rot")], dtype=int)
+
+    @property
+    def nuisance_columns(self) -> np.ndarray:
+        """Motion and drift columns: what 'cleaning' a signal removes."""
+        return np.concatenate([self.motion_columns, self.drift_columns])
+
+    def set_motion(self, index: int, values: np.ndarray) -> None:
+        """Fill the motion columns of row ``index`` (from :func:`motion_regressors`)."""
+        self.matrix[index, self.motion_columns] = values
 
     @property
     def n_core(self) -> int:
@@ -47,7 +68,47 @@ class Design:
         return self.matrix.shape[1]
 
 
-def make_design(protocol: Protocol, hrf: str = "spm", drift_cutoff_s: float = 128.0) -> Design:
+MOTION_PARAMS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+
+
+def motion_names(n_motion: int) -> tuple[str, ...]:
+    """fMRIPrep's confound names for 0, 6 or 24 motion regressors."""
+    if n_motion == 0:
+        return ()
+    if n_motion == 6:
+        return MOTION_PARAMS
+    if n_motion == 24:
+        return (
+            MOTION_PARAMS
+            + tuple(f"{n}_derivative1" for n in MOTION_PARAMS)
+            + tuple(f"{n}_power2" for n in MOTION_PARAMS)
+            + tuple(f"{n}_derivative1_power2" for n in MOTION_PARAMS)
+        )
+    raise ValueError(f"Invalid value for the 'n_motion' parameter. Allowed values are 0, 6, 24, but got {n_motion} instead.")
+
+
+def motion_regressors(params: np.ndarray, previous: np.ndarray | None, n_motion: int) -> np.ndarray:
+    """One row of motion regressors.
+
+    Parameters
+    ----------
+    params : ndarray, shape (6,)
+        This volume's motion (mm, radians).
+    previous : ndarray, shape (6,) or None
+        The previous kept volume's motion (None for the first: derivative 0).
+    n_motion : {6, 24}
+        The 6 parameters, or Friston's 24 (with backward derivatives and squares of both).
+    """
+    params = np.asarray(params, dtype=np.float64)
+    if n_motion == 6:
+        return params.copy()
+    deriv = params - previous if previous is not None else np.zeros(6)
+    return np.concatenate([params, deriv, params**2, deriv**2])
+
+
+def make_design(
+    protocol: Protocol, hrf: str = "spm", drift_cutoff_s: float = 128.0, n_motion: int = 0
+) -> Design:
     """Build the run's design matrix.
 
     Parameters
@@ -59,6 +120,8 @@ def make_design(protocol: Protocol, hrf: str = "spm", drift_cutoff_s: float = 12
     drift_cutoff_s : float
         High-pass cutoff in seconds: cosine drift terms with periods longer
         than this are modelled.
+    n_motion : {0, 6, 24}
+        Motion regressors, filled as volumes are realigned.
 
     Returns
     -------
@@ -86,4 +149,9 @@ def make_design(protocol: Protocol, hrf: str = "spm", drift_cutoff_s: float = 12
     order = {c: i for i, c in enumerate(protocol.task_conditions)}
     task.sort(key=lambda c: (order.get(str(c).removesuffix("_derivative"), len(order)), str(c)))
     frame = frame[task + ["constant"] + drifts]
-    return Design(matrix=frame.to_numpy(dtype=np.float64), names=tuple(str(c) for c in frame.columns))
+    known = frame.to_numpy(dtype=np.float64)
+    n_core = len(task) + 1
+    motion = np.full((protocol.n_volumes, len(motion_names(n_motion))), np.nan)
+    matrix = np.hstack([known[:, :n_core], motion, known[:, n_core:]])
+    names = tuple(str(c) for c in task) + ("constant",) + motion_names(n_motion) + tuple(drifts)
+    return Design(matrix=matrix, names=names)

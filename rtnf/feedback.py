@@ -70,10 +70,12 @@ class RoiModel:
         self.glm = IncrementalGLM(design.n_regressors, n_rois)
         self.min_baseline_volumes = min_baseline_volumes
         self._nuisance = design.nuisance_columns
+        self._motion = design.motion_columns
+        self._drift = design.drift_columns
         self._raw = np.full((protocol.n_volumes, n_rois), np.nan)
         self._baseline_segments = baseline_segments(design)
 
-    def update(self, index: int, raw: np.ndarray) -> list[RoiValues]:
+    def update(self, index: int, raw: np.ndarray, motion: np.ndarray | None = None) -> list[RoiValues]:
         """Add volume ``index`` (counted from the first kept volume) and return every ROI's values.
 
         Parameters
@@ -82,14 +84,20 @@ class RoiModel:
             Kept-volume index.
         raw : ndarray, shape (n_rois,)
             Mean ROI signals of this volume.
+        motion : ndarray, optional
+            This volume's motion regressors (see :func:`rtnf.design.motion_regressors`);
+            required when the design has motion columns.
         """
         raw = np.asarray(raw, dtype=np.float64)
+        if self._motion.size:
+            if motion is None:
+                raise ValueError("the design has motion columns: pass this volume's motion regressors")
+            self.design.set_motion(index, motion)
         self._raw[index] = raw
         self.glm.update(self.design.matrix[index], raw)
-        drift = self._drift_fit(np.arange(index + 1))
-        clean_all = self._raw[: index + 1] - drift
-        clean = clean_all[index]
-        base = self._baseline_mean(index, clean_all)
+        clean_rows = self._cleaner(index)
+        clean = clean_rows(np.array([index]))[0]
+        base = self._baseline_mean(index, clean_rows)
         out = []
         for k in range(raw.size):
             psc = None
@@ -101,39 +109,47 @@ class RoiModel:
     def model_size(self, index: int) -> int:
         """Number of leading design columns fitted after kept volume ``index`` (0 = none yet).
 
-        Task regressors and the constant always; then as many cosine drift
-        terms as the elapsed time resolves (SPM's rule, floor(2 * elapsed /
-        cutoff), applied to the run so far), fewer while they are still too
-        collinear to estimate. Before the core model is identifiable, nothing
-        is fitted and the raw signal stands for the cleaned one.
+        Task regressors and the constant always; the motion regressors once
+        they are estimable; then as many cosine drift terms as the elapsed
+        time resolves (SPM's rule, floor(2 * elapsed / cutoff), applied to
+        the run so far), fewer while they are still too collinear to
+        estimate. Before the core model is identifiable nothing is fitted
+        and the raw signal stands for the cleaned one.
         """
         n_core = self.design.n_core
         if not self.glm.identifiable(n_core):
             return 0
+        q = n_core + self._motion.size
+        if self._motion.size and not self.glm.identifiable(q):
+            return n_core
         elapsed_s = (index + 1) * self.tr_s
-        q = n_core + min(self._nuisance.size, int(2 * elapsed_s / self.drift_cutoff_s))
-        while q > n_core and not self.glm.identifiable(q):
-            q -= 1
-        return q
+        q_max = q + min(self._drift.size, int(2 * elapsed_s / self.drift_cutoff_s))
+        while q_max > q and not self.glm.identifiable(q_max):
+            q_max -= 1
+        return q_max
 
-    def _drift_fit(self, rows: np.ndarray) -> np.ndarray:
-        """Fitted drift at ``rows`` with the model chosen for the last row."""
-        q = self.model_size(int(rows[-1]))
-        drift_cols = self._nuisance[self._nuisance < q]
-        if drift_cols.size == 0:
-            return np.zeros((rows.size, self._raw.shape[1]))
-        beta = self.glm.coefficients(q)[drift_cols]
-        return self.design.matrix[np.ix_(rows, drift_cols)] @ beta
+    def _cleaner(self, index: int):
+        """A function giving the cleaned signal (raw minus fitted nuisance) at given rows.
 
-    def _baseline_mean(self, index: int, clean_all: np.ndarray) -> np.ndarray | None:
+        Uses the model chosen after volume ``index``; costs O(rows x columns)
+        per call, so the run's length never matters.
+        """
+        q = self.model_size(index)
+        cols = self._nuisance[self._nuisance < q]
+        if cols.size == 0:
+            return lambda rows: self._raw[rows]
+        beta = self.glm.coefficients(q)[cols]
+        return lambda rows: self._raw[rows] - self.design.matrix[np.ix_(rows, cols)] @ beta
+
+    def _baseline_mean(self, index: int, clean_rows) -> np.ndarray | None:
         """Mean cleaned signal over the most recent baseline period with enough volumes seen."""
         for start, stop in reversed(self._baseline_segments):
             if start > index:
                 continue
-            values = clean_all[start : min(stop, index + 1)]
-            values = values[~np.isnan(values).any(axis=1)]  # missing volumes
-            if len(values) >= self.min_baseline_volumes:
-                return values.mean(axis=0)
+            rows = np.arange(start, min(stop, index + 1))
+            rows = rows[~np.isnan(self._raw[rows]).any(axis=1)]  # missing volumes have no data
+            if rows.size >= self.min_baseline_volumes:
+                return clean_rows(rows).mean(axis=0)
         return None
 
 

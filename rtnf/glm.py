@@ -35,10 +35,18 @@ class IncrementalGLM:
                 f"n_regressors and n_signals must be >= 1, got {n_regressors} and {n_signals}"
             )
         self.rcond = rcond
+        self._p = n_regressors
         self._r = np.zeros((n_regressors, n_regressors))
-        self._z = np.zeros((n_regressors, n_signals))
+        # Rows 0..p-1 hold Z = Q'Y; row p receives each new observation. Two
+        # buffers alternate so that the rotation is one BLAS product, no copies.
+        self._zy = np.zeros((n_regressors + 1, n_signals))
+        self._spare = np.empty_like(self._zy)
         self._rss = np.zeros(n_signals)
         self.n_obs = 0
+
+    @property
+    def _z(self) -> np.ndarray:
+        return self._zy[: self._p]
 
     def update(self, x: np.ndarray, y: np.ndarray) -> None:
         """Add one observation.
@@ -50,10 +58,14 @@ class IncrementalGLM:
         y : ndarray, shape (V,)
             The signals of this volume.
         """
+        p = self._p
         x = np.array(x, dtype=np.float64)
-        y = np.array(y, dtype=np.float64)
-        r, z = self._r, self._z
-        for j in range(x.size):
+        r = self._r
+        # The Givens rotations that zero x against R are found on the small
+        # (p + 1) x p system and gathered in one orthogonal matrix g; applying
+        # g to [Z; y] is then a single matrix product over all V signals.
+        g = np.eye(p + 1)
+        for j in range(p):
             a = x[j]
             if a == 0.0:
                 continue
@@ -63,12 +75,16 @@ class IncrementalGLM:
             rj, xj = r[j, j:].copy(), x[j:].copy()
             r[j, j:] = c * rj + s * xj
             x[j:] = c * xj - s * rj
-            zj = z[j].copy()
-            z[j] = c * zj + s * y
-            y = c * y - s * zj
+            gj, gp = g[j].copy(), g[p].copy()
+            g[j] = c * gj + s * gp
+            g[p] = c * gp - s * gj
+        self._zy[p] = y
+        np.matmul(g, self._zy, out=self._spare)
+        self._zy, self._spare = self._spare, self._zy
         # What the rotations leave of y lies outside the column space so far:
         # its square is this volume's contribution to the residual sum of squares.
-        self._rss += y * y
+        e = self._zy[p]
+        self._rss += e * e
         self.n_obs += 1
 
     def _q(self, n_columns: int | None) -> int:
@@ -112,4 +128,44 @@ class IncrementalGLM:
     def rss(self, n_columns: int | None = None) -> np.ndarray:
         """Residual sum of squares per signal of the first ``n_columns`` regressors' model."""
         q = self._q(n_columns)
-        return self._rss + np.sum(self._z[q:] ** 2, axis=0)
+        if q == self._p:
+            return self._rss.copy()
+        return self._rss + np.einsum("ij,ij->j", self._z[q:], self._z[q:])
+
+    def contrast(self, c: np.ndarray, n_columns: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Effect ``c'b`` and its t statistic for every signal.
+
+        Parameters
+        ----------
+        c : ndarray, shape (q,)
+            Contrast weights over the first ``n_columns`` regressors.
+        n_columns : int, optional
+            Size of the nested model (all regressors by default).
+
+        Returns
+        -------
+        effect, t : ndarray, shape (V,)
+            ``t`` is NaN where the residual variance is zero or there are no
+            degrees of freedom left.
+
+        Raises
+        ------
+        RuntimeError
+            If that model is not identifiable.
+        """
+        q = self._q(n_columns)
+        c = np.asarray(c, dtype=np.float64)
+        if c.shape != (q,):
+            raise ValueError(f"contrast must have {q} weights (one per regressor), got shape {c.shape}")
+        if not self.identifiable(q):
+            raise RuntimeError(f"design of {q} regressors not identifiable after {self.n_obs} observations")
+        # c'b = c'R^-1 Z = w'Z with R'w = c: one small triangular solve, then O(qV).
+        w = solve_triangular(self._r[:q, :q], c, trans="T", lower=False, check_finite=False)
+        effect = w @ self._z[:q]
+        dof = self.n_obs - q
+        if dof <= 0:
+            return effect, np.full_like(effect, np.nan)
+        var = self.rss(q) * (w @ w) / dof
+        with np.errstate(divide="ignore", invalid="ignore"):
+            t = np.where(var > 0, effect / np.sqrt(var), np.nan)
+        return effect, t

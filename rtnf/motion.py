@@ -293,7 +293,7 @@ class Realigner:
         tol_mm: float = 1e-3,
         max_iter: int = 15,
         fit_intensity: bool = True,
-        recover_factor: float = 1.5,
+        recover_factor: float = 3.0,
         radius_mm: float = 50.0,
     ) -> None:
         self.sigma_vox = sigma_vox
@@ -436,6 +436,7 @@ class Realigner:
             ),
         }
         self.n_points_ = self.levels_["fine"].n
+        self._rms_floor = 1e-3 * float(np.std(self.levels_["fine"].ref_vals))
         self.reset()
         return self
 
@@ -474,24 +475,29 @@ class Realigner:
         it = 0
         for it in range(1, self.max_iter + 1):
             v = self._voxel_map(m)
-            coords = v[:3, :3] @ level.ijk
+            coords = np.einsum("ij,jn->in", v[:3, :3], level.ijk)
             coords += v[:3, 3:4]
             err = self.sampler_(flat, coords)
             err -= level.ref_vals
-            inside = np.all((coords >= -0.01) & (coords <= hi + 0.01), axis=0)
             if level.basis_q is not None:
-                err -= (level.basis_q @ err) @ level.basis_q
-            if inside.all():
-                step = level.hess_inv @ (level.jac @ err)
-                rms = float(np.sqrt(err @ err / level.n))
-            else:
-                # Points mapped outside the field of view carry no information: drop them.
-                if inside.sum() < level.n // 4:
+                err -= np.einsum("k,kn->n", np.einsum("kn,n->k", level.basis_q, err), level.basis_q)
+            if it == 1:
+                # Points mapped outside the field of view (beyond the edge voxels' centres) carry
+                # no information: drop them. The set is fixed for this volume's iterations, so
+                # points near an edge cannot make the iteration oscillate.
+                inside = np.all((coords >= 0.0) & (coords <= hi), axis=0)
+                n_in = int(inside.sum())
+                if n_in < level.n // 4:
                     break
-                jac = level.jac[:, inside]
-                e = err[inside]
-                step = np.linalg.solve(jac @ jac.T, jac @ e)
-                rms = float(np.sqrt(e @ e / e.size))
+                if n_in < level.n:
+                    jac = level.jac[:, inside]
+                    hess_inv = np.linalg.inv(np.einsum("kn,ln->kl", jac, jac))
+                else:
+                    inside, jac, hess_inv = None, level.jac, level.hess_inv
+            if inside is not None:
+                err = err[inside]
+            step = hess_inv @ np.einsum("kn,n->k", jac, err)
+            rms = float(np.sqrt(np.einsum("n,n->", err, err) / err.size))
             # m <- m o W(step)^-1, with W(step) a rotation about the mask centre plus a translation.
             r = _rodrigues(step[3:])
             w = np.eye(4)
@@ -545,11 +551,17 @@ class Realigner:
             rms, m, conv = best
             if not np.isfinite(rms):  # nothing worked: keep the warm-start result
                 m, rms = self._m, np.inf
+        normal = self._rms_typ is None or rms <= self.recover_factor * self._rms_typ
         self._m = m
-        if np.isfinite(rms) and (self._rms_typ is None or rms <= self.recover_factor * self._rms_typ):
-            self._m_good = m
-            # slow running average of the typical residual (robust to a few bad volumes)
-            self._rms_typ = rms if self._rms_typ is None else 0.9 * self._rms_typ + 0.1 * rms
+        if conv and np.isfinite(rms) and rms > self._rms_floor:
+            if normal:
+                self._m_good = m
+            # Running typical residual; one bad volume moves it by at most 30 %, and the
+            # reference itself (residual 0) does not count.
+            if self._rms_typ is None or self._rms_typ <= self._rms_floor:
+                self._rms_typ = rms
+            else:
+                self._rms_typ = 0.7 * self._rms_typ + 0.3 * min(rms, 2.0 * self._rms_typ)
         self.params_ = rigid_params(m)
         self.result_ = RealignResult(self.params_.copy(), n_iter, conv, rms, recovered)
         return self.params_.copy()
@@ -557,7 +569,7 @@ class Realigner:
     # ----------------------------------------------------------------- resampling
     def _coords(self, params: Sequence[float], ijk: np.ndarray) -> np.ndarray:
         v = self._voxel_map(rigid_matrix(params))
-        return v[:3, :3] @ ijk + v[:3, 3:4]
+        return np.einsum("ij,jn->in", v[:3, :3], ijk) + v[:3, 3:4]
 
     def sample(self, volume: np.ndarray, params: Sequence[float], voxel_indices: np.ndarray) -> np.ndarray:
         """Values of the realigned volume at reference-grid voxels (trilinear).

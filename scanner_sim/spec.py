@@ -48,9 +48,15 @@ __all__ = [
     "SpecError",
     "load_spec",
     "MOTION_KINDS",
+    "FORMATS",
+    "DEFAULT_TEMPLATES",
+    "Faults",
 ]
 
 MOTION_KINDS = ("smooth", "random_walk")
+#: Export formats: one NIfTI-1 file per volume, one Siemens mosaic DICOM per volume,
+#: or one classic DICOM file per slice.
+FORMATS = ("nifti", "siemens-mosaic", "dicom-slices")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -230,8 +236,151 @@ class Motion:
         )
 
 
+@dataclass(frozen=True)
+class Faults:
+    """Scanner faults to inject while exporting (synthetic runs and replays).
+
+    Volume indices are 0-based; times are scanner seconds (divided by the
+    writer's ``speed`` like the TR). Each injected fault gets a row in the truth
+    folder's ``faults.tsv``; see :mod:`scanner_sim.export` for what each looks
+    like on disk.
+
+    Parameters
+    ----------
+    drop : tuple of int
+        Volumes never written.
+    late : tuple of (int, float)
+        ``(volume, delay_s)``: the volume's files are written ``delay_s`` late
+        (later volumes keep their times, so a delay > TR also reorders).
+    duplicate : tuple of int
+        Volumes whose files are written a second time (same name, same bytes),
+        ``duplicate_delay_s`` after the first time.
+    duplicate_delay_s : float
+        Delay of the second copy (default 0.5 s).
+    out_of_order : tuple of int
+        Volume ``v`` is written right after volume ``v + 1``.
+    jitter_s : float
+        Every volume is delayed by a uniform random ``[0, jitter_s)`` seconds.
+    seed : int or None
+        Seed of the jitter (default: the run's seed).
+    second_series : dict or None
+        ``{start_volume, series, n_volumes}``: from ``start_volume`` on, one
+        file set of another series number is written half a TR after each main
+        volume, ``n_volumes`` times, into the same folder.
+    vanish : tuple of (int, float)
+        ``(volume, duration_s)``: the export folder is renamed away just before
+        volume ``volume``'s first file and renamed back ``duration_s`` later.
+    """
+
+    drop: tuple[int, ...] = ()
+    late: tuple[tuple[int, float], ...] = ()
+    duplicate: tuple[int, ...] = ()
+    duplicate_delay_s: float = 0.5
+    out_of_order: tuple[int, ...] = ()
+    jitter_s: float = 0.0
+    seed: int | None = None
+    second_series: tuple[int, int, int] | None = None  # (start_volume, series, n_volumes)
+    vanish: tuple[tuple[int, float], ...] = ()
+
+    _KEYS = ("drop", "late", "duplicate", "duplicate_delay_s", "out_of_order", "jitter_s", "seed",
+             "second_series", "vanish")
+
+    @property
+    def any(self) -> bool:
+        """True if any fault is configured."""
+        return bool(self.drop or self.late or self.duplicate or self.out_of_order or self.jitter_s > 0
+                    or self.second_series or self.vanish)
+
+    def to_dict(self) -> dict[str, Any]:
+        """TOML/JSON-shaped dict accepted back by :meth:`from_dict`."""
+        d: dict[str, Any] = {
+            "drop": list(self.drop),
+            "late": [{"volume": v, "delay_s": t} for v, t in self.late],
+            "duplicate": list(self.duplicate),
+            "duplicate_delay_s": self.duplicate_delay_s,
+            "out_of_order": list(self.out_of_order),
+            "jitter_s": self.jitter_s,
+            "vanish": [{"volume": v, "duration_s": t} for v, t in self.vanish],
+        }
+        if self.seed is not None:
+            d["seed"] = self.seed
+        if self.second_series is not None:
+            a, b, c = self.second_series
+            d["second_series"] = {"start_volume": a, "series": b, "n_volumes": c}
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], n_volumes: int | None = None, key: str = "faults") -> "Faults":
+        """Validate ``d``; volume indices are checked against ``n_volumes`` when given."""
+        _check_keys(d, key, cls._KEYS, ())
+        hi = None if n_volumes is None else n_volumes - 1
+        rng = f" in [0, {hi}]" if hi is not None else " >= 0"
+
+        def vol(k: str, v: Any) -> int:
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0 or (hi is not None and v > hi):
+                raise _fail(k, v, f"a 0-based volume index{rng}")
+            return int(v)
+
+        def vols(name: str) -> tuple[int, ...]:
+            raw = d.get(name, [])
+            if not isinstance(raw, (list, tuple)):
+                raise _fail(f"{key}.{name}", raw, f"a list of 0-based volume indices{rng}")
+            return tuple(sorted({vol(f"{key}.{name}[{i}]", v) for i, v in enumerate(raw)}))
+
+        def pairs(name: str, tkey: str) -> tuple[tuple[int, float], ...]:
+            raw = d.get(name, [])
+            allowed = f"a list of {{volume, {tkey}}} tables"
+            if not isinstance(raw, (list, tuple)):
+                raise _fail(f"{key}.{name}", raw, allowed)
+            out = []
+            for i, item in enumerate(raw):
+                k = f"{key}.{name}[{i}]"
+                _check_keys(item, k, ("volume", tkey), ("volume", tkey))
+                out.append((vol(f"{k}.volume", item["volume"]),
+                            _number(f"{k}.{tkey}", item[tkey], gt=0, unit="seconds")))
+            return tuple(sorted(out))
+
+        drop, duplicate, ooo = vols("drop"), vols("duplicate"), vols("out_of_order")
+        late, vanish = pairs("late", "delay_s"), pairs("vanish", "duration_s")
+        for i, v in enumerate(ooo):
+            if hi is not None and v >= hi:
+                raise _fail(f"{key}.out_of_order", list(ooo), f"volume indices in [0, {hi - 1}] (v + 1 must exist)")
+            if v + 1 in drop or v in drop:
+                raise _fail(f"{key}.out_of_order", list(ooo), "volumes v where neither v nor v + 1 is dropped")
+        late_vols = {v for v, _ in late}
+        for name, group in (("late", late_vols), ("duplicate", set(duplicate)), ("out_of_order", set(ooo))):
+            both = sorted(group & set(drop))
+            if both:
+                raise _fail(f"{key}.{name}", sorted(group), f"volumes that are not also dropped (dropped: {both})")
+        second = None
+        if d.get("second_series") is not None:
+            k = f"{key}.second_series"
+            ss = d["second_series"]
+            _check_keys(ss, k, ("start_volume", "series", "n_volumes"), ("start_volume", "series", "n_volumes"))
+            second = (vol(f"{k}.start_volume", ss["start_volume"]), _integer(f"{k}.series", ss["series"], ge=0),
+                      _integer(f"{k}.n_volumes", ss["n_volumes"], ge=1))
+        seed = d.get("seed")
+        return cls(
+            drop=drop, late=late, duplicate=duplicate,
+            duplicate_delay_s=_number(f"{key}.duplicate_delay_s", d.get("duplicate_delay_s", 0.5), ge=0,
+                                      unit="seconds"),
+            out_of_order=ooo,
+            jitter_s=_number(f"{key}.jitter_s", d.get("jitter_s", 0.0), ge=0, unit="seconds"),
+            seed=None if seed is None else _integer(f"{key}.seed", seed, ge=0),
+            second_series=second, vanish=vanish,
+        )
+
+
 # --------------------------------------------------------------------------- run spec
 DEFAULT_TEMPLATE = "rtsim_{series:03d}_{volume:05d}.nii"
+#: Default file name template per format. Fields: ``series``, ``volume`` (1-based),
+#: and for ``dicom-slices`` also ``slice`` (1-based, acquisition order) and
+#: ``instance`` (1-based InstanceNumber, ``(volume - 1) * n_slices + slice``).
+DEFAULT_TEMPLATES = {
+    "nifti": DEFAULT_TEMPLATE,
+    "siemens-mosaic": "001_{series:06d}_{volume:06d}.dcm",
+    "dicom-slices": "MR{series:04d}_{instance:06d}.dcm",
+}
 
 
 @dataclass(frozen=True)
@@ -272,6 +421,11 @@ class RunSpec:
         Size of each spike, percent of the signal.
     affine : tuple or None
         Optional 4x4 voxel-to-RAS-mm affine overriding the default diagonal grid.
+    format : {"nifti", "siemens-mosaic", "dicom-slices"}
+        Export format (see :mod:`scanner_sim.dicom_writer`); the default
+        ``filename_template`` follows it (:data:`DEFAULT_TEMPLATES`).
+    faults : Faults or None
+        Scanner faults to inject (TOML table ``[faults]``).
     """
 
     tr_s: float
@@ -290,6 +444,8 @@ class RunSpec:
     spikes: tuple[int, ...] = ()
     spike_pct: float = 5.0
     affine: tuple[tuple[float, ...], ...] | None = None
+    format: str = "nifti"
+    faults: Faults | None = None
 
     _REQUIRED = ("tr_s", "n_volumes")
 
@@ -308,9 +464,23 @@ class RunSpec:
         """Nominal run duration (n_volumes * tr_s)."""
         return self.n_volumes * self.tr_s
 
-    def filename(self, index: int) -> str:
-        """File name of the volume with 0-based ``index`` (the template's ``volume`` is 1-based)."""
-        return self.filename_template.format(series=self.series, volume=index + 1)
+    @property
+    def n_slices(self) -> int:
+        """Slices per volume (the grid's third dimension)."""
+        return int(self.shape[2])
+
+    def filename(self, index: int, slice: int | None = None, series: int | None = None) -> str:
+        """File name of the volume with 0-based ``index`` (the template's ``volume`` is 1-based).
+
+        ``slice`` is the 0-based stored slice for ``dicom-slices`` (template
+        fields ``slice`` and ``instance`` are 1-based); ``series`` defaults to
+        the spec's.
+        """
+        s = 0 if slice is None else slice
+        return self.filename_template.format(
+            series=self.series if series is None else series, volume=index + 1, slice=s + 1,
+            instance=index * self.n_slices + s + 1,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-serialisable dict that :meth:`from_dict` accepts back."""
@@ -327,6 +497,10 @@ class RunSpec:
             del d["motion"]
         if d["affine"] is None:
             del d["affine"]
+        if self.faults is None:
+            del d["faults"]
+        else:
+            d["faults"] = self.faults.to_dict()
         return d
 
     @classmethod
@@ -350,20 +524,30 @@ class RunSpec:
         ):
             raise _fail("shape", shape, "a list of 3 integers >= 2 [ni, nj, nk]")
 
-        template = d.get("filename_template", DEFAULT_TEMPLATE)
-        tmpl_allowed = "a str.format template using {series} and {volume}, e.g. " + repr(DEFAULT_TEMPLATE)
+        fmt = d.get("format", "nifti")
+        if fmt not in FORMATS:
+            raise _fail("format", fmt, " or ".join(repr(f) for f in FORMATS))
+        default_t = DEFAULT_TEMPLATES[fmt]
+        template = d.get("filename_template", default_t)
+        fields = "{series}, {volume}" + (", {slice}, {instance}" if fmt == "dicom-slices" else "")
+        tmpl_allowed = f"a str.format template using {fields}, e.g. " + repr(default_t)
         if not isinstance(template, str):
             raise _fail("filename_template", template, tmpl_allowed)
+        nk = int(shape[2]) if isinstance(shape, (list, tuple)) and len(shape) == 3 else 2
         try:
-            n1 = template.format(series=1, volume=1)
-            n2 = template.format(series=1, volume=2)
+            names = [template.format(series=1, volume=v, slice=k, instance=(v - 1) * nk + k)
+                     for v, k in ((1, 1), (2, 1), (1, 2))]
         except (KeyError, IndexError, ValueError) as exc:
             raise _fail("filename_template", template, tmpl_allowed) from exc
-        if n1 == n2 or "/" in n1 or n1.startswith(".") or not n1.endswith(".nii"):
+        distinct = len(set(names)) == 3 if fmt == "dicom-slices" else names[0] != names[1]
+        bad_ext = fmt == "nifti" and not names[0].endswith(".nii")
+        if not distinct or bad_ext or "/" in names[0] or names[0].startswith("."):
+            what = "{volume} and {slice} (or {instance})" if fmt == "dicom-slices" else "{volume}"
             raise _fail(
                 "filename_template",
                 template,
-                tmpl_allowed + " (must vary with {volume}, end in '.nii', no '/' or leading '.')",
+                tmpl_allowed + f" (must vary with {what}"
+                + (", end in '.nii'" if fmt == "nifti" else "") + ", no '/' or leading '.')",
             )
 
         blocks_raw = d.get("blocks", [])
@@ -444,6 +628,8 @@ class RunSpec:
             spikes=spikes,
             spike_pct=_number("spike_pct", d.get("spike_pct", 5.0), gt=-100, unit="percent"),
             affine=affine,  # type: ignore[arg-type]
+            format=fmt,
+            faults=None if d.get("faults") is None else Faults.from_dict(d["faults"], n_volumes),
         )
 
 

@@ -1,4 +1,11 @@
-"""Export volumes as NIfTI-1 files at TR pace, the way a scanner's real-time export does.
+"""Export a synthetic run at TR pace, the way a scanner's real-time export does.
+
+The spec's ``format`` chooses the files: one NIfTI-1 file per volume (below),
+one Siemens mosaic DICOM per volume, or one DICOM per slice with the slices
+of a volume written spread over its TR (:mod:`scanner_sim.dicom_writer`). The
+spec's ``faults`` (or the ``faults`` argument) are injected by
+:mod:`scanner_sim.export`, which documents the timeline, the faults on disk and
+``files.tsv`` / ``faults.tsv``.
 
 Timeline (wall clock, ``time.time()``; ``T = tr_s / speed``)::
 
@@ -20,54 +27,33 @@ The file is serialised in memory, then written in ``n_chunks`` pieces with
 Ground truth goes to a separate ``truth_dir`` (never the export folder, so a
 watcher sees only what a scanner would write): ``truth.tsv``, ``spec.json``,
 ``reference.nii.gz``, ``region-<name>_mask.nii.gz`` (before the first volume)
-and ``files.tsv`` (one flushed row per volume).
+``files.tsv`` (one flushed row per file) and ``faults.tsv`` (one row per injected
+fault).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
-from .spec import RunSpec
+from .export import (FAULTS_TSV_COLUMNS, FILES_TSV_COLUMNS, MAIN, WRITE_MODES, FileSlot, WriteSummary,
+                     export_run, write_file)
+from .spec import Faults, RunSpec
 from .synth import SyntheticRun
 
-__all__ = ["ScannerWriter", "WriteSummary", "WRITE_MODES", "FILES_TSV_COLUMNS", "to_nifti_bytes"]
+__all__ = ["ScannerWriter", "WriteSummary", "WRITE_MODES", "FILES_TSV_COLUMNS", "FAULTS_TSV_COLUMNS",
+           "to_nifti_bytes", "SECOND_SERIES_SCALE"]
 
 logger = logging.getLogger(__name__)
 
-WRITE_MODES = ("chunked", "reopen", "atomic")
-FILES_TSV_COLUMNS = ("volume", "path", "t_acquired", "t_write_start", "t_finished", "n_bytes", "sha256")
 _INT16 = np.iinfo(np.int16)
-
-
-@dataclass(frozen=True)
-class WriteSummary:
-    """What :meth:`ScannerWriter.write_run` did.
-
-    Attributes
-    ----------
-    n_written : int
-        Volumes whose files are complete.
-    duration_s : float
-        Wall time from the first acquisition start to the last file finished.
-    aborted : bool
-        True if ``stop_event`` ended the run early.
-    t0 : float
-        Wall time (UNIX s) of the acquisition start of volume 0.
-    """
-
-    n_written: int
-    duration_s: float
-    aborted: bool
-    t0: float
+#: A second series (fault) shows the run's noise-free reference scaled by this factor.
+SECOND_SERIES_SCALE = 0.8
 
 
 def to_nifti_bytes(data: np.ndarray, affine: np.ndarray, tr_s: float, acq_time: float) -> bytes:
@@ -169,28 +155,7 @@ class ScannerWriter:
     # ----------------------------------------------------------------- file writing
     def _write_file(self, path: Path, payload: bytes, start_mono: float) -> None:
         """Write ``payload`` to ``path`` in chunks, the first at ``start_mono`` (monotonic clock)."""
-        bounds = np.linspace(0, len(payload), self.n_chunks + 1).round().astype(int)
-        pieces = [payload[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
-
-        def pause(k: int) -> None:
-            # absolute deadlines inside the file too, so slow writes do not accumulate
-            if k > 0:
-                _sleep_until(start_mono + k * self.chunk_delay_s)
-
-        if self.mode == "reopen":
-            for k, piece in enumerate(pieces):
-                pause(k)
-                with open(path, "wb" if k == 0 else "ab") as fh:
-                    fh.write(piece)
-            return
-        target = path.with_name(f".{path.name}.part") if self.mode == "atomic" else path
-        with open(target, "wb") as fh:
-            for k, piece in enumerate(pieces):
-                pause(k)
-                fh.write(piece)
-                fh.flush()  # make each piece visible to readers, as a network exporter would
-        if self.mode == "atomic":
-            os.replace(target, path)
+        write_file(path, payload, self.mode, self.n_chunks, self.chunk_delay_s, start_mono)
 
     def write_run(
         self,
@@ -198,6 +163,7 @@ class ScannerWriter:
         truth_dir: str | Path,
         stop_event: threading.Event | None = None,
         start_delay_s: float = 0.0,
+        faults: Faults | None = None,
     ) -> WriteSummary:
         """Write every volume of ``run`` at TR pace, with ground truth in ``truth_dir``.
 
@@ -212,6 +178,8 @@ class ScannerWriter:
             progress is always completed, so no file is left partial).
         start_delay_s : float
             Seconds between this call's setup and the acquisition start of volume 0.
+        faults : Faults, optional
+            Faults to inject; default the spec's ``faults`` (none if unset).
 
         Returns
         -------
@@ -221,45 +189,76 @@ class ScannerWriter:
                isinstance(start_delay_s, (int, float)) and start_delay_s >= 0, "a number >= 0 (seconds)")
         if run.spec != self.spec:
             raise ValueError("Invalid value for 'run': its spec differs from the writer's. Allowed: the same RunSpec.")
+        faults = faults if faults is not None else self.spec.faults
+        if faults is not None:  # volume indices against this run
+            faults = Faults.from_dict(faults.to_dict(), self.spec.n_volumes)
+        producer = SyntheticProducer(run)
+        if faults is not None and faults.second_series is not None:
+            producer.set_second_series(faults.second_series[1], faults.second_series[2])
         self.export_dir.mkdir(parents=True, exist_ok=True)
         truth_dir = self.write_truth(run, truth_dir)
-        files_tsv = truth_dir / "files.tsv"
-        stop = stop_event or threading.Event()
-
-        # Pair the wall clock (reported) with the monotonic clock (slept on),
-        # so a wall-clock adjustment mid-run cannot break the pacing.
-        t0_wall = time.time() + start_delay_s
-        t0_mono = time.monotonic() + start_delay_s
-        n_written, aborted, t_last = 0, False, t0_wall
-        with open(files_tsv, "w") as ftsv:
-            ftsv.write("\t".join(FILES_TSV_COLUMNS) + "\n")
-            ftsv.flush()
-            for i in range(self.spec.n_volumes):
-                if stop.is_set():
-                    aborted = True
-                    break
-                offset = (i + 1) * self.period_s + self.recon_delay_s
-                t_acq = t0_wall + i * self.period_s
-                # synthesise while the volume is being "acquired"
-                payload = to_nifti_bytes(run.volume(i), run.affine, self.spec.tr_s, t_acq)
-                if stop.wait(max(0.0, t0_mono + offset - time.monotonic())):
-                    aborted = True
-                    break
-                path = (self.export_dir / self.spec.filename(i)).resolve()
-                t_write = time.time()
-                self._write_file(path, payload, time.monotonic())
-                t_fin = time.time()
-                row = (i, str(path), f"{t_acq:.6f}", f"{t_write:.6f}", f"{t_fin:.6f}",
-                       len(payload), hashlib.sha256(payload).hexdigest())
-                ftsv.write("\t".join(map(str, row)) + "\n")
-                ftsv.flush()
-                n_written, t_last = i + 1, t_fin
-                logger.debug("volume %d written: %s (%d bytes, %.1f ms after nominal)",
-                             i, path.name, len(payload), 1000 * (t_write - (t0_wall + offset)))
-        return WriteSummary(n_written=n_written, duration_s=max(0.0, t_last - t0_wall), aborted=aborted, t0=t0_wall)
+        return export_run(
+            producer, self.export_dir, truth_dir, tr_s=self.spec.tr_s, mode=self.mode, n_chunks=self.n_chunks,
+            chunk_delay_s=self.chunk_delay_s, speed=self.speed, recon_delay_s=self.recon_delay_s, faults=faults,
+            seed=self.spec.seed, stop_event=stop_event, start_delay_s=start_delay_s,
+        )
 
 
-def _sleep_until(deadline_mono: float) -> None:
-    remaining = deadline_mono - time.monotonic()
-    if remaining > 0:
-        time.sleep(remaining)
+class SyntheticProducer:
+    """A :class:`SyntheticRun` as files of the spec's ``format`` (see :mod:`scanner_sim.export`).
+
+    The second series (fault) shows the noise-free reference scaled by
+    :data:`SECOND_SERIES_SCALE`, with the fault's series number in file names
+    and DICOM headers (its own SeriesInstanceUID).
+    """
+
+    def __init__(self, run: SyntheticRun) -> None:
+        self.run = run
+        self.spec = run.spec
+        self.n_volumes = run.spec.n_volumes
+        self.series = run.spec.series
+        faults = run.spec.faults
+        self.series2 = faults.second_series[1] if faults and faults.second_series else self.series + 1
+        self._geo = None
+        self._info: dict[str, object] = {}
+        if self.spec.format != "nifti":
+            from .dicom_writer import DicomSeriesInfo, geometry_from_affine
+
+            self._geo = geometry_from_affine(run.affine, self.spec.shape)
+            n2 = faults.second_series[2] if faults and faults.second_series else 1
+            self._info = {
+                MAIN: DicomSeriesInfo(self.series, self.spec.tr_s, self.n_volumes, self.spec.seed),
+                "second": DicomSeriesInfo(self.series2, self.spec.tr_s, n2, self.spec.seed, "scanner_sim_other"),
+            }
+
+    def set_second_series(self, series: int, n_volumes: int) -> None:
+        """Series number and length of the second series (fault)."""
+        self.series2 = series
+        if self._info:
+            from .dicom_writer import DicomSeriesInfo
+
+            self._info["second"] = DicomSeriesInfo(series, self.spec.tr_s, n_volumes, self.spec.seed,
+                                                   "scanner_sim_other")
+
+    def slots(self, volume: int, role: str) -> list[FileSlot]:
+        spec = self.spec
+        ser = self.series if role == MAIN else self.series2
+        if spec.format != "dicom-slices":
+            return [FileSlot(spec.filename(volume, series=ser), None, 0.0, spec.tr_s)]
+        ns = spec.n_slices
+        return [FileSlot(spec.filename(volume, s, ser), s, s * spec.tr_s / ns, (s + 1) * spec.tr_s / ns)
+                for s in range(ns)]
+
+    def payloads(self, volume: int, role: str, t_acq: Sequence[float]) -> list[bytes]:
+        from . import dicom_writer as dw
+
+        run, spec = self.run, self.spec
+        data = run.volume(volume) if role == MAIN else run.reference * np.float32(SECOND_SERIES_SCALE)
+        if spec.format == "nifti":
+            return [to_nifti_bytes(data, run.affine, spec.tr_s, t_acq[0])]
+        info = self._info[role]
+        if spec.format == "siemens-mosaic":
+            return [dw.mosaic_bytes(data, run.affine, info, volume, t_acq[0], self._geo)]  # type: ignore[arg-type]
+        stored = dw.stored_volume(data, "dicom-slices")
+        return [dw.slice_bytes(stored, run.affine, info, volume, s, t_acq[s], self._geo)  # type: ignore[arg-type]
+                for s in range(spec.n_slices)]

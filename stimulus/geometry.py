@@ -13,21 +13,27 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from rtnf.display import BarDisplay, DisplayConfig
+
 RGB = tuple[int, int, int]
 
-BACKGROUND: RGB = (0, 0, 0)
-BAR_BG: RGB = (60, 60, 60)
-BAR_FILL: RGB = (255, 140, 0)
-BAR_FRAME: RGB = (200, 200, 200)
-TARGET_COLOR: RGB = (255, 255, 255)
-TEXT_COLOR: RGB = (255, 255, 255)
-NULL_COLOR: RGB = (130, 130, 130)
-LOST_COLOR: RGB = (235, 70, 70)
+# Defaults of the [display] table (rtnf.display), named for the tests.
+_DEFAULT = DisplayConfig()
+BACKGROUND: RGB = _DEFAULT.background
+BAR_BG: RGB = _DEFAULT.bar.background
+BAR_FILL: RGB = _DEFAULT.bar.fill
+BAR_FRAME: RGB = _DEFAULT.bar.frame
+TARGET_COLOR: RGB = _DEFAULT.bar.target_colour
+BASELINE_COLOR: RGB = _DEFAULT.bar.baseline_colour
+TEXT_COLOR: RGB = _DEFAULT.texts.colour
+NULL_COLOR: RGB = _DEFAULT.bar.null_colour
+LOST_COLOR: RGB = _DEFAULT.texts.lost_colour
+FIXATION_COLOR: RGB = _DEFAULT.fixation.colour
 
-BAR_HEIGHT_FRAC = 0.6
+BAR_HEIGHT_FRAC = _DEFAULT.bar.height_frac
 """Height of the bar background as a fraction of the window height."""
-BAR_WIDTH_PX = 80
-BAR_OFFSET_Y_FRAC = -0.05
+BAR_WIDTH_PX = _DEFAULT.bar.width_px
+BAR_OFFSET_Y_FRAC = _DEFAULT.bar.offset_y_frac
 """Vertical offset of the bar centre (fraction of the window height); a little
 low so that the instruction text fits above it."""
 FRAME_GAP_PX = 4
@@ -39,12 +45,14 @@ TICK_GAP_PX = 8
 the outline so that the bar's own columns show only fill and background."""
 TICK_LENGTH_PX = 24
 TICK_THICKNESS_PX = 4
+BASELINE_TICK_LENGTH_PX = 12
+"""The baseline marker: shorter ticks than the target's, in their own colour."""
 DEFAULT_TARGET = 0.75
 
-WAITING_TEXT = "Waiting for the scanner…"
-ENDED_TEXT = "Run finished. Thank you!"
-LOST_TEXT = "Connection to rtnf lost"
-NULL_TEXT = "…"
+WAITING_TEXT = _DEFAULT.texts.waiting
+ENDED_TEXT = _DEFAULT.texts.ended
+LOST_TEXT = _DEFAULT.texts.lost
+NULL_TEXT = _DEFAULT.bar.null_text
 
 
 class BarGeometry(NamedTuple):
@@ -80,29 +88,43 @@ class BarGeometry(NamedTuple):
         return self.bottom + self.fill_height(value)
 
 
-def bar_geometry(size: tuple[int, int]) -> BarGeometry:
+def bar_geometry(size: tuple[int, int], bar: BarDisplay | None = None) -> BarGeometry:
     """Compute the bar's geometry for a window of ``size`` pixels.
 
     Parameters
     ----------
     size : (int, int)
         Window width and height in pixels.
+    bar : BarDisplay, optional
+        The ``[display.bar]`` settings (width, height fraction, offset);
+        defaults when omitted.
 
     Returns
     -------
     BarGeometry
     """
+    bar = _DEFAULT.bar if bar is None else bar
     width_px, height_px = int(size[0]), int(size[1])
-    bar_h = int(round(BAR_HEIGHT_FRAC * height_px))
-    centre_y = BAR_OFFSET_Y_FRAC * height_px
+    bar_h = int(round(bar.height_frac * height_px))
+    centre_y = bar.offset_y_frac * height_px
     # Window-centre coordinates of an odd-sized window sit on half pixels;
     # rounding relative to the window's bottom edge keeps every edge on a
     # pixel boundary whatever the parity.
     half_h = height_px / 2.0
     bottom = int(round(centre_y - bar_h / 2.0 + half_h)) - half_h
     half_w = width_px / 2.0
-    left = int(round(-BAR_WIDTH_PX / 2.0 + half_w)) - half_w
-    return BarGeometry(left=left, bottom=bottom, width=BAR_WIDTH_PX, height=bar_h)
+    left = int(round(-bar.width_px / 2.0 + half_w)) - half_w
+    return BarGeometry(left=left, bottom=bottom, width=bar.width_px, height=bar_h)
+
+
+def centre_on_pixels(size: tuple[int, int], extent: tuple[int, int]) -> tuple[float, float]:
+    """Centre (origin at the window centre) of a ``extent``-sized box nearest the window centre
+    whose edges fall on whole pixels (for the fixation cross)."""
+    out = []
+    for n, e in zip(size, extent):
+        half = n / 2.0
+        out.append(int(round(-e / 2.0 + half)) - half + e / 2.0)
+    return out[0], out[1]
 
 
 def to_image_row(y: float, size: tuple[int, int]) -> int:

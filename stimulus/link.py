@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 
 import zmq
 
+from rtnf import messages
 from rtnf.messages import (
     DEFAULT_ADDRESS,
     DEFAULT_SCREEN_ADDRESS,
@@ -32,6 +33,10 @@ logger = logging.getLogger(__name__)
 SUBSCRIBED_TOPICS: tuple[str, ...] = ("run", "feedback", "heartbeat")
 PHASES: tuple[str, ...] = ("waiting", "running", "ended")
 RUN_EVENTS: tuple[str, ...] = ("start", "end", "abort")
+FEEDBACK_KINDS: tuple[str, ...] = ("continuous", "intermittent")
+KEYS_TOPIC = "keys"
+"""Topic for key presses, published only once rtnf's wire protocol lists it
+in :data:`rtnf.messages.TOPICS` (see :meth:`FeedbackLink.send_key`)."""
 VALUE_TOLERANCE = 1e-6
 """Values this far outside [0, 1] are float round-off and are clipped;
 anything further out is a protocol error, not something to draw."""
@@ -109,12 +114,29 @@ class RunInfo:
     n_volumes : int or None
     tr_s : float or None
         Repetition time in seconds.
+    baseline : str or None
+        The baseline condition (shown with a fixation cross by default).
+    scale_psc : (float, float) or None
+        Percent signal change mapped to 0 and 1 (``feedback.scale_psc`` of
+        the run message); places the bar's baseline marker.
     """
 
     conditions: tuple[str, ...] = ()
     instructions: dict[str, str] = field(default_factory=dict)
     n_volumes: int | None = None
     tr_s: float | None = None
+    baseline: str | None = None
+    scale_psc: tuple[float, float] | None = None
+
+    def baseline_level(self) -> float | None:
+        """Bar level of 0 % signal change on the run's scale, or None if unknown or off scale."""
+        if self.scale_psc is None:
+            return None
+        lo, hi = self.scale_psc
+        if not hi > lo:
+            return None
+        level = -lo / (hi - lo)
+        return level if 0.0 <= level <= 1.0 else None
 
 
 @dataclass(frozen=True)
@@ -133,6 +155,15 @@ class Feedback:
         Why ``value`` is None.
     t_received : float
         ``time.time()`` when the message was received.
+    kind : str
+        "continuous" (moves the bar) or "intermittent" (a score shown on its
+        own screen for a while).
+    reward : str or None
+        Reward text sent with an intermittent score (overrides the
+        configured one).
+    duration_s : float or None
+        How long to show an intermittent score (overrides the configured
+        time).
     """
 
     index: int
@@ -140,6 +171,9 @@ class Feedback:
     value: float | None
     reason: str | None
     t_received: float
+    kind: str = "continuous"
+    reward: str | None = None
+    duration_s: float | None = None
 
 
 class ScreenState:
@@ -163,8 +197,14 @@ class ScreenState:
     feedback : Feedback or None
         The latest feedback of the current run.
     bar_value : float or None
-        The level the bar shows: the latest non-null value (held through
-        volumes without a value), None before the first one.
+        The level the bar shows: the latest non-null continuous value (held
+        through volumes without a value), None before the first one.
+    t_bar : float or None
+        Receive time of the message that set :attr:`bar_value` (the bar
+        glides from there).
+    score : Feedback or None
+        The latest intermittent feedback of the run (shown for a while from
+        its ``t_received``).
     t_last_message : float or None
         Receive time of the latest valid message from rtnf.
     t_phase : float or None
@@ -187,6 +227,8 @@ class ScreenState:
         self.run: RunInfo | None = None
         self.feedback: Feedback | None = None
         self.bar_value: float | None = None
+        self.t_bar: float | None = None
+        self.score: Feedback | None = None
         self.t_phase: float | None = None
 
     def _set_phase(self, phase: str, t: float) -> None:
@@ -288,6 +330,13 @@ class ScreenState:
             value = min(max(value, 0.0), 1.0)
         reason = body.get("reason")
         reason = reason if isinstance(reason, str) else None
+        kind = body.get("kind")
+        kind = "continuous" if kind is None else _choice(body, "feedback", "kind", FEEDBACK_KINDS)
+        reward = _opt_str(body, "feedback", "reward")
+        duration_s = _opt_number(body, "feedback", "duration_s")
+        if duration_s is not None and not 0 < duration_s <= 60:
+            raise _fail("feedback", "duration_s", "a number of seconds in (0, 60] or null",
+                        duration_s)
         self.t_last_message = t
         self._enter_run(run_id)
         if self.phase == "ended":
@@ -295,9 +344,12 @@ class ScreenState:
         if self.feedback is not None and index < self.feedback.index:
             return False  # older than the one shown
         self._set_phase("running", t)
-        self.feedback = Feedback(index, condition, value, reason, t)
-        if value is not None:
+        self.feedback = Feedback(index, condition, value, reason, t, kind, reward, duration_s)
+        if kind == "intermittent":
+            self.score = self.feedback
+        elif value is not None:
             self.bar_value = value
+            self.t_bar = t
         return True
 
     def _handle_heartbeat(self, body: dict[str, Any], t: float) -> bool:
@@ -324,11 +376,25 @@ def _parse_run_info(body: dict[str, Any]) -> RunInfo:
         isinstance(v, str) for v in instructions.values()
     ):
         raise _fail("run", "instructions", "an object mapping condition to text", instructions)
+    baseline = _opt_str(body, "run", "baseline")
+    scale_psc = None
+    settings = body.get("feedback")
+    if isinstance(settings, dict):
+        scale = settings.get("scale_psc")
+        if scale is not None:
+            if not (isinstance(scale, list) and len(scale) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for v in scale
+            )):
+                raise _fail("run", "feedback.scale_psc", "[low, high] numbers or null", scale)
+            scale_psc = (float(scale[0]), float(scale[1]))
     return RunInfo(
         conditions=tuple(conditions),
         instructions=dict(instructions),
         n_volumes=_opt_int(body, "run", "n_volumes"),
         tr_s=_opt_number(body, "run", "tr_s"),
+        baseline=baseline,
+        scale_psc=scale_psc,
     )
 
 
@@ -523,6 +589,37 @@ class FeedbackLink:
         }
         body.update(extra)
         self._send("displayed", body)
+
+    @staticmethod
+    def keys_topic_available() -> bool:
+        """True once rtnf's wire protocol has a ``keys`` topic."""
+        return KEYS_TOPIC in messages.TOPICS
+
+    def send_key(self, *, key: str, role: str, t_key: float, **extra: Any) -> bool:
+        """Publish one key press on the ``keys`` topic, if the protocol has it.
+
+        Parameters
+        ----------
+        key : str
+            PsychoPy's key name ("5", "t", "1", ...).
+        role : str
+            "trigger" or "response".
+        t_key : float
+            ``time.time()`` of the key press as stamped by the window's event
+            handler.
+
+        Returns
+        -------
+        bool
+            False when the protocol has no ``keys`` topic yet (the press is
+            then only logged, and counted in the heartbeat).
+        """
+        if not self.keys_topic_available():
+            return False
+        body = {"source": "stimulus", "key": key, "role": role, "t_key": t_key}
+        body.update(extra)
+        self._send(KEYS_TOPIC, body)
+        return True
 
     def send_heartbeat(self, state: str, **extra: Any) -> None:
         """Publish the screen's ``heartbeat`` (``source: "stimulus"``).

@@ -1,20 +1,26 @@
-"""The PsychoPy window that shows a :class:`~stimulus.link.ScreenState`.
+"""The PsychoPy window that draws a :class:`~stimulus.scene.Scene`.
 
 Importing this module imports ``psychopy.visual``, which needs a display: the
 CLI imports it lazily, tests run it under Xvfb.
 
 Everything is drawn in ``units='pix'`` and ``colorSpace='rgb255'`` so that
 screenshots can be checked pixel by pixel against :mod:`stimulus.geometry`
-(re-exported here).
+(re-exported here). Everything but the texts is symmetric about x = 0, so
+mirroring flips the texts (``flipHoriz``; PsychoPy's text ignores the
+window's ``viewScale``) and a mirrored frame is the plain frame read right to
+left.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
-from psychopy import event, visual
+import numpy as np
+from psychopy import core, event, visual
 
+from rtnf.display import RGB, DisplayConfig
 from stimulus.geometry import (  # noqa: F401  (re-exported for users of the screen)
     BACKGROUND,
     BAR_BG,
@@ -23,8 +29,11 @@ from stimulus.geometry import (  # noqa: F401  (re-exported for users of the scr
     BAR_HEIGHT_FRAC,
     BAR_OFFSET_Y_FRAC,
     BAR_WIDTH_PX,
+    BASELINE_COLOR,
+    BASELINE_TICK_LENGTH_PX,
     DEFAULT_TARGET,
     ENDED_TEXT,
+    FIXATION_COLOR,
     FRAME_GAP_PX,
     FRAME_LINE_PX,
     LOST_COLOR,
@@ -39,49 +48,28 @@ from stimulus.geometry import (  # noqa: F401  (re-exported for users of the scr
     WAITING_TEXT,
     BarGeometry,
     bar_geometry,
+    centre_on_pixels,
 )
-from stimulus.link import ScreenState
+from stimulus.scene import Scene
 
 
 class FeedbackScreen:
-    """The participant's window: instructions, thermometer, status texts.
+    """The participant's window: instructions, thermometer, fixation, score, status texts.
 
     Parameters
     ----------
-    size : (int, int)
-        Window size in pixels (ignored in full screen, which uses the
-        monitor's size).
-    fullscreen : bool
-    screen : int
-        Index of the monitor (the projector is usually 1).
-    target : float
-        Level in [0, 1] marked by two ticks beside the bar.
-    mirror : bool
-        Mirror the image left-right, for set-ups that show the projection
-        through a mirror without flipping it in hardware.
+    cfg : DisplayConfig
+        The ``[display]`` settings (window, colours, texts, keys).
     """
 
-    def __init__(
-        self,
-        size: tuple[int, int] = (1024, 768),
-        fullscreen: bool = False,
-        screen: int = 0,
-        target: float = DEFAULT_TARGET,
-        mirror: bool = False,
-    ) -> None:
-        if not 0.0 <= target <= 1.0:
-            raise ValueError(
-                "Invalid value for the 'target' parameter. Allowed values are numbers in "
-                f"[0, 1], but got {target!r} instead."
-            )
-        self.target = float(target)
-        self.mirror = bool(mirror)
+    def __init__(self, cfg: DisplayConfig | None = None) -> None:
+        self.cfg = cfg = DisplayConfig() if cfg is None else cfg
         self.win = visual.Window(
-            size=list(size),
-            fullscr=fullscreen,
-            screen=screen,
+            size=list(cfg.size),
+            fullscr=cfg.fullscreen,
+            screen=cfg.screen,
             units="pix",
-            color=BACKGROUND,
+            color=cfg.background,
             colorSpace="rgb255",
             allowGUI=False,
             # Timing checks count frames, which is meaningless without vsync
@@ -89,100 +77,137 @@ class FeedbackScreen:
             checkTiming=False,
         )
         self.size: tuple[int, int] = (int(self.win.size[0]), int(self.win.size[1]))
-        self.geometry: BarGeometry = bar_geometry(self.size)
+        self.geometry: BarGeometry = bar_geometry(self.size, cfg.bar)
+        self._fill_colour: RGB = cfg.bar.fill
         self._build()
 
+    # ------------------------------------------------------------------ #
+    def _rect(self, width: float, height: float, x: float, y: float, **kw: Any) -> visual.Rect:
+        return visual.Rect(self.win, width=width, height=height, pos=(x, y), units="pix",
+                           colorSpace="rgb255", **kw)
+
+    def _text(self, colour: RGB, y: float, height: float) -> visual.TextStim:
+        kw = {"font": self.cfg.font} if self.cfg.font else {}
+        return visual.TextStim(
+            self.win, text="", pos=(0, y), height=height, color=colour, colorSpace="rgb255",
+            units="pix", wrapWidth=self.size[0] * 0.9, flipHoriz=self.cfg.mirror, **kw,
+        )
+
     def _build(self) -> None:
+        cfg = self.cfg
         w, h = self.size
         g = self.geometry
         cx = g.left + g.width / 2.0
         cy = g.bottom + g.height / 2.0
-        text_h = max(16, round(h * 0.045))
+        text_h = max(12, round(h * cfg.text_height_frac))
 
-        def rect(width: float, height: float, x: float, y: float, **kw: object) -> visual.Rect:
-            return visual.Rect(
-                self.win, width=width, height=height, pos=(x, y), units="pix",
-                colorSpace="rgb255", **kw,
-            )
-
-        def text(colour: tuple[int, int, int], y: float, height: float) -> visual.TextStim:
-            return visual.TextStim(
-                self.win, text="", pos=(0, y), height=height, color=colour,
-                colorSpace="rgb255", units="pix", wrapWidth=w * 0.9,
-                # Everything else is symmetric about x = 0, so mirroring the
-                # texts mirrors the whole screen.
-                flipHoriz=self.mirror,
-            )
-
-        self._bar_bg = rect(g.width, g.height, cx, cy, fillColor=BAR_BG, lineColor=None)
-        self._fill = rect(g.width, 1, cx, g.bottom, fillColor=BAR_FILL, lineColor=None)
+        self._bar_bg = self._rect(g.width, g.height, cx, cy, fillColor=cfg.bar.background,
+                                  lineColor=None)
+        self._fill = self._rect(g.width, 1, cx, g.bottom, fillColor=cfg.bar.fill, lineColor=None)
         pad = FRAME_GAP_PX + FRAME_LINE_PX / 2.0
-        self._frame = rect(
-            g.width + 2 * pad, g.height + 2 * pad, cx, cy,
-            fillColor=None, lineColor=BAR_FRAME, lineWidth=FRAME_LINE_PX,
-        )
-        # The ticks sit outside the outline so a pixel column through the bar
+        self._frame = self._rect(g.width + 2 * pad, g.height + 2 * pad, cx, cy, fillColor=None,
+                                 lineColor=cfg.bar.frame, lineWidth=FRAME_LINE_PX)
+        # Ticks sit outside the outline so a pixel column through the bar
         # shows only fill and background.
-        tick_y = g.level_y(self.target)
-        tick_dx = g.width / 2.0 + FRAME_GAP_PX + FRAME_LINE_PX + TICK_GAP_PX + TICK_LENGTH_PX / 2.0
-        self._ticks = [
-            rect(TICK_LENGTH_PX, TICK_THICKNESS_PX, cx + s * tick_dx, tick_y,
-                 fillColor=TARGET_COLOR, lineColor=None)
+        outside = g.width / 2.0 + FRAME_GAP_PX + FRAME_LINE_PX + TICK_GAP_PX
+        self._ticks = []
+        if cfg.bar.target != "none":
+            y = g.level_y(float(cfg.bar.target))
+            self._ticks = [
+                self._rect(TICK_LENGTH_PX, TICK_THICKNESS_PX, cx + s * (outside + TICK_LENGTH_PX / 2.0),
+                           y, fillColor=cfg.bar.target_colour, lineColor=None)
+                for s in (-1, 1)
+            ]
+        self._baseline_ticks = [
+            self._rect(BASELINE_TICK_LENGTH_PX, TICK_THICKNESS_PX,
+                       cx + s * (outside + BASELINE_TICK_LENGTH_PX / 2.0), 0,
+                       fillColor=cfg.bar.baseline_colour, lineColor=None)
             for s in (-1, 1)
         ]
-        self._instruction = text(TEXT_COLOR, h / 2.0 - h * 0.09, text_h)
-        self._message = text(TEXT_COLOR, 0, text_h)
-        self._null = text(NULL_COLOR, g.bottom - FRAME_GAP_PX - text_h, text_h)
-        self._null.text = NULL_TEXT
-        self._lost = text(LOST_COLOR, -h / 2.0 + h * 0.05, text_h * 0.8)
-        self._lost.text = LOST_TEXT
+        self._baseline_at: float | None = None
+
+        fx = cfg.fixation
+        fcx, fcy = centre_on_pixels(self.size, (fx.size_px, fx.thickness_px))
+        fcx2, fcy2 = centre_on_pixels(self.size, (fx.thickness_px, fx.size_px))
+        self._cross = [
+            self._rect(fx.size_px, fx.thickness_px, fcx, fcy, fillColor=fx.colour, lineColor=None),
+            self._rect(fx.thickness_px, fx.size_px, fcx2, fcy2, fillColor=fx.colour,
+                       lineColor=None),
+        ]
+
+        self._title = self._text(cfg.texts.colour, h / 2.0 - h * 0.09, text_h)
+        self._message = self._text(cfg.texts.colour, 0, text_h)
+        self._null = self._text(cfg.bar.null_colour, g.bottom - FRAME_GAP_PX - text_h, text_h)
+        self._null.text = cfg.bar.null_text
+        self._lost = self._text(cfg.texts.lost_colour, -h / 2.0 + h * 0.05, text_h * 0.8)
+        self._lost.text = cfg.texts.lost
+        score_h = max(12, round(h * cfg.score.height_frac))
+        self._score = self._text(cfg.score.colour, h * 0.05, score_h)
+        self._reward = self._text(cfg.score.reward_colour, h * 0.05 - score_h * 1.2, text_h)
 
     @staticmethod
-    def _set_text(stim: visual.TextStim, value: str) -> None:
-        # Setting text re-renders the glyphs; skip it when nothing changed.
-        if stim.text != value:
-            stim.text = value
+    def _set(stim: visual.TextStim, text: str, colour: RGB | None = None) -> None:
+        # Setting text re-renders the glyphs; only touch what changed.
+        if colour is not None and tuple(getattr(stim, "_rtnf_colour", ())) != tuple(colour):
+            stim.color = colour
+            stim._rtnf_colour = tuple(colour)
+        if stim.text != text:
+            stim.text = text
 
     # ------------------------------------------------------------------ #
-    def draw(self, state: ScreenState, now: float | None = None) -> None:
-        """Draw ``state`` into the back buffer (call :meth:`flip` to show it).
-
-        Parameters
-        ----------
-        state : ScreenState
-        now : float, optional
-            ``time.time()`` for the connection check; defaults to now.
-        """
-        now = time.time() if now is None else now
-        if state.phase == "waiting":
-            self._set_text(self._message, WAITING_TEXT)
+    def draw(self, scene: Scene) -> None:
+        """Draw ``scene`` into the back buffer (call :meth:`flip` to show it)."""
+        if scene.title:
+            self._set(self._title, scene.title, scene.title_colour)
+            self._title.draw()
+        if scene.message:
+            self._set(self._message, scene.message, scene.title_colour)
             self._message.draw()
-        elif state.phase == "ended" and state.feedback is None:
-            self._set_text(self._message, ENDED_TEXT)
-            self._message.draw()
-        else:
-            # After the end, the thermometer stays at its final level under
-            # the closing text: the participant sees where the run finished.
-            top = state.instruction() if state.phase == "running" else ENDED_TEXT
-            if top:
-                self._set_text(self._instruction, top)
-                self._instruction.draw()
-            self._draw_bar(state)
-        if state.connection_lost(now):
+        if scene.view == "bar" or (scene.view == "ended" and scene.title):
+            self._draw_bar(scene)
+        elif scene.view == "fixation":
+            for r in self._cross:
+                r.draw()
+        elif scene.view == "score":
+            self._set(self._score, scene.score_text)
+            self._score.draw()
+            if scene.reward_text:
+                self._set(self._reward, scene.reward_text)
+                self._reward.draw()
+        if scene.lost:
             self._lost.draw()
 
-    def _draw_bar(self, state: ScreenState) -> None:
+    def _draw_bar(self, scene: Scene) -> None:
+        g = self.geometry
         self._frame.draw()
         self._bar_bg.draw()
-        fill_h = self.geometry.fill_height(state.bar_value)
+        fill_h = g.fill_height(scene.bar_level)
         if fill_h > 0:
+            if scene.bar_fill != self._fill_colour:
+                self._fill.fillColor = scene.bar_fill
+                self._fill_colour = scene.bar_fill
             self._fill.height = fill_h
-            self._fill.pos = (self._fill.pos[0], self.geometry.bottom + fill_h / 2.0)
+            self._fill.pos = (self._fill.pos[0], g.bottom + fill_h / 2.0)
             self._fill.draw()
         for tick in self._ticks:
             tick.draw()
-        if state.phase == "running" and state.feedback is not None and state.feedback.value is None:
+        if scene.baseline_level is not None:
+            y = g.level_y(scene.baseline_level)
+            if y != self._baseline_at:
+                for tick in self._baseline_ticks:
+                    tick.pos = (tick.pos[0], y)
+                self._baseline_at = y
+            for tick in self._baseline_ticks:
+                tick.draw()
+        if scene.show_null:
             self._null.draw()
+
+    # ------------------------------------------------------------------ #
+    def grab(self) -> np.ndarray:
+        """The back buffer as an RGB array (rows from the top), without keeping it."""
+        image = self.win.getMovieFrame(buffer="back")
+        self.win.movieFrames.pop()
+        return np.asarray(image.convert("RGB"))
 
     def capture(self) -> None:
         """Keep a copy of the back buffer (the frame about to be flipped)."""
@@ -198,9 +223,22 @@ class FeedbackScreen:
         self.win.flip()
         return time.time()
 
+    def keys(self, names: list[str]) -> list[tuple[str, float]]:
+        """Presses of the keys ``names`` since the last call, with their ``time.time()``.
+
+        The window's event handler stamps each press when it dispatches the
+        event (at the latest at the next flip or call of this method), so a
+        press is known to within a frame.
+        """
+        pressed = event.getKeys(keyList=names, timeStamped=True)
+        if not pressed:
+            return []
+        offset = time.time() - core.getTime()
+        return [(str(k[0]), float(k[-1]) + offset) for k in pressed]
+
     def escape_pressed(self) -> bool:
-        """True when Esc was pressed since the last call."""
-        return bool(event.getKeys(keyList=["escape"]))
+        """True when the quit key was pressed since the last call."""
+        return bool(event.getKeys(keyList=[self.cfg.keys.quit]))
 
     def close(self) -> None:
         """Close the window."""

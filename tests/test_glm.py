@@ -137,3 +137,59 @@ def test_percent_signal_change_recovers_a_known_response_through_drift():
     np.testing.assert_allclose(psc[late], expected[late], atol=0.03)
     # and the response itself is there: about 1.5 % at the plateau
     assert 1.4 < np.nanmax(psc[late]) < 1.7
+
+
+def test_whole_brain_and_roi_estimates_with_motion_equal_lstsq_at_every_volume():
+    from rtnf.design import motion_regressors
+
+    n, voxels = 300, 400
+    protocol = _protocol(n)
+    design = make_design(protocol, "spm", 128.0, n_motion=6)
+    assert design.names[:8] == ("regulate", "constant", "trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+    rng = np.random.default_rng(7)
+    motion = np.cumsum(rng.normal(scale=0.05, size=(n, 6)), axis=0)
+    for t in range(n):
+        design.set_motion(t, motion_regressors(motion[t], motion[t - 1] if t else None, 6))
+    X = design.matrix
+    beta = rng.normal(size=(X.shape[1], voxels))
+    beta[1] = 1000.0
+    Y = X @ beta + rng.normal(scale=3.0, size=(n, voxels))
+    whole = IncrementalGLM(X.shape[1], voxels)
+    roi = IncrementalGLM(X.shape[1], 2)
+    Yroi = np.stack([Y[:, :100].mean(axis=1), Y[:, 100:300].mean(axis=1)], axis=1)
+    nested = [design.n_core, design.n_core + 6, X.shape[1]]
+    compared = 0
+    for t in range(n):
+        whole.update(X[t], Y[t])
+        roi.update(X[t], Yroi[t])
+        for q in nested:
+            if not whole.identifiable(q):
+                continue
+            ref, *_ = np.linalg.lstsq(X[: t + 1, :q], Y[: t + 1], rcond=None)
+            rel = np.linalg.norm(whole.coefficients(q) - ref) / np.linalg.norm(ref)
+            assert rel <= 1e-8, f"volume {t}, {q} columns: whole-brain relative error {rel:.1e}"
+            ref_roi, *_ = np.linalg.lstsq(X[: t + 1, :q], Yroi[: t + 1], rcond=None)
+            rel = np.linalg.norm(roi.coefficients(q) - ref_roi) / np.linalg.norm(ref_roi)
+            assert rel <= 1e-8, f"volume {t}, {q} columns: ROI relative error {rel:.1e}"
+            compared += 1
+    assert compared >= 2 * n
+
+
+def test_t_map_equals_batch_ols():
+    rng = np.random.default_rng(3)
+    protocol = _protocol(120)
+    design = make_design(protocol, "spm", 128.0)
+    X = design.matrix
+    Y = X @ rng.normal(size=(X.shape[1], 50)) + rng.normal(size=(120, 50))
+    glm = IncrementalGLM(X.shape[1], 50)
+    for t in range(120):
+        glm.update(X[t], Y[t])
+    c = np.zeros(X.shape[1])
+    c[0] = 1.0
+    effect, t_map = glm.contrast(c)
+    b, *_ = np.linalg.lstsq(X, Y, rcond=None)
+    resid = Y - X @ b
+    sigma2 = np.sum(resid**2, axis=0) / (120 - X.shape[1])
+    t_ref = (c @ b) / np.sqrt(sigma2 * (c @ np.linalg.inv(X.T @ X) @ c))
+    np.testing.assert_allclose(effect, c @ b, rtol=1e-9)
+    np.testing.assert_allclose(t_map, t_ref, rtol=1e-7)

@@ -264,7 +264,7 @@ def test_writer_modes_bytes_names_and_headers(phantom, tmp_path, mode):
     assert summary.n_written == 3 and not summary.aborted
     assert sorted(os.listdir(export)) == [f"rtsim_004_0000{k}.nii" for k in (1, 2, 3)]
     assert sorted(os.listdir(truth)) == sorted(
-        ["truth.tsv", "files.tsv", "spec.json", "reference.nii.gz", "region-acc_mask.nii.gz"]
+        ["truth.tsv", "files.tsv", "faults.tsv", "spec.json", "reference.nii.gz", "region-acc_mask.nii.gz"]
     )
     rows = _read_files_tsv(truth)
     finals = {}

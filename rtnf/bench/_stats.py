@@ -44,12 +44,12 @@ def peak_memory_mb() -> float:
 
 
 def table(rows: Iterable[dict[str, Any]], columns: Sequence[str]) -> str:
-    """A plain-text table; floats with two decimals."""
+    """A plain-text table; floats with two decimals (scientific below 0.01)."""
     rows = list(rows)
 
     def cell(v: Any) -> str:
         if isinstance(v, float):
-            return f"{v:.2f}"
+            return f"{v:.1e}" if v != 0 and abs(v) < 0.01 else f"{v:.2f}"
         return "" if v is None else str(v)
 
     cells = [[cell(r.get(c)) for c in columns] for r in rows]

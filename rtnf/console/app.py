@@ -1,0 +1,446 @@
+"""The operator console: a Bokeh server app fed by the console's subscriber.
+
+One process, two threads:
+
+- the subscriber thread (:class:`rtnf.console.link.Subscriber`) owns the
+  ZeroMQ SUB sockets and puts decoded messages on a :class:`queue.Queue`;
+- the Tornado event loop of the Bokeh server drains that queue every 50 ms
+  into one :class:`rtnf.console.state.RunState`, and every open page (one
+  Bokeh document per browser tab) sends itself what is new every 100 ms:
+  new volumes are streamed, changed ones (a late screen acknowledgement)
+  are patched. State, documents and callbacks all live on the event loop's
+  thread, so nothing is shared between threads but the queue.
+
+A page opened or reloaded mid-run is built from the whole run so far. The
+page is read-only: it sends nothing to rtnf or the screen. BokehJS is served
+by the Bokeh server itself (``/static``): no internet is needed.
+
+For tests and scripts, the page defines ``window.rtnfConsole`` (see
+:data:`PAGE_TEMPLATE`) and names its Bokeh models: the ColumnDataSource
+``volumes`` holds every plotted point, the Div ``status`` carries the state as
+JSON in its ``tags``, and the Div ``alerts`` lists the alerts as
+``<div class="rtnf-alert" data-alert="motion|stall|screen|rtnf">``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from typing import Any, Callable
+
+from bokeh.application import Application
+from bokeh.application.handlers.function import FunctionHandler
+from bokeh.core.templates import get_env
+from bokeh.core.validation import silence
+from bokeh.core.validation.warnings import MISSING_RENDERERS
+from bokeh.document import Document
+from bokeh.layouts import column, row
+from bokeh.models import (
+    BoxAnnotation,
+    ColumnDataSource,
+    DataRange1d,
+    Div,
+    FixedTicker,
+    HoverTool,
+    InlineStyleSheet,
+    LinearAxis,
+    Range1d,
+    Span,
+)
+from bokeh.palettes import Category10_10, Set2_8
+from bokeh.plotting import figure
+from bokeh.server.server import Server
+from tornado.ioloop import IOLoop, PeriodicCallback
+
+from rtnf.messages import DEFAULT_ADDRESS, DEFAULT_SCREEN_ADDRESS
+
+from .link import Message, Subscriber
+from .state import MARKS, MOTION_PARAMETERS, STAGES, RunState
+
+log = logging.getLogger(__name__)
+
+# Plots of ROIs are empty until the run says which ROIs it has: not a mistake.
+silence(MISSING_RENDERERS, True)
+
+DRAIN_MS = 50  # queue -> state
+TICK_MS = 100  # state -> each open page
+PLOT_HEIGHT = 200
+
+PAGE_TEMPLATE = """
+{% block preamble %}
+<style>
+  body { background: #f4f5f7; font-family: system-ui, sans-serif; margin: 0; padding: 8px 12px; }
+</style>
+<script>
+  // Read-only access to what the page shows, for tests and scripts.
+  window.rtnfConsole = {
+    doc() { return (window.Bokeh && Bokeh.documents.length) ? Bokeh.documents[0] : null; },
+    model(name) { const d = this.doc(); return d ? d.get_model_by_name(name) : null; },
+    data() {
+      const source = this.model("volumes");
+      if (source == null) return null;
+      const entries = source.data instanceof Map ? [...source.data.entries()] : Object.entries(source.data);
+      const out = {};
+      for (const [key, values] of entries) {
+        out[key] = Array.from(values, (v) => (typeof v === "number" && !Number.isFinite(v)) ? null : v);
+      }
+      return out;
+    },
+    status() { const div = this.model("status"); return div && div.tags.length ? JSON.parse(div.tags[0]) : null; },
+  };
+</script>
+{% endblock %}
+"""
+
+CSS = """
+:host { width: 100%; }
+.rtnf-status { font-size: 15px; line-height: 1.6; padding: 6px 10px; background: #fff; border-radius: 6px;
+  border: 1px solid #d0d4da; }
+.rtnf-status .badge { display: inline-block; min-width: 90px; text-align: center; font-weight: 700;
+  color: #fff; border-radius: 4px; padding: 0 8px; margin-right: 10px; }
+.phase-waiting .badge { background: #8a8f98; }
+.phase-running .badge { background: #1f8b4c; }
+.phase-ended .badge { background: #2b5dab; }
+.phase-aborted .badge { background: #b3261e; }
+.rtnf-status .muted { color: #5f6670; font-size: 13px; }
+.rtnf-alerts { display: flex; flex-direction: column; gap: 4px; }
+.rtnf-alert { padding: 6px 10px; border-radius: 6px; font-weight: 600; }
+.rtnf-alert.level-error { background: #fde7e6; color: #8c1d18; border: 1px solid #e8a29d; }
+.rtnf-alert.level-warning { background: #fff4d6; color: #6b4e00; border: 1px solid #e7cf85; }
+.rtnf-ok { padding: 6px 10px; border-radius: 6px; color: #1f5f3a; background: #e3f4e9; border: 1px solid #a8d5b8; }
+.rtnf-preview { padding: 10px; border: 1px dashed #9aa1ab; border-radius: 6px; color: #5f6670; background: #fff; }
+"""
+
+
+def _fmt_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    return f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+
+def _fmt_ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:.0f} ms"
+
+
+class ConsolePage:
+    """One browser tab: a Bokeh document kept in step with the shared :class:`RunState`.
+
+    Parameters
+    ----------
+    doc : bokeh.document.Document
+        The session's document.
+    state : RunState
+        Owned by the server's event loop, like this page.
+    clock : callable
+        Returns the current time (``time.time``); replaced in tests.
+    """
+
+    def __init__(self, doc: Document, state: RunState, clock: Callable[[], float] = time.time) -> None:
+        self.doc = doc
+        self.state = state
+        self.clock = clock
+        self.css = InlineStyleSheet(css=CSS)
+        doc.title = "rtnf console"
+        doc.template = get_env().from_string("{% extends base %}\n" + PAGE_TEMPLATE)
+        self.build()
+        doc.add_periodic_callback(self.tick, TICK_MS)
+
+    # ------------------------------------------------------------------ layout
+    def build(self) -> None:
+        """(Re)build the whole page from the state: on open, and for a new run."""
+        st = self.state
+        self.generation = st.generation
+        self.n_sent = len(st.rows)
+        self.change_cursor = len(st.changes)
+        self.source = ColumnDataSource(st.column_data(), name="volumes")
+        n = st.n_volumes
+        self.x_range = Range1d(-0.5, n - 0.5, name="x_range") if n else DataRange1d(name="x_range")
+        self.status = Div(name="status", stylesheets=[self.css], sizing_mode="stretch_width")
+        self.alerts = Div(name="alerts", stylesheets=[self.css], sizing_mode="stretch_width")
+        self.preview = Div(name="preview", stylesheets=[self.css], sizing_mode="stretch_width")
+        self._last_texts: dict[str, Any] = {}
+        self._update_texts()
+
+        roi_colors = {roi: Category10_10[i % 10] for i, roi in enumerate(st.rois)}
+        raw = self._figure("roi_raw", "ROI signal, raw (scanner units)")
+        clean = self._figure("roi_clean", "ROI signal, drift-cleaned (scanner units)")
+        psc = self._figure("feedback", "Percent signal change and feedback value", y_label="% signal change")
+        for roi, color in roi_colors.items():
+            raw.line("index", f"raw_{roi}", source=self.source, color=color, line_width=2, legend_label=roi, name=f"raw_{roi}")
+            clean.line("index", f"clean_{roi}", source=self.source, color=color, line_width=2, legend_label=roi, name=f"clean_{roi}")
+            psc.line("index", f"psc_{roi}", source=self.source, color=color, line_width=2, legend_label=f"{roi} PSC", name=f"psc_{roi}")
+        psc.extra_y_ranges = {"feedback": Range1d(-0.05, 1.05)}
+        psc.add_layout(LinearAxis(y_range_name="feedback", axis_label="feedback [0, 1]"), "right")
+        psc.step("index", "feedback", source=self.source, y_range_name="feedback", mode="center", color="black",
+                 line_width=2, legend_label="feedback", name="feedback")
+        psc.scatter("index", "feedback", source=self.source, y_range_name="feedback", color="black", size=4)
+        events = self._figure("events", "Missing, late, censored and high-motion volumes", height=140)
+        events.y_range = Range1d(0.5, len(MARKS) + 0.5)
+        events.yaxis.ticker = FixedTicker(ticks=[y for _, y in MARKS])
+        events.yaxis.major_label_overrides = {y: name for name, y in MARKS}
+        events.ygrid.grid_line_color = None
+        for (name, _), color, marker in zip(MARKS, ("#555555", "#e08a00", "#7b3fb0", "#d62728"),
+                                            ("x", "triangle", "square", "circle")):
+            events.scatter("index", f"mark_{name}", source=self.source, color=color, size=10, marker=marker, name=f"mark_{name}")
+
+        trans = self._figure("translations", "Head motion: translations", y_label="mm")
+        rots = self._figure("rotations", "Head motion: rotations", y_label="rad")
+        for axis, color in zip("xyz", ("#d62728", "#2ca02c", "#1f77b4")):
+            trans.line("index", f"trans_{axis}", source=self.source, color=color, line_width=2, legend_label=axis, name=f"trans_{axis}")
+            rots.line("index", f"rot_{axis}", source=self.source, color=color, line_width=2, legend_label=axis, name=f"rot_{axis}")
+        fd = self._figure("fd", f"Framewise displacement (threshold {st.fd_threshold_mm:g} mm)", y_label="mm")
+        fd.line("index", "fd", source=self.source, color="#333333", line_width=2, name="fd")
+        fd.scatter("index", "fd_high", source=self.source, color="#d62728", size=9, name="fd_high")
+        fd.add_layout(Span(location=st.fd_threshold_mm, dimension="width", line_color="#d62728",
+                           line_dash="dashed", line_width=2, name="fd_threshold"))
+        latency = self._figure("latency", "Latency per volume (from file detected)", y_label="ms")
+        stage_columns = [c for c, _, _ in STAGES]
+        stage_labels = ["read", "preprocess", "model", "publish", "screen"]
+        latency.vbar_stack(stage_columns, x="index", width=0.8, source=self.source, color=list(Set2_8[:5]),
+                           legend_label=stage_labels)
+        latency.line("index", "e2e_ms", source=self.source, color="black", line_width=2, legend_label="end-to-end", name="e2e")
+        latency.scatter("index", "processing_ms", source=self.source, color="#444444", size=4,
+                        legend_label="processing", name="processing")
+        latency.y_range.start = 0
+
+        for fig in (raw, clean, psc, trans, rots, fd, latency):
+            if fig.legend:
+                fig.legend.location = "top_left"
+                fig.legend.click_policy = "hide"
+                fig.legend.label_text_font_size = "9pt"
+                fig.legend.background_fill_alpha = 0.6
+                fig.legend.orientation = "horizontal"
+        self._add_blocks((raw, clean, psc, events, trans, rots, fd, latency))
+
+        left = column(raw, clean, psc, events, sizing_mode="stretch_width")
+        right = column(trans, rots, fd, latency, sizing_mode="stretch_width")
+        layout = column(
+            self.status, self.alerts, row(left, right, sizing_mode="stretch_width"), self.preview,
+            sizing_mode="stretch_width", name="console",
+        )
+        self.doc.clear()
+        self.doc.add_root(layout)
+
+    def _figure(self, name: str, title: str, y_label: str | None = None, height: int = PLOT_HEIGHT):
+        fig = figure(
+            name=name, title=title, height=height, sizing_mode="stretch_width", x_range=self.x_range,
+            tools="xpan,xwheel_zoom,box_zoom,reset,save", toolbar_location="right",
+            x_axis_label="volume", y_axis_label=y_label,
+        )
+        fig.add_tools(HoverTool(tooltips=[("volume", "@index"), ("condition", "@condition"), ("value", "$y{0.000}")],
+                                mode="mouse"))
+        fig.title.text_font_size = "11pt"
+        return fig
+
+    def _add_blocks(self, figures) -> None:
+        """Shade the protocol's non-baseline blocks, one color per condition."""
+        st = self.state
+        colors = {c: Category10_10[(i + 1) % 10] for i, c in enumerate(x for x in st.conditions if x != st.baseline)}
+        for fig in figures:
+            for b in st.blocks:
+                if b["condition"] == st.baseline or b["condition"] not in colors:
+                    continue
+                fig.add_layout(BoxAnnotation(left=b["start"] - 0.5, right=b["stop"] - 0.5,
+                                             fill_color=colors[b["condition"]], fill_alpha=0.12, line_alpha=0,
+                                             level="underlay"))
+        self.block_colors = colors
+
+    # ------------------------------------------------------------------ updates
+    def tick(self) -> None:
+        """Send what changed since the last tick (runs on the server's event loop)."""
+        st = self.state
+        if st.generation != self.generation:
+            self.build()
+            return
+        if len(st.changes) > self.change_cursor:
+            positions = sorted({p for p in st.changes[self.change_cursor:] if p < self.n_sent})
+            self.change_cursor = len(st.changes)
+            if positions:
+                self.source.patch({c: [(p, st.rows[p][c]) for p in positions] for c in st.columns()})
+        if len(st.rows) > self.n_sent:
+            self.source.stream(st.column_data(self.n_sent))
+            self.n_sent = len(st.rows)
+        self._update_texts()
+
+    def _set(self, key: str, model: Any, attr: str, value: Any) -> None:
+        if self._last_texts.get(key) != value:
+            self._last_texts[key] = value
+            setattr(model, attr, value)
+
+    def _update_texts(self) -> None:
+        st = self.state
+        now = self.clock()
+        phase = st.phase
+        latest = st.latest()
+        n = st.n_volumes
+        block = st.current_block()
+        counts = st.counts()
+        alerts = st.alerts(now)
+        elapsed = st.elapsed_s(now)
+        volume = "–" if latest is None else f"{latest['index'] + 1}"
+        parts = [f"volume <b>{volume}</b> of <b>{n if n else '?'}</b>"]
+        if latest is not None:
+            parts.append(f"condition <b>{html.escape(latest['condition'] or '?')}</b>")
+        if block is not None:
+            parts.append(f"block {block['number'] + 1} of {len(st.blocks)} (volumes {block['start']}–{block['stop'] - 1})")
+        elif latest is not None and not math.isnan(latest["block"]):
+            parts.append(f"block {int(latest['block'])}")
+        parts.append(f"elapsed <b>{_fmt_duration(elapsed)}</b>")
+        label = {"waiting": "WAITING", "running": "RUNNING", "ended": "ENDED", "aborted": "ABORTED"}[phase]
+        reason = ""
+        if phase == "aborted" and st.end is not None and isinstance(st.end.get("reason"), str):
+            reason = f" ({html.escape(st.end['reason'])})"
+        detail = (
+            f"missing {counts['missing']} · late {counts['late']} · censored {counts['censored']} · "
+            f"FD &gt; {st.fd_threshold_mm:g} mm: {counts['high_motion']} · "
+            f"processing median {_fmt_ms(st.median_ms('processing_ms'))} · "
+            f"end-to-end median {_fmt_ms(st.median_ms('e2e_ms'))} · "
+            f"run {html.escape(st.run_id or '–')}"
+        )
+        text = (
+            f'<div class="rtnf-status phase-{phase}" data-phase="{phase}">'
+            f'<span class="badge">{label}</span>{reason} ' + " · ".join(parts) +
+            f'<br><span class="muted">{detail}</span></div>'
+        )
+        self._set("status", self.status, "text", text)
+        status = {
+            "phase": phase, "run_id": st.run_id, "n_volumes": n, "n_received": counts["volumes"],
+            "last_index": None if latest is None else latest["index"],
+            "condition": None if latest is None else latest["condition"],
+            "alerts": [a.key for a in alerts], "counts": counts, "fd_threshold_mm": st.fd_threshold_mm,
+        }
+        self._set("status_tags", self.status, "tags", [json.dumps(status)])
+        if alerts:
+            alert_html = "".join(
+                f'<div class="rtnf-alert rtnf-alert-{a.key} level-{a.level}" data-alert="{a.key}">{html.escape(a.text)}</div>'
+                for a in alerts
+            )
+        else:
+            alert_html = '<div class="rtnf-ok" data-alert="none">No alerts</div>'
+        self._set("alerts", self.alerts, "text", f'<div class="rtnf-alerts">{alert_html}</div>')
+        if st.preview is None:
+            preview = ("Latest volume (orthogonal slices with ROI outlines and t-map overlay): "
+                       "rtnf does not publish volume previews yet.")
+        else:
+            index = st.preview.get("index")
+            preview = f"Preview of volume {html.escape(str(index))} received; drawing it comes in a later version."
+        self._set("preview", self.preview, "text", f'<div class="rtnf-preview" data-preview="1">{preview}</div>')
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on ``host`` right now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def _origins(host: str, port: int, extra: list[str] | None) -> list[str]:
+    origins = {f"{host}:{port}", f"127.0.0.1:{port}", f"localhost:{port}"}
+    if host in ("0.0.0.0", "::", ""):
+        import socket
+
+        origins.add(f"{socket.gethostname()}:{port}")
+    return sorted(origins | set(extra or []))
+
+
+def serve(
+    rtnf_address: str = DEFAULT_ADDRESS,
+    screen_address: str | None = DEFAULT_SCREEN_ADDRESS,
+    host: str = "127.0.0.1",
+    port: int = 5006,
+    *,
+    fd_threshold_mm: float = 0.5,
+    screen_timeout_s: float = 3.0,
+    allow_websocket_origin: list[str] | None = None,
+    stop: threading.Event | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Serve the console until ``stop`` is set (or the process is interrupted).
+
+    Parameters
+    ----------
+    rtnf_address : str
+        rtnf's PUB address (``publish.address`` of the session config).
+    screen_address : str or None
+        The feedback screen's PUB address (``displayed`` acknowledgements and
+        heartbeats); None when no screen is used (no screen alert then).
+    host : str
+        Address the web server binds: loopback by default. Anything else
+        exposes the (read-only) page to the network.
+    port : int
+        HTTP port; 0 picks a free one (passed to ``on_ready``).
+    fd_threshold_mm : float
+        Framewise displacement above this, in millimetres, raises the
+        high-motion alert.
+    screen_timeout_s : float
+        The screen counts as silent after this many seconds without a
+        heartbeat.
+    allow_websocket_origin : list of str, optional
+        Extra ``host:port`` origins allowed to open the page (needed when the
+        page is reached through another host name).
+    stop : threading.Event, optional
+        Set it to stop the server (from another thread or a signal handler).
+    on_ready : callable, optional
+        Called with the page's URL once the server listens.
+
+    Raises
+    ------
+    OSError
+        When the port cannot be bound.
+    """
+    stop = stop or threading.Event()
+    if not port:
+        port = free_port(host)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    io_loop = IOLoop.current()
+    logging.getLogger("tornado.access").setLevel(logging.WARNING)  # one line per HTTP request otherwise
+    state = RunState(fd_threshold_mm=fd_threshold_mm, screen_timeout_s=screen_timeout_s,
+                     expect_screen=bool(screen_address), t_start=time.time())
+    messages: "queue.Queue[Message]" = queue.Queue()
+    subscriber = Subscriber(rtnf_address, screen_address, messages)
+    app = Application(FunctionHandler(lambda doc: ConsolePage(doc, state)))
+    server = Server(
+        {"/": app}, io_loop=io_loop, address=host, port=port,
+        allow_websocket_origin=_origins(host, port, allow_websocket_origin),
+    )
+    subscriber.start()
+    subscriber.ready.wait(5.0)
+
+    def drain() -> None:
+        for _ in range(10000):
+            try:
+                message = messages.get_nowait()
+            except queue.Empty:
+                break
+            state.handle(*message)
+        if stop.is_set() or not subscriber.is_alive():
+            io_loop.stop()
+
+    pump = PeriodicCallback(drain, DRAIN_MS)
+    try:
+        server.start()
+        pump.start()
+        url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{server.port}/"
+        log.info("rtnf console at %s (rtnf %s, screen %s)", url, rtnf_address, screen_address or "none")
+        if on_ready is not None:
+            on_ready(url)
+        io_loop.start()
+    finally:
+        pump.stop()
+        server.stop()
+        subscriber.stop()
+        io_loop.close(all_fds=False)
+        asyncio.set_event_loop(None)
+        loop.close()
+    if subscriber.error is not None:
+        raise RuntimeError(f"the console's subscriber failed: {subscriber.error}") from subscriber.error

@@ -1,0 +1,496 @@
+"""What the operator console knows about the run: a pure state machine.
+
+:class:`RunState` is fed decoded wire-protocol messages (see
+:mod:`rtnf.messages`) and keeps the whole run so far as one row per volume,
+in the columns the page plots. It imports neither ZeroMQ nor the web stack:
+the console's subscriber thread only queues messages, and the web server's
+event loop (one thread) applies them here and reads the rows back.
+
+Rows are kept in arrival order; a row that changes after it was first added
+(its feedback value or the screen's acknowledgement came later) is logged in
+:attr:`RunState.changes`, so that each open page can send only what is new.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+MOTION_PARAMETERS: tuple[str, ...] = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+STAGES: tuple[tuple[str, str, str], ...] = (
+    # (column, from, to): processing latency split by stage, then the screen.
+    ("lat_read_ms", "t_detected", "t_read"),
+    ("lat_preprocess_ms", "t_read", "t_preprocessed"),
+    ("lat_model_ms", "t_preprocessed", "t_modelled"),
+    ("lat_publish_ms", "t_modelled", "t_published"),
+    ("lat_display_ms", "t_published", "t_displayed"),
+)
+# Marker rows of the events strip: y position of each flag's marker.
+MARKS: tuple[tuple[str, float], ...] = (("missing", 4.0), ("late", 3.0), ("censored", 2.0), ("motion", 1.0))
+NAN = float("nan")
+
+BASE_COLUMNS: tuple[str, ...] = (
+    "index", "condition", "block", "onset_s", "feedback", "feedback_reason",
+    *MOTION_PARAMETERS, "fd", "fd_high",
+    "missing", "censored", "late", "high_motion",
+    *(c for c, _, _ in STAGES), "processing_ms", "e2e_ms",
+    "t_detected", "t_published", "t_displayed", "t_received",
+    *(f"mark_{name}" for name, _ in MARKS),
+)
+
+
+def roi_columns(rois: list[str]) -> list[str]:
+    """Per-ROI columns: ``raw_<roi>``, ``clean_<roi>``, ``psc_<roi>``."""
+    return [f"{kind}_{roi}" for roi in rois for kind in ("raw", "clean", "psc")]
+
+
+def _num(value: Any) -> float:
+    """A finite number as float, anything else (None, text, NaN) as NaN."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return NAN
+    value = float(value)
+    return value if math.isfinite(value) else NAN
+
+
+def _flag(value: Any) -> bool:
+    return value is True
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _str(value: Any) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _ms(t_to: float, t_from: float) -> float:
+    return (t_to - t_from) * 1000.0  # NaN stays NaN
+
+
+@dataclass(frozen=True)
+class Alert:
+    """One active alert.
+
+    Attributes
+    ----------
+    key : str
+        "motion", "stall", "screen" or "rtnf" (stable, used as a CSS class).
+    level : str
+        "warning" or "error".
+    text : str
+        What the operator reads.
+    """
+
+    key: str
+    level: str
+    text: str
+
+
+class RunState:
+    """The current run as seen by the console.
+
+    Parameters
+    ----------
+    fd_threshold_mm : float
+        Framewise displacement above this many millimetres counts as high
+        motion (a run message's ``fd_threshold_mm`` field, if rtnf ever sends
+        one, takes precedence).
+    screen_timeout_s : float
+        The feedback screen counts as silent after this many seconds without
+        its heartbeat.
+    rtnf_timeout_s : float
+        rtnf counts as silent after this many seconds without any message.
+    stall_trs : float
+        While running, no volume for more than this many TRs is a stalled
+        scanner.
+    motion_alert_volumes : int
+        The high-motion alert stays up while one of the last this many
+        volumes was over the threshold.
+    expect_screen : bool
+        False when the console was started without a screen address: no
+        screen alert then.
+    t_start : float
+        Console start time (``time.time()``): the reference for "never
+        heard from" alerts.
+
+    Attributes
+    ----------
+    generation : int
+        Incremented whenever the page must be rebuilt from scratch (a new
+        run, or the run's protocol learnt after its first volumes).
+    rows : list of dict
+        One row per volume received, in arrival order, with the columns of
+        :meth:`columns`.
+    changes : list of int
+        Append-only log of the row positions changed after they were added.
+    """
+
+    def __init__(
+        self,
+        fd_threshold_mm: float = 0.5,
+        screen_timeout_s: float = 3.0,
+        rtnf_timeout_s: float = 3.0,
+        stall_trs: float = 2.0,
+        motion_alert_volumes: int = 5,
+        expect_screen: bool = True,
+        t_start: float = 0.0,
+    ) -> None:
+        if not fd_threshold_mm > 0:
+            raise ValueError(
+                "Invalid value for the 'fd_threshold_mm' parameter. Allowed values are positive "
+                f"numbers of millimetres, but got {fd_threshold_mm!r} instead."
+            )
+        self.default_fd_threshold_mm = float(fd_threshold_mm)
+        self.screen_timeout_s = float(screen_timeout_s)
+        self.rtnf_timeout_s = float(rtnf_timeout_s)
+        self.stall_trs = float(stall_trs)
+        self.motion_alert_volumes = int(motion_alert_volumes)
+        self.expect_screen = expect_screen
+        self.t_start = t_start
+        self.generation = 0
+        self.n_messages = 0
+        self.n_ignored = 0
+        self.t_last_rtnf: float | None = None
+        self.t_last_screen: float | None = None
+        self.screen_state: str | None = None
+        self._new_run(None)
+
+    # ------------------------------------------------------------------ state
+    def _new_run(self, run_id: str | None) -> None:
+        self.generation += 1
+        self.run_id = run_id
+        self.run: dict[str, Any] | None = None  # the run's start message
+        self.end: dict[str, Any] | None = None  # its end / abort message
+        self.heartbeat_state: str | None = None
+        self.rois: list[str] = []
+        self.rows: list[dict[str, Any]] = []
+        self.position: dict[int, int] = {}
+        self.changes: list[int] = []
+        self.t_last_volume: float | None = None
+        self.preview: dict[str, Any] | None = None
+        self._feedback: dict[int, dict[str, Any]] = {}  # feedback that came before its volume
+        self._displayed: dict[int, float] = {}  # acknowledgements that came before their volume
+
+    @property
+    def fd_threshold_mm(self) -> float:
+        """The threshold in force: the run's own if it sends one, else the console's."""
+        value = _num((self.run or {}).get("fd_threshold_mm"))
+        return value if value > 0 else self.default_fd_threshold_mm
+
+    @property
+    def tr_s(self) -> float | None:
+        value = _num((self.run or {}).get("tr_s"))
+        return value if value > 0 else None
+
+    @property
+    def n_volumes(self) -> int | None:
+        for source in (self.run or {}, self.rows[-1] if self.rows else {}):
+            value = source.get("n_volumes")
+            if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+                return value
+        return None
+
+    @property
+    def blocks(self) -> list[dict[str, Any]]:
+        """The protocol's blocks ``{condition, start, stop}`` (kept-volume indices)."""
+        out = []
+        for b in (self.run or {}).get("blocks") or []:
+            b = _dict(b)
+            start, stop = b.get("start"), b.get("stop")
+            if isinstance(start, int) and isinstance(stop, int) and stop > start:
+                out.append({"condition": _str(b.get("condition")), "start": start, "stop": stop})
+        return out
+
+    @property
+    def conditions(self) -> list[str]:
+        listed = (self.run or {}).get("conditions")
+        names = [c for c in listed if isinstance(c, str)] if isinstance(listed, list) else []
+        for b in self.blocks:
+            if b["condition"] not in names:
+                names.append(b["condition"])
+        return names
+
+    @property
+    def baseline(self) -> str | None:
+        value = (self.run or {}).get("baseline")
+        return value if isinstance(value, str) else None
+
+    @property
+    def phase(self) -> str:
+        """'waiting' (no run, or no volume yet), 'running', 'ended' or 'aborted'."""
+        if self.end is not None:
+            return "aborted" if self.end.get("event") == "abort" else "ended"
+        if self.heartbeat_state == "ended":
+            return "ended"
+        if self.rows or self.heartbeat_state == "running":
+            return "running"
+        return "waiting"
+
+    def columns(self) -> list[str]:
+        """Every column of :attr:`rows`."""
+        return list(BASE_COLUMNS) + roi_columns(self.rois)
+
+    def column_data(self, start: int = 0) -> dict[str, list[Any]]:
+        """Rows ``start:`` as columns (what a ColumnDataSource takes)."""
+        rows = self.rows[start:]
+        return {c: [r[c] for r in rows] for c in self.columns()}
+
+    # --------------------------------------------------------------- messages
+    def handle(self, origin: str, topic: str, body: dict[str, Any], t_received: float) -> bool:
+        """Apply one decoded message.
+
+        Parameters
+        ----------
+        origin : str
+            "rtnf" (rtnf's PUB) or "screen" (the feedback screen's PUB).
+        topic : str
+        body : dict
+            Decoded message body; unknown fields are ignored.
+        t_received : float
+            ``time.time()`` when the message arrived.
+
+        Returns
+        -------
+        bool
+            False when the message was ignored (unknown topic, another run's
+            acknowledgement, malformed fields).
+        """
+        self.n_messages += 1
+        try:
+            if origin == "screen":
+                applied = self._handle_screen(topic, body, t_received)
+            else:
+                applied = self._handle_rtnf(topic, body, t_received)
+        except (TypeError, ValueError, KeyError, AttributeError):
+            applied = False  # a malformed field costs one message, never the console
+        if not applied:
+            self.n_ignored += 1
+        return applied
+
+    def _handle_rtnf(self, topic: str, body: dict[str, Any], t: float) -> bool:
+        if topic not in ("run", "volume", "feedback", "heartbeat", "preview"):
+            return False
+        if topic == "heartbeat" and body.get("source") not in (None, "rtnf"):
+            return False
+        self.t_last_rtnf = t
+        run_id = body.get("run_id") if isinstance(body.get("run_id"), str) and body.get("run_id") else None
+        if run_id is not None and run_id != self.run_id:
+            self._new_run(run_id)
+        if topic == "run":
+            return self._on_run(body)
+        if topic == "heartbeat":
+            state = body.get("state")
+            if state in ("waiting", "running", "ended"):
+                self.heartbeat_state = state
+            return True
+        if topic == "feedback":
+            return self._on_feedback(body)
+        if topic == "preview":
+            self.preview = body
+            return True
+        return self._on_volume(body, t)
+
+    def _on_run(self, body: dict[str, Any]) -> bool:
+        event = body.get("event")
+        if event == "start":
+            first = self.run is None
+            self.run = body
+            if first:
+                rois = [r for r in body.get("rois") or [] if isinstance(r, str)]
+                if rois and rois != self.rois:
+                    if self.rows:  # volumes came first: add the columns they lacked
+                        for row in self.rows:
+                            for c in roi_columns(rois):
+                                row.setdefault(c, NAN)
+                    self.rois = rois
+                self.generation += 1  # the protocol's blocks and ROI names: rebuild the page
+            return True
+        if event in ("end", "abort"):
+            if self.run is None:
+                self.run = {**body, "event": "start"}
+                self.generation += 1
+            self.end = body
+            return True
+        return False
+
+    def _on_feedback(self, body: dict[str, Any]) -> bool:
+        index = body.get("index")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            return False
+        values = {"feedback": _num(body.get("value")), "feedback_reason": _str(body.get("reason"))}
+        if index in self.position:
+            self._update(index, values)
+        else:
+            self._feedback[index] = values
+        return True
+
+    def _on_volume(self, body: dict[str, Any], t: float) -> bool:
+        index = body.get("index")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            return False
+        if not self.rois:
+            self.rois = [r for r in _dict(body.get("rois")) if isinstance(r, str)]
+        timing = {k: _num(v) for k, v in _dict(body.get("timing")).items()}
+        flags = _dict(body.get("flags"))
+        motion = _dict(body.get("motion"))
+        fd = _num(body.get("framewise_displacement"))
+        high = bool(fd > self.fd_threshold_mm)
+        row: dict[str, Any] = {
+            "index": index,
+            "condition": _str(body.get("condition")),
+            "block": _num(body.get("block")),
+            "onset_s": _num(body.get("onset_s")),
+            "feedback": NAN,
+            "feedback_reason": "",
+            **{p: _num(motion.get(p)) for p in MOTION_PARAMETERS},
+            "fd": fd,
+            "fd_high": fd if high else NAN,
+            "missing": _flag(flags.get("missing")),
+            "censored": _flag(flags.get("censored")),
+            "late": _flag(flags.get("late")),
+            "high_motion": high,
+            "t_detected": timing.get("t_detected", NAN),
+            "t_published": timing.get("t_published", NAN),
+            "t_displayed": NAN,
+            "t_received": t,
+        }
+        for column, start, stop in STAGES[:-1]:
+            row[column] = _ms(timing.get(stop, NAN), timing.get(start, NAN))
+        row["processing_ms"] = _ms(row["t_published"], row["t_detected"])
+        rois = _dict(body.get("rois"))
+        for roi in self.rois:
+            values = _dict(rois.get(roi))
+            for kind in ("raw", "clean", "psc"):
+                row[f"{kind}_{roi}"] = _num(values.get(kind))
+        row.update(self._feedback.pop(index, {}))
+        self._set_display(row, self._displayed.pop(index, NAN))
+        self._set_marks(row)
+        if index in self.position:  # a repeated volume (never sent today) replaces the first
+            position = self.position[index]
+            self.rows[position] = row
+            self.changes.append(position)
+        else:
+            self.position[index] = len(self.rows)
+            self.rows.append(row)
+        self.t_last_volume = t
+        return True
+
+    def _handle_screen(self, topic: str, body: dict[str, Any], t: float) -> bool:
+        if topic == "heartbeat":
+            self.t_last_screen = t
+            state = body.get("state")
+            self.screen_state = state if isinstance(state, str) else None
+            return True
+        if topic != "displayed":
+            return False
+        self.t_last_screen = t
+        index = body.get("index")
+        run_id = body.get("run_id")
+        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+            return True  # a frame without a feedback value (instructions, end screen)
+        if run_id and self.run_id and run_id != self.run_id:
+            return False  # an acknowledgement of another run
+        t_displayed = _num(body.get("t_displayed"))
+        if index in self.position:
+            row = self.rows[self.position[index]]
+            if math.isnan(row["t_displayed"]) or t_displayed < row["t_displayed"]:
+                self._update(index, {})
+                self._set_display(row, t_displayed)
+        elif index not in self._displayed or t_displayed < self._displayed[index]:
+            self._displayed[index] = t_displayed
+        return True
+
+    def _update(self, index: int, values: dict[str, Any]) -> None:
+        position = self.position[index]
+        self.rows[position].update(values)
+        self.changes.append(position)
+
+    @staticmethod
+    def _set_display(row: dict[str, Any], t_displayed: float) -> None:
+        row["t_displayed"] = t_displayed
+        row["lat_display_ms"] = _ms(t_displayed, row["t_published"])
+        row["e2e_ms"] = _ms(t_displayed, row["t_detected"])
+
+    @staticmethod
+    def _set_marks(row: dict[str, Any]) -> None:
+        flags = {"missing": row["missing"], "late": row["late"], "censored": row["censored"], "motion": row["high_motion"]}
+        for name, y in MARKS:
+            row[f"mark_{name}"] = y if flags[name] else NAN
+
+    # ----------------------------------------------------------------- views
+    def latest(self) -> dict[str, Any] | None:
+        return self.rows[-1] if self.rows else None
+
+    def elapsed_s(self, now: float) -> float | None:
+        """Seconds since the run started (until its end once it ended)."""
+        t0 = _num((self.run or {}).get("t"))
+        if math.isnan(t0):
+            return None
+        t1 = _num(self.end.get("t")) if self.end is not None else now
+        return max(0.0, (now if math.isnan(t1) else t1) - t0)
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "volumes": len(self.rows),
+            "missing": sum(r["missing"] for r in self.rows),
+            "late": sum(r["late"] for r in self.rows),
+            "censored": sum(r["censored"] for r in self.rows),
+            "high_motion": sum(r["high_motion"] for r in self.rows),
+        }
+
+    def median_ms(self, column: str) -> float | None:
+        values = [r[column] for r in self.rows if not math.isnan(r[column])]
+        return statistics.median(values) if values else None
+
+    def current_block(self) -> dict[str, Any] | None:
+        row = self.latest()
+        if row is None:
+            return None
+        for number, b in enumerate(self.blocks):
+            if b["start"] <= row["index"] < b["stop"]:
+                return {**b, "number": number}
+        return None
+
+    def alerts(self, now: float) -> list[Alert]:
+        """The alerts in force at ``now`` (``time.time()``)."""
+        out: list[Alert] = []
+        threshold = self.fd_threshold_mm
+        recent = [r for r in self.rows[-self.motion_alert_volumes:] if r["high_motion"]]
+        if recent:
+            worst = max(recent, key=lambda r: r["fd"])
+            out.append(Alert(
+                "motion", "error",
+                f"High motion: framewise displacement {worst['fd']:.2f} mm at volume {worst['index']} "
+                f"(threshold {threshold:g} mm); {self.counts()['high_motion']} volume(s) over threshold in this run.",
+            ))
+        tr = self.tr_s
+        n = self.n_volumes
+        if (
+            self.phase == "running" and tr is not None and self.t_last_volume is not None
+            and (n is None or self.rows[-1]["index"] < n - 1)
+            and now - self.t_last_volume > self.stall_trs * tr
+        ):
+            out.append(Alert(
+                "stall", "error",
+                f"Scanner stalled: no volume for {now - self.t_last_volume:.1f} s "
+                f"(more than {self.stall_trs:g} TRs of {tr:g} s); last volume {self.rows[-1]['index']}.",
+            ))
+        if self.expect_screen:
+            if self.t_last_screen is None:
+                if now - self.t_start > self.screen_timeout_s:
+                    out.append(Alert("screen", "error", "Feedback screen silent: no heartbeat received from it yet."))
+            elif now - self.t_last_screen > self.screen_timeout_s:
+                out.append(Alert(
+                    "screen", "error",
+                    f"Feedback screen silent: no heartbeat for {now - self.t_last_screen:.1f} s.",
+                ))
+        if self.phase not in ("ended", "aborted"):
+            if self.t_last_rtnf is None:
+                if now - self.t_start > self.rtnf_timeout_s:
+                    out.append(Alert("rtnf", "warning", "No message from rtnf yet: is `rtnf run` started?"))
+            elif now - self.t_last_rtnf > self.rtnf_timeout_s:
+                out.append(Alert("rtnf", "error", f"rtnf silent: no message for {now - self.t_last_rtnf:.1f} s."))
+        return out

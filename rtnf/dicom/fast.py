@@ -1,0 +1,2 @@
+class SeriesReader:  # placeholder
+    pass

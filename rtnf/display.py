@@ -1,0 +1,384 @@
+"""The ``[display]`` table of a session config: how the feedback screen looks.
+
+Pure pydantic models and a small loader, importing nothing else from rtnf,
+so that both sides can use them:
+
+- rtnf's :class:`~rtnf.config.Config` holds ``display: DisplayConfig`` and
+  validates it with the rest of the session config;
+- the feedback screen (``rtnf-screen --config session.toml``) reads only the
+  ``[display]`` table with :func:`load_display`, without the processing stack.
+
+Every key has a default, so an empty or absent ``[display]`` table gives the
+standard screen. Colours are ``"#rrggbb"`` strings or ``[r, g, b]`` lists of
+integers in 0-255 (stored as tuples). TOML has no null: features are switched
+off with ``false`` or ``"none"`` where the key says so.
+
+Example
+-------
+.. code-block:: toml
+
+    [display]
+    size = [1024, 768]
+    mirror = true
+
+    [display.bar]
+    glide_s = 0.3
+    target = 0.75
+
+    [display.conditions.rest]
+    view = "fixation"
+    instruction = "Relax and look at the cross"
+    colour = "#8fb8ff"
+
+    [display.keys]
+    trigger = "5"
+    responses = ["1", "2"]
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+from pydantic_core import PydanticCustomError
+
+__all__ = [
+    "BarDisplay",
+    "ConditionDisplay",
+    "DisplayConfig",
+    "DisplayConfigError",
+    "FixationDisplay",
+    "KeysDisplay",
+    "ScoreDisplay",
+    "TextsDisplay",
+    "VIEWS",
+    "load_display",
+    "parse_display",
+]
+
+RGB = tuple[int, int, int]
+VIEWS: tuple[str, ...] = ("bar", "fixation", "text")
+"""What a condition shows under its instruction: the thermometer, a fixation
+cross, or only the instruction text."""
+
+_HEX = re.compile(r"^#([0-9a-fA-F]{6})$")
+_KEY_NAME = r"^[a-z0-9_]+$"  # PsychoPy/pyglet key names: "5", "t", "space", "escape", "num_1"
+
+
+class DisplayConfigError(ValueError):
+    """A ``[display]`` table that cannot be used; the message names the key, the value and what is allowed."""
+
+
+def _allowed(what: str) -> PydanticCustomError:
+    # A custom error: its message reads the same in rtnf.config's formatter
+    # (no "Value error, " prefix).
+    return PydanticCustomError("display_value", "Allowed: {what}", {"what": what})
+
+
+def _colour(value: Any) -> RGB:
+    """``"#rrggbb"`` or ``[r, g, b]`` (integers 0-255) -> ``(r, g, b)``."""
+    if isinstance(value, str):
+        m = _HEX.match(value)
+        if m is not None:
+            h = m.group(1)
+            return (int(h[0:2], 16), int(h[2:4], 16), int(h[4:6], 16))
+    elif isinstance(value, (list, tuple)) and len(value) == 3 and all(
+        isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 255 for c in value
+    ):
+        return (value[0], value[1], value[2])
+    raise _allowed("'#rrggbb' (hexadecimal) or [r, g, b] with integers 0-255")
+
+
+def _level_or(*words: str) -> Any:
+    """A level in [0, 1] or one of ``words`` (one clear message instead of one per union branch)."""
+    allowed = " or ".join(["a number in [0, 1]"] + [repr(w) for w in words])
+
+    def check(value: Any) -> float | str:
+        if isinstance(value, str) and value in words:
+            return value
+        if (isinstance(value, (int, float)) and not isinstance(value, bool)
+                and 0.0 <= value <= 1.0):
+            return float(value)
+        raise _allowed(allowed)
+
+    return PlainValidator(check)
+
+
+def _key_or_false(value: Any) -> str | bool:
+    if value is False:
+        return False
+    if isinstance(value, str) and re.match(_KEY_NAME, value) and len(value) <= 20:
+        return value
+    raise _allowed("a PsychoPy key name such as '5', 't', 'space' (lower case), or false")
+
+
+Colour = Annotated[RGB, PlainValidator(_colour)]
+Level = Annotated[float, Field(ge=0.0, le=1.0)]
+KeyName = Annotated[str, Field(pattern=_KEY_NAME, min_length=1, max_length=20)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class BarDisplay(_Model):
+    """The thermometer: geometry, colours, target line, baseline marker, glide."""
+
+    width_px: Annotated[int, Field(ge=4, le=2000)] = 80
+    height_frac: Annotated[float, Field(gt=0.05, le=0.9)] = 0.6
+    """Height of the bar as a fraction of the window height."""
+    offset_y_frac: Annotated[float, Field(ge=-0.4, le=0.4)] = -0.05
+    """Vertical offset of the bar's centre from the window's centre, fraction of the height."""
+    fill: Colour = (255, 140, 0)
+    background: Colour = (60, 60, 60)
+    frame: Colour = (200, 200, 200)
+    target: Annotated[Union[float, str], _level_or("none")] = 0.75
+    """Level in [0, 1] marked by the target line (two ticks beside the bar), or "none"."""
+    target_colour: Colour = (255, 255, 255)
+    baseline: Annotated[Union[float, str], _level_or("auto", "none")] = "auto"
+    """Level of the baseline marker (a short line on both sides of the bar): a
+    level in [0, 1], "auto" (where 0 % signal change falls on the scale that
+    rtnf announces in its run message, when inside [0, 1]) or "none"."""
+    baseline_colour: Colour = (120, 170, 255)
+    glide_s: Annotated[float, Field(ge=0.0, le=2.0)] = 0.3
+    """Time in seconds for the bar to move to a new value (0: jump)."""
+    easing: Literal["ease-out", "linear"] = "ease-out"
+    null_text: str = "…"
+    """Quiet indicator under the bar when a volume has no value (the bar holds)."""
+    null_colour: Colour = (130, 130, 130)
+
+
+class ScoreDisplay(_Model):
+    """The intermittent score screen, shown for ``feedback`` messages of kind "intermittent"."""
+
+    duration_s: Annotated[float, Field(gt=0.0, le=60.0)] = 2.0
+    text: str = "{score}"
+    """Format string; ``{score}`` is the value times ``scale`` rounded to an
+    integer, ``{value}`` the value in [0, 1]."""
+    scale: Annotated[float, Field(gt=0)] = 100.0
+    colour: Colour = (255, 255, 255)
+    height_frac: Annotated[float, Field(gt=0.01, le=0.5)] = 0.15
+    reward_text: str = ""
+    """Shown under the score when the value reaches ``reward_threshold`` (empty:
+    never). A ``reward`` string in the feedback message overrides it."""
+    reward_threshold: Level = 0.5
+    reward_colour: Colour = (255, 215, 0)
+    null_text: str = "No score for this block"
+    """Shown instead of the score when the intermittent value is null."""
+
+
+class FixationDisplay(_Model):
+    """The fixation cross of rest conditions."""
+
+    size_px: Annotated[int, Field(ge=4, le=2000)] = 40
+    thickness_px: Annotated[int, Field(ge=1, le=200)] = 4
+    colour: Colour = (255, 255, 255)
+
+
+class TextsDisplay(_Model):
+    """Texts of the screen's states."""
+
+    waiting: str = "Waiting for the scanner…"
+    ended: str = "Run finished. Thank you!"
+    lost: str = "Connection to rtnf lost"
+    colour: Colour = (255, 255, 255)
+    lost_colour: Colour = (235, 70, 70)
+
+
+class ConditionDisplay(_Model):
+    """How one condition looks. Unset keys fall back to the defaults described."""
+
+    view: Optional[Literal["bar", "fixation", "text"]] = None
+    """Default: "fixation" for the run's baseline condition, "bar" for the others."""
+    instruction: Optional[str] = None
+    """Default: the run message's instruction for the condition, else its name."""
+    colour: Optional[Colour] = None
+    """Colour of the instruction. Default: ``texts.colour``."""
+    bar_fill: Optional[Colour] = None
+    """Colour of the bar's fill in this condition. Default: ``bar.fill``."""
+
+
+class KeysDisplay(_Model):
+    """Keyboard: scanner trigger, participant responses, quit.
+
+    Names are PsychoPy's (pyglet's) key names: ``"5"``, ``"t"``, ``"space"``,
+    ``"escape"``, ``"num_1"``.
+    """
+
+    trigger: Annotated[Union[str, bool], PlainValidator(_key_or_false)] = "5"
+    """The scanner's pulse as a key press (keyboard emulation), or false."""
+    responses: list[KeyName] = ["1", "2", "3", "4"]
+    quit: KeyName = "escape"
+
+
+class DisplayConfig(_Model):
+    """The ``[display]`` table: window, layout, texts, per-condition looks and keys."""
+
+    size: Annotated[list[Annotated[int, Field(ge=64, le=16384)]],
+                    Field(min_length=2, max_length=2)] = [1024, 768]
+    """Window size in pixels [width, height] (ignored in full screen)."""
+    fullscreen: bool = False
+    screen: Annotated[int, Field(ge=0, le=16)] = 0
+    """Monitor index (the projector is often 1)."""
+    mirror: bool = False
+    """Mirror the whole image left-right (projection seen through a mirror)."""
+    background: Colour = (0, 0, 0)
+    font: str = ""
+    """Font name for all texts; empty: PsychoPy's default."""
+    text_height_frac: Annotated[float, Field(gt=0.01, le=0.3)] = 0.045
+    max_fps: Annotated[float, Field(gt=0, le=500)] = 60.0
+    heartbeat_timeout_s: Annotated[float, Field(gt=0, le=60)] = 3.0
+    """Show the connection-lost notice after this long without a message from rtnf."""
+    bar: BarDisplay = BarDisplay()
+    score: ScoreDisplay = ScoreDisplay()
+    fixation: FixationDisplay = FixationDisplay()
+    texts: TextsDisplay = TextsDisplay()
+    conditions: dict[str, ConditionDisplay] = {}
+    keys: KeysDisplay = KeysDisplay()
+
+    def condition(self, name: str | None) -> ConditionDisplay:
+        """The settings of condition ``name`` (defaults when it has none)."""
+        if name is not None and name in self.conditions:
+            return self.conditions[name]
+        return ConditionDisplay()
+
+
+# --------------------------------------------------------------------------- #
+# Loading
+# --------------------------------------------------------------------------- #
+def parse_display(raw: Any, source: str = "display") -> DisplayConfig:
+    """Validate a ``[display]`` table already read from TOML.
+
+    Parameters
+    ----------
+    raw : dict
+        The table (``{}`` for all defaults).
+    source : str
+        Prefix of error messages (for example the file name).
+
+    Raises
+    ------
+    DisplayConfigError
+        One message naming each bad key, its value and what is allowed.
+    """
+    try:
+        cfg = DisplayConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise DisplayConfigError(f"{source}: {_format_errors(exc)}") from None
+    for key in cfg.keys.responses:
+        if key in (cfg.keys.trigger, cfg.keys.quit):
+            raise DisplayConfigError(
+                f"{source}: invalid value for 'display.keys.responses': {key!r} is also the "
+                "trigger or quit key. Allowed: keys different from 'display.keys.trigger' "
+                "and 'display.keys.quit'."
+            )
+    if cfg.keys.trigger == cfg.keys.quit:
+        raise DisplayConfigError(
+            f"{source}: invalid value for 'display.keys.trigger': {cfg.keys.trigger!r} is the "
+            "quit key. Allowed: a key different from 'display.keys.quit'."
+        )
+    for name, cond in cfg.conditions.items():
+        if not name:
+            raise DisplayConfigError(f"{source}: empty condition name in 'display.conditions'.")
+    return cfg
+
+
+def load_display(path: str | Path) -> DisplayConfig:
+    """Read only the ``[display]`` table of a session config file.
+
+    The rest of the file is not checked here (rtnf does that when it loads
+    the session); a file without ``[display]`` gives the defaults.
+
+    Parameters
+    ----------
+    path : str or Path
+        TOML file.
+
+    Returns
+    -------
+    DisplayConfig
+
+    Raises
+    ------
+    DisplayConfigError
+        If the file cannot be read, is not TOML, or ``[display]`` is invalid;
+        one message naming the key, the bad value and what is allowed.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise DisplayConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise DisplayConfigError(f"{path}: not valid TOML: {exc}") from None
+    table = raw.get("display", {})
+    if not isinstance(table, dict):
+        raise DisplayConfigError(
+            f"{path}: invalid value for 'display': {table!r}. Allowed: a table ([display])."
+        )
+    return parse_display(table, str(path))
+
+
+# --------------------------------------------------------------------------- #
+# Messages (same wording as rtnf.config)
+# --------------------------------------------------------------------------- #
+def _format_errors(exc: ValidationError) -> str:
+    lines = [_format_error(err) for err in exc.errors()]
+    if len(lines) == 1:
+        return lines[0]
+    return f"{len(lines)} problems:\n  " + "\n  ".join(lines)
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = "display"
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def _format_error(err: dict[str, Any]) -> str:
+    # Drop the names pydantic gives to union branches and validators: the key is what matters.
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+    key = _dotted(loc)
+    if err["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        return f"unknown key '{key}'. Allowed keys here: {', '.join(allowed)}."
+    if err["type"] == "missing":
+        return f"missing key '{key}' (required)."
+    value = err.get("input")
+    shown = f"{value!r} ({type(value).__name__})" if not isinstance(value, dict) else "a table"
+    return f"invalid value for '{key}': {shown}. {err['msg']}."
+
+
+def _unwrap(annotation: Any) -> Any:
+    while True:
+        origin = typing.get_origin(annotation)
+        if origin is Annotated:
+            annotation = typing.get_args(annotation)[0]
+        elif origin in (typing.Union, types.UnionType):
+            annotation = [a for a in typing.get_args(annotation) if a is not type(None)][0]
+        else:
+            return annotation
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    node: Any = DisplayConfig
+    for part in loc:
+        node = _unwrap(node)
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            node = node.model_fields[part].annotation
+        elif typing.get_origin(node) in (list, dict):
+            node = typing.get_args(node)[-1]
+    node = _unwrap(node)
+    if typing.get_origin(node) is dict:
+        node = _unwrap(typing.get_args(node)[-1])
+    if isinstance(node, type) and issubclass(node, BaseModel):
+        return list(node.model_fields)
+    return []

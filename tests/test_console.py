@@ -1,0 +1,510 @@
+"""The operator console: its run state (pure Python) and the live page in a real headless Chromium.
+
+The browser tests start the console as its own process (``python -m rtnf.console``), feed it
+either a scripted run published by the test (motion, a high-motion volume, missing / late /
+censored volumes, screen acknowledgements, a stall) or a real session (``rtnf run`` with
+``scanner-sim``), and read back what the page plots through ``window.rtnfConsole``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zmq
+
+from rtnf.console.state import MOTION_PARAMETERS, RunState
+from rtnf.demo import Listener, Processes, _wait_ready, free_address, sim_spec, write_toml
+from rtnf.messages import encode
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--no-first-run"]
+ROIS = ["acc", "linsula"]
+BLOCKS = [{"condition": c, "start": s, "stop": s + 6} for s, c in zip(range(0, 30, 6), ["rest", "regulate"] * 3)]
+
+
+def requires_browser() -> pytest.MarkDecorator:
+    """Skip with a reason when the web stack, Playwright or Debian's Chromium is missing."""
+    if importlib.util.find_spec("bokeh") is None:
+        return pytest.mark.skip(reason="Bokeh is not installed (pip install -e '.[console]')")
+    if importlib.util.find_spec("playwright") is None:
+        return pytest.mark.skip(reason="Playwright is not installed (pip install playwright; no browser download needed)")
+    if not os.path.exists(CHROMIUM):
+        return pytest.mark.skip(reason="no Chromium at /usr/bin/chromium (apt-get install chromium)")
+    return pytest.mark.slow
+
+
+# --------------------------------------------------------------------------- a scripted run
+
+
+class ScriptedRun:
+    """Publishes a realistic run as rtnf and the feedback screen would, message by message."""
+
+    def __init__(self, tr_s: float, n_volumes: int, seed: int = 1) -> None:
+        self.address, self.screen_address = free_address(), free_address()
+        self.tr_s, self.n_volumes = tr_s, n_volumes
+        self.run_id = "sub-01_task-nf_run-1_test"
+        self.ctx = zmq.Context()
+        self.pub = self.ctx.socket(zmq.PUB)
+        self.screen = self.ctx.socket(zmq.PUB)
+        for sock, address in ((self.pub, self.address), (self.screen, self.screen_address)):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.bind(address)
+        self.rng = np.random.default_rng(seed)
+        self.motion = np.zeros(6)
+        self.published: dict[int, dict] = {}  # index -> {"volume", "feedback", "displayed"}
+
+    def send(self, topic: str, body: dict) -> None:
+        self.pub.send_multipart(encode(topic, self.run_id, body))
+
+    def beat(self, state: str, last_index: int | None, screen: bool = True) -> None:
+        self.send("heartbeat", {"source": "rtnf", "state": state, "last_index": last_index,
+                                "n_volumes": self.n_volumes, "t": time.time()})
+        if screen:
+            self.screen.send_multipart(encode("heartbeat", self.run_id, {"source": "stimulus", "state": "running", "t": time.time()}))
+
+    def start(self) -> dict:
+        self.t0 = time.time()
+        body = {"event": "start", "tr_s": self.tr_s, "n_volumes": self.n_volumes, "dummy_volumes": 2,
+                "conditions": ["rest", "regulate"], "baseline": "rest", "blocks": BLOCKS, "rois": ROIS,
+                "feedback": {"roi": "acc", "kind": "continuous", "scale_psc": [-1.0, 2.0]},
+                "instructions": {"regulate": "Raise the bar"}, "t": self.t0, "a_future_field": {"x": 1}}
+        self.send("run", body)
+        return body
+
+    def volume(self, index: int, fd: float | None = None, missing: bool = False, late: bool = False,
+               censored: bool = False, display: bool = True) -> dict:
+        """Publish volume ``index`` (feedback first, then the volume, then the screen's ack)."""
+        now = time.time()
+        regulate = next(b["condition"] for b in BLOCKS if b["start"] <= index < b["stop"]) == "regulate"
+        if fd is None:
+            step = self.rng.normal(0, [0.02, 0.02, 0.03, 0.0003, 0.0003, 0.0003])
+            fd = float(np.sum(np.abs(step[:3])) + 50 * np.sum(np.abs(step[3:])))
+        else:  # a jolt of exactly that framewise displacement along z
+            step = np.array([0.0, 0.0, fd, 0.0, 0.0, 0.0])
+        self.motion = self.motion + step
+        drift = 2.0 * index
+        rois = {}
+        for k, roi in enumerate(ROIS):
+            signal = (1.5 if regulate and roi == "acc" else 0.0) * 10 + self.rng.normal(0, 3)
+            raw = 1000.0 + 80 * k + drift + signal
+            clean = raw - drift
+            psc = 100 * (clean - (1000.0 + 80 * k)) / (1000.0 + 80 * k)
+            rois[roi] = {"raw": None, "clean": None, "psc": None} if missing else {"raw": raw, "clean": clean, "psc": psc}
+        value = None if missing else min(1.0, max(0.0, (rois["acc"]["psc"] + 1.0) / 3.0))
+        t_detected = now - 0.012
+        timing = {"t_acquired": now - 0.6, "t_detected": t_detected, "t_read": t_detected + 0.0031,
+                  "t_preprocessed": t_detected + 0.0094, "t_modelled": t_detected + 0.0112, "t_published": now}
+        if missing:
+            timing = {k: None for k in timing} | {"t_published": now}
+        feedback = {"index": index, "condition": "regulate" if regulate else "rest", "value": value,
+                    "reason": "missing volume" if missing else None, "kind": "continuous", "t_published": now}
+        volume = {
+            "index": index, "acquisition": index + 2, "n_volumes": self.n_volumes, "onset_s": index * self.tr_s,
+            "condition": feedback["condition"], "block": index // 6, "rois": rois,
+            "motion": None if missing else dict(zip(MOTION_PARAMETERS, map(float, self.motion))),
+            "framewise_displacement": None if missing else fd,
+            "flags": {"missing": missing, "censored": censored, "late": late},
+            "timing": timing, "file": None if missing else f"vol_{index + 3:05d}.nii", "unknown_field": [1, 2],
+        }
+        self.send("feedback", feedback)
+        self.send("volume", volume)
+        displayed = None
+        if display:
+            displayed = {"source": "stimulus", "index": index, "value": value, "condition": feedback["condition"],
+                         "state": "running", "t_received": now + 0.001, "t_displayed": now + 0.018}
+            self.screen.send_multipart(encode("displayed", self.run_id, displayed))
+        self.published[index] = {"volume": volume, "feedback": feedback, "displayed": displayed}
+        return volume
+
+    def end(self) -> None:
+        self.send("run", {"event": "end", "tr_s": self.tr_s, "n_volumes": self.n_volumes, "blocks": BLOCKS,
+                          "rois": ROIS, "reason": None, "t": time.time()})
+        self.beat("ended", self.n_volumes - 1)
+
+    def close(self) -> None:
+        self.pub.close()
+        self.screen.close()
+        self.ctx.term()
+
+
+def expected_columns(published: dict[int, dict]) -> dict[str, list]:
+    """What the page must plot for the published messages (None where nothing is plotted)."""
+
+    def num(v):
+        return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else float(v)
+
+    def ms(a, b):
+        return None if a is None or b is None else (a - b) * 1000.0
+
+    out: dict[str, list] = {}
+
+    def put(key, value):
+        out.setdefault(key, []).append(value)
+
+    for index in sorted(published):
+        v, f, d = published[index]["volume"], published[index]["feedback"], published[index]["displayed"]
+        t = v["timing"]
+        put("index", index)
+        put("condition", v["condition"])
+        put("feedback", num(f["value"]))
+        for roi in ROIS:
+            for kind in ("raw", "clean", "psc"):
+                put(f"{kind}_{roi}", num(v["rois"][roi][kind]))
+        for p in MOTION_PARAMETERS:
+            put(p, num((v["motion"] or {}).get(p)))
+        put("fd", num(v["framewise_displacement"]))
+        for flag in ("missing", "censored", "late"):
+            put(flag, v["flags"][flag])
+        put("lat_read_ms", ms(t["t_read"], t["t_detected"]))
+        put("lat_preprocess_ms", ms(t["t_preprocessed"], t["t_read"]))
+        put("lat_model_ms", ms(t["t_modelled"], t["t_preprocessed"]))
+        put("lat_publish_ms", ms(t["t_published"], t["t_modelled"]))
+        put("processing_ms", ms(t["t_published"], t["t_detected"]))
+        put("e2e_ms", ms(d["t_displayed"], t["t_detected"]) if d else None)
+    return out
+
+
+# --------------------------------------------------------------------------- RunState without a browser
+
+
+def test_state_collects_volumes_feedback_and_acknowledgements():
+    run = ScriptedRun(tr_s=1.0, n_volumes=30)
+    try:
+        state = RunState(t_start=time.time())
+        now = time.time()
+        state.handle("rtnf", "run", {"run_id": run.run_id, **run.start()}, now)
+        for i in range(6):
+            v = run.volume(i, missing=(i == 3), fd=0.9 if i == 4 else None)
+            p = run.published[i]
+            state.handle("rtnf", "feedback", {"run_id": run.run_id, **p["feedback"]}, now)
+            state.handle("rtnf", "volume", {"run_id": run.run_id, **v}, now)
+        # Acknowledgements arrive after their volumes: the rows are patched, and logged as changed.
+        for i in range(6):
+            state.handle("screen", "displayed", {"run_id": run.run_id, **run.published[i]["displayed"]}, now)
+        assert state.changes == list(range(6))
+        data = state.column_data()
+        expected = expected_columns(run.published)
+        for key, values in expected.items():
+            got = [None if isinstance(x, float) and math.isnan(x) else x for x in data[key]]
+            assert got == values, key
+        assert data["high_motion"] == [False, False, False, False, True, False]
+        assert data["mark_missing"][3] == 4.0 and math.isnan(data["mark_missing"][2])
+        assert state.phase == "running" and state.n_volumes == 30 and state.rois == ROIS
+        assert [a.key for a in state.alerts(now)] == ["motion"]
+        assert "0.90 mm at volume 4" in state.alerts(now)[0].text
+        # No volume for more than two TRs while running: stalled. Silent screen and rtnf too.
+        keys = [a.key for a in state.alerts(now + 3.5)]
+        assert keys == ["motion", "stall", "screen", "rtnf"]
+        state.handle("screen", "heartbeat", {"source": "stimulus", "state": "running"}, now + 3.5)
+        assert "screen" not in [a.key for a in state.alerts(now + 3.6)]
+    finally:
+        run.close()
+
+
+def test_state_ignores_bad_and_unknown_input_and_resets_for_a_new_run():
+    state = RunState(t_start=0.0, expect_screen=False)
+    assert state.handle("rtnf", "volume", {"run_id": "a", "index": "seven"}, 1.0) is False
+    assert state.handle("rtnf", "volume", {"run_id": "a", "index": 0, "rois": {"acc": {"raw": "x"}},
+                                           "timing": "bad", "flags": None, "motion": [1, 2]}, 1.0) is True
+    assert math.isnan(state.rows[0]["raw_acc"]) and state.rows[0]["missing"] is False
+    assert state.handle("rtnf", "something_new", {"run_id": "a"}, 1.0) is False
+    assert state.handle("rtnf", "preview", {"run_id": "a", "index": 0, "slices": []}, 1.0) is True
+    assert state.preview["index"] == 0
+    # Acknowledgements of another run are not this run's.
+    assert state.handle("screen", "displayed", {"run_id": "b", "index": 0, "t_displayed": 2.0}, 2.0) is False
+    generation = state.generation
+    state.handle("rtnf", "heartbeat", {"run_id": "b", "source": "rtnf", "state": "waiting"}, 3.0)
+    assert state.generation > generation and state.rows == [] and state.run_id == "b"
+    assert state.phase == "waiting"
+    with pytest.raises(ValueError, match="fd_threshold_mm"):
+        RunState(fd_threshold_mm=0)
+
+
+def test_state_learns_the_protocol_after_joining_mid_run():
+    state = RunState(t_start=0.0)
+    state.handle("rtnf", "volume", {"run_id": "r", "index": 7, "n_volumes": 30,
+                                    "rois": {"acc": {"raw": 1.0, "clean": 0.5, "psc": 0.1}}}, 1.0)
+    generation = state.generation
+    assert state.rois == ["acc"] and state.blocks == []
+    state.handle("rtnf", "run", {"run_id": "r", "event": "start", "repeat": True, "tr_s": 2.0, "n_volumes": 30,
+                                 "blocks": BLOCKS, "rois": ["acc", "ins"], "t": 0.0}, 2.0)
+    assert state.generation == generation + 1 and len(state.blocks) == 5
+    assert state.rois == ["acc", "ins"] and math.isnan(state.rows[0]["raw_ins"]) and state.rows[0]["raw_acc"] == 1.0
+    assert state.current_block()["condition"] == "regulate"
+
+
+def test_console_command_line():
+    import argparse
+
+    from rtnf.console import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args([])
+    assert (args.host, args.port, args.fd_threshold) == ("127.0.0.1", 5006, 0.5)
+    cmd = cli.command("tcp://127.0.0.1:6000", None, port=7000)
+    assert cmd[1:3] == ["-m", "rtnf.console"] and "--no-screen" in cmd and "7000" in cmd
+
+    # The package and its command line import no web stack: `rtnf` stays light.
+    code = "import sys, rtnf.console, rtnf.console.cli; sys.exit('bokeh' in sys.modules or 'tornado' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+# --------------------------------------------------------------------------- the page in Chromium
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+class ConsoleProcess:
+    """``python -m rtnf.console`` as a child process, stopped at the end."""
+
+    def __init__(self, address: str, screen_address: str | None, log_dir: Path) -> None:
+        from rtnf.console.app import free_port
+        from rtnf.console.cli import command
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = log_dir / f"console-{self.port}.log"
+        with open(self.log, "w") as handle:
+            self.proc = subprocess.Popen(command(address, screen_address, port=self.port), stdout=handle,
+                                         stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(self.url, timeout=2).read()
+                return
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    self.stop()
+                    raise AssertionError(f"the console did not start:\n{self.log.read_text()}")
+                time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        assert self.proc.returncode in (0, -15), self.log.read_text()
+
+
+class Page:
+    """A browser tab on the console that records console errors and every request."""
+
+    def __init__(self, browser, url: str) -> None:
+        self.page = browser.new_page(viewport={"width": 1500, "height": 1250})
+        self.errors: list[str] = []
+        self.requests: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda exc: self.errors.append(str(exc)))
+        self.page.on("request", lambda r: self.requests.append(r.url))
+        self.url = url
+        self.open()
+
+    def open(self) -> None:
+        self.page.goto(self.url)
+        self.page.wait_for_function("() => window.rtnfConsole && window.rtnfConsole.data() !== null", timeout=15000)
+
+    def reload(self) -> None:
+        self.page.reload()
+        self.page.wait_for_function("() => window.rtnfConsole && window.rtnfConsole.data() !== null", timeout=15000)
+
+    def wait_rows(self, n: int, timeout_s: float) -> None:
+        self.page.wait_for_function(f"() => (window.rtnfConsole.data() || {{index: []}}).index.length >= {n}",
+                                    timeout=timeout_s * 1000)
+
+    def data(self) -> dict[str, list]:
+        return self.page.evaluate("() => window.rtnfConsole.data()")
+
+    def status(self) -> dict:
+        return self.page.evaluate("() => window.rtnfConsole.status()")
+
+    def alert(self, key: str):
+        # Playwright's CSS selectors pierce the shadow roots Bokeh renders its Divs in.
+        return self.page.locator(f'[data-alert="{key}"]')
+
+
+def assert_plotted(data: dict[str, list], expected: dict[str, list]) -> None:
+    for key, values in expected.items():
+        assert data[key] == values, f"column {key}: page {data[key]} != published {values}"
+
+
+@requires_browser()
+def test_console_page_follows_a_scripted_run(browser, tmp_path):
+    tr_s, n_volumes = 0.6, 30
+    run = ScriptedRun(tr_s, n_volumes)
+    console = ConsoleProcess(run.address, run.screen_address, tmp_path)
+    try:
+        page = Page(browser, console.url)
+        run.beat("waiting", None)
+        page.page.wait_for_function("() => window.rtnfConsole.status().phase === 'waiting'", timeout=5000)
+        time.sleep(0.3)
+        run.start()
+
+        def publish(index: int, **kwargs) -> None:
+            run.volume(index, **kwargs)
+            run.beat("running", index)
+            t0 = time.time()
+            # Shown within one TR of its publication.
+            page.wait_rows(index + 1, timeout_s=tr_s)
+            time.sleep(max(0.0, tr_s - (time.time() - t0)))
+
+        for i in range(12):
+            publish(i, fd=0.9 if i == 8 else None, missing=(i == 5))
+            if i == 7:
+                assert page.alert("motion").count() == 0
+        # The injected high-motion volume raises the alert in the DOM.
+        page.alert("motion").wait_for(timeout=2000)
+        assert "0.90 mm at volume 8" in page.alert("motion").inner_text()
+        assert "motion" in page.status()["alerts"]
+
+        # Reloading mid-run shows every earlier volume.
+        page.reload()
+        page.wait_rows(12, timeout_s=5)
+        data = page.data()
+        assert data["index"] == list(range(12))
+        assert_plotted(data, expected_columns(run.published))
+        assert page.status()["phase"] == "running" and page.status()["last_index"] == 11
+
+        for i in range(12, 18):
+            publish(i, late=(i == 14), censored=(i == 16))
+        # The scanner stalls and the screen falls silent: both alerts within a few seconds.
+        page.alert("stall").wait_for(timeout=(3 * tr_s + 1) * 1000)
+        page.alert("screen").wait_for(timeout=5000)
+        assert "no volume" in page.alert("stall").inner_text()
+        for i in range(18, n_volumes):
+            publish(i)
+        page.alert("stall").wait_for(state="detached", timeout=2000)
+        page.alert("screen").wait_for(state="detached", timeout=2000)
+        run.end()
+        page.page.wait_for_function("() => window.rtnfConsole.status().phase === 'ended'", timeout=3000)
+
+        data = page.data()
+        assert data["index"] == list(range(n_volumes))
+        assert_plotted(data, expected_columns(run.published))
+        assert [i for i, m in enumerate(data["missing"]) if m] == [5]
+        assert [i for i, m in enumerate(data["late"]) if m] == [14]
+        assert [i for i, m in enumerate(data["censored"]) if m] == [16]
+        assert [i for i, y in enumerate(data["mark_motion"]) if y is not None] == [8]
+        assert page.status()["counts"] == {"volumes": 30, "missing": 1, "late": 1, "censored": 1, "high_motion": 1}
+        assert "ENDED" in page.page.locator(".rtnf-status").inner_text()
+
+        page.page.screenshot(path=str(tmp_path / "console.png"), full_page=True)
+        if os.environ.get("RTNF_UPDATE_DOCS_SCREENSHOTS"):
+            page.page.screenshot(path=str(ROOT / "docs" / "console.png"), full_page=True)
+        assert not page.errors, page.errors
+        assert all(u.startswith(console.url) or u.startswith(f"ws://127.0.0.1:{console.port}/") for u in page.requests), [
+            u for u in page.requests if "127.0.0.1" not in u
+        ]
+    finally:
+        console.stop()
+        run.close()
+
+
+SESSION_CONFIG = """
+[session]
+subject = "console"
+task = "nf"
+
+[scanner]
+export_dir = "export"
+tr_s = 1.0
+n_volumes = 26
+dummy_volumes = 2
+missing_timeout_s = 1.0
+
+[protocol]
+baseline = "rest"
+pattern = {{ steps = [{{ condition = "rest", duration = 6 }}, {{ condition = "regulate", duration = 6 }}], repeat = 2 }}
+
+[rois.acc]
+center_mm = [0.0, 30.0, 15.0]
+radius_mm = 8.0
+
+[rois.linsula]
+center_mm = [-37.0, 1.0, -1.0]
+radius_mm = 6.0
+
+[feedback]
+roi = "acc"
+scale_psc = [-1.0, 2.5]
+
+[output]
+dir = "outputs"
+"""
+
+
+@requires_browser()
+def test_console_page_plots_a_real_session(browser, tmp_path):
+    """rtnf run + scanner-sim: the page holds exactly what rtnf published, opened mid-run."""
+    from rtnf.config import load_config
+
+    address = free_address()
+    cfg_path = tmp_path / "session.toml"
+    cfg_path.write_text(SESSION_CONFIG.format())
+    cfg = load_config(cfg_path, {"publish.address": address})
+    spec_path = tmp_path / "spec.toml"
+    write_toml(sim_spec(cfg, amplitude_pct=1.5, noise_pct=1.0, seed=3), spec_path)
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    listener = Listener([address])
+    procs = Processes()
+    console = ConsoleProcess(address, None, logs)
+    try:
+        procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--publish-address", address], logs)
+        _wait_ready(listener, procs, no_screen=True)
+        procs.start("scanner_sim", [sys.executable, "-m", "scanner_sim", "synth", str(spec_path), "--export-dir",
+                                    str(cfg.scanner.export_dir), "--truth-dir", str(tmp_path / "truth"),
+                                    "--speed", "3", "--mode", "reopen"], logs)
+        listener.wait_for(lambda t, b: t == "volume" and b["index"] >= 4, 60, "volume 4")
+        page = Page(browser, console.url)  # opened mid-run
+        assert len(page.data()["index"]) >= 4
+        rtnf = procs.procs["rtnf"]
+        while rtnf.poll() is None:
+            listener.poll(0.2)
+        assert rtnf.returncode == 0, (logs / "rtnf.log").read_text()
+        listener.poll(0.5)
+        n_kept = cfg.n_kept_volumes
+        page.wait_rows(n_kept, timeout_s=5)
+        page.page.wait_for_function("() => window.rtnfConsole.status().phase === 'ended'", timeout=5000)
+        volumes = {v["index"]: v for v in listener.of("volume")}
+        feedback = {f["index"]: f for f in listener.of("feedback")}
+        published = {i: {"volume": volumes[i], "feedback": feedback[i], "displayed": None} for i in volumes}
+        assert sorted(published) == list(range(n_kept))
+        page.reload()  # after the end, a new page still shows the whole run
+        page.wait_rows(n_kept, timeout_s=5)
+        data = page.data()
+        expected = expected_columns(published)
+        for key in ("index", "condition", "feedback", "raw_acc", "clean_acc", "psc_acc", "raw_linsula", "psc_linsula",
+                    "missing", "late", "lat_read_ms", "processing_ms"):
+            assert data[key] == expected[key], key
+        assert sum(v is not None for v in data["feedback"]) >= n_kept - 8
+        assert page.page.locator('[data-alert="none"]').count() == 1  # no motion yet, no screen expected
+        page.page.screenshot(path=str(tmp_path / "console_real_session.png"), full_page=True)
+        assert not page.errors, page.errors
+    finally:
+        console.stop()
+        listener.close()
+        procs.stop_all()
