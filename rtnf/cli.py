@@ -114,7 +114,7 @@ def _cmd_check(args: argparse.Namespace) -> int:
     print(f"  run: {cfg.scanner.n_volumes} volumes ({cfg.scanner.dummy_volumes} dummies) at TR {cfg.scanner.tr_s} s")
     for seg in protocol.segments():
         print(f"  volumes {seg.start:4d}-{seg.stop - 1:4d}  {seg.condition}")
-    print(f"  ROIs: {', '.join(cfg.rois)}; feedback from {cfg.feedback.roi}")
+    print(f"  ROIs: {', '.join(cfg.rois)}; feedback from {' + '.join(cfg.feedback.targets)}")
     return 0
 
 

@@ -104,11 +104,31 @@ class ModelConfig(_Model):
 
 
 class FeedbackConfig(_Model):
-    roi: str
-    kind: Literal["continuous"] = "continuous"
-    # Percent signal change mapped to 0 and 1 on the screen, clipped outside.
-    scale_psc: Annotated[list[float], Field(min_length=2, max_length=2)] = [-1.0, 2.0]
+    """How ROI values become the value on the screen (see :mod:`rtnf.feedback`)."""
+
+    roi: str | Annotated[list[str], Field(min_length=1)]
+    combine: Literal["mean", "median"] = "mean"
+    reference_roi: Optional[str] = None
+    signal: Literal["psc", "beta", "t"] = "psc"
+    baseline: Literal["block", "running"] = "block"
+    running_baseline_s: Annotated[float, Field(gt=0)] = 30.0
+    window_s: Annotated[float, Field(gt=0)] = 30.0
+    kind: Literal["continuous", "intermittent"] = "continuous"
+    hemodynamic_lag_s: Annotated[float, Field(ge=0, le=20)] = 6.0
+    intermittent_display_s: Annotated[float, Field(gt=0)] = 4.0
+    despike: bool = False
+    despike_threshold: Annotated[float, Field(gt=0)] = 3.0
+    smoothing_alpha: Optional[Annotated[float, Field(gt=0, le=1)]] = None
+    scaling: Literal["fixed", "dynamic"] = "fixed"
+    # Signal values (percent, beta or t) shown as an empty and a full bar, clipped outside.
+    scale_range: Annotated[list[float], Field(min_length=2, max_length=2)] = [-1.0, 2.0]
     min_baseline_volumes: Annotated[int, Field(ge=1)] = 3
+    sham_from: Optional[FilePath] = None
+
+    @property
+    def targets(self) -> list[str]:
+        """Target ROI names as a list."""
+        return [self.roi] if isinstance(self.roi, str) else list(self.roi)
 
 
 class PublishConfig(_Model):
@@ -270,7 +290,8 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     )
     rois = {name: roi.model_copy(update={"mask": resolve(roi.mask)}) for name, roi in cfg.rois.items()}
     output = cfg.output.model_copy(update={"dir": resolve(cfg.output.dir)})
-    return cfg.model_copy(update={"scanner": scanner, "rois": rois, "output": output})
+    feedback = cfg.feedback.model_copy(update={"sham_from": resolve(cfg.feedback.sham_from)})
+    return cfg.model_copy(update={"scanner": scanner, "rois": rois, "output": output, "feedback": feedback})
 
 
 def _check_consistency(cfg: Config) -> None:
@@ -298,17 +319,27 @@ def _check_consistency(cfg: Config) -> None:
         )
     for name, roi in cfg.rois.items():
         _check_roi(name, roi)
-    if cfg.feedback.roi not in cfg.rois:
+    fb = cfg.feedback
+    for name in fb.targets + ([fb.reference_roi] if fb.reference_roi else []):
+        if name not in cfg.rois:
+            key = "feedback.reference_roi" if name == fb.reference_roi else "feedback.roi"
+            raise ConfigError(
+                f"invalid value for '{key}': {name!r}. "
+                f"Allowed: one of the ROIs defined under [rois]: {', '.join(map(repr, cfg.rois))}."
+            )
+    if fb.reference_roi in fb.targets:
         raise ConfigError(
-            f"invalid value for 'feedback.roi': {cfg.feedback.roi!r}. "
-            f"Allowed: one of the ROIs defined under [rois]: {', '.join(map(repr, cfg.rois))}."
+            f"invalid value for 'feedback.reference_roi': {fb.reference_roi!r} is also a target in feedback.roi. "
+            "Allowed: an ROI other than the targets."
         )
-    lo, hi = cfg.feedback.scale_psc
+    lo, hi = fb.scale_range
     if not lo < hi:
         raise ConfigError(
-            f"invalid value for 'feedback.scale_psc': {cfg.feedback.scale_psc}. "
-            "Allowed: [low, high] with low < high (percent signal change)."
+            f"invalid value for 'feedback.scale_range': {fb.scale_range}. "
+            "Allowed: [low, high] with low < high (in the units of feedback.signal)."
         )
+    if fb.sham_from is not None and not fb.sham_from.is_file():
+        raise ConfigError(f"invalid value for 'feedback.sham_from': file not found: {fb.sham_from}.")
     if not cfg.publish.address.startswith(("tcp://", "ipc://", "inproc://")):
         raise ConfigError(
             f"invalid value for 'publish.address': {cfg.publish.address!r}. "

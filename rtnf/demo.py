@@ -255,7 +255,7 @@ def summarise(cfg: Config, truth_dir: Path, displayed: list[dict[str, Any]]) -> 
     kept = [r for r in table if r["missing"] == "0"]
     latency = np.array([(_num(r["t_published"]) - _num(r["t_detected"])) * 1000 for r in kept])
     dummies = cfg.scanner.dummy_volumes
-    column = f"activation_{cfg.feedback.roi}"
+    column = f"activation_{cfg.feedback.targets[0]}"
     fb, true = [], []
     for r in kept:
         value = _num(r["feedback_value"])

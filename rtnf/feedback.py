@@ -1,186 +1,220 @@
-"""From ROI signals to the value the participant sees.
+"""From ROI values to the value the participant sees.
 
-Continuous feedback: the ROI signal cleaned of drift by the incremental GLM,
-as percent signal change against the most recent baseline period (baseline
-blocks shifted by the hemodynamic lag, see :func:`baseline_segments`),
-mapped linearly from ``scale_psc`` to [0, 1] and clipped.
+One volume's feedback is computed in steps, each optional and set in the
+config's ``[feedback]`` table:
+
+1. signal: percent signal change of the cleaned ROI signal (``"psc"``), or
+   the regulation regressor's beta or t in a sliding window (``"beta"``,
+   ``"t"``), for the target ROI(s) combined by mean or median, minus a
+   reference ROI for differential feedback;
+2. spike removal: a Kalman filter that clips innovations beyond a threshold
+   (as OpenNFT's modified Kalman filter does);
+3. exponential smoothing;
+4. scaling to [0, 1]: a fixed range, or the range seen so far, clipped;
+5. intermittent feedback: one value per regulation block, the mean over the
+   block shifted by the hemodynamic lag, given once after the lagged block
+   ends;
+6. sham feedback replaces all of this with the values recorded in another run.
 """
 
 from __future__ import annotations
 
+import csv
+import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
-from .design import Design
-from .glm import IncrementalGLM
 from .protocol import Protocol
-
-
-@dataclass(frozen=True)
-class RoiValues:
-    """One ROI's values for one volume (None where not computable)."""
-
-    raw: float | None
-    clean: float | None
-    psc: float | None
+from .roi_model import RoiModel, RoiValues
 
 
 @dataclass(frozen=True)
 class FeedbackValue:
-    """What the screen shows for one volume: ``value`` in [0, 1], or None with a ``reason``."""
+    """What the screen shows for one volume.
+
+    ``value`` is in [0, 1], or None with a ``reason``; ``signal`` is the
+    value before scaling (percent, beta or t) for the record.
+    """
 
     value: float | None
     reason: str | None
+    signal: float | None = None
+    kind: str = "continuous"
+    display_s: float | None = None
 
 
-def scale(psc: float, low: float, high: float) -> float:
-    """Map percent signal change linearly from [low, high] to [0, 1], clipped."""
-    return float(min(1.0, max(0.0, (psc - low) / (high - low))))
+def scale(x: float, low: float, high: float) -> float:
+    """Map ``x`` linearly from [low, high] to [0, 1], clipped."""
+    return float(min(1.0, max(0.0, (x - low) / (high - low))))
 
 
-class RoiModel:
-    """Incremental GLM of the ROI signals and their drift-cleaned percent signal change.
+class KalmanDespiker:
+    """Random-walk Kalman filter that clips spikes, for one signal.
+
+    The measurement noise is estimated online from the first differences of
+    the signal (robustly, so spikes do not inflate it); an innovation beyond
+    ``threshold`` standard deviations is clipped to that bound before the
+    update, so a single spike moves the output by at most that much.
 
     Parameters
     ----------
-    design : Design
-        The run's design (one row per kept volume).
+    threshold : float
+        Innovation bound in standard deviations (default 3).
+    process_ratio : float
+        Process noise as a fraction of the measurement noise (default 0.5:
+        follows block-length changes within a few volumes).
+    """
+
+    def __init__(self, threshold: float = 3.0, process_ratio: float = 0.5) -> None:
+        self.threshold = threshold
+        self.process_ratio = process_ratio
+        self._x: float | None = None
+        self._p = 0.0
+        self._last: float | None = None
+        self._diffs: list[float] = []
+
+    def __call__(self, y: float) -> float:
+        """Filter one sample."""
+        if self._x is None:
+            self._x, self._last = y, y
+            return y
+        self._diffs.append(abs(y - self._last))
+        self._last = y
+        # median absolute difference / 0.6745 / sqrt(2) estimates the noise SD of y
+        sd = float(np.median(self._diffs[-50:])) / 0.6745 / math.sqrt(2)
+        r = max(sd * sd, 1e-12)
+        q = self.process_ratio * r
+        p_pred = self._p + q
+        s = p_pred + r
+        v = y - self._x
+        bound = self.threshold * math.sqrt(s)
+        if len(self._diffs) >= 5 and abs(v) > bound:
+            v = math.copysign(bound, v)
+        k = p_pred / s
+        self._x += k * v
+        self._p = (1 - k) * p_pred
+        return self._x
+
+
+class ExponentialSmoother:
+    """``s_t = alpha * x_t + (1 - alpha) * s_{t-1}``; ``alpha`` in (0, 1], 1 is no smoothing."""
+
+    def __init__(self, alpha: float) -> None:
+        self.alpha = alpha
+        self._s: float | None = None
+
+    def __call__(self, x: float) -> float:
+        """Smooth one sample."""
+        self._s = x if self._s is None else self.alpha * x + (1 - self.alpha) * self._s
+        return self._s
+
+
+class DynamicScaler:
+    """Scale by the range of values seen so far (0.5 until the range is non-zero)."""
+
+    def __init__(self) -> None:
+        self.low = math.inf
+        self.high = -math.inf
+
+    def __call__(self, x: float) -> float:
+        """Update the range with ``x`` and scale it."""
+        self.low, self.high = min(self.low, x), max(self.high, x)
+        if self.high - self.low <= 0:
+            return 0.5
+        return scale(x, self.low, self.high)
+
+
+def read_sham_series(path: Path) -> list[float | None]:
+    """The ``feedback_value`` column of a recorded run's timeseries table."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    if rows and "feedback_value" not in rows[0]:
+        raise ValueError(f"{path}: no 'feedback_value' column; expected an rtnf desc-rtnf_timeseries.tsv")
+    return [None if r["feedback_value"] in ("n/a", "") else float(r["feedback_value"]) for r in rows]
+
+
+class FeedbackComputer:
+    """Turns each volume's ROI values into the feedback value, per the config.
+
+    Parameters
+    ----------
+    cfg : rtnf.config.FeedbackConfig
+        The ``[feedback]`` settings.
+    roi_names : list of str
+        ROIs in the order of the values passed to :meth:`step`.
     protocol : Protocol
-        Conditions per volume, to find the baseline blocks.
-    n_rois : int
-        Number of ROI signals.
-    drift_cutoff_s : float
-        High-pass cutoff of the design, in seconds.
-    min_baseline_volumes : int
-        Baseline volumes needed before a percent signal change is given.
+        For block boundaries (intermittent feedback) and the TR.
     """
 
-    def __init__(
-        self,
-        design: Design,
-        protocol: Protocol,
-        n_rois: int,
-        drift_cutoff_s: float = 128.0,
-        min_baseline_volumes: int = 3,
-    ) -> None:
-        self.design = design
-        self.tr_s = protocol.tr_s
-        self.drift_cutoff_s = drift_cutoff_s
-        self.glm = IncrementalGLM(design.n_regressors, n_rois)
-        self.min_baseline_volumes = min_baseline_volumes
-        self._nuisance = design.nuisance_columns
-        self._motion = design.motion_columns
-        self._drift = design.drift_columns
-        self._raw = np.full((protocol.n_volumes, n_rois), np.nan)
-        self._baseline_segments = baseline_segments(design)
+    def __init__(self, cfg, roi_names: list[str], protocol: Protocol) -> None:
+        self.cfg = cfg
+        targets = [cfg.roi] if isinstance(cfg.roi, str) else list(cfg.roi)
+        self._targets = [roi_names.index(n) for n in targets]
+        self._reference = roi_names.index(cfg.reference_roi) if cfg.reference_roi else None
+        tr = protocol.tr_s
+        self._window = max(4, int(round(cfg.window_s / tr)))
+        self._despike = KalmanDespiker(cfg.despike_threshold) if cfg.despike else None
+        self._smooth = ExponentialSmoother(cfg.smoothing_alpha) if cfg.smoothing_alpha is not None else None
+        self._dynamic = DynamicScaler() if cfg.scaling == "dynamic" else None
+        self._sham = read_sham_series(cfg.sham_from) if cfg.sham_from is not None else None
+        lag = int(round(cfg.hemodynamic_lag_s / tr))
+        # Intermittent: block k's value is ready at the volume where its lagged window ends.
+        self._blocks = {
+            seg.stop - 1 + lag: (seg.start + lag, seg.stop + lag)
+            for seg in protocol.segments()
+            if seg.condition != protocol.baseline and seg.stop - 1 + lag < protocol.n_volumes
+        }
+        self._signals: dict[int, float] = {}
 
-    def update(self, index: int, raw: np.ndarray, motion: np.ndarray | None = None) -> list[RoiValues]:
-        """Add volume ``index`` (counted from the first kept volume) and return every ROI's values.
+    def step(self, index: int, values: list[RoiValues], model: RoiModel) -> FeedbackValue:
+        """Feedback for kept volume ``index`` (call once per volume, in order)."""
+        if self._sham is not None:
+            value = self._sham[index] if index < len(self._sham) else None
+            return FeedbackValue(value, None if value is not None else "no sham value for this volume", kind=self.cfg.kind)
+        signal, reason = self._signal(index, values, model)
+        if signal is not None:
+            if self._despike is not None:
+                signal = self._despike(signal)
+            if self._smooth is not None:
+                signal = self._smooth(signal)
+            self._signals[index] = signal
+        if self.cfg.kind == "intermittent":
+            return self._intermittent(index)
+        if signal is None:
+            return FeedbackValue(None, reason, kind="continuous")
+        return FeedbackValue(self._scale(signal), None, signal=signal, kind="continuous")
 
-        Parameters
-        ----------
-        index : int
-            Kept-volume index.
-        raw : ndarray, shape (n_rois,)
-            Mean ROI signals of this volume.
-        motion : ndarray, optional
-            This volume's motion regressors (see :func:`rtnf.design.motion_regressors`);
-            required when the design has motion columns.
-        """
-        raw = np.asarray(raw, dtype=np.float64)
-        if self._motion.size:
-            if motion is None:
-                raise ValueError("the design has motion columns: pass this volume's motion regressors")
-            self.design.set_motion(index, motion)
-        self._raw[index] = raw
-        self.glm.update(self.design.matrix[index], raw)
-        clean_rows = self._cleaner(index)
-        clean = clean_rows(np.array([index]))[0]
-        base = self._baseline_mean(index, clean_rows)
-        out = []
-        for k in range(raw.size):
-            psc = None
-            if base is not None and base[k] > 0:
-                psc = float(100.0 * (clean[k] - base[k]) / base[k])
-            out.append(RoiValues(float(raw[k]), float(clean[k]), psc))
-        return out
+    def _scale(self, signal: float) -> float:
+        if self._dynamic is not None:
+            return self._dynamic(signal)
+        return scale(signal, *self.cfg.scale_range)
 
-    def model_size(self, index: int) -> int:
-        """Number of leading design columns fitted after kept volume ``index`` (0 = none yet).
+    def _signal(self, index: int, values: list[RoiValues], model: RoiModel) -> tuple[float | None, str | None]:
+        if self.cfg.signal == "psc":
+            per_roi = [v.psc for v in values]
+            if any(per_roi[k] is None for k in self._targets + ([self._reference] if self._reference is not None else [])):
+                return None, "waiting for baseline"
+        else:
+            stats = model.window_contrast(index, self._window, self.cfg.signal)
+            if stats is None or not np.all(np.isfinite(stats)):
+                return None, "waiting for a window with task variation"
+            per_roi = [float(s) for s in stats]
+        combine = np.median if self.cfg.combine == "median" else np.mean
+        signal = float(combine([per_roi[k] for k in self._targets]))
+        if self._reference is not None:
+            signal -= per_roi[self._reference]
+        return signal, None
 
-        Task regressors and the constant always; the motion regressors once
-        they are estimable; then as many cosine drift terms as the elapsed
-        time resolves (SPM's rule, floor(2 * elapsed / cutoff), applied to
-        the run so far), fewer while they are still too collinear to
-        estimate. Before the core model is identifiable nothing is fitted
-        and the raw signal stands for the cleaned one.
-        """
-        n_core = self.design.n_core
-        if not self.glm.identifiable(n_core):
-            return 0
-        q = n_core + self._motion.size
-        if self._motion.size and not self.glm.identifiable(q):
-            return n_core
-        elapsed_s = (index + 1) * self.tr_s
-        q_max = q + min(self._drift.size, int(2 * elapsed_s / self.drift_cutoff_s))
-        while q_max > q and not self.glm.identifiable(q_max):
-            q_max -= 1
-        return q_max
-
-    def _cleaner(self, index: int):
-        """A function giving the cleaned signal (raw minus fitted nuisance) at given rows.
-
-        Uses the model chosen after volume ``index``; costs O(rows x columns)
-        per call, so the run's length never matters.
-        """
-        q = self.model_size(index)
-        cols = self._nuisance[self._nuisance < q]
-        if cols.size == 0:
-            return lambda rows: self._raw[rows]
-        beta = self.glm.coefficients(q)[cols]
-        return lambda rows: self._raw[rows] - self.design.matrix[np.ix_(rows, cols)] @ beta
-
-    def _baseline_mean(self, index: int, clean_rows) -> np.ndarray | None:
-        """Mean cleaned signal over the most recent baseline period with enough volumes seen."""
-        for start, stop in reversed(self._baseline_segments):
-            if start > index:
-                continue
-            rows = np.arange(start, min(stop, index + 1))
-            rows = rows[~np.isnan(self._raw[rows]).any(axis=1)]  # missing volumes have no data
-            if rows.size >= self.min_baseline_volumes:
-                return clean_rows(rows).mean(axis=0)
-        return None
-
-
-BASELINE_RESPONSE_FRACTION = 0.1
-
-
-def baseline_segments(design: Design) -> list[tuple[int, int]]:
-    """Periods where the model predicts no task response: (start, stop) volume ranges.
-
-    The protocol's baseline blocks, shifted by the hemodynamic lag: a volume
-    belongs to the baseline when every task regressor (HRF-convolved boxcar)
-    is below ``BASELINE_RESPONSE_FRACTION`` of its peak. This drops the tail
-    of the response at the start of a rest block and keeps the first
-    volumes of the next regulation block, before the response rises.
-    """
-    task = design.matrix[:, : design.n_core - 1]
-    names = design.names[: design.n_core - 1]
-    main = [k for k, n in enumerate(names) if not n.endswith("_derivative")]
-    quiet = np.all(task[:, main] <= BASELINE_RESPONSE_FRACTION * task[:, main].max(axis=0), axis=1)
-    segments, start = [], None
-    for i, q in enumerate(np.append(quiet, False)):
-        if q and start is None:
-            start = i
-        elif not q and start is not None:
-            segments.append((start, i))
-            start = None
-    return segments
-
-
-def continuous_feedback(psc: float | None, scale_psc: tuple[float, float]) -> FeedbackValue:
-    """Scale a percent signal change for the screen, or say why there is no value."""
-    if psc is None:
-        return FeedbackValue(None, "waiting for baseline")
-    return FeedbackValue(scale(psc, *scale_psc), None)
+    def _intermittent(self, index: int) -> FeedbackValue:
+        window = self._blocks.get(index)
+        if window is None:
+            return FeedbackValue(None, "intermittent: between scores", kind="intermittent")
+        values = [self._signals[i] for i in range(*window) if i in self._signals]
+        if not values:
+            return FeedbackValue(None, "intermittent: no value in the block", kind="intermittent")
+        signal = float(np.mean(values))
+        return FeedbackValue(
+            self._scale(signal), None, signal=signal, kind="intermittent", display_s=self.cfg.intermittent_display_s
+        )

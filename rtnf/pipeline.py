@@ -17,7 +17,8 @@ import numpy as np
 
 from .config import Config
 from .design import Design, make_design
-from .feedback import RoiModel, continuous_feedback
+from .feedback import FeedbackComputer, FeedbackValue
+from .roi_model import RoiModel
 from .nifti import VolumeReadError, read_nifti
 from .protocol import Protocol
 from .rois import make_roi
@@ -49,10 +50,12 @@ class VolumeProcessor:
             self.block_of[seg.start : seg.stop] = seg.number
         self.rois = [make_roi(name, roi_cfg) for name, roi_cfg in cfg.rois.items()]
         self.roi_names = [roi.name for roi in self.rois]
-        self.feedback_roi = self.roi_names.index(cfg.feedback.roi)
+        fb = cfg.feedback
+        running = int(round(fb.running_baseline_s / self.protocol.tr_s)) if fb.baseline == "running" else None
         self.model = RoiModel(
-            self.design, self.protocol, len(self.rois), cfg.model.drift_cutoff_s, cfg.feedback.min_baseline_volumes
+            self.design, self.protocol, len(self.rois), cfg.model.drift_cutoff_s, fb.min_baseline_volumes, running
         )
+        self.feedback = FeedbackComputer(fb, self.roi_names, self.protocol)
         self.grid: Grid | None = None
 
     def fit(self, grid: Grid) -> None:
@@ -92,7 +95,7 @@ class VolumeProcessor:
         raw = np.array([roi.transform(volume.data) for roi in self.rois])
         t_preprocessed = time.time()
         values = self.model.update(index, raw)
-        fb = continuous_feedback(values[self.feedback_roi].psc, tuple(self.cfg.feedback.scale_psc))
+        fb = self.feedback.step(index, values, self.model)
         t_modelled = time.time()
         timing = {
             "t_acquired": volume.t_acquired,
@@ -103,7 +106,7 @@ class VolumeProcessor:
             "t_published": None,
         }
         rois = {name: {"raw": v.raw, "clean": v.clean, "psc": v.psc} for name, v in zip(self.roi_names, values)}
-        return self._bodies(index, acquisition, path.name, rois, timing, fb.value, fb.reason, missing=False)
+        return self._bodies(index, acquisition, path.name, rois, timing, fb, missing=False)
 
     def missing(
         self, index: int, acquisition: int | None, path: Path | None, t_detected: float | None, reason: str = "missing volume"
@@ -113,7 +116,8 @@ class VolumeProcessor:
                   "t_modelled": None, "t_published": None}
         rois = {name: {"raw": None, "clean": None, "psc": None} for name in self.roi_names}
         name = path.name if path is not None else None
-        return self._bodies(index, acquisition, name, rois, timing, None, reason, missing=True)
+        fb = FeedbackValue(None, reason, kind=self.cfg.feedback.kind)
+        return self._bodies(index, acquisition, name, rois, timing, fb, missing=True)
 
     def _bodies(
         self,
@@ -122,8 +126,7 @@ class VolumeProcessor:
         file: str | None,
         rois: dict[str, dict[str, float | None]],
         timing: dict[str, float | None],
-        value: float | None,
-        reason: str | None,
+        fb: FeedbackValue,
         missing: bool,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         condition = self.labels[index]
@@ -144,9 +147,11 @@ class VolumeProcessor:
         feedback = {
             "index": index,
             "condition": condition,
-            "value": value,
-            "reason": reason,
-            "kind": self.cfg.feedback.kind,
+            "value": fb.value,
+            "reason": fb.reason,
+            "kind": fb.kind,
+            "signal": fb.signal,
+            "display_s": fb.display_s,
             "t_published": None,
         }
         return volume, feedback

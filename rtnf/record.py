@@ -49,7 +49,7 @@ def timeseries_columns(roi_names: list[str]) -> list[str]:
     cols = ["index", "acquisition", "onset_s", "condition", "block", "missing", "late"]
     for name in roi_names:
         cols += [f"{name}_raw", f"{name}_clean", f"{name}_psc"]
-    cols += ["feedback_value", "feedback_reason", *TIMING_FIELDS, "file"]
+    cols += ["feedback_signal", "feedback_value", "feedback_reason", *TIMING_FIELDS, "file"]
     return cols
 
 
@@ -68,6 +68,7 @@ def row_from_messages(volume: dict[str, Any], feedback: dict[str, Any], roi_name
         values = volume["rois"].get(name) or {}
         for kind in ("raw", "clean", "psc"):
             row[f"{name}_{kind}"] = values.get(kind)
+    row["feedback_signal"] = feedback.get("signal")
     row["feedback_value"] = feedback["value"]
     row["feedback_reason"] = feedback["reason"]
     for field in TIMING_FIELDS:
@@ -107,10 +108,17 @@ def _sidecar(roi_names: list[str], cfg: Config) -> dict[str, Any]:
             "Description": f"Cleaned ROI '{name}' signal as percent change from its mean over the most recent "
             "baseline period (baseline blocks shifted by the hemodynamic lag).",
         }
-    lo, hi = cfg.feedback.scale_psc
+    fb = cfg.feedback
+    target = " and ".join(fb.targets) + (f" minus {fb.reference_roi}" if fb.reference_roi else "")
+    units = {"psc": "percent signal change", "beta": "regulation beta", "t": "regulation t"}[fb.signal]
+    side["feedback_signal"] = {
+        "Description": f"Feedback signal before scaling: {units} of {target} "
+        f"({fb.kind}; despike {fb.despike}; smoothing alpha {fb.smoothing_alpha})."
+    }
+    scaling = f"mapped from {fb.scale_range}" if fb.scaling == "fixed" else "scaled by the range seen so far"
     side["feedback_value"] = {
-        "Description": f"Value sent to the feedback screen, in [0, 1]: percent signal change of ROI "
-        f"'{cfg.feedback.roi}' mapped from [{lo}, {hi}] and clipped."
+        "Description": f"Value sent to the feedback screen, in [0, 1]: feedback_signal {scaling} and clipped"
+        + (" (sham: replayed from another run)" if fb.sham_from else "") + "."
     }
     side["feedback_reason"] = {"Description": "Why feedback_value is n/a, else n/a."}
     for field, when in zip(

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rtnf.design import make_design
-from rtnf.feedback import RoiModel
+from rtnf.roi_model import RoiModel
 from rtnf.glm import IncrementalGLM
 from rtnf.protocol import Block, Protocol
 
@@ -103,7 +103,7 @@ def test_exact_fit_recovers_coefficients():
 
 
 def test_baseline_periods_follow_the_hemodynamic_lag():
-    from rtnf.feedback import baseline_segments
+    from rtnf.roi_model import baseline_segments
 
     protocol = _protocol()  # TR 2 s: regulate volumes 10-19, 30-39, ...
     segments = baseline_segments(make_design(protocol, "spm", 128.0))
@@ -117,7 +117,7 @@ def test_baseline_periods_follow_the_hemodynamic_lag():
 
 def test_percent_signal_change_recovers_a_known_response_through_drift():
     """With drift on top, the PSC equals that of the drift-free signal against the same baseline."""
-    from rtnf.feedback import baseline_segments
+    from rtnf.roi_model import baseline_segments
 
     protocol = _protocol()
     design = make_design(protocol, "spm", 128.0)

@@ -46,7 +46,7 @@ radius_mm = 6.0
 
 [feedback]
 roi = "acc"
-scale_psc = [-1.0, 2.5]
+scale_range = [-1.0, 2.5]
 
 [output]
 dir = "outputs"

@@ -1,0 +1,214 @@
+"""Per-ROI model: incremental GLM, cleaned signal and percent signal change.
+
+Each ROI's mean signal enters an incremental GLM (task, constant, motion,
+drift); the cleaned signal is the raw signal minus the fitted nuisance
+(motion and drift). Percent signal change is taken against the most recent
+baseline period: the baseline blocks shifted by the hemodynamic lag (see
+:func:`baseline_segments`), or a running window.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .design import Design
+from .glm import IncrementalGLM
+from .protocol import Protocol
+
+
+@dataclass(frozen=True)
+class RoiValues:
+    """One ROI's values for one volume (None where not computable)."""
+
+    raw: float | None
+    clean: float | None
+    psc: float | None
+
+
+class RoiModel:
+    """Incremental GLM of the ROI signals and their drift-cleaned percent signal change.
+
+    Parameters
+    ----------
+    design : Design
+        The run's design (one row per kept volume).
+    protocol : Protocol
+        Conditions per volume, to find the baseline blocks.
+    n_rois : int
+        Number of ROI signals.
+    drift_cutoff_s : float
+        High-pass cutoff of the design, in seconds.
+    min_baseline_volumes : int
+        Baseline volumes needed before a percent signal change is given.
+    running_baseline_volumes : int, optional
+        If given, the baseline is the mean of the last this many baseline-period
+        volumes seen (across blocks) instead of the most recent baseline period.
+    """
+
+    def __init__(
+        self,
+        design: Design,
+        protocol: Protocol,
+        n_rois: int,
+        drift_cutoff_s: float = 128.0,
+        min_baseline_volumes: int = 3,
+        running_baseline_volumes: int | None = None,
+    ) -> None:
+        self.design = design
+        self.tr_s = protocol.tr_s
+        self.drift_cutoff_s = drift_cutoff_s
+        self.glm = IncrementalGLM(design.n_regressors, n_rois)
+        self.min_baseline_volumes = min_baseline_volumes
+        self._nuisance = design.nuisance_columns
+        self._motion = design.motion_columns
+        self._drift = design.drift_columns
+        self._raw = np.full((protocol.n_volumes, n_rois), np.nan)
+        self._baseline_segments = baseline_segments(design)
+        self._quiet = np.zeros(protocol.n_volumes, dtype=bool)
+        for start, stop in self._baseline_segments:
+            self._quiet[start:stop] = True
+        self.running_baseline_volumes = running_baseline_volumes
+        self._clean_rows = None
+
+    def update(self, index: int, raw: np.ndarray, motion: np.ndarray | None = None) -> list[RoiValues]:
+        """Add volume ``index`` (counted from the first kept volume) and return every ROI's values.
+
+        Parameters
+        ----------
+        index : int
+            Kept-volume index.
+        raw : ndarray, shape (n_rois,)
+            Mean ROI signals of this volume.
+        motion : ndarray, optional
+            This volume's motion regressors (see :func:`rtnf.design.motion_regressors`);
+            required when the design has motion columns.
+        """
+        raw = np.asarray(raw, dtype=np.float64)
+        if self._motion.size:
+            if motion is None:
+                raise ValueError("the design has motion columns: pass this volume's motion regressors")
+            self.design.set_motion(index, motion)
+        self._raw[index] = raw
+        self.glm.update(self.design.matrix[index], raw)
+        clean_rows = self._clean_rows = self._cleaner(index)
+        clean = clean_rows(np.array([index]))[0]
+        base = self._baseline_mean(index, clean_rows)
+        out = []
+        for k in range(raw.size):
+            psc = None
+            if base is not None and base[k] > 0:
+                psc = float(100.0 * (clean[k] - base[k]) / base[k])
+            out.append(RoiValues(float(raw[k]), float(clean[k]), psc))
+        return out
+
+    def model_size(self, index: int) -> int:
+        """Number of leading design columns fitted after kept volume ``index`` (0 = none yet).
+
+        Task regressors and the constant always; the motion regressors once
+        they are estimable; then as many cosine drift terms as the elapsed
+        time resolves (SPM's rule, floor(2 * elapsed / cutoff), applied to
+        the run so far), fewer while they are still too collinear to
+        estimate. Before the core model is identifiable nothing is fitted
+        and the raw signal stands for the cleaned one.
+        """
+        n_core = self.design.n_core
+        if not self.glm.identifiable(n_core):
+            return 0
+        q = n_core + self._motion.size
+        if self._motion.size and not self.glm.identifiable(q):
+            return n_core
+        elapsed_s = (index + 1) * self.tr_s
+        q_max = q + min(self._drift.size, int(2 * elapsed_s / self.drift_cutoff_s))
+        while q_max > q and not self.glm.identifiable(q_max):
+            q_max -= 1
+        return q_max
+
+    def _cleaner(self, index: int):
+        """A function giving the cleaned signal (raw minus fitted nuisance) at given rows.
+
+        Uses the model chosen after volume ``index``; costs O(rows x columns)
+        per call, so the run's length never matters.
+        """
+        q = self.model_size(index)
+        cols = self._nuisance[self._nuisance < q]
+        if cols.size == 0:
+            return lambda rows: self._raw[rows]
+        beta = self.glm.coefficients(q)[cols]
+        return lambda rows: self._raw[rows] - self.design.matrix[np.ix_(rows, cols)] @ beta
+
+    def _baseline_mean(self, index: int, clean_rows) -> np.ndarray | None:
+        """Mean cleaned signal over the most recent baseline period with enough volumes seen."""
+        if self.running_baseline_volumes is not None:
+            rows = np.flatnonzero(self._quiet[: index + 1] & ~np.isnan(self._raw[: index + 1]).any(axis=1))
+            rows = rows[-self.running_baseline_volumes :]
+            return clean_rows(rows).mean(axis=0) if rows.size >= self.min_baseline_volumes else None
+        for start, stop in reversed(self._baseline_segments):
+            if start > index:
+                continue
+            rows = np.arange(start, min(stop, index + 1))
+            rows = rows[~np.isnan(self._raw[rows]).any(axis=1)]  # missing volumes have no data
+            if rows.size >= self.min_baseline_volumes:
+                return clean_rows(rows).mean(axis=0)
+        return None
+
+    def window_contrast(self, index: int, window: int, stat: str) -> np.ndarray | None:
+        """Regulation effect in the last ``window`` volumes: beta or t of the first task regressor.
+
+        A small least-squares fit of the cleaned signals on the first task
+        regressor and a constant over the window (missing volumes left out).
+        Returns one value per ROI, or None while the regressor does not vary
+        within the window.
+
+        Parameters
+        ----------
+        index : int
+            Current kept-volume index (after :meth:`update`).
+        window : int
+            Window length in volumes.
+        stat : {"beta", "t"}
+            Which statistic to return.
+        """
+        rows = np.arange(max(0, index - window + 1), index + 1)
+        rows = rows[~np.isnan(self._raw[rows]).any(axis=1)]
+        x = self.design.matrix[rows, 0]
+        if rows.size < 4 or np.ptp(x) < 1e-6 * max(1.0, np.abs(x).max()):
+            return None
+        X = np.column_stack([x, np.ones(rows.size)])
+        y = self._clean_rows(rows)
+        beta, *_ = np.linalg.lstsq(X, y, rcond=None)
+        if stat == "beta":
+            return beta[0]
+        resid = y - X @ beta
+        dof = rows.size - 2
+        sigma2 = np.sum(resid**2, axis=0) / dof
+        var = sigma2 * np.linalg.inv(X.T @ X)[0, 0]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(var > 0, beta[0] / np.sqrt(var), np.nan)
+
+
+BASELINE_RESPONSE_FRACTION = 0.1
+
+
+def baseline_segments(design: Design) -> list[tuple[int, int]]:
+    """Periods where the model predicts no task response: (start, stop) volume ranges.
+
+    The protocol's baseline blocks, shifted by the hemodynamic lag: a volume
+    belongs to the baseline when every task regressor (HRF-convolved boxcar)
+    is below ``BASELINE_RESPONSE_FRACTION`` of its peak. This drops the tail
+    of the response at the start of a rest block and keeps the first
+    volumes of the next regulation block, before the response rises.
+    """
+    task = design.matrix[:, : design.n_core - 1]
+    names = design.names[: design.n_core - 1]
+    main = [k for k, n in enumerate(names) if not n.endswith("_derivative")]
+    quiet = np.all(task[:, main] <= BASELINE_RESPONSE_FRACTION * task[:, main].max(axis=0), axis=1)
+    segments, start = [], None
+    for i, q in enumerate(np.append(quiet, False)):
+        if q and start is None:
+            start = i
+        elif not q and start is not None:
+            segments.append((start, i))
+            start = None
+    return segments

@@ -1,0 +1,65 @@
+"""The per-series fast path equals the generic path, and falls back whenever a header differs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from rtnf.dicom import DicomReadError, SeriesReader, read_volume
+from tests.conftest import requires_shared_data
+from tests.test_dicom_support import PARTIAL, PYNEAL, ZOO
+
+
+@requires_shared_data("pyneal-series")
+def test_mosaic_series_fast_equals_generic():
+    reader = SeriesReader(verify=True)  # every fast read is compared with read_volume
+    files = sorted((PYNEAL / "siemens-prisma-e11-mosaic").glob("*.dcm"))
+    for f in files:
+        assert reader.read(f).data.shape == (64, 64, 18)
+    assert reader.stats == {"fast": 59, "generic": 1}
+
+
+@requires_shared_data("dicom-zoo")
+@pytest.mark.parametrize("folder", ["siemens_enhanced_XA30_fmri_noCSA", "siemens_enhanced_XA10_noCSA",
+                                    "siemens_mosaic_prisma_VD13_ep2d_HF", "siemens_mosaic_skyra_E11_rtcloud",
+                                    "siemens_mosaic_prisma_VD13_cmrr_multiband"])
+def test_zoo_series_fast_equals_generic(folder):
+    reader = SeriesReader(verify=True)
+    files = sorted((ZOO / folder).glob("*.dcm"))
+    for f in files:
+        reader.read(f)
+    assert reader.stats == {"fast": len(files) - 1, "generic": 1}
+
+
+def _patch_ipp(data: bytes) -> bytes:
+    """Change one digit of the first ImagePositionPatient value (same length)."""
+    i = data.find(b"\x20\x00\x32\x00DS") + 8
+    j = next(k for k in range(i, i + 20) if data[k:k + 1].isdigit())
+    digit = b"1" if data[j:j + 1] != b"1" else b"2"
+    return data[:j] + digit + data[j + 1:]
+
+
+@requires_shared_data("pyneal-series")
+def test_fast_path_falls_back_on_changed_geometry_or_truncation(tmp_path):
+    files = sorted((PYNEAL / "siemens-prisma-e11-mosaic").glob("*.dcm"))
+    reader = SeriesReader()
+    reader.read(files[0])
+    moved = tmp_path / "moved.dcm"
+    moved.write_bytes(_patch_ipp(files[1].read_bytes()))
+    vol = reader.read(moved)
+    assert reader.stats == {"fast": 0, "generic": 2}
+    np.testing.assert_array_equal(vol.affine, read_volume(moved).affine)
+    assert not np.allclose(vol.affine, read_volume(files[1]).affine)
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(files[2].read_bytes()[:-1000])
+    with pytest.raises(DicomReadError, match="cut.dcm"):
+        reader.read(cut)
+    assert reader.read(files[3]).data.shape == (64, 64, 18) and reader.stats["fast"] == 1
+
+
+@requires_shared_data("partial-write")
+def test_fast_path_on_truncated_file_raises():
+    reader = SeriesReader()
+    reader.read(PARTIAL / "001_000013_000005.dcm")
+    with pytest.raises(DicomReadError, match="trunc_001_000013_000005.dcm"):
+        reader.read(PARTIAL / "trunc_001_000013_000005.dcm")
