@@ -48,16 +48,26 @@ class ScannerConfig(_Model):
     """Where and how the scanner exports volumes."""
 
     export_dir: FilePath
-    format: Literal["nifti"] = "nifti"
+    format: Literal["auto", "nifti", "dicom", "parrec"] = "auto"
     tr_s: Annotated[float, Field(gt=0, le=60)]
     n_volumes: Annotated[int, Field(ge=1)]
     dummy_volumes: Annotated[int, Field(ge=0)] = 0
-    # The volume number is the named group 'volume'; by default the last
-    # number before the extension, as scanners and converters name files.
-    filename_regex: str = r"(?P<volume>\d+)\.nii(\.gz)?$"
+    # File names: a regular expression or a template such as
+    # "001_{series:06d}_{volume:06d}.dcm"; the volume number comes from the
+    # 'volume' group/field, else from the header (DICOM) or the last number in
+    # a NIfTI file's name. Without either, every non-hidden file is considered.
+    filename_regex: Optional[str] = None
+    filename_template: Optional[str] = None
     first_volume_number: Annotated[int, Field(ge=0)] = 1
+    # Series selection: this series number, else the first series that starts
+    # after the run does (with expected_matrix when given); others are logged once.
+    series_number: Optional[Annotated[int, Field(ge=0)]] = None
+    expected_matrix: Optional[Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=3)]] = None
+    slices_per_volume: Optional[Annotated[int, Field(ge=1)]] = None
     watch: Literal["inotify", "polling"] = "inotify"
     poll_interval_s: Annotated[float, Field(gt=0, le=5)] = 0.05
+    # A file that stays incomplete this long with a constant size is logged once and dropped.
+    stale_after_s: Annotated[float, Field(gt=0)] = 5.0
     missing_timeout_s: Optional[Annotated[float, Field(gt=0)]] = None
     reference_volume: Optional[FilePath] = None
 
@@ -301,18 +311,25 @@ def _check_consistency(cfg: Config) -> None:
             f"invalid value for 'scanner.dummy_volumes': {sc.dummy_volumes}. "
             f"Allowed: fewer than scanner.n_volumes ({sc.n_volumes})."
         )
-    try:
-        pattern = re.compile(sc.filename_regex)
-    except re.error as exc:
+    if sc.filename_regex is not None and sc.filename_template is not None:
         raise ConfigError(
-            f"invalid value for 'scanner.filename_regex': {sc.filename_regex!r} is not a regular "
-            f"expression ({exc})."
-        ) from None
-    if "volume" not in pattern.groupindex:
-        raise ConfigError(
-            f"invalid value for 'scanner.filename_regex': {sc.filename_regex!r}. "
-            "Allowed: a regular expression with a named group (?P<volume>\\d+)."
+            "both 'scanner.filename_regex' and 'scanner.filename_template' are set. Allowed: one of them."
         )
+    if sc.filename_regex is not None:
+        try:
+            re.compile(sc.filename_regex)
+        except re.error as exc:
+            raise ConfigError(
+                f"invalid value for 'scanner.filename_regex': {sc.filename_regex!r} is not a regular "
+                f"expression ({exc})."
+            ) from None
+    if sc.filename_template is not None:
+        from .export import template_to_regex
+
+        try:
+            template_to_regex(sc.filename_template)
+        except ValueError as exc:
+            raise ConfigError(f"invalid value for 'scanner.filename_template': {exc}.") from None
     if sc.reference_volume is not None and not sc.reference_volume.is_file():
         raise ConfigError(
             f"invalid value for 'scanner.reference_volume': file not found: {sc.reference_volume}."

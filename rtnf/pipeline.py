@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,7 +18,8 @@ from .config import Config
 from .design import Design, make_design
 from .feedback import FeedbackComputer, FeedbackValue
 from .roi_model import RoiModel
-from .nifti import VolumeReadError, read_nifti
+from .export import Arrival
+from .nifti import VolumeReadError
 from .protocol import Protocol
 from .rois import make_roi
 from .volume import Grid
@@ -71,27 +71,29 @@ class VolumeProcessor:
             log.info("ROI %s: %d voxels", roi.name, roi.n_voxels)
         self.grid = grid
 
-    def process(self, index: int, acquisition: int, path: Path, t_detected: float) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Process kept volume ``index`` read from ``path``.
+    def process(self, index: int, acquisition: int, arrival: Arrival) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Process kept volume ``index``, read through ``arrival.load()``.
 
         Returns the ``volume`` and ``feedback`` message bodies. A file that
         cannot be read, or whose grid differs from the run's, is logged and
         treated as a missing volume: the run goes on.
         """
+        t_detected = arrival.t_detected
+        name = arrival.name
         try:
-            volume = read_nifti(path)
+            volume = arrival.load()
         except VolumeReadError as exc:
             log.warning("volume %d unreadable, treated as missing: %s", index, exc)
-            return self.missing(index, acquisition, path, t_detected, reason="unreadable file")
+            return self.missing(index, acquisition, name, t_detected, reason="unreadable file")
         t_read = time.time()
         if self.grid is None:
             self.fit(volume.grid)
         elif not volume.grid.same_as(self.grid):
             log.warning(
                 "volume %d (%s) has shape %s, expected %s (or a different affine); treated as missing",
-                index, path.name, volume.data.shape, self.grid.shape,
+                index, name, volume.data.shape, self.grid.shape,
             )
-            return self.missing(index, acquisition, path, t_detected, reason="wrong matrix or geometry")
+            return self.missing(index, acquisition, name, t_detected, reason="wrong matrix or geometry")
         raw = np.array([roi.transform(volume.data) for roi in self.rois])
         t_preprocessed = time.time()
         values = self.model.update(index, raw)
@@ -106,16 +108,15 @@ class VolumeProcessor:
             "t_published": None,
         }
         rois = {name: {"raw": v.raw, "clean": v.clean, "psc": v.psc} for name, v in zip(self.roi_names, values)}
-        return self._bodies(index, acquisition, path.name, rois, timing, fb, missing=False)
+        return self._bodies(index, acquisition, name, rois, timing, fb, missing=False)
 
     def missing(
-        self, index: int, acquisition: int | None, path: Path | None, t_detected: float | None, reason: str = "missing volume"
+        self, index: int, acquisition: int | None, name: str | None, t_detected: float | None, reason: str = "missing volume"
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Message bodies for a volume that never arrived or could not be used."""
         timing = {"t_acquired": None, "t_detected": t_detected, "t_read": None, "t_preprocessed": None,
                   "t_modelled": None, "t_published": None}
         rois = {name: {"raw": None, "clean": None, "psc": None} for name in self.roi_names}
-        name = path.name if path is not None else None
         fb = FeedbackValue(None, reason, kind=self.cfg.feedback.kind)
         return self._bodies(index, acquisition, name, rois, timing, fb, missing=True)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import queue
-import re
 import threading
 import time
 import uuid
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .nifti import is_complete
+from .export import Arrival, ExportReader, Probe
 from .pipeline import VolumeProcessor
 from .publish import Publisher
 from .record import RecorderLogHandler, RunRecorder, bids_prefix, row_from_messages
@@ -79,16 +78,18 @@ def run_session(
     handler = RecorderLogHandler(recorder)
     logging.getLogger("rtnf").addHandler(handler)
     publisher = Publisher(cfg.publish.address, run_id)
-    files: queue.Queue[tuple[Path, float]] = queue.Queue()
+    files: queue.Queue[tuple[Probe, float]] = queue.Queue()
+    export = ExportReader(cfg.scanner, t_start=time.time())
     watcher = VolumeWatcher(
         cfg.scanner.export_dir,
-        cfg.scanner.filename_regex,
-        is_complete,
-        lambda path, t: files.put((path, t)),
+        export.matches,
+        export.check,
+        lambda path, t, probe: files.put((probe, t)),
         mode=cfg.scanner.watch,
         poll_interval_s=cfg.scanner.poll_interval_s,
+        stale_after_s=cfg.scanner.stale_after_s,
     )
-    loop = _RunLoop(cfg, run_id, processor, publisher, recorder, files, stop)
+    loop = _RunLoop(cfg, run_id, processor, publisher, recorder, files, export, stop)
     status, reason = "aborted", "interrupted"
     try:
         log.info("run %s: watching %s (%s)", run_id, cfg.scanner.export_dir, cfg.scanner.watch)
@@ -113,7 +114,8 @@ class _RunLoop:
         processor: VolumeProcessor,
         publisher: Publisher,
         recorder: RunRecorder,
-        files: "queue.Queue[tuple[Path, float]]",
+        files: "queue.Queue[tuple[Probe, float]]",
+        export: ExportReader,
         stop: threading.Event,
     ) -> None:
         self.cfg = cfg
@@ -122,12 +124,12 @@ class _RunLoop:
         self.publisher = publisher
         self.recorder = recorder
         self.files = files
+        self.export = export
         self.stop = stop
         sc = cfg.scanner
-        self.pattern = re.compile(sc.filename_regex)
         timeout = sc.missing_timeout_s if sc.missing_timeout_s is not None else sc.tr_s
         # Sequencer indices are acquisitions from 0; kept volumes start after the dummies.
-        self.sequencer: Sequencer[tuple[Path, float]] = Sequencer(sc.dummy_volumes, sc.n_volumes, timeout)
+        self.sequencer: Sequencer[Arrival] = Sequencer(sc.dummy_volumes, sc.n_volumes, timeout)
         self.state = "waiting"
         self.last_index: int | None = None
         self.n_processed = 0
@@ -170,11 +172,11 @@ class _RunLoop:
             if self.sequencer.done:
                 return "ended", None
             try:
-                path, t_detected = self.files.get(timeout=self._wait_time())
+                probe, t_detected = self.files.get(timeout=self._wait_time())
             except queue.Empty:
                 pass
             else:
-                self._accept(path, t_detected)
+                self._accept(probe, t_detected)
             try:
                 for released in self.sequencer.release(time.time()):
                     self._handle(released.index, released.item)
@@ -199,35 +201,39 @@ class _RunLoop:
                 self.publisher.send("run", {**self._run_body, "repeat": True})
             self._next_run_repeat = now + RUN_REPEAT_S
 
-    def _accept(self, path: Path, t_detected: float) -> None:
-        match = self.pattern.search(path.name)
-        if match is None:  # the watcher filters names already; keep the check local
+    def _accept(self, probe: Probe, t_detected: float) -> None:
+        try:
+            arrivals = self.export.accept(probe, t_detected)
+        except Exception:  # a foreign file must cost itself, never the run
+            log.exception("%s could not be sorted into the run; skipped", probe.path.name)
             return
-        acquisition = int(match.group("volume")) - self.cfg.scanner.first_volume_number
-        if acquisition < self.cfg.scanner.dummy_volumes:
-            log.info("dummy volume %s discarded", path.name)
-            return
-        refused = self.sequencer.push(acquisition, (path, t_detected), t_detected)
-        if refused:
-            log.warning("%s skipped: %s", path.name, refused)
+        for arrival in arrivals:
+            acquisition = arrival.number - self.cfg.scanner.first_volume_number
+            if acquisition < self.cfg.scanner.dummy_volumes:
+                log.info("dummy volume %s discarded", arrival.name)
+                continue
+            refused = self.sequencer.push(acquisition, arrival, arrival.t_detected)
+            if refused:
+                log.warning("%s skipped: %s", arrival.name, refused)
 
-    def _handle(self, acquisition: int, item: tuple[Path, float] | None) -> None:
+    def _handle(self, acquisition: int, arrival: Arrival | None) -> None:
         index = acquisition - self.cfg.scanner.dummy_volumes
         number = acquisition + self.cfg.scanner.first_volume_number
         if self.state == "waiting":
             self.state = "running"
-        if item is None:
-            log.warning("volume %d (file number %d) missing: a later volume arrived and it did not", index, number)
+        if arrival is None:
+            log.warning("volume %d (number %d) missing: a later volume arrived and it did not", index, number)
             volume, feedback = self.processor.missing(index, number, None, None)
         else:
-            path, t_detected = item
             try:
-                volume, feedback = self.processor.process(index, number, path, t_detected)
+                volume, feedback = self.processor.process(index, number, arrival)
             except RoiError:
                 raise
             except Exception:  # a bug or a foreign file must cost one volume, never the run
-                log.exception("volume %d (%s) could not be processed; recorded as missing", index, path.name)
-                volume, feedback = self.processor.missing(index, number, path, t_detected, reason="processing error")
+                log.exception("volume %d (%s) could not be processed; recorded as missing", index, arrival.name)
+                volume, feedback = self.processor.missing(
+                    index, number, arrival.name, arrival.t_detected, reason="processing error"
+                )
         self._publish_and_record(volume, feedback)
 
     def _publish_and_record(self, volume: dict[str, Any], feedback: dict[str, Any]) -> None:

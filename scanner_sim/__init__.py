@@ -1,8 +1,11 @@
 """Scanner simulator: the stand-in for an MRI scanner.
 
-``scanner_sim`` synthesises an fMRI run with known ground truth and writes one
-NIfTI-1 file per volume into an export folder at TR pace, the way a scanner's
-real-time export does. It never imports ``rtnf``: it is an independent producer
+``scanner_sim`` synthesises an fMRI run with known ground truth and writes it
+into an export folder at TR pace, the way a scanner's real-time export does:
+one NIfTI-1 per volume, one Siemens mosaic DICOM per volume, or one DICOM per
+slice; it also replays real series (DICOM folder or 4D NIfTI), and injects
+scanner faults (dropped, late, duplicated, out-of-order volumes, jitter, a
+second series, the export folder vanishing). It never imports ``rtnf``: it is an independent producer
 against which ``rtnf`` is tested.
 
 Modules
@@ -16,7 +19,13 @@ phantom
 synth
     :class:`SyntheticRun`: volumes generated lazily, plus the ground truth.
 writer
-    :class:`ScannerWriter`: files written at TR pace (chunked, reopen, atomic).
+    :class:`ScannerWriter`: a synthetic run written at TR pace (chunked, reopen, atomic).
+dicom_writer
+    Siemens mosaic (with CSA header) and per-slice DICOM encoders.
+export
+    The engine shared by synthetic runs and replays: pacing, faults, files.tsv, faults.tsv.
+replay
+    :class:`Replayer`: a real DICOM folder or 4D NIfTI replayed at TR pace.
 cli
     The ``scanner-sim`` command.
 

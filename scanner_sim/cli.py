@@ -3,8 +3,18 @@
 Usage::
 
     scanner-sim synth SPEC.toml --export-dir DIR --truth-dir DIR
+                [--format nifti|siemens-mosaic|dicom-slices]
                 [--speed 1.0] [--mode chunked|reopen|atomic]
-                [--n-chunks 4] [--chunk-delay-s 0.01] [--start-delay-s 0]
+                [--n-chunks 4] [--chunk-delay-s 0.01] [--start-delay-s 0] [FAULTS]
+    scanner-sim replay SOURCE --export-dir DIR --truth-dir DIR
+                [--tr-s S] [--series N] [--n-volumes N] [--filename-template T]
+                [--speed 1.0] [--mode ...] [FAULTS]
+
+FAULTS (any of them replaces the spec's ``[faults]`` table; volumes 0-based,
+seconds in scanner time)::
+
+    --drop 5,9  --late 7:3.0  --duplicate 4  --out-of-order 12  --jitter-s 0.2
+    --second-series START:SERIES:N  --vanish 30:3.0
 """
 
 from __future__ import annotations
@@ -16,20 +26,15 @@ import sys
 import threading
 from typing import Sequence
 
-from .spec import SpecError, load_spec
+from .spec import FORMATS, Faults, SpecError, load_spec
 
 __all__ = ["main", "build_parser"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (exposed for documentation and tests)."""
-    from .writer import WRITE_MODES
+def _common(s: argparse.ArgumentParser) -> None:
+    from .export import WRITE_MODES
 
-    p = argparse.ArgumentParser(prog="scanner-sim", description="MRI scanner simulator for rtnf.")
-    sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("synth", help="synthesise a run with ground truth and export it at TR pace")
-    s.add_argument("spec", help="run spec (TOML)")
-    s.add_argument("--export-dir", required=True, help="folder the volumes are written into")
+    s.add_argument("--export-dir", required=True, help="folder the files are written into")
     s.add_argument("--truth-dir", required=True, help="folder for ground truth (not the export folder)")
     s.add_argument("--speed", type=float, default=1.0, help="time compression, > 0 (default 1.0)")
     s.add_argument("--mode", choices=WRITE_MODES, default="chunked", help="file write mode (default chunked)")
@@ -39,33 +44,139 @@ def build_parser() -> argparse.ArgumentParser:
                    help="delay from end of acquisition to first byte, s (default 0.05)")
     s.add_argument("--start-delay-s", type=float, default=0.0,
                    help="seconds before volume 0's acquisition starts (default 0)")
-    s.add_argument("-v", "--verbose", action="store_true", help="log one line per volume")
+    s.add_argument("-v", "--verbose", action="store_true", help="log one line per file")
+    f = s.add_argument_group("faults (any of these replaces the spec's [faults]; volumes are 0-based)")
+    f.add_argument("--drop", metavar="V[,V...]", help="volumes never written")
+    f.add_argument("--late", metavar="V:S", action="append", default=[], help="volume V written S s late")
+    f.add_argument("--duplicate", metavar="V[,V...]", help="volumes written twice (same name, same bytes)")
+    f.add_argument("--out-of-order", metavar="V[,V...]", help="volume V written after volume V+1")
+    f.add_argument("--jitter-s", type=float, metavar="S", help="random delay in [0, S) s per volume")
+    f.add_argument("--second-series", metavar="START:SERIES:N",
+                   help="N volumes of series SERIES interleaved from volume START on")
+    f.add_argument("--vanish", metavar="V:S", action="append", default=[],
+                   help="export folder renamed away before volume V for S s")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (exposed for documentation and tests)."""
+    p = argparse.ArgumentParser(prog="scanner-sim", description="MRI scanner simulator for rtnf.")
+    sub = p.add_subparsers(dest="command", required=True)
+    s = sub.add_parser("synth", help="synthesise a run with ground truth and export it at TR pace")
+    s.add_argument("spec", help="run spec (TOML)")
+    s.add_argument("--format", choices=FORMATS, default=None,
+                   help="file format (default: the spec's, else nifti)")
+    _common(s)
+    r = sub.add_parser("replay", help="replay a real DICOM folder or 4D NIfTI at TR pace")
+    r.add_argument("source", help="DICOM folder or 4D NIfTI (.nii/.nii.gz)")
+    r.add_argument("--tr-s", type=float, default=None, help="TR in seconds (default: from the headers)")
+    r.add_argument("--series", type=int, default=None, help="DICOM series to replay (default: the largest)")
+    r.add_argument("--n-volumes", type=int, default=None, help="replay only the first N volumes")
+    r.add_argument("--filename-template", default=None,
+                   help="rename files: fields {name} {series} {volume} {slice} (default: original names)")
+    _common(r)
     return p
 
 
-def _synth(args: argparse.Namespace) -> int:
-    from .synth import SyntheticRun
-    from .writer import ScannerWriter
+def _cli_faults(args: argparse.Namespace, n_volumes: int) -> Faults | None:
+    """Faults from the command line, or None when no fault flag was given."""
 
-    spec = load_spec(args.spec)
-    writer = ScannerWriter(
-        args.export_dir, spec, mode=args.mode, n_chunks=args.n_chunks,
-        chunk_delay_s=args.chunk_delay_s, speed=args.speed, recon_delay_s=args.recon_delay_s,
-    )
-    run = SyntheticRun(spec)
+    def ints(text: str | None) -> list[int]:
+        return [int(x) for x in text.split(",") if x.strip()] if text else []
+
+    def pairs(items: list[str], key: str, tkey: str) -> list[dict]:
+        out = []
+        for it in items:
+            try:
+                v, t = it.split(":")
+                out.append({"volume": int(v), tkey: float(t)})
+            except ValueError:
+                raise SpecError(f"Invalid value for '--{key}': {it!r}. Allowed: VOLUME:SECONDS, e.g. 7:2.5.") from None
+        return out
+
+    d: dict = {}
+    try:
+        for key in ("drop", "duplicate", "out_of_order"):
+            if getattr(args, key):
+                d[key] = ints(getattr(args, key))
+    except ValueError as exc:
+        raise SpecError(f"Invalid fault volume list: {exc}. Allowed: comma-separated integers, e.g. 5,9.") from None
+    if args.late:
+        d["late"] = pairs(args.late, "late", "delay_s")
+    if args.vanish:
+        d["vanish"] = pairs(args.vanish, "vanish", "duration_s")
+    if args.jitter_s is not None:
+        d["jitter_s"] = args.jitter_s
+    if args.second_series:
+        try:
+            a, b, c = (int(x) for x in args.second_series.split(":"))
+        except ValueError:
+            raise SpecError(f"Invalid value for '--second-series': {args.second_series!r}. "
+                            "Allowed: START:SERIES:N, e.g. 20:99:5.") from None
+        d["second_series"] = {"start_volume": a, "series": b, "n_volumes": c}
+    return Faults.from_dict(d, n_volumes) if d else None
+
+
+def _install_stop() -> tuple[threading.Event, dict]:
     stop = threading.Event()
     # SIGTERM/SIGINT finish the file in progress, then stop: no partial file left behind.
     # (signal handlers can only be installed from the main thread)
     previous = {}
     if threading.current_thread() is threading.main_thread():
         previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return stop, previous
+
+
+def _synth(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from .spec import DEFAULT_TEMPLATES, RunSpec
+    from .synth import SyntheticRun
+    from .writer import ScannerWriter
+
+    spec = load_spec(args.spec)
+    if args.format is not None and args.format != spec.format:
+        d = spec.to_dict()
+        if d.get("filename_template") == DEFAULT_TEMPLATES[spec.format]:
+            del d["filename_template"]  # the new format's default name
+        d["format"] = args.format
+        spec = RunSpec.from_dict(d)
+    faults = _cli_faults(args, spec.n_volumes)
+    if faults is not None:
+        spec = dataclasses.replace(spec, faults=faults)
+    writer = ScannerWriter(
+        args.export_dir, spec, mode=args.mode, n_chunks=args.n_chunks,
+        chunk_delay_s=args.chunk_delay_s, speed=args.speed, recon_delay_s=args.recon_delay_s,
+    )
+    run = SyntheticRun(spec)
+    stop, previous = _install_stop()
     print(
-        f"scanner-sim: {spec.n_volumes} volumes, TR {spec.tr_s:g} s, speed {args.speed:g}, "
+        f"scanner-sim: {spec.n_volumes} volumes, TR {spec.tr_s:g} s, {spec.format}, speed {args.speed:g}, "
         f"mode {args.mode} -> {args.export_dir}",
         flush=True,
     )
     try:
         summary = writer.write_run(run, args.truth_dir, stop_event=stop, start_delay_s=args.start_delay_s)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    state = "aborted" if summary.aborted else "done"
+    print(f"scanner-sim: {state}: {summary.n_written} volumes written in {summary.duration_s:.2f} s", flush=True)
+    return 130 if summary.aborted else 0
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from .replay import Replayer, load_source
+
+    source = load_source(args.source, tr_s=args.tr_s, series=args.series)
+    replayer = Replayer(args.export_dir, source, mode=args.mode, n_chunks=args.n_chunks,
+                        chunk_delay_s=args.chunk_delay_s, speed=args.speed, recon_delay_s=args.recon_delay_s,
+                        n_volumes=args.n_volumes, filename_template=args.filename_template)
+    faults = _cli_faults(args, replayer.n_volumes)
+    stop, previous = _install_stop()
+    print(f"scanner-sim: replay {source.kind} series {source.series}: {replayer.n_volumes} volumes, "
+          f"TR {source.tr_s:g} s, speed {args.speed:g}, mode {args.mode} -> {args.export_dir}", flush=True)
+    try:
+        summary = replayer.replay(args.truth_dir, faults=faults, stop_event=stop, start_delay_s=args.start_delay_s)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -84,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     try:
-        return _synth(args)
+        return _synth(args) if args.command == "synth" else _replay(args)
     except (SpecError, ValueError) as exc:
         print(f"scanner-sim: error: {exc}", file=sys.stderr)
         return 2

@@ -130,11 +130,12 @@ class ScannerWriter:
         self.speed = float(speed)
         self.recon_delay_s = float(recon_delay_s)
         self.period_s = spec.tr_s / self.speed
-        busy = (n_chunks - 1) * self.chunk_delay_s
+        files = spec.n_slices if spec.format == "dicom-slices" else 1
+        busy = files * (n_chunks - 1) * self.chunk_delay_s
         if busy >= self.period_s:
             # one file would still be in progress when the next is due: pacing would slip
             logger.warning(
-                "(n_chunks - 1) * chunk_delay_s = %.3f s >= tr_s / speed = %.3f s; "
+                "files per volume * (n_chunks - 1) * chunk_delay_s = %.3f s >= tr_s / speed = %.3f s; "
                 "writes will lag behind the TR pace.", busy, self.period_s,
             )
 

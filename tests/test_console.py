@@ -254,6 +254,7 @@ def test_console_command_line():
     cli.add_arguments(parser)
     args = parser.parse_args([])
     assert (args.host, args.port, args.fd_threshold) == ("127.0.0.1", 5006, 0.5)
+    assert parser.parse_args(["--ack-address", "tcp://127.0.0.1:7001"]).screen_address == "tcp://127.0.0.1:7001"
     cmd = cli.command("tcp://127.0.0.1:6000", None, port=7000)
     assert cmd[1:3] == ["-m", "rtnf.console"] and "--no-screen" in cmd and "7000" in cmd
 
@@ -297,7 +298,7 @@ class ConsoleProcess:
             except OSError:
                 if self.proc.poll() is not None or time.time() > deadline:
                     self.stop()
-                    raise AssertionError(f"the console did not start:\n{self.log.read_text()}")
+                    raise AssertionError(f"the console did not start:\n{self.log.read_text()}") from None
                 time.sleep(0.2)
 
     def stop(self) -> None:
@@ -353,7 +354,7 @@ def assert_plotted(data: dict[str, list], expected: dict[str, list]) -> None:
 
 @requires_browser()
 def test_console_page_follows_a_scripted_run(browser, tmp_path):
-    tr_s, n_volumes = 0.6, 30
+    tr_s, n_volumes = 0.5, 30
     run = ScriptedRun(tr_s, n_volumes)
     console = ConsoleProcess(run.address, run.screen_address, tmp_path)
     try:
@@ -361,7 +362,9 @@ def test_console_page_follows_a_scripted_run(browser, tmp_path):
         run.beat("waiting", None)
         page.page.wait_for_function("() => window.rtnfConsole.status().phase === 'waiting'", timeout=5000)
         time.sleep(0.3)
-        run.start()
+        run.start()  # the page builds its plots for the run's ROIs and blocks
+        page.page.wait_for_function("() => (window.rtnfConsole.status() || {}).n_volumes === 30", timeout=5000)
+        time.sleep(2 * tr_s)  # rtnf discards two dummy volumes
 
         def publish(index: int, **kwargs) -> None:
             run.volume(index, **kwargs)
@@ -379,6 +382,9 @@ def test_console_page_follows_a_scripted_run(browser, tmp_path):
         page.alert("motion").wait_for(timeout=2000)
         assert "0.90 mm at volume 8" in page.alert("motion").inner_text()
         assert "motion" in page.status()["alerts"]
+
+        if os.environ.get("RTNF_UPDATE_DOCS_SCREENSHOTS"):  # the docs show a live run with an alert
+            page.page.screenshot(path=str(ROOT / "docs" / "console.png"), full_page=True)
 
         # Reloading mid-run shows every earlier volume.
         page.reload()
@@ -411,9 +417,7 @@ def test_console_page_follows_a_scripted_run(browser, tmp_path):
         assert page.status()["counts"] == {"volumes": 30, "missing": 1, "late": 1, "censored": 1, "high_motion": 1}
         assert "ENDED" in page.page.locator(".rtnf-status").inner_text()
 
-        page.page.screenshot(path=str(tmp_path / "console.png"), full_page=True)
-        if os.environ.get("RTNF_UPDATE_DOCS_SCREENSHOTS"):
-            page.page.screenshot(path=str(ROOT / "docs" / "console.png"), full_page=True)
+        page.page.screenshot(path=str(tmp_path / "console.png"), full_page=True)  # the test's artifact
         assert not page.errors, page.errors
         assert all(u.startswith(console.url) or u.startswith(f"ws://127.0.0.1:{console.port}/") for u in page.requests), [
             u for u in page.requests if "127.0.0.1" not in u
@@ -449,7 +453,6 @@ radius_mm = 6.0
 
 [feedback]
 roi = "acc"
-scale_psc = [-1.0, 2.5]
 
 [output]
 dir = "outputs"
@@ -477,7 +480,7 @@ def test_console_page_plots_a_real_session(browser, tmp_path):
         _wait_ready(listener, procs, no_screen=True)
         procs.start("scanner_sim", [sys.executable, "-m", "scanner_sim", "synth", str(spec_path), "--export-dir",
                                     str(cfg.scanner.export_dir), "--truth-dir", str(tmp_path / "truth"),
-                                    "--speed", "3", "--mode", "reopen"], logs)
+                                    "--speed", "4", "--mode", "reopen"], logs)
         listener.wait_for(lambda t, b: t == "volume" and b["index"] >= 4, 60, "volume 4")
         page = Page(browser, console.url)  # opened mid-run
         assert len(page.data()["index"]) >= 4

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
 import time
 from pathlib import Path
 
@@ -11,6 +10,13 @@ import pytest
 
 from rtnf.nifti import IncompleteFileError, is_complete, read_nifti
 from rtnf.watcher import VolumeWatcher
+
+
+def _nifti_watcher(folder: Path, on_ready, **kwargs) -> VolumeWatcher:
+    def matches(p: Path) -> bool:
+        return not p.name.startswith(".") and p.name.endswith(".nii")
+
+    return VolumeWatcher(folder, matches, lambda p: is_complete(p) or None, on_ready, **kwargs)
 from scanner_sim.spec import RunSpec
 from scanner_sim.synth import SyntheticRun
 from scanner_sim.writer import ScannerWriter
@@ -27,14 +33,14 @@ def _watch_while_writing(tmp_path: Path, n: int, mode: str, watch: str, speed: f
     handed: dict[str, tuple[str, int]] = {}
     order: list[str] = []
 
-    def on_ready(path: Path, t_detected: float) -> None:
+    def on_ready(path: Path, t_detected: float, probe) -> None:
         # Read at once, as the pipeline would: a partial file would show here.
         data = path.read_bytes()
         handed.setdefault(path.name, (hashlib.sha256(data).hexdigest(), len(data)))
         order.append(path.name)
 
     spec = _spec(n)
-    watcher = VolumeWatcher(export, r"(?P<volume>\d+)\.nii$", is_complete, on_ready, mode=watch, poll_interval_s=0.02)
+    watcher = _nifti_watcher(export, on_ready, mode=watch, poll_interval_s=0.02)
     watcher.start()
     try:
         writer = ScannerWriter(export, spec, mode=mode, n_chunks=4, chunk_delay_s=0.005, speed=speed, recon_delay_s=0.0)
@@ -70,11 +76,9 @@ def test_files_present_before_start_are_handed_over(tmp_path):
     spec = _spec(3)
     ScannerWriter(tmp_path, spec, speed=100.0, recon_delay_s=0.0).write_run(SyntheticRun(spec), tmp_path / "truth")
     got: list[str] = []
-    done = threading.Event()
-    watcher = VolumeWatcher(tmp_path, r"(?P<volume>\d+)\.nii$", is_complete, lambda p, t: got.append(p.name))
+    watcher = _nifti_watcher(tmp_path, lambda p, t, probe: got.append(p.name))
     watcher.start()
     watcher.stop()
-    done.set()
     assert sorted(got) == [spec.filename(i) for i in range(3)]
 
 

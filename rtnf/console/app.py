@@ -50,6 +50,7 @@ from bokeh.models import (
     HoverTool,
     InlineStyleSheet,
     LinearAxis,
+    NumeralTickFormatter,
     Range1d,
     Span,
 )
@@ -61,7 +62,7 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from rtnf.messages import DEFAULT_ADDRESS, DEFAULT_SCREEN_ADDRESS
 
 from .link import Message, Subscriber
-from .state import MARKS, MOTION_PARAMETERS, STAGES, RunState
+from .state import MARKS, STAGES, RunState
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ PAGE_TEMPLATE = """
 
 CSS = """
 :host { width: 100%; }
+.rtnf-status, .rtnf-alerts, .rtnf-ok, .rtnf-preview { box-sizing: border-box; width: 100%; }
 .rtnf-status { font-size: 15px; line-height: 1.6; padding: 6px 10px; background: #fff; border-radius: 6px;
   border: 1px solid #d0d4da; }
 .rtnf-status .badge { display: inline-block; min-width: 90px; text-align: center; font-weight: 700;
@@ -149,88 +151,110 @@ class ConsolePage:
         self.css = InlineStyleSheet(css=CSS)
         doc.title = "rtnf console"
         doc.template = get_env().from_string("{% extends base %}\n" + PAGE_TEMPLATE)
+        # Named models live as long as the page: a rebuild replaces the plots only.
+        self.status = Div(name="status", stylesheets=[self.css], sizing_mode="stretch_width")
+        self.alerts = Div(name="alerts", stylesheets=[self.css], sizing_mode="stretch_width")
+        self.preview = Div(name="preview", stylesheets=[self.css], sizing_mode="stretch_width")
+        self.plots = row(sizing_mode="stretch_width")
+        self.root = column(self.status, self.alerts, self.plots, self.preview, sizing_mode="stretch_width")
+        self.source: ColumnDataSource | None = None
+        self.layout_key: tuple | None = None
         self.build()
+        doc.add_root(self.root)
         doc.add_periodic_callback(self.tick, TICK_MS)
 
     # ------------------------------------------------------------------ layout
     def build(self) -> None:
-        """(Re)build the whole page from the state: on open, and for a new run."""
+        """(Re)load the page from the state: on open, and for a new run.
+
+        The figures are rebuilt only when what they are built from changed
+        (ROIs, protocol blocks, number of volumes); otherwise the data alone
+        are replaced, which the browser draws much faster.
+        """
         st = self.state
         self.generation = st.generation
         self.n_sent = len(st.rows)
         self.change_cursor = len(st.changes)
+        self._last_texts = {}
+        layout_key = st.layout_key()
+        if self.source is not None and layout_key == self.layout_key:
+            self.source.data = st.column_data()
+            self._update_texts()
+            return
+        self.layout_key = layout_key
+        if self.source is not None:
+            self.source.name = None  # the browser may keep the old model for a while
+        # A new source (the columns change with the ROIs), plotted by new figures.
         self.source = ColumnDataSource(st.column_data(), name="volumes")
         n = st.n_volumes
-        self.x_range = Range1d(-0.5, n - 0.5, name="x_range") if n else DataRange1d(name="x_range")
-        self.status = Div(name="status", stylesheets=[self.css], sizing_mode="stretch_width")
-        self.alerts = Div(name="alerts", stylesheets=[self.css], sizing_mode="stretch_width")
-        self.preview = Div(name="preview", stylesheets=[self.css], sizing_mode="stretch_width")
+        self.x_range = Range1d(-0.5, n - 0.5) if n else DataRange1d()
         self._last_texts: dict[str, Any] = {}
         self._update_texts()
 
         roi_colors = {roi: Category10_10[i % 10] for i, roi in enumerate(st.rois)}
-        raw = self._figure("roi_raw", "ROI signal, raw (scanner units)")
-        clean = self._figure("roi_clean", "ROI signal, drift-cleaned (scanner units)")
-        psc = self._figure("feedback", "Percent signal change and feedback value", y_label="% signal change")
+        raw = self._figure("ROI signal, raw (scanner units)")
+        clean = self._figure("ROI signal, drift-cleaned (scanner units)")
+        psc = self._figure("Percent signal change and feedback value", y_label="% signal change")
         for roi, color in roi_colors.items():
-            raw.line("index", f"raw_{roi}", source=self.source, color=color, line_width=2, legend_label=roi, name=f"raw_{roi}")
-            clean.line("index", f"clean_{roi}", source=self.source, color=color, line_width=2, legend_label=roi, name=f"clean_{roi}")
-            psc.line("index", f"psc_{roi}", source=self.source, color=color, line_width=2, legend_label=f"{roi} PSC", name=f"psc_{roi}")
+            raw.line("index", f"raw_{roi}", source=self.source, color=color, line_width=2, legend_label=roi)
+            clean.line("index", f"clean_{roi}", source=self.source, color=color, line_width=2, legend_label=roi)
+            psc.line("index", f"psc_{roi}", source=self.source, color=color, line_width=2, legend_label=f"{roi} PSC")
         psc.extra_y_ranges = {"feedback": Range1d(-0.05, 1.05)}
         psc.add_layout(LinearAxis(y_range_name="feedback", axis_label="feedback [0, 1]"), "right")
         psc.step("index", "feedback", source=self.source, y_range_name="feedback", mode="center", color="black",
-                 line_width=2, legend_label="feedback", name="feedback")
+                 line_width=2, legend_label="feedback")
         psc.scatter("index", "feedback", source=self.source, y_range_name="feedback", color="black", size=4)
-        events = self._figure("events", "Missing, late, censored and high-motion volumes", height=140)
+        events = self._figure("Missing, late, censored and high-motion volumes", height=140)
         events.y_range = Range1d(0.5, len(MARKS) + 0.5)
         events.yaxis.ticker = FixedTicker(ticks=[y for _, y in MARKS])
         events.yaxis.major_label_overrides = {y: name for name, y in MARKS}
         events.ygrid.grid_line_color = None
         for (name, _), color, marker in zip(MARKS, ("#555555", "#e08a00", "#7b3fb0", "#d62728"),
                                             ("x", "triangle", "square", "circle")):
-            events.scatter("index", f"mark_{name}", source=self.source, color=color, size=10, marker=marker, name=f"mark_{name}")
+            events.scatter("index", f"mark_{name}", source=self.source, color=color, size=10, marker=marker)
 
-        trans = self._figure("translations", "Head motion: translations", y_label="mm")
-        rots = self._figure("rotations", "Head motion: rotations", y_label="rad")
+        trans = self._figure("Head motion: translations", y_label="mm")
+        rots = self._figure("Head motion: rotations", y_label="rad")
         for axis, color in zip("xyz", ("#d62728", "#2ca02c", "#1f77b4")):
-            trans.line("index", f"trans_{axis}", source=self.source, color=color, line_width=2, legend_label=axis, name=f"trans_{axis}")
-            rots.line("index", f"rot_{axis}", source=self.source, color=color, line_width=2, legend_label=axis, name=f"rot_{axis}")
-        fd = self._figure("fd", f"Framewise displacement (threshold {st.fd_threshold_mm:g} mm)", y_label="mm")
-        fd.line("index", "fd", source=self.source, color="#333333", line_width=2, name="fd")
-        fd.scatter("index", "fd_high", source=self.source, color="#d62728", size=9, name="fd_high")
+            trans.line("index", f"trans_{axis}", source=self.source, color=color, line_width=2, legend_label=axis)
+            rots.line("index", f"rot_{axis}", source=self.source, color=color, line_width=2, legend_label=axis)
+        fd = self._figure(f"Framewise displacement (threshold {st.fd_threshold_mm:g} mm)", y_label="mm")
+        fd.line("index", "fd", source=self.source, color="#333333", line_width=2)
+        fd.scatter("index", "fd_high", source=self.source, color="#d62728", size=9)
         fd.add_layout(Span(location=st.fd_threshold_mm, dimension="width", line_color="#d62728",
-                           line_dash="dashed", line_width=2, name="fd_threshold"))
-        latency = self._figure("latency", "Latency per volume (from file detected)", y_label="ms")
+                           line_dash="dashed", line_width=2))
+        latency = self._figure("Latency per volume (from file detected)", y_label="ms")
         stage_columns = [c for c, _, _ in STAGES]
         stage_labels = ["read", "preprocess", "model", "publish", "screen"]
         latency.vbar_stack(stage_columns, x="index", width=0.8, source=self.source, color=list(Set2_8[:5]),
                            legend_label=stage_labels)
-        latency.line("index", "e2e_ms", source=self.source, color="black", line_width=2, legend_label="end-to-end", name="e2e")
+        latency.line("index", "e2e_ms", source=self.source, color="black", line_width=2, legend_label="end-to-end")
         latency.scatter("index", "processing_ms", source=self.source, color="#444444", size=4,
-                        legend_label="processing", name="processing")
+                        legend_label="processing")
         latency.y_range.start = 0
 
         for fig in (raw, clean, psc, trans, rots, fd, latency):
-            if fig.legend:
-                fig.legend.location = "top_left"
-                fig.legend.click_policy = "hide"
-                fig.legend.label_text_font_size = "9pt"
-                fig.legend.background_fill_alpha = 0.6
-                fig.legend.orientation = "horizontal"
+            if fig.legend:  # above the plot area, never over the data
+                legend = fig.legend[0]
+                legend.click_policy = "hide"
+                legend.label_text_font_size = "9pt"
+                legend.orientation = "horizontal"
+                legend.location = "top_left"
+                legend.padding = 2
+                legend.margin = 0
+                legend.border_line_alpha = 0
+                fig.center.remove(legend)
+                fig.add_layout(legend, "above")
+        rots.yaxis.formatter = NumeralTickFormatter(format="0.0000")
         self._add_blocks((raw, clean, psc, events, trans, rots, fd, latency))
 
         left = column(raw, clean, psc, events, sizing_mode="stretch_width")
         right = column(trans, rots, fd, latency, sizing_mode="stretch_width")
-        layout = column(
-            self.status, self.alerts, row(left, right, sizing_mode="stretch_width"), self.preview,
-            sizing_mode="stretch_width", name="console",
-        )
-        self.doc.clear()
-        self.doc.add_root(layout)
+        self.plots.children = [left, right]
 
-    def _figure(self, name: str, title: str, y_label: str | None = None, height: int = PLOT_HEIGHT):
+    def _figure(self, title: str, y_label: str | None = None, height: int = PLOT_HEIGHT):
         fig = figure(
-            name=name, title=title, height=height, sizing_mode="stretch_width", x_range=self.x_range,
+            title=title, height=height, sizing_mode="stretch_width", x_range=self.x_range,
             tools="xpan,xwheel_zoom,box_zoom,reset,save", toolbar_location="right",
             x_axis_label="volume", y_axis_label=y_label,
         )
@@ -293,6 +317,12 @@ class ConsolePage:
         elif latest is not None and not math.isnan(latest["block"]):
             parts.append(f"block {int(latest['block'])}")
         parts.append(f"elapsed <b>{_fmt_duration(elapsed)}</b>")
+        shading = getattr(self, "block_colors", {})
+        if shading:
+            parts.append("shaded: " + " ".join(
+                f'<span style="background:{color}33;border:1px solid {color};padding:0 6px;border-radius:3px">'
+                f"{html.escape(condition)}</span>" for condition, color in shading.items()
+            ))
         label = {"waiting": "WAITING", "running": "RUNNING", "ended": "ENDED", "aborted": "ABORTED"}[phase]
         reason = ""
         if phase == "aborted" and st.end is not None and isinstance(st.end.get("reason"), str):

@@ -3,7 +3,7 @@
 ``add_arguments(parser)`` and ``run(args)`` are meant for the ``rtnf console``
 sub-command; :func:`command` builds the command line that starts the console
 as a child process (for ``rtnf run --console``: the console then never takes
-the pipeline's CPU time or GIL). :func:`main` serves ``python -m rtnf.console``.
+the pipeline's CPU time or GIL), and :func:`spawn` starts it. :func:`main` serves ``python -m rtnf.console``.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import argparse
 import importlib.util
 import logging
 import signal
+import subprocess
 import sys
 import threading
 
@@ -26,7 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the console's options to ``parser``."""
     parser.add_argument("--address", default=DEFAULT_ADDRESS,
                         help=f"rtnf's publish address (default {DEFAULT_ADDRESS})")
-    parser.add_argument("--screen-address", default=DEFAULT_SCREEN_ADDRESS,
+    parser.add_argument("--screen-address", "--ack-address", dest="screen_address", default=DEFAULT_SCREEN_ADDRESS,
                         help=f"the feedback screen's acknowledgement address (default {DEFAULT_SCREEN_ADDRESS})")
     parser.add_argument("--no-screen", action="store_true",
                         help="no feedback screen is used: do not listen for it nor alert when it is silent")
@@ -51,6 +52,28 @@ def command(
     cmd = [sys.executable, "-m", "rtnf.console", "--address", address, "--host", host, "--port", str(port)]
     cmd += ["--no-screen"] if not screen_address else ["--screen-address", screen_address]
     return cmd
+
+
+def spawn(
+    address: str,
+    screen_address: str | None = DEFAULT_SCREEN_ADDRESS,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    log_path: "str | None" = None,
+) -> subprocess.Popen:
+    """Start the console as a child process (for ``rtnf run --console``).
+
+    The caller stops it with ``proc.terminate()`` (SIGTERM: a clean exit)
+    after the run. Output goes to ``log_path`` when given, else it is
+    inherited.
+    """
+    out = open(log_path, "w") if log_path else None
+    try:
+        return subprocess.Popen(command(address, screen_address, host, port), stdout=out,
+                                stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL)
+    finally:
+        if out is not None:
+            out.close()  # the child keeps its own descriptor
 
 
 def run(args: argparse.Namespace) -> int:

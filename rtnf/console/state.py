@@ -229,6 +229,13 @@ class RunState:
             return "running"
         return "waiting"
 
+    def layout_key(self) -> tuple:
+        """What the plots are built from: a page rebuilds its figures only when it changes."""
+        return (
+            tuple(self.rois), self.n_volumes, tuple(tuple(b.values()) for b in self.blocks),
+            tuple(self.conditions), self.baseline, self.fd_threshold_mm,
+        )
+
     def columns(self) -> list[str]:
         """Every column of :attr:`rows`."""
         return list(BASE_COLUMNS) + roi_columns(self.rois)
