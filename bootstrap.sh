@@ -18,8 +18,9 @@ esac
 
 # Debian packages: a virtual X display and the GL/font libraries PsychoPy's
 # window needs (xvfb xauth libgl1 libglu1-mesa libegl1 libfontconfig1
-# libfreetype6); dcm2niix, the reference the DICOM tests compare against.
-apt_packages=(python3-venv xvfb xauth libgl1 libglu1-mesa libegl1 libfontconfig1 libfreetype6 dcm2niix)
+# libfreetype6); dcm2niix, the reference the DICOM tests compare against;
+# chromium, the real browser the console's tests drive (headless).
+apt_packages=(python3-venv xvfb xauth libgl1 libglu1-mesa libegl1 libfontconfig1 libfreetype6 dcm2niix chromium)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")
@@ -50,7 +51,7 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "==> installing rtnf and its Python packages into .venv (PsychoPy takes a few minutes the first time)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[display,dev]"
+  .venv/bin/python -m pip install -q -e ".[display,console,dev]"
   echo "$want" > "$stamp"
 fi
 

@@ -30,6 +30,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", type=Path, help="override output.dir")
     run.add_argument("--publish-address", help="override publish.address")
     run.add_argument("--overwrite", action="store_true", help="replace earlier outputs of the same run")
+    run.add_argument("--console", action="store_true", help="also serve the operator console (a read-only web page)")
+    run.add_argument("--console-port", type=int, default=5006, help="port of the console on 127.0.0.1 (default 5006)")
 
     check = sub.add_parser("check", help="validate a session config and print its protocol")
     check.add_argument("config", type=Path)
@@ -41,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--amplitude-pct", type=float, default=1.5, help="true activation in the ROI, percent")
     demo.add_argument("--noise-pct", type=float, default=1.0, help="voxel noise, percent of brain mean")
     demo.add_argument("--no-screen", action="store_true", help="run without the PsychoPy feedback screen")
+    demo.add_argument("--console", action="store_true", help="also serve the operator console during the demo")
+    demo.add_argument("--console-port", type=int, default=5006, help="port of the console on 127.0.0.1 (default 5006)")
+
+    from .console import cli as console_cli  # light: the web stack is imported only when serving
+
+    con = sub.add_parser("console", help="live operator console: a read-only web page on loopback")
+    console_cli.add_arguments(con)
     bench = sub.add_parser("bench", help="latency benchmarks of the pipeline's stages")
     bench.add_argument("--json", action="store_true", help="print results as JSON")
     stages = bench.add_subparsers(dest="stage", required=True)
@@ -90,11 +99,22 @@ def _cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    console = None
+    if args.console:
+        from .console import cli as console_cli
+
+        # A child process keeps the web server off the pipeline's GIL.
+        console = console_cli.spawn(cfg.publish.address, port=args.console_port)
+        print(f"operator console: http://127.0.0.1:{args.console_port}/")
     try:
         result = run_session(cfg, args.config.read_text(encoding="utf-8"), overwrite=args.overwrite, stop=stop)
     except (OutputExistsError, OSError) as exc:
         print(f"rtnf run: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if console is not None:
+            console.terminate()
+            console.wait(10)
     print(
         f"run {result.status}: {result.n_processed} volumes processed, {result.n_missing} missing; "
         f"table: {result.timeseries}"
@@ -131,6 +151,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_check(args)
         if args.command == "bench":
             return _cmd_bench(args)
+        if args.command == "console":
+            from .console import cli as console_cli
+
+            return console_cli.run(args)
         from .demo import run_demo
 
         return run_demo(args)

@@ -111,6 +111,27 @@ class RoiConfig(_Model):
 class ModelConfig(_Model):
     hrf: Literal["spm", "spm + derivative", "glover"] = "spm"
     drift_cutoff_s: Annotated[float, Field(gt=0)] = 128.0
+    # Motion parameters as nuisance regressors: 6, 12 (with derivatives) or 24 (and squares).
+    motion_regressors: Literal[0, 6, 12, 24] = 0
+
+
+class MotionConfig(_Model):
+    """Rigid-body realignment of every volume (see :mod:`rtnf.motion`)."""
+
+    enabled: bool = True
+    # "first": the first kept volume; or a NIfTI on the functional grid.
+    reference: Literal["first"] | FilePath = "first"
+    sigma_vox: Annotated[float, Field(ge=0, le=5)] = 1.0
+    # Gaussian smoothing of the realigned data before ROI sampling (0: none).
+    fwhm_mm: Annotated[float, Field(ge=0, le=20)] = 0.0
+
+
+class QualityConfig(_Model):
+    """Per-volume quality checks and what the feedback does for a censored volume."""
+
+    fd_threshold_mm: Annotated[float, Field(gt=0)] = 0.5
+    spike_z: Annotated[float, Field(gt=0)] = 5.0
+    censor_action: Literal["hold", "null", "keep"] = "hold"
 
 
 class FeedbackConfig(_Model):
@@ -158,6 +179,8 @@ class Config(_Model):
     protocol: ProtocolConfig
     rois: Annotated[dict[str, RoiConfig], Field(min_length=1)]
     model: ModelConfig = ModelConfig()
+    motion: MotionConfig = MotionConfig()
+    quality: QualityConfig = QualityConfig()
     feedback: FeedbackConfig
     publish: PublishConfig = PublishConfig()
     output: OutputConfig
@@ -301,7 +324,12 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     rois = {name: roi.model_copy(update={"mask": resolve(roi.mask)}) for name, roi in cfg.rois.items()}
     output = cfg.output.model_copy(update={"dir": resolve(cfg.output.dir)})
     feedback = cfg.feedback.model_copy(update={"sham_from": resolve(cfg.feedback.sham_from)})
-    return cfg.model_copy(update={"scanner": scanner, "rois": rois, "output": output, "feedback": feedback})
+    motion = cfg.motion
+    if motion.reference != "first":
+        motion = motion.model_copy(update={"reference": resolve(Path(motion.reference))})
+    return cfg.model_copy(
+        update={"scanner": scanner, "rois": rois, "output": output, "feedback": feedback, "motion": motion}
+    )
 
 
 def _check_consistency(cfg: Config) -> None:
@@ -330,6 +358,16 @@ def _check_consistency(cfg: Config) -> None:
             template_to_regex(sc.filename_template)
         except ValueError as exc:
             raise ConfigError(f"invalid value for 'scanner.filename_template': {exc}.") from None
+    if cfg.motion.reference != "first" and not Path(cfg.motion.reference).is_file():
+        raise ConfigError(
+            f"invalid value for 'motion.reference': file not found: {cfg.motion.reference}. "
+            "Allowed: \"first\" (the first kept volume) or a NIfTI file on the functional grid."
+        )
+    if cfg.model.motion_regressors and not cfg.motion.enabled:
+        raise ConfigError(
+            f"invalid value for 'model.motion_regressors': {cfg.model.motion_regressors} needs motion.enabled = true. "
+            "Allowed: 0 when motion correction is off."
+        )
     if sc.reference_volume is not None and not sc.reference_volume.is_file():
         raise ConfigError(
             f"invalid value for 'scanner.reference_volume': file not found: {sc.reference_volume}."

@@ -312,6 +312,12 @@ def run_demo(args: argparse.Namespace) -> int:
                 raise DemoError("no display and no xvfb-run: install Debian's xvfb, or use --no-screen")
             console.print("starting the feedback screen (PsychoPy)...")
             procs.start("screen", screen_command(address, ack_address, root), logs)
+        if args.console:
+            from .console import cli as console_cli
+
+            screen = None if args.no_screen else ack_address
+            procs.start("console", console_cli.command(address, screen, port=args.console_port), logs)
+            console.print(f"operator console: http://127.0.0.1:{args.console_port}/ (open it in a browser)")
         console.print(f"starting rtnf run on {config_path.name} ...")
         procs.start(
             "rtnf",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .motion import MOTION_COLUMNS, motion_regressors  # noqa: F401 (re-exported for the design's users)
 from .protocol import Protocol
 
 
@@ -68,42 +69,16 @@ class Design:
         return self.matrix.shape[1]
 
 
-MOTION_PARAMS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
-
-
 def motion_names(n_motion: int) -> tuple[str, ...]:
-    """fMRIPrep's confound names for 0, 6 or 24 motion regressors."""
-    if n_motion == 0:
-        return ()
-    if n_motion == 6:
-        return MOTION_PARAMS
-    if n_motion == 24:
-        return (
-            MOTION_PARAMS
-            + tuple(f"{n}_derivative1" for n in MOTION_PARAMS)
-            + tuple(f"{n}_power2" for n in MOTION_PARAMS)
-            + tuple(f"{n}_derivative1_power2" for n in MOTION_PARAMS)
+    """fMRIPrep's confound names for 0, 6, 12 or 24 motion regressors (the order of
+    :func:`rtnf.motion.motion_regressors`)."""
+    groups = {0: 0, 6: 1, 12: 2, 24: 4}
+    if n_motion not in groups:
+        raise ValueError(
+            f"Invalid value for the 'n_motion' parameter. Allowed values are 0, 6, 12, 24, but got {n_motion} instead."
         )
-    raise ValueError(f"Invalid value for the 'n_motion' parameter. Allowed values are 0, 6, 24, but got {n_motion} instead.")
-
-
-def motion_regressors(params: np.ndarray, previous: np.ndarray | None, n_motion: int) -> np.ndarray:
-    """One row of motion regressors.
-
-    Parameters
-    ----------
-    params : ndarray, shape (6,)
-        This volume's motion (mm, radians).
-    previous : ndarray, shape (6,) or None
-        The previous kept volume's motion (None for the first: derivative 0).
-    n_motion : {6, 24}
-        The 6 parameters, or Friston's 24 (with backward derivatives and squares of both).
-    """
-    params = np.asarray(params, dtype=np.float64)
-    if n_motion == 6:
-        return params.copy()
-    deriv = params - previous if previous is not None else np.zeros(6)
-    return np.concatenate([params, deriv, params**2, deriv**2])
+    suffixes = ("", "_derivative1", "_power2", "_derivative1_power2")[: groups[n_motion]]
+    return tuple(f"{name}{suffix}" for suffix in suffixes for name in MOTION_COLUMNS)
 
 
 def make_design(
@@ -120,7 +95,7 @@ def make_design(
     drift_cutoff_s : float
         High-pass cutoff in seconds: cosine drift terms with periods longer
         than this are modelled.
-    n_motion : {0, 6, 24}
+    n_motion : {0, 6, 12, 24}
         Motion regressors, filled as volumes are realigned.
 
     Returns

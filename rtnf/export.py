@@ -61,15 +61,17 @@ def template_to_regex(template: str) -> str:
     ``{series}`` and ``{volume}`` fields (with an optional zero-padded width
     such as ``:06d``) become named groups; everything else matches literally.
     """
+    field = re.compile(r"\{(series|volume)(?::0?(\d+)d)?\}")
+    leftover = field.sub("", template)
+    if "{" in leftover or "}" in leftover:
+        raise ValueError(f"unknown field in file-name template {template!r}; allowed fields: {{series}}, {{volume}}")
     out, pos = "", 0
-    for m in re.finditer(r"\{(series|volume)(?::0?(\d+)d)?\}", template):
+    for m in field.finditer(template):
         out += re.escape(template[pos : m.start()])
         width = m.group(2)
         out += f"(?P<{m.group(1)}>\\d{{{width}}})" if width else f"(?P<{m.group(1)}>\\d+)"
         pos = m.end()
     out += re.escape(template[pos:])
-    if "{" in re.sub(r"\\\{", "", out):
-        raise ValueError(f"unknown field in file-name template {template!r}; allowed fields: {{series}}, {{volume}}")
     return "^" + out + "$"
 
 

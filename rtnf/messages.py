@@ -19,7 +19,8 @@ run
 volume
     ``index``, ``condition``, ``block``, ``rois`` (name -> raw, clean, psc),
     ``motion``, ``framewise_displacement``, ``flags`` (missing, censored,
-    late), ``timing`` (the ``t_*`` fields of the timing model), ``file``.
+    late, out_of_order), ``timing`` (the ``t_*`` fields of the timing
+    model), ``file``.
 feedback
     ``index``, ``condition``, ``value`` (in [0, 1] or null), ``reason``
     (why the value is null, else null), ``kind`` ("continuous"),
@@ -27,6 +28,11 @@ feedback
 heartbeat
     ``source`` ("rtnf" or "stimulus"), ``state`` ("waiting", "running",
     "ended"), ``last_index``, ``n_volumes``, ``t``.
+log
+    What the operator should know that is not one volume's value: a
+    skipped file, another series, a duplicate, a stale file, the export
+    folder vanishing. ``level`` ("INFO", "WARNING", "ERROR"), ``message``,
+    ``t``.
 displayed
     Published by the feedback screen on its own socket: ``index`` (null for
     screens that show no feedback value), ``value``, ``state``,
@@ -39,7 +45,7 @@ import json
 import math
 from typing import Any
 
-TOPICS: tuple[str, ...] = ("run", "volume", "feedback", "heartbeat", "displayed")
+TOPICS: tuple[str, ...] = ("run", "volume", "feedback", "heartbeat", "displayed", "log")
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: far above any real message, bounds hostile input
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"

@@ -243,9 +243,14 @@ class Realigner:
         Sigma of the Gaussian smoothing applied to the reference and to every
         volume before estimation, in voxels (0 disables it). Smoothing only
         affects the estimate, never :meth:`sample` or :meth:`reslice`.
-    sample_step : int
-        Use every ``sample_step``-th voxel of the brain mask (C order) as a
-        sample point. 1 uses every voxel.
+    sample_step : int or "auto"
+        Use every ``sample_step``-th voxel of the dilated brain mask (C order)
+        as a sample point; 1 uses every voxel. ``"auto"`` picks the step that
+        gives about ``target_points`` points (2 on a 64x64x36 grid of 3 mm
+        voxels, 4 on 104x104x72 at 2 mm): precision depends on the number of
+        points, not on the voxel size.
+    target_points : int
+        Number of sample points aimed at by ``sample_step="auto"``.
     mask_fraction : float
         Brain mask threshold as a fraction of the reference's 98th intensity
         percentile; the thresholded mask is then dilated by ``dilate_vox``
@@ -273,11 +278,16 @@ class Realigner:
     Attributes
     ----------
     mask_ : ndarray of bool, shape (nx, ny, nz)
-        The dilated brain mask of the reference.
+        The dilated brain mask of the reference (the voxels the fit uses).
+    brain_indices_ : ndarray of int
+        Flat (C-order) indices of the brain mask before dilation: the voxels
+        to pass to :meth:`sample` for DVARS and the global signal.
     center_mm_ : ndarray, shape (3,)
         Centroid of the mask in scanner RAS mm (the internal rotation centre).
     n_points_ : int
         Number of sample points.
+    sample_step_ : int
+        The sample step used (resolved from ``"auto"``).
     params_ : ndarray, shape (6,)
         Latest estimate.
     result_ : RealignResult or None
@@ -287,7 +297,8 @@ class Realigner:
     def __init__(
         self,
         sigma_vox: float = 1.0,
-        sample_step: int = 2,
+        sample_step: int | str = "auto",
+        target_points: int = 40_000,
         mask_fraction: float = 0.2,
         dilate_vox: int = 1,
         tol_mm: float = 1e-3,
@@ -298,6 +309,7 @@ class Realigner:
     ) -> None:
         self.sigma_vox = sigma_vox
         self.sample_step = sample_step
+        self.target_points = target_points
         self.mask_fraction = mask_fraction
         self.dilate_vox = dilate_vox
         self.tol_mm = tol_mm
@@ -322,7 +334,9 @@ class Realigner:
                 raise ValueError(f"Invalid value for the '{name}' parameter: {v!r}. Allowed: an integer >= {lo}.")
 
         number("sigma_vox", 0.0, strict=False)
-        integer("sample_step", 1)
+        if self.sample_step != "auto":
+            integer("sample_step", 1)
+        integer("target_points", 1000)
         number("mask_fraction", 0.0, strict=True)
         if self.mask_fraction >= 1:
             raise ValueError(
@@ -403,19 +417,23 @@ class Realigner:
 
         if mask is None:
             thr = self.mask_fraction * float(np.percentile(ref, 98))
-            m = ref > thr
-            if self.dilate_vox > 0:
-                m = ndimage.binary_dilation(m, iterations=self.dilate_vox)
+            brain = ref > thr
+            m = ndimage.binary_dilation(brain, iterations=self.dilate_vox) if self.dilate_vox > 0 else brain
         else:
             m = np.asarray(mask, dtype=bool)
             if m.shape != self.shape_:
                 raise ValueError(
                     f"Invalid value for the 'mask' parameter: shape {m.shape}. Allowed: the reference's shape {self.shape_}."
                 )
-        if m.sum() < 100 * self.sample_step:
+            brain = m
+        self.brain_indices_ = np.flatnonzero(brain.reshape(-1))
+        n_mask = int(m.sum())
+        step = max(1, round(n_mask / self.target_points)) if self.sample_step == "auto" else int(self.sample_step)
+        self.sample_step_ = step
+        if n_mask < 100 * step:
             raise ValueError(
-                f"The brain mask holds {int(m.sum())} voxels, too few to realign (at least {100 * self.sample_step} "
-                f"with sample_step={self.sample_step}). Check the reference volume or lower 'mask_fraction'."
+                f"The brain mask holds {n_mask} voxels, too few to realign (at least {100 * step} "
+                f"with sample_step={step}). Check the reference volume or lower 'mask_fraction'."
             )
         self.mask_ = m
         idx = np.flatnonzero(m.reshape(-1))
@@ -423,7 +441,7 @@ class Realigner:
         world = aff[:3, :3] @ ijk_all + aff[:3, 3:4]
         self.center_mm_ = world.mean(axis=1)
 
-        pts = ijk_all[:, :: self.sample_step]
+        pts = ijk_all[:, ::step]
         ref_s = self._smooth(ref, self.sigma_vox)
         coarse_sigma = max(2.0, 2.0 * self.sigma_vox)
         self._coarse_sigma = coarse_sigma
@@ -431,7 +449,7 @@ class Realigner:
         self.levels_ = {
             "fine": _Level(ref_s, np.ascontiguousarray(pts), aff, self.center_mm_, self.sampler_, self.fit_intensity),
             "coarse": _Level(
-                ref_c, np.ascontiguousarray(ijk_all[:, :: self.sample_step * 4]), aff, self.center_mm_,
+                ref_c, np.ascontiguousarray(ijk_all[:, :: step * 4]), aff, self.center_mm_,
                 self.sampler_, self.fit_intensity,
             ),
         }
@@ -473,6 +491,7 @@ class Realigner:
         converged = False
         rms = np.inf
         it = 0
+        size = np.inf
         for it in range(1, self.max_iter + 1):
             v = self._voxel_map(m)
             coords = np.einsum("ij,jn->in", v[:3, :3], level.ijk)
@@ -481,9 +500,9 @@ class Realigner:
             err -= level.ref_vals
             if level.basis_q is not None:
                 err -= np.einsum("k,kn->n", np.einsum("kn,n->k", level.basis_q, err), level.basis_q)
-            if it == 1:
+            if it == 1 or size > 0.05:
                 # Points mapped outside the field of view (beyond the edge voxels' centres) carry
-                # no information: drop them. The set is fixed for this volume's iterations, so
+                # no information: drop them. The set is frozen once the steps are small, so
                 # points near an edge cannot make the iteration oscillate.
                 inside = np.all((coords >= 0.0) & (coords <= hi), axis=0)
                 n_in = int(inside.sum())

@@ -17,6 +17,8 @@ import numpy as np
 from .config import Config
 from .design import Design, make_design
 from .feedback import FeedbackComputer, FeedbackValue
+from .motion import motion_regressors
+from .preprocess import Preprocessor
 from .roi_model import RoiModel
 from .export import Arrival
 from .nifti import VolumeReadError
@@ -43,7 +45,9 @@ class VolumeProcessor:
     def __init__(self, cfg: Config, protocol: Protocol | None = None, design: Design | None = None) -> None:
         self.cfg = cfg
         self.protocol = protocol or cfg.make_protocol()
-        self.design = design or make_design(self.protocol, cfg.model.hrf, cfg.model.drift_cutoff_s)
+        self.design = design or make_design(
+            self.protocol, cfg.model.hrf, cfg.model.drift_cutoff_s, cfg.model.motion_regressors
+        )
         self.labels = self.protocol.labels()
         self.block_of = np.empty(self.protocol.n_volumes, dtype=int)
         for seg in self.protocol.segments():
@@ -56,20 +60,10 @@ class VolumeProcessor:
             self.design, self.protocol, len(self.rois), cfg.model.drift_cutoff_s, fb.min_baseline_volumes, running
         )
         self.feedback = FeedbackComputer(fb, self.roi_names, self.protocol)
+        self.preprocessor = Preprocessor(self.rois, cfg.motion, cfg.quality)
         self.grid: Grid | None = None
-
-    def fit(self, grid: Grid) -> None:
-        """Place the ROIs on the functional grid (done with the first volume).
-
-        Raises
-        ------
-        RoiError
-            If an ROI lies outside the field of view.
-        """
-        for roi in self.rois:
-            roi.fit(grid)
-            log.info("ROI %s: %d voxels", roi.name, roi.n_voxels)
-        self.grid = grid
+        self._previous_motion: np.ndarray | None = None
+        self._last_value: float | None = None  # last uncensored feedback value, for censor_action "hold"
 
     def process(self, index: int, acquisition: int, arrival: Arrival) -> tuple[dict[str, Any], dict[str, Any]]:
         """Process kept volume ``index``, read through ``arrival.load()``.
@@ -87,17 +81,24 @@ class VolumeProcessor:
             return self.missing(index, acquisition, name, t_detected, reason="unreadable file")
         t_read = time.time()
         if self.grid is None:
-            self.fit(volume.grid)
+            self.preprocessor.fit(volume)
+            self.grid = volume.grid
         elif not volume.grid.same_as(self.grid):
             log.warning(
                 "volume %d (%s) has shape %s, expected %s (or a different affine); treated as missing",
                 index, name, volume.data.shape, self.grid.shape,
             )
             return self.missing(index, acquisition, name, t_detected, reason="wrong matrix or geometry")
-        raw = np.array([roi.transform(volume.data) for roi in self.rois])
+        pre = self.preprocessor.run(volume)
         t_preprocessed = time.time()
-        values = self.model.update(index, raw)
-        fb = self.feedback.step(index, values, self.model)
+        censored = pre.quality is not None and pre.quality.censored
+        regressors = None
+        if self.cfg.model.motion_regressors:
+            regressors = motion_regressors(pre.motion, self._previous_motion, self.cfg.model.motion_regressors)
+        self._previous_motion = pre.motion
+        # A censored volume is shown to the operator but kept out of the model.
+        values = self.model.update(index, pre.raw, regressors, include=not censored)
+        fb = self._censor(self.feedback.step(index, values, self.model), pre.quality)
         t_modelled = time.time()
         timing = {
             "t_acquired": volume.t_acquired,
@@ -108,12 +109,39 @@ class VolumeProcessor:
             "t_published": None,
         }
         rois = {name: {"raw": v.raw, "clean": v.clean, "psc": v.psc} for name, v in zip(self.roi_names, values)}
-        return self._bodies(index, acquisition, name, rois, timing, fb, missing=False)
+        volume_body, feedback_body = self._bodies(index, acquisition, name, rois, timing, fb, missing=False)
+        if pre.quality is not None:
+            q = pre.quality
+            volume_body["motion"] = pre.motion_dict()
+            volume_body["framewise_displacement"] = q.framewise_displacement
+            volume_body["quality"] = {
+                "dvars": q.dvars,
+                "global_signal": q.global_signal,
+                "spike": q.spike,
+                "reasons": list(q.reasons),
+            }
+            volume_body["flags"]["censored"] = q.censored
+        return volume_body, feedback_body
+
+    def _censor(self, fb: FeedbackValue, quality) -> FeedbackValue:
+        """Apply quality.censor_action to the feedback of a censored volume."""
+        if quality is None or not quality.censored:
+            if fb.value is not None:
+                self._last_value = fb.value
+            return fb
+        action = self.cfg.quality.censor_action
+        reasons = ", ".join(quality.reasons)
+        if action == "keep":
+            return fb
+        if action == "hold" and self._last_value is not None:
+            return FeedbackValue(self._last_value, None, fb.signal, fb.kind, fb.display_s)
+        return FeedbackValue(None, f"censored: {reasons}", fb.signal, fb.kind, fb.display_s)
 
     def missing(
         self, index: int, acquisition: int | None, name: str | None, t_detected: float | None, reason: str = "missing volume"
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Message bodies for a volume that never arrived or could not be used."""
+        self.preprocessor.skip()
         timing = {"t_acquired": None, "t_detected": t_detected, "t_read": None, "t_preprocessed": None,
                   "t_modelled": None, "t_published": None}
         rois = {name: {"raw": None, "clean": None, "psc": None} for name in self.roi_names}
@@ -141,7 +169,8 @@ class VolumeProcessor:
             "rois": rois,
             "motion": None,
             "framewise_displacement": None,
-            "flags": {"missing": missing, "censored": False, "late": False},
+            "quality": None,
+            "flags": {"missing": missing, "censored": False, "late": False, "out_of_order": False},
             "timing": timing,
             "file": file,
         }

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .config import Config
+from .motion import MOTION_COLUMNS
 from .protocol import Protocol
 
 TIMING_FIELDS = ("t_acquired", "t_detected", "t_read", "t_preprocessed", "t_modelled", "t_published")
@@ -46,9 +47,10 @@ def func_dir(cfg: Config) -> Path:
 
 def timeseries_columns(roi_names: list[str]) -> list[str]:
     """Column names of the per-volume table, in order."""
-    cols = ["index", "acquisition", "onset_s", "condition", "block", "missing", "late"]
+    cols = ["index", "acquisition", "onset_s", "condition", "block", "missing", "late", "out_of_order", "censored"]
     for name in roi_names:
         cols += [f"{name}_raw", f"{name}_clean", f"{name}_psc"]
+    cols += [*MOTION_COLUMNS, "framewise_displacement", "dvars", "global_signal"]
     cols += ["feedback_signal", "feedback_value", "feedback_reason", *TIMING_FIELDS, "file"]
     return cols
 
@@ -63,11 +65,20 @@ def row_from_messages(volume: dict[str, Any], feedback: dict[str, Any], roi_name
         "block": volume["block"],
         "missing": int(volume["flags"]["missing"]),
         "late": int(volume["flags"]["late"]),
+        "out_of_order": int(volume["flags"].get("out_of_order", False)),
+        "censored": int(volume["flags"]["censored"]),
     }
     for name in roi_names:
         values = volume["rois"].get(name) or {}
         for kind in ("raw", "clean", "psc"):
             row[f"{name}_{kind}"] = values.get(kind)
+    motion = volume.get("motion") or {}
+    for name in MOTION_COLUMNS:
+        row[name] = motion.get(name)
+    row["framewise_displacement"] = volume.get("framewise_displacement")
+    quality = volume.get("quality") or {}
+    row["dvars"] = quality.get("dvars")
+    row["global_signal"] = quality.get("global_signal")
     row["feedback_signal"] = feedback.get("signal")
     row["feedback_value"] = feedback["value"]
     row["feedback_reason"] = feedback["reason"]
@@ -96,7 +107,16 @@ def _sidecar(roi_names: list[str], cfg: Config) -> dict[str, Any]:
         "condition": {"Description": "Protocol condition of the volume."},
         "block": {"Description": "Number of the protocol segment (consecutive volumes of one condition), from 0."},
         "missing": {"Description": "1 if the volume never arrived or could not be read, else 0."},
-        "late": {"Description": f"1 if processing took longer than one TR ({cfg.scanner.tr_s} s), else 0."},
+        "late": {
+            "Description": "1 if the volume arrived late (after a later volume, or well after the usual "
+            f"interval) or its processing took longer than one TR ({cfg.scanner.tr_s} s), else 0."
+        },
+        "out_of_order": {"Description": "1 if a later volume's file was complete before this one's, else 0."},
+        "censored": {
+            "Description": f"1 if framewise displacement exceeded {cfg.quality.fd_threshold_mm} mm or DVARS or the "
+            f"global signal jumped (robust z over {cfg.quality.spike_z}); such volumes stay out of the model and "
+            f"their feedback follows quality.censor_action ({cfg.quality.censor_action!r})."
+        },
     }
     for name in roi_names:
         side[f"{name}_raw"] = {"Description": f"Mean signal of ROI '{name}' (scanner units)."}
@@ -108,6 +128,16 @@ def _sidecar(roi_names: list[str], cfg: Config) -> dict[str, Any]:
             "Description": f"Cleaned ROI '{name}' signal as percent change from its mean over the most recent "
             "baseline period (baseline blocks shifted by the hemodynamic lag).",
         }
+    for name in MOTION_COLUMNS:
+        unit = "mm" if name.startswith("trans") else "rad"
+        side[name] = {
+            "Units": unit,
+            "Description": f"Head motion relative to the reference volume ({name}; fMRIPrep's convention: "
+            "the head moves by p' = R p + t in scanner RAS mm about the origin, R = Rz Ry Rx).",
+        }
+    side["framewise_displacement"] = {"Units": "mm", "Description": "Framewise displacement (Power et al. 2012, 50 mm sphere)."}
+    side["dvars"] = {"Description": "RMS over the brain mask of the backward difference of the realigned volume."}
+    side["global_signal"] = {"Description": "Mean of the realigned volume over the brain mask."}
     fb = cfg.feedback
     target = " and ".join(fb.targets) + (f" minus {fb.reference_roi}" if fb.reference_roi else "")
     units = {"psc": "percent signal change", "beta": "regulation beta", "t": "regulation t"}[fb.signal]

@@ -72,7 +72,9 @@ class RoiModel:
         self.running_baseline_volumes = running_baseline_volumes
         self._clean_rows = None
 
-    def update(self, index: int, raw: np.ndarray, motion: np.ndarray | None = None) -> list[RoiValues]:
+    def update(
+        self, index: int, raw: np.ndarray, motion: np.ndarray | None = None, include: bool = True
+    ) -> list[RoiValues]:
         """Add volume ``index`` (counted from the first kept volume) and return every ROI's values.
 
         Parameters
@@ -82,18 +84,28 @@ class RoiModel:
         raw : ndarray, shape (n_rois,)
             Mean ROI signals of this volume.
         motion : ndarray, optional
-            This volume's motion regressors (see :func:`rtnf.design.motion_regressors`);
+            This volume's motion regressors (see :func:`rtnf.motion.motion_regressors`);
             required when the design has motion columns.
+        include : bool
+            False for a censored volume: its values are computed with the
+            model so far, but it neither updates the model nor counts as
+            baseline.
         """
         raw = np.asarray(raw, dtype=np.float64)
         if self._motion.size:
             if motion is None:
                 raise ValueError("the design has motion columns: pass this volume's motion regressors")
             self.design.set_motion(index, motion)
-        self._raw[index] = raw
-        self.glm.update(self.design.matrix[index], raw)
+        if include:
+            self._raw[index] = raw
+            self.glm.update(self.design.matrix[index], raw)
         clean_rows = self._clean_rows = self._cleaner(index)
-        clean = clean_rows(np.array([index]))[0]
+        if include:
+            clean = clean_rows(np.array([index]))[0]
+        else:
+            self._raw[index] = raw
+            clean = clean_rows(np.array([index]))[0]
+            self._raw[index] = np.nan
         base = self._baseline_mean(index, clean_rows)
         out = []
         for k in range(raw.size):

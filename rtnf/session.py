@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from threadpoolctl import threadpool_limits
+
 from .config import Config
 from .export import Arrival, ExportReader, Probe
 from .pipeline import VolumeProcessor
@@ -76,7 +78,10 @@ def run_session(
     processor = VolumeProcessor(cfg)
     recorder = RunRecorder(cfg, config_text, processor.protocol, processor.roi_names, run_id, overwrite)
     handler = RecorderLogHandler(recorder)
-    logging.getLogger("rtnf").addHandler(handler)
+    alerts: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=1000)
+    forward = _QueueHandler(alerts)
+    for h in (handler, forward):
+        logging.getLogger("rtnf").addHandler(h)
     publisher = Publisher(cfg.publish.address, run_id)
     files: queue.Queue[tuple[Probe, float]] = queue.Queue()
     export = ExportReader(cfg.scanner, t_start=time.time())
@@ -89,19 +94,37 @@ def run_session(
         poll_interval_s=cfg.scanner.poll_interval_s,
         stale_after_s=cfg.scanner.stale_after_s,
     )
-    loop = _RunLoop(cfg, run_id, processor, publisher, recorder, files, export, stop)
+    loop = _RunLoop(cfg, run_id, processor, publisher, recorder, files, export, stop, alerts)
     status, reason = "aborted", "interrupted"
     try:
         log.info("run %s: watching %s (%s)", run_id, cfg.scanner.export_dir, cfg.scanner.watch)
         watcher.start()
-        status, reason = loop.execute()
+        # One BLAS thread: the per-volume products are small, and a second
+        # thread's wake-ups cost more than they save and add jitter.
+        with threadpool_limits(1):
+            status, reason = loop.execute()
     finally:
         watcher.stop()
         loop.finish(status, reason)
         publisher.close()
-        logging.getLogger("rtnf").removeHandler(handler)
+        for h in (handler, forward):
+            logging.getLogger("rtnf").removeHandler(h)
         recorder.close(status)
     return RunResult(status, run_id, loop.n_processed, loop.n_missing, recorder.timeseries_path, reason)
+
+
+class _QueueHandler(logging.Handler):
+    """Hands warnings from any thread to the pipeline thread, which publishes them."""
+
+    def __init__(self, target: "queue.Queue[logging.LogRecord]") -> None:
+        super().__init__(logging.WARNING)
+        self.target = target
+
+    def emit(self, record: logging.LogRecord) -> None:  # noqa: D102
+        try:
+            self.target.put_nowait(record)
+        except queue.Full:  # a flood of warnings must not block any thread
+            pass
 
 
 class _RunLoop:
@@ -117,6 +140,7 @@ class _RunLoop:
         files: "queue.Queue[tuple[Probe, float]]",
         export: ExportReader,
         stop: threading.Event,
+        alerts: "queue.Queue[logging.LogRecord] | None" = None,
     ) -> None:
         self.cfg = cfg
         self.run_id = run_id
@@ -126,6 +150,7 @@ class _RunLoop:
         self.files = files
         self.export = export
         self.stop = stop
+        self.alerts = alerts
         sc = cfg.scanner
         timeout = sc.missing_timeout_s if sc.missing_timeout_s is not None else sc.tr_s
         # Sequencer indices are acquisitions from 0; kept volumes start after the dummies.
@@ -134,6 +159,10 @@ class _RunLoop:
         self.last_index: int | None = None
         self.n_processed = 0
         self.n_missing = 0
+        self._max_seen = -1  # highest acquisition accepted so far, to spot out-of-order arrivals
+        self._out_of_order: set[int] = set()
+        self._last_detected: tuple[int, float] | None = None
+        self._intervals: list[float] = []
         self._next_beat = 0.0
         self._next_run_repeat = 0.0
         self._run_body = self._make_run_body()
@@ -191,7 +220,17 @@ class _RunLoop:
         deadline = self.sequencer.time_to_deadline(now)
         return min(wait, deadline) if deadline is not None else wait
 
+    def _forward_alerts(self) -> None:
+        """Publish queued warnings on the ``log`` topic (this thread owns the socket)."""
+        while self.alerts is not None:
+            try:
+                record = self.alerts.get_nowait()
+            except queue.Empty:
+                return
+            self.publisher.send("log", {"level": record.levelname, "message": record.getMessage(), "t": record.created})
+
     def _beat(self) -> None:
+        self._forward_alerts()
         now = time.time()
         if now >= self._next_beat:
             self.publisher.heartbeat(self.state, self.last_index, self.processor.protocol.n_volumes)
@@ -215,6 +254,10 @@ class _RunLoop:
             refused = self.sequencer.push(acquisition, arrival, arrival.t_detected)
             if refused:
                 log.warning("%s skipped: %s", arrival.name, refused)
+                continue
+            if acquisition < self._max_seen:
+                self._out_of_order.add(acquisition)
+            self._max_seen = max(self._max_seen, acquisition)
 
     def _handle(self, acquisition: int, arrival: Arrival | None) -> None:
         index = acquisition - self.cfg.scanner.dummy_volumes
@@ -242,7 +285,14 @@ class _RunLoop:
         feedback["t_published"] = t_published
         t_detected = volume["timing"]["t_detected"]
         if t_detected is not None and not volume["flags"]["missing"]:
-            volume["flags"]["late"] = t_published - t_detected > self.cfg.scanner.tr_s
+            flags = volume["flags"]
+            acquisition = volume["index"] + self.cfg.scanner.dummy_volumes
+            flags["out_of_order"] = acquisition in self._out_of_order
+            flags["late"] = (
+                flags["out_of_order"] or self._arrived_late(acquisition, t_detected) or t_published - t_detected > self.cfg.scanner.tr_s
+            )
+            if flags["late"]:
+                log.warning("volume %d arrived late%s", volume["index"], " (out of order)" if flags["out_of_order"] else "")
         # The participant's value first: it is what the run is for.
         self.publisher.send("feedback", feedback)
         self.publisher.send("volume", volume)
@@ -253,8 +303,30 @@ class _RunLoop:
         else:
             self.n_processed += 1
 
+    def _arrived_late(self, acquisition: int, t_detected: float) -> bool:
+        """Whether the volume came well after the time the previous ones predict.
+
+        The usual interval is the median of recent per-volume intervals (the
+        TR as the files really come, whatever the replay speed), so no clock
+        needs to agree with the scanner's. A dropped volume does not make the
+        next one late: the prediction counts the volumes in between.
+        """
+        late = False
+        if self._last_detected is not None:
+            last_acq, last_t = self._last_detected
+            steps = acquisition - last_acq
+            if steps > 0:
+                if len(self._intervals) >= 3:
+                    usual = sorted(self._intervals)[len(self._intervals) // 2]
+                    late = t_detected > last_t + usual * steps + 0.5 * usual + 0.05
+                self._intervals = (self._intervals + [(t_detected - last_t) / steps])[-10:]
+        if self._last_detected is None or t_detected > self._last_detected[1]:
+            self._last_detected = (acquisition, t_detected)
+        return late
+
     def finish(self, status: str, reason: str | None) -> None:
         """Tell subscribers how the run ended."""
+        self._forward_alerts()
         self.state = "ended"
         body = {**self._run_body, "event": "end" if status == "ended" else "abort", "reason": reason, "t": time.time()}
         self.publisher.send("run", body)

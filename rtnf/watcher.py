@@ -85,7 +85,8 @@ class VolumeWatcher(FileSystemEventHandler):
         self.mode = check_value(mode, ("inotify", "polling"), "mode")
         self.poll_interval_s = check_positive(poll_interval_s, "poll_interval_s")
         self.stale_after_s = check_positive(stale_after_s, "stale_after_s")
-        self._handed: set[Path] = set()
+        self._handed: dict[Path, tuple[int, int]] = {}  # path -> (size, mtime_ns) when handed over
+        self._rewritten: set[Path] = set()
         self._incomplete: dict[Path, tuple[int, float]] = {}  # path -> (size, since)
         self._stale: set[Path] = set()
         self._lock = threading.Lock()  # event, scan and housekeeping threads all check files
@@ -151,11 +152,15 @@ class VolumeWatcher(FileSystemEventHandler):
             return
         with self._lock:
             if path in self._handed:
+                self._note_rewrite(path)
                 return
             try:
-                size = path.stat().st_size
-            except OSError:  # gone, or a share that vanished
-                self._incomplete.pop(path, None)
+                stat = path.stat()
+                size = stat.st_size
+            except OSError:
+                # Gone for now: a temporary name, or a share that vanished and
+                # may come back. Housekeeping looks again until it is stale.
+                self._incomplete.setdefault(path, (-1, time.monotonic()))
                 return
             probe = self.check(path)
             if not probe:
@@ -165,11 +170,23 @@ class VolumeWatcher(FileSystemEventHandler):
                     self._stale.discard(path)
                 return
             t_detected = time.time()
-            self._handed.add(path)
+            self._handed[path] = (size, stat.st_mtime_ns)
             self._incomplete.pop(path, None)
             self._stale.discard(path)
         log.debug("complete: %s", path.name)
         self.on_ready(path, t_detected, probe)
+
+    def _note_rewrite(self, path: Path) -> None:
+        """Report once a file written again after it was handed over (a duplicate export)."""
+        if path in self._rewritten:
+            return
+        try:
+            stat = path.stat()
+        except OSError:
+            return
+        if (stat.st_size, stat.st_mtime_ns) != self._handed[path]:
+            self._rewritten.add(path)
+            log.warning("%s was written again after it was read (duplicate export); the new copy is ignored", path.name)
 
     # ------------------------------------------------------------------ housekeeping
 

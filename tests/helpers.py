@@ -37,3 +37,64 @@ def write_config(folder: Path, text: str | None = None, extra: str = "", name: s
     path = folder / name
     path.write_text(text if text is not None else BASE_CONFIG.format(extra=extra))
     return path
+
+
+def run_processes(
+    tmp_path: Path,
+    config_text: str,
+    with_screen: bool = False,
+    speed: float = 4.0,
+    sim_args: list[str] | None = None,
+    silent_rois: list[str] | None = None,
+    mode: str = "reopen",
+    timeout_s: float = 240.0,
+):
+    """Run scanner-sim, `rtnf run` (and the screen) as real processes; return (cfg, listener).
+
+    The listener has every message rtnf (and the screen) published. The
+    simulator starts only once rtnf (and the screen) publish heartbeats.
+    """
+    import sys
+    import time
+
+    from rtnf.config import load_config
+    from rtnf.demo import Listener, Processes, _wait_ready, free_address, screen_command, sim_spec, write_toml
+
+    address, ack_address = free_address(), free_address()
+    cfg_path = write_config(tmp_path, config_text)
+    cfg = load_config(cfg_path, {"publish.address": address})
+    spec = sim_spec(cfg, amplitude_pct=1.5, noise_pct=1.0, seed=3)
+    spec["regions"] = [r for r in spec["regions"] if r["name"] not in (silent_rois or [])]
+    spec_path = tmp_path / "spec.toml"
+    write_toml(spec, spec_path)
+    listener = Listener([address] + ([ack_address] if with_screen else []))
+    procs = Processes()
+    logs = tmp_path / "logs"
+    logs.mkdir(exist_ok=True)
+    try:
+        if with_screen:
+            procs.start("screen", screen_command(address, ack_address, tmp_path, exit_after_end_s=1.0), logs)
+        procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--publish-address", address], logs)
+        _wait_ready(listener, procs, no_screen=not with_screen)
+        procs.start(
+            "scanner_sim",
+            [sys.executable, "-m", "scanner_sim", "synth", str(spec_path), "--export-dir", str(cfg.scanner.export_dir),
+             "--truth-dir", str(tmp_path / "truth"), "--speed", str(speed), "--mode", mode, *(sim_args or [])],
+            logs,
+        )
+        rtnf = procs.procs["rtnf"]
+        deadline = time.time() + timeout_s
+        while rtnf.poll() is None:
+            listener.poll(0.2)
+            if time.time() > deadline:
+                raise AssertionError("rtnf run did not finish:\n" + (logs / "rtnf.log").read_text()[-3000:])
+        assert rtnf.returncode == 0, (logs / "rtnf.log").read_text()
+        if with_screen:
+            procs.procs["screen"].wait(30)
+            assert procs.procs["screen"].returncode == 0, (logs / "screen.log").read_text()
+        procs.procs["scanner_sim"].wait(30)
+        listener.poll(0.5)
+    finally:
+        listener.close()
+        procs.stop_all()
+    return cfg, listener

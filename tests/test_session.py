@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from rtnf.config import load_config
-from rtnf.demo import Listener, Processes, _wait_ready, free_address, read_tsv, screen_command, sim_spec, write_toml
+from rtnf.demo import read_tsv
 from rtnf.record import bids_prefix, format_cell, func_dir, row_from_messages, timeseries_columns
 from tests.conftest import requires_display
-from tests.helpers import write_config
+from tests.helpers import run_processes
 
 N_VOLUMES, DUMMIES = 50, 2
 CONFIG = f"""
@@ -54,40 +54,7 @@ dir = "outputs"
 
 
 def _session(tmp_path: Path, with_screen: bool, speed: float = 4.0):
-    address, ack_address = free_address(), free_address()
-    cfg_path = write_config(tmp_path, CONFIG)
-    cfg = load_config(cfg_path, {"publish.address": address})
-    spec_path = tmp_path / "spec.toml"
-    spec = sim_spec(cfg, amplitude_pct=1.5, noise_pct=1.0, seed=3)
-    spec["regions"] = [r for r in spec["regions"] if r["name"] == "acc"]  # the insula stays silent
-    write_toml(spec, spec_path)
-    listener = Listener([address] + ([ack_address] if with_screen else []))
-    procs = Processes()
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    try:
-        if with_screen:
-            procs.start("screen", screen_command(address, ack_address, tmp_path, exit_after_end_s=1.0), logs)
-        procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--publish-address", address], logs)
-        _wait_ready(listener, procs, no_screen=not with_screen)
-        procs.start(
-            "scanner_sim",
-            [sys.executable, "-m", "scanner_sim", "synth", str(spec_path), "--export-dir", str(cfg.scanner.export_dir),
-             "--truth-dir", str(tmp_path / "truth"), "--speed", str(speed), "--mode", "reopen"],
-            logs,
-        )
-        rtnf = procs.procs["rtnf"]
-        while rtnf.poll() is None:
-            listener.poll(0.2)
-        assert rtnf.returncode == 0, (logs / "rtnf.log").read_text()
-        if with_screen:
-            procs.procs["screen"].wait(30)
-            assert procs.procs["screen"].returncode == 0, (logs / "screen.log").read_text()
-        listener.poll(0.5)
-    finally:
-        listener.close()
-        procs.stop_all()
-    return cfg, listener
+    return run_processes(tmp_path, CONFIG, with_screen=with_screen, speed=speed, silent_rois=["linsula"])
 
 
 @requires_display()

@@ -1,0 +1,118 @@
+"""Per-volume preprocessing: realignment, optional smoothing, ROI signals, quality.
+
+:class:`Preprocessor` is fitted on the run's first kept volume (or the
+configured motion reference): it places the ROIs on the functional grid and
+prepares the realigner. For each volume it estimates head motion, samples
+every ROI from the realigned data (only the ROI voxels are resampled) and
+measures framewise displacement, DVARS, the global signal and spikes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+from .motion import MOTION_COLUMNS, Realigner
+from .quality import QualityMonitor, QualityRow
+from .rois import MaskROI, SphereROI
+from .volume import Grid, Volume
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Preprocessed:
+    """One volume after preprocessing.
+
+    ``motion`` and ``quality`` are None when motion correction is off.
+    """
+
+    raw: np.ndarray  # mean signal per ROI
+    motion: np.ndarray | None  # 6 parameters: mm, radians
+    quality: QualityRow | None
+
+    def motion_dict(self) -> dict[str, float] | None:
+        """Motion with fMRIPrep's names, or None."""
+        return None if self.motion is None else dict(zip(MOTION_COLUMNS, map(float, self.motion)))
+
+
+class Preprocessor:
+    """Realign, smooth and extract ROI signals, volume after volume.
+
+    Parameters
+    ----------
+    rois : list of SphereROI or MaskROI
+        Not yet fitted; :meth:`fit` places them on the grid.
+    motion : rtnf.config.MotionConfig
+    quality : rtnf.config.QualityConfig
+    """
+
+    def __init__(self, rois: list[SphereROI | MaskROI], motion: Any, quality: Any) -> None:
+        self.rois = rois
+        self.motion_cfg = motion
+        self.quality_cfg = quality
+        self.grid: Grid | None = None
+        self.realigner: Realigner | None = None
+        self.monitor: QualityMonitor | None = None
+        self._sigma_vox: np.ndarray | None = None
+        self._brain: np.ndarray | None = None
+
+    def fit(self, first: Volume) -> "Preprocessor":
+        """Fit on the first volume of the run.
+
+        Raises
+        ------
+        RoiError
+            If an ROI lies outside the field of view.
+        """
+        grid = first.grid
+        for roi in self.rois:
+            roi.fit(grid)
+            log.info("ROI %s: %d voxels", roi.name, roi.n_voxels)
+        self.grid = grid
+        voxel_mm = np.sqrt(np.sum(grid.affine[:3, :3] ** 2, axis=0))
+        fwhm = self.motion_cfg.fwhm_mm
+        self._sigma_vox = fwhm / np.sqrt(8 * np.log(2)) / voxel_mm if fwhm > 0 else None
+        if self.motion_cfg.enabled:
+            reference = first.data
+            if self.motion_cfg.reference != "first":
+                from .nifti import read_nifti
+
+                ref = read_nifti(self.motion_cfg.reference)
+                if not ref.grid.same_as(grid):
+                    raise ValueError(
+                        f"motion.reference {self.motion_cfg.reference} is not on the functional grid "
+                        f"(shape {ref.grid.shape}, expected {grid.shape})"
+                    )
+                reference = ref.data
+            self.realigner = Realigner(sigma_vox=self.motion_cfg.sigma_vox).fit(reference, grid.affine)
+            # Every second brain voxel is plenty for DVARS and the global signal.
+            self._brain = self.realigner.brain_indices_[::2]
+            self.monitor = QualityMonitor(
+                fd_threshold_mm=self.quality_cfg.fd_threshold_mm, spike_z=self.quality_cfg.spike_z
+            )
+        return self
+
+    def run(self, volume: Volume) -> Preprocessed:
+        """Preprocess one volume on the fitted grid."""
+        data = volume.data
+        if self._sigma_vox is not None:
+            data = gaussian_filter(data, self._sigma_vox, mode="nearest")
+        if self.realigner is None:
+            raw = np.array([roi.transform(data) for roi in self.rois])
+            return Preprocessed(raw, None, None)
+        params = self.realigner.estimate(volume.data)
+        raw = np.array([self.realigner.sample(data, params, roi.indices_).mean() for roi in self.rois])
+        quality = self.monitor.update(params, self.realigner.sample(volume.data, params, self._brain))
+        if not self.realigner.result_.converged:
+            log.warning("realignment did not converge for %s", volume.path.name)
+        return Preprocessed(raw, params, quality)
+
+    def skip(self) -> None:
+        """Note a missing volume."""
+        if self.monitor is not None:
+            self.monitor.skip()
