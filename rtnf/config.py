@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .display import DisplayConfig
 from .messages import DEFAULT_ADDRESS
 from .protocol import Block, Protocol, ProtocolError
 
@@ -183,6 +184,7 @@ class Config(_Model):
     quality: QualityConfig = QualityConfig()
     feedback: FeedbackConfig
     publish: PublishConfig = PublishConfig()
+    display: DisplayConfig = DisplayConfig()
     output: OutputConfig
 
     @property
@@ -400,7 +402,12 @@ def _check_consistency(cfg: Config) -> None:
             f"invalid value for 'publish.address': {cfg.publish.address!r}. "
             "Allowed: a ZeroMQ address such as 'tcp://127.0.0.1:5555' or 'ipc:///tmp/rtnf'."
         )
-    _make_protocol(cfg)
+    protocol = _make_protocol(cfg)
+    for cond in cfg.display.conditions:
+        if cond not in protocol.conditions:
+            raise ConfigError(
+                f"unknown condition in 'display.conditions.{cond}'. Allowed: {list(protocol.conditions)}."
+            )
     if sc.reference_volume is not None:
         # Imported here: nibabel is only needed when a reference is given.
         from .rois import RoiError, load_grid, make_roi

@@ -107,12 +107,15 @@ def _is_table_list(v: Any) -> bool:
     return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
 
 
-def screen_command(address: str, ack_address: str, folder: Path, exit_after_end_s: float = 1.0) -> list[str]:
+def screen_command(
+    address: str, ack_address: str, folder: Path, exit_after_end_s: float = 1.0, config: Path | None = None
+) -> list[str]:
     """Command line of the feedback screen, under Xvfb when there is no display."""
     from stimulus.xvfb import display_prefix  # no PsychoPy import: only finds a display
 
     return display_prefix() + [
         sys.executable, "-m", "stimulus",
+        *(["--config", str(config)] if config is not None else []),
         "--address", address,
         "--ack-address", ack_address,
         "--size", "800x600",
@@ -311,7 +314,7 @@ def run_demo(args: argparse.Namespace) -> int:
             if shutil.which("xvfb-run") is None and not os.environ.get("DISPLAY"):
                 raise DemoError("no display and no xvfb-run: install Debian's xvfb, or use --no-screen")
             console.print("starting the feedback screen (PsychoPy)...")
-            procs.start("screen", screen_command(address, ack_address, root), logs)
+            procs.start("screen", screen_command(address, ack_address, root, config=config_path), logs)
         if args.console:
             from .console import cli as console_cli
 

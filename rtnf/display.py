@@ -44,7 +44,7 @@ import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError
 from pydantic_core import PydanticCustomError
 
 __all__ = [
@@ -117,7 +117,7 @@ def _key_or_false(value: Any) -> str | bool:
     raise _allowed("a PsychoPy key name such as '5', 't', 'space' (lower case), or false")
 
 
-Colour = Annotated[RGB, PlainValidator(_colour)]
+Colour = Annotated[RGB, BeforeValidator(_colour)]
 Level = Annotated[float, Field(ge=0.0, le=1.0)]
 KeyName = Annotated[str, Field(pattern=_KEY_NAME, min_length=1, max_length=20)]
 
@@ -282,9 +282,13 @@ def parse_display(raw: Any, source: str = "display") -> DisplayConfig:
             f"{source}: invalid value for 'display.keys.trigger': {cfg.keys.trigger!r} is the "
             "quit key. Allowed: a key different from 'display.keys.quit'."
         )
-    for name, cond in cfg.conditions.items():
-        if not name:
-            raise DisplayConfigError(f"{source}: empty condition name in 'display.conditions'.")
+    try:
+        cfg.score.text.format(score=0, value=0.0)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise DisplayConfigError(
+            f"{source}: invalid value for 'display.score.text': {cfg.score.text!r} ({exc!r}). "
+            "Allowed: text with the placeholders {score} and {value} only."
+        ) from None
     return cfg
 
 

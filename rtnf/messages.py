@@ -23,7 +23,9 @@ volume
     model), ``file``.
 feedback
     ``index``, ``condition``, ``value`` (in [0, 1] or null), ``reason``
-    (why the value is null, else null), ``kind`` ("continuous"),
+    (why the value is null, else null), ``kind`` ("continuous" or
+    "intermittent"), ``signal`` (the value before scaling), ``display_s``
+    (intermittent scores: how long to show it), optional ``reward`` (text),
     ``t_published``.
 heartbeat
     ``source`` ("rtnf" or "stimulus"), ``state`` ("waiting", "running",
@@ -37,6 +39,11 @@ displayed
     Published by the feedback screen on its own socket: ``index`` (null for
     screens that show no feedback value), ``value``, ``state``,
     ``t_received``, ``t_displayed`` (time just after the flip).
+keys
+    Published by the feedback screen on its own socket: ``source``
+    ("stimulus"), ``key``, ``role`` ("trigger" or "response"), ``t_key``
+    (time of the press as the screen saw it), ``state``, ``index`` (the
+    feedback index on screen, or null).
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ import json
 import math
 from typing import Any
 
-TOPICS: tuple[str, ...] = ("run", "volume", "feedback", "heartbeat", "displayed", "log")
+TOPICS: tuple[str, ...] = ("run", "volume", "feedback", "heartbeat", "displayed", "log", "keys")
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: far above any real message, bounds hostile input
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"

@@ -8,8 +8,17 @@ link
 geometry
     Colours and the thermometer's pixel geometry (no PsychoPy), re-exported by
     :mod:`stimulus.screen`.
+scene
+    What to draw (view, texts, colours, the bar's glide) from a
+    :class:`~stimulus.link.ScreenState` and the ``[display]`` config
+    (:mod:`rtnf.display`); no PsychoPy.
 screen
-    The PsychoPy window that draws a :class:`~stimulus.link.ScreenState`.
+    The PsychoPy window that draws a :class:`~stimulus.scene.Scene`.
+timing
+    Receive-to-flip latency (median, p95, p99) from the flip log.
+docs
+    ``python -m stimulus.docs``: a PNG of every screen and state
+    (``docs/screens``).
 cli
     The ``rtnf-screen`` console script (``python -m stimulus``).
 xvfb

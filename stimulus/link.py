@@ -119,6 +119,8 @@ class RunInfo:
     scale_psc : (float, float) or None
         Percent signal change mapped to 0 and 1 (``feedback.scale_psc`` of
         the run message); places the bar's baseline marker.
+    feedback_kind : str or None
+        ``feedback.kind`` of the run message ("continuous", "intermittent").
     """
 
     conditions: tuple[str, ...] = ()
@@ -127,6 +129,7 @@ class RunInfo:
     tr_s: float | None = None
     baseline: str | None = None
     scale_psc: tuple[float, float] | None = None
+    feedback_kind: str | None = None
 
     def baseline_level(self) -> float | None:
         """Bar level of 0 % signal change on the run's scale, or None if unknown or off scale."""
@@ -161,9 +164,9 @@ class Feedback:
     reward : str or None
         Reward text sent with an intermittent score (overrides the
         configured one).
-    duration_s : float or None
+    display_s : float or None
         How long to show an intermittent score (overrides the configured
-        time).
+        ``display.score.duration_s``). rtnf sends it with each score.
     """
 
     index: int
@@ -173,7 +176,16 @@ class Feedback:
     t_received: float
     kind: str = "continuous"
     reward: str | None = None
-    duration_s: float | None = None
+    display_s: float | None = None
+
+    @property
+    def is_score(self) -> bool:
+        """An intermittent message that carries a score to show: a value, or a
+        ``display_s`` (a block without a value). rtnf's per-volume
+        intermittent messages between scores have neither."""
+        return self.kind == "intermittent" and (
+            self.value is not None or self.display_s is not None
+        )
 
 
 class ScreenState:
@@ -333,10 +345,10 @@ class ScreenState:
         kind = body.get("kind")
         kind = "continuous" if kind is None else _choice(body, "feedback", "kind", FEEDBACK_KINDS)
         reward = _opt_str(body, "feedback", "reward")
-        duration_s = _opt_number(body, "feedback", "duration_s")
-        if duration_s is not None and not 0 < duration_s <= 60:
-            raise _fail("feedback", "duration_s", "a number of seconds in (0, 60] or null",
-                        duration_s)
+        display_s = _opt_number(body, "feedback", "display_s")
+        if display_s is not None and not 0 < display_s <= 60:
+            raise _fail("feedback", "display_s", "a number of seconds in (0, 60] or null",
+                        display_s)
         self.t_last_message = t
         self._enter_run(run_id)
         if self.phase == "ended":
@@ -344,9 +356,10 @@ class ScreenState:
         if self.feedback is not None and index < self.feedback.index:
             return False  # older than the one shown
         self._set_phase("running", t)
-        self.feedback = Feedback(index, condition, value, reason, t, kind, reward, duration_s)
+        self.feedback = Feedback(index, condition, value, reason, t, kind, reward, display_s)
         if kind == "intermittent":
-            self.score = self.feedback
+            if self.feedback.is_score:
+                self.score = self.feedback
         elif value is not None:
             self.bar_value = value
             self.t_bar = t
@@ -378,15 +391,24 @@ def _parse_run_info(body: dict[str, Any]) -> RunInfo:
         raise _fail("run", "instructions", "an object mapping condition to text", instructions)
     baseline = _opt_str(body, "run", "baseline")
     scale_psc = None
+    feedback_kind = None
     settings = body.get("feedback")
     if isinstance(settings, dict):
+        kind = settings.get("kind")
+        feedback_kind = kind if isinstance(kind, str) else None
+        # The 0 % marker needs a fixed percent-signal-change scale (rtnf's
+        # feedback.scale_range with signal "psc"; older messages: scale_psc).
         scale = settings.get("scale_psc")
+        if settings.get("signal", "psc") == "psc" and settings.get("scaling", "fixed") == "fixed":
+            scale = settings.get("scale_range", scale)
+        else:
+            scale = None
         if scale is not None:
             if not (isinstance(scale, list) and len(scale) == 2 and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
                 for v in scale
             )):
-                raise _fail("run", "feedback.scale_psc", "[low, high] numbers or null", scale)
+                raise _fail("run", "feedback.scale_range", "[low, high] numbers or null", scale)
             scale_psc = (float(scale[0]), float(scale[1]))
     return RunInfo(
         conditions=tuple(conditions),
@@ -395,6 +417,7 @@ def _parse_run_info(body: dict[str, Any]) -> RunInfo:
         tr_s=_opt_number(body, "run", "tr_s"),
         baseline=baseline,
         scale_psc=scale_psc,
+        feedback_kind=feedback_kind,
     )
 
 

@@ -134,13 +134,21 @@ class SceneMaker:
         self._seen: tuple[str | None, float | None, float | None] = (None, None, None)
 
     def condition_view(self, state: ScreenState) -> str:
-        """"bar", "fixation" or "text" for the condition on screen."""
+        """"bar", "fixation" or "text" for the condition on screen.
+
+        The condition's ``view`` if configured; else a fixation cross for the
+        run's baseline, the instruction alone in intermittent runs, the bar
+        otherwise.
+        """
         cond = state.condition
         view = self.cfg.condition(cond).view
         if view is not None:
             return view
-        if state.run is not None and state.run.baseline is not None and cond == state.run.baseline:
+        run = state.run
+        if run is not None and run.baseline is not None and cond == run.baseline:
             return "fixation"
+        if run is not None and run.feedback_kind == "intermittent":
+            return "text"  # scores come on their own screen; no bar in between
         return "bar"
 
     def instruction(self, state: ScreenState) -> str:
@@ -175,7 +183,7 @@ class SceneMaker:
         """End of the intermittent score screen, None when there is no score."""
         if state.score is None:
             return None
-        duration = state.score.duration_s or self.cfg.score.duration_s
+        duration = state.score.display_s or self.cfg.score.duration_s
         return state.score.t_received + duration
 
     def scene(self, state: ScreenState, now: float) -> Scene:
@@ -201,8 +209,9 @@ class SceneMaker:
         )
         if state.phase == "ended":
             # The thermometer stays at its final level under the end text
-            # when the run ended on a condition that showed it.
-            if state.feedback is not None and self.condition_view(state) == "bar":
+            # whenever the run had a value to show (whatever the last
+            # condition): the participant sees where the run finished.
+            if state.bar_value is not None:
                 return Scene("ended", title=texts.ended, title_colour=texts.colour, lost=lost,
                              **bar)
             return Scene("ended", message=texts.ended, title_colour=texts.colour, lost=lost)
@@ -222,7 +231,7 @@ class SceneMaker:
         fb = state.score
         assert fb is not None
         if fb.value is None:
-            return Scene("score", score_text=sc.null_text, lost=lost, title_colour=sc.colour)
+            return Scene("score", message=sc.null_text, lost=lost, title_colour=sc.colour)
         try:
             text = sc.text.format(score=int(round(fb.value * sc.scale)), value=fb.value)
         except (KeyError, IndexError, ValueError):

@@ -12,7 +12,7 @@ import zmq
 
 from rtnf.messages import MAX_MESSAGE_BYTES, encode, schema_for
 from stimulus import xvfb
-from stimulus.cli import build_parser
+from stimulus.cli import build_parser, display_config
 from stimulus.geometry import BAR_HEIGHT_FRAC, BAR_WIDTH_PX, bar_geometry
 from stimulus.link import FeedbackLink, MessageError, ScreenState
 
@@ -108,7 +108,7 @@ def test_null_value_holds_previous_level():
 def test_unknown_fields_are_ignored():
     state = ScreenState()
     start(state, future_field={"nested": [1, 2]}, colour="blue")
-    feedback(state, 0, 0.7, 1.0, kind="intermittent", extra=[None], t_published=0.5)
+    feedback(state, 0, 0.7, 1.0, kind="continuous", extra=[None], t_published=0.5)
     assert state.bar_value == 0.7 and state.phase == "running"
     # Heartbeats of other screens say nothing about rtnf.
     state2 = ScreenState()
@@ -317,8 +317,10 @@ def test_display_prefix(monkeypatch):
 def test_cli_options():
     parser = build_parser()
     args = parser.parse_args(["--size", "800x600", "--target", "0.5", "--exit-after-end", "1"])
-    assert args.size == (800, 600) and args.target == 0.5 and args.exit_after_end == 1.0
-    assert args.max_fps == 60.0 and args.exit_after_end is not None
+    assert args.size == [800, 600] and args.target == 0.5 and args.exit_after_end == 1.0
+    assert args.max_fps is None and args.mirror is None  # not given: the config decides
+    cfg = display_config(args)
+    assert cfg.size == [800, 600] and cfg.bar.target == 0.5 and cfg.max_fps == 60.0
     for bad in (["--size", "800"], ["--target", "1.5"], ["--max-fps", "0"]):
         with pytest.raises(SystemExit):
             parser.parse_args(bad)

@@ -364,3 +364,137 @@ def test_screen_started_before_rtnf_and_connection_lost(tmp_path, xdisplay):
     assert np.all(img == LOST_COLOR, axis=2).sum() > 50  # the notice is drawn
     assert measured_level(img) == pytest.approx(0.4, abs=2 / 288)  # over the held screen
     assert read_flips(paths["flip_log"])[-1]["connection_lost"] == "1"
+
+
+# --------------------------------------------------------------------------- #
+# Glide, intermittent score, keys, restarts, config file
+# --------------------------------------------------------------------------- #
+def test_glide_and_intermittent_score_end_to_end(tmp_path, xdisplay):
+    """The flip log shows frames between the old and the new level; a score is acknowledged."""
+    address, ack = free_address(), free_address()
+    rtnf = Rtnf(address, ack)
+    proc, paths = start_screen(tmp_path, address, ack, "--glide", "0.4", display=xdisplay)
+    try:
+        rtnf.wait_up(proc)
+        rtnf.start_run_and_show(0, 0.1)
+        time.sleep(0.5)  # the first value has settled
+        a = rtnf.show(1, 0.9)
+        assert a["bar_value"] == 0.9 and a["bar_shown"] < 0.9
+        assert a["t_settled"] == pytest.approx(a["t_received"] + 0.4)
+        time.sleep(0.5)
+        rtnf.send("feedback", index=2, condition="regulate", value=0.7, reason=None,
+                  kind="intermittent", t_published=time.time())
+        s = rtnf.acked(2)
+        assert s["kind"] == "intermittent" and s["view"] == "score" and s["bar_value"] == 0.9
+        stop(proc, paths)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        rtnf.close()
+    flips = read_flips(paths["flip_log"])
+    shown = [(float(r["t_flip"]), float(r["bar_shown"])) for r in flips if r["index"] == "1"]
+    between = [v for _, v in shown if 0.1 + 0.01 < v < 0.9 - 0.01]
+    assert between, "no frame between the old and the new level"
+    assert [v for _, v in shown] == sorted(v for _, v in shown)  # never backwards
+    assert shown[-1][1] == pytest.approx(0.9)
+    assert any(r["view"] == "score" for r in flips)
+    # The latency summary is written beside the flip log at exit.
+    summary = json.loads(paths["flip_log"].with_suffix(".latency.json").read_text())
+    assert summary["receive_to_flip"]["n"] == 3
+    assert 0 <= summary["receive_to_flip"]["median_ms"] < 500
+
+
+@pytest.mark.skipif(shutil.which("xdotool") is None,
+                    reason="xdotool not found: apt-get install xdotool")
+def test_trigger_and_response_keys(tmp_path, xdisplay):
+    """Real X key presses (xdotool) are logged with times and counted in the heartbeat."""
+    address, ack = free_address(), free_address()
+    rtnf = Rtnf(address, ack)
+    keys = tmp_path / "keys.csv"
+    proc, paths = start_screen(tmp_path, address, ack, "--trigger-key", "t", "--key-log",
+                               str(keys), display=xdisplay)
+    env = {**os.environ, "DISPLAY": xdisplay}
+
+    def press(*names: str) -> None:
+        # No window manager: the key goes to the window under the pointer
+        # (PsychoPy's window sits at the top-left corner).
+        subprocess.run(["xdotool", "mousemove", "20", "20"], env=env, check=True)
+        subprocess.run(["xdotool", "key", *names], env=env, check=True)
+
+    try:
+        rtnf.wait_up(proc)
+        rtnf.start_run_and_show(0, 0.5)
+        t_sent = time.time()
+        hb = rtnf.wait_for(lambda t, b: t == "heartbeat" and b.get("n_triggers", 0) >= 1,
+                           timeout_s=10, meanwhile=lambda: press("t"), every_s=1.0)
+        press("2")
+        hb = rtnf.wait_for(lambda t, b: t == "heartbeat" and b.get("n_responses", 0) >= 1)
+        assert hb["last_response"]["key"] == "2"
+        assert t_sent <= hb["t_last_trigger"] <= time.time()
+        press("Escape")  # the quit key stops the screen cleanly
+        stop(proc, paths, sig=None)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        rtnf.close()
+    rows = read_flips(keys)
+    assert [r["role"] for r in rows][:1] == ["trigger"] and rows[0]["key"] == "t"
+    assert any(r["role"] == "response" and r["key"] == "2" for r in rows)
+    assert all(r["run_id"] == RUN and r["index"] == "0" for r in rows)
+    assert "stopping (escape key)" in paths["stderr"].read_text()
+
+
+def test_reconnects_after_rtnf_restarts(tmp_path, xdisplay):
+    """rtnf stops and a new rtnf binds the same address: the screen follows the new run."""
+    address, ack = free_address(), free_address()
+    rtnf = Rtnf(address, ack)
+    proc, paths = start_screen(tmp_path, address, ack, display=xdisplay)
+    try:
+        rtnf.wait_up(proc)
+        rtnf.start_run_and_show(0, 0.3)
+        rtnf.close()  # rtnf gone
+        rtnf = Rtnf(address, ack)  # restarted on the same address
+
+        def resend() -> None:
+            rtnf.pub.send_multipart(encode("run", "run-2", {**START}))
+            rtnf.pub.send_multipart(encode("feedback", "run-2", {
+                "index": 0, "condition": "regulate", "value": 0.85, "reason": None}))
+        a = rtnf.wait_for(lambda t, b: t == "displayed" and b["run_id"] == "run-2",
+                          meanwhile=resend)
+        assert a["index"] == 0 and a["value"] == 0.85
+        stop(proc, paths)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        rtnf.close()
+    assert measured_level(read_png(paths["screenshot"])) == pytest.approx(0.85, abs=2 / 288)
+
+
+def test_config_file_sets_the_display(tmp_path, xdisplay):
+    """--config reads [display] (here a per-condition bar colour); a bad table exits 2, one line."""
+    cfg = tmp_path / "session.toml"
+    cfg.write_text('[session]\nsubject = "01"\n\n[display]\nmax_fps = 30\n\n'
+                   '[display.conditions.regulate]\nbar_fill = "#00c000"\n', encoding="utf-8")
+    address, ack = free_address(), free_address()
+    rtnf = Rtnf(address, ack)
+    proc, paths = start_screen(tmp_path, address, ack, "--config", str(cfg), display=xdisplay)
+    try:
+        rtnf.wait_up(proc)
+        rtnf.start_run_and_show(0, 0.5)
+        stop(proc, paths)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        rtnf.close()
+    img = read_png(paths["screenshot"])
+    column, g = bar_column(img)
+    assert np.all(column == (0, 192, 0), axis=1).sum() == round(0.5 * g.height)
+    t = [float(r["t_flip"]) for r in read_flips(paths["flip_log"])]
+    assert np.median(np.diff(t)) >= 0.9 / 30  # max_fps from the file
+
+    cfg.write_text('[display.bar]\nglide_s = -1\n', encoding="utf-8")
+    out = subprocess.run([sys.executable, "-m", "stimulus", "--config", str(cfg)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "'display.bar.glide_s': -1" in out.stderr
