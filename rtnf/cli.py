@@ -30,8 +30,24 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", type=Path, help="override output.dir")
     run.add_argument("--publish-address", help="override publish.address")
     run.add_argument("--overwrite", action="store_true", help="replace earlier outputs of the same run")
+    run.add_argument("--resume", action="store_true",
+                     help="continue this run after a crash: rebuild the model from the export folder, keep its rows")
     run.add_argument("--console", action="store_true", help="also serve the operator console (a read-only web page)")
     run.add_argument("--console-port", type=int, default=5006, help="port of the console on 127.0.0.1 (default 5006)")
+
+    replay = sub.add_parser("replay", help="run the pipeline on recorded runs (export folders or 4D NIfTI files)")
+    replay.add_argument("config", type=Path, help="session config (TOML)")
+    replay.add_argument("sources", type=Path, nargs="+", help="export folder(s) or 4D NIfTI file(s) to replay")
+    replay.add_argument("--pace", choices=["fast", "tr"], default="fast",
+                        help="as fast as the machine allows (default) or one volume per TR")
+    replay.add_argument("--speed", type=float, default=1.0, help="with --pace tr: TR divided by this")
+    replay.add_argument("--output-dir", type=Path, help="override output.dir")
+    replay.add_argument("--publish-address", help="publish as a live run does (default: nowhere)")
+    replay.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set feedback.smoothing_alpha=0.5 (TOML value)")
+    replay.add_argument("--jobs", type=int, default=1, help="replays run in parallel in a local process pool")
+    replay.add_argument("--dask", metavar="ADDRESS", help="run the replays on a Dask cluster (scheduler address)")
+    replay.add_argument("--overwrite", action="store_true", help="replace earlier outputs of the same runs")
 
     check = sub.add_parser("check", help="validate a session config and print its protocol")
     check.add_argument("config", type=Path)
@@ -107,7 +123,9 @@ def _cmd_run(args: argparse.Namespace) -> int:
         console = console_cli.spawn(cfg.publish.address, port=args.console_port)
         print(f"operator console: http://127.0.0.1:{args.console_port}/")
     try:
-        result = run_session(cfg, args.config.read_text(encoding="utf-8"), overwrite=args.overwrite, stop=stop)
+        result = run_session(
+            cfg, args.config.read_text(encoding="utf-8"), overwrite=args.overwrite, stop=stop, resume=args.resume
+        )
     except (OutputExistsError, OSError) as exc:
         print(f"rtnf run: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -123,6 +141,57 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"reason: {result.reason}", file=sys.stderr)
         return 1
     return 0
+
+
+def _parse_sets(sets: list[str]) -> dict[str, object]:
+    import tomllib
+
+    from .config import ConfigError
+
+    out: dict[str, object] = {}
+    for item in sets:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"invalid --set {item!r}. Allowed: KEY=VALUE, e.g. feedback.smoothing_alpha=0.5")
+        try:
+            out[key.strip()] = tomllib.loads(f"v = {text}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key.strip()] = text  # a bare word: a string
+    return out
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .config import load_config
+    from .record import OutputExistsError
+    from .replay import ReplayJob, replay_many, replay_one
+
+    base = _overrides(args) | _parse_sets(args.sets)
+    cfg = load_config(args.config, base)  # fails early, with the config's message, on a bad override
+    jobs = []
+    for k, source in enumerate(args.sources):
+        overrides = dict(base)
+        if len(args.sources) > 1:
+            overrides["session.run"] = cfg.session.run + k  # one run number per replayed source
+        jobs.append(ReplayJob(args.config, source.resolve(), overrides, args.pace, args.speed, args.overwrite))
+    console = Console()
+    try:
+        if len(jobs) == 1 and not args.dask:
+            with Progress(TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                          console=console) as progress:
+                task = progress.add_task("", total=cfg.n_kept_volumes)
+                results = [replay_one(jobs[0], lambda v, f: progress.update(task, completed=v["index"] + 1))]
+        else:
+            results = replay_many(jobs, args.jobs, args.dask)
+    except (OutputExistsError, FileNotFoundError) as exc:
+        print(f"rtnf replay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for r in results:
+        console.print(f"{r['source']}: {r['status']}, {r['processed']} volumes, {r['missing']} missing, "
+                      f"{r['seconds']:.1f} s -> {r['timeseries']}", soft_wrap=True)
+    return 0 if all(r["status"] == "ended" for r in results) else 1
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -151,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_check(args)
         if args.command == "bench":
             return _cmd_bench(args)
+        if args.command == "replay":
+            return _cmd_replay(args)
         if args.command == "console":
             from .console import cli as console_cli
 

@@ -99,11 +99,14 @@ class ExportReader:
     t_start : float
         When the run started (UNIX s); files older than this belong to
         earlier runs and are ignored unless a series number is configured.
+    accept_old : bool
+        Take files from before the start too (replays, resumed runs).
     """
 
-    def __init__(self, scanner: Any, t_start: float) -> None:
+    def __init__(self, scanner: Any, t_start: float, accept_old: bool = False) -> None:
         self.scanner = scanner
         self.t_start = t_start
+        self.accept_old = accept_old
         regex = scanner.filename_regex
         if scanner.filename_template is not None:
             regex = template_to_regex(scanner.filename_template)
@@ -231,7 +234,7 @@ class ExportReader:
             self._report_once(f"series:{series}", f"{label} appeared while the run follows series {self.series}; skipped")
             return False
         try:
-            old = path.stat().st_mtime < self.t_start - 1.0
+            old = not self.accept_old and path.stat().st_mtime < self.t_start - 1.0
         except OSError:
             old = False
         if old:

@@ -198,6 +198,10 @@ class RunRecorder:
         Identifier of the run.
     overwrite : bool
         Replace earlier outputs of the same run instead of refusing.
+    resume : bool
+        Continue the outputs of a run whose process died: the rows recorded
+        so far are kept (a last line cut off by the crash is dropped) and
+        available as :attr:`recorded`; new rows are appended.
     """
 
     def __init__(
@@ -208,13 +212,17 @@ class RunRecorder:
         roi_names: list[str],
         run_id: str,
         overwrite: bool = False,
+        resume: bool = False,
     ) -> None:
         self.dir = func_dir(cfg)
         self.prefix = bids_prefix(cfg)
         self.roi_names = roi_names
         self.columns = timeseries_columns(roi_names)
         self.timeseries_path = self.dir / f"{self.prefix}_desc-rtnf_timeseries.tsv"
-        if self.timeseries_path.exists() and not overwrite:
+        self.recorded: dict[int, dict[str, str]] = {}
+        if resume:
+            self.recorded = self._recover()
+        elif self.timeseries_path.exists() and not overwrite:
             raise OutputExistsError(
                 f"outputs of this run exist already: {self.timeseries_path}. "
                 "Use another session.run, another output.dir, or --overwrite."
@@ -231,14 +239,47 @@ class RunRecorder:
             "platform": platform.platform(),
             "versions": _versions(),
         }
+        if resume:
+            previous = self._path(".json", "desc-rtnf_provenance")
+            if previous.exists():
+                earlier = json.loads(previous.read_text())
+                self.provenance["resumed"] = earlier.get("resumed", []) + [
+                    {k: earlier.get(k) for k in ("run_id", "started", "finished", "status", "n_rows")}
+                ]
         self._write_provenance()
-        self._table: TextIO = open(self.timeseries_path, "w", encoding="utf-8", newline="")
-        self._table.write("\t".join(self.columns) + "\n")
+        if resume and self.recorded:
+            self._table: TextIO = open(self.timeseries_path, "a", encoding="utf-8", newline="")
+        else:
+            self._table = open(self.timeseries_path, "w", encoding="utf-8", newline="")
+            self._table.write("\t".join(self.columns) + "\n")
         self._table.flush()
-        self._log: TextIO = open(self._path(".tsv", "desc-rtnf_log"), "w", encoding="utf-8")
-        self._log.write("time\tlevel\tmessage\n")
+        log_path = self._path(".tsv", "desc-rtnf_log")
+        appending = resume and log_path.exists()
+        self._log: TextIO = open(log_path, "a" if appending else "w", encoding="utf-8")
+        if not appending:
+            self._log.write("time\tlevel\tmessage\n")
         self._log.flush()
-        self.n_rows = 0
+        self.n_rows = len(self.recorded)
+
+    def _recover(self) -> dict[int, dict[str, str]]:
+        """Rows recorded before a crash; a partial last line is cut off the file."""
+        if not self.timeseries_path.exists():
+            return {}
+        data = self.timeseries_path.read_bytes()
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) != len(data):
+            self.timeseries_path.write_bytes(complete)  # the crash cut the last row short
+        lines = complete.decode("utf-8").splitlines()
+        if not lines:
+            return {}
+        header = lines[0].split("\t")
+        if header != self.columns:
+            raise OutputExistsError(
+                f"cannot resume {self.timeseries_path}: its columns differ from this config's "
+                "(other ROIs or another rtnf version); use another session.run or output.dir"
+            )
+        rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]]
+        return {int(r["index"]): r for r in rows if len(r) == len(header)}
 
     def _path(self, ext: str, suffix: str) -> Path:
         return self.dir / f"{self.prefix}_{suffix}{ext}"

@@ -46,6 +46,11 @@ class Sequencer(Generic[T]):
         self._pending: dict[int, tuple[T, float]] = {}
 
     @property
+    def pending(self) -> int:
+        """Number of volumes waiting for an earlier one."""
+        return len(self._pending)
+
+    @property
     def done(self) -> bool:
         """True once every index of the run has been released."""
         return self.next_index >= self.stop

@@ -14,7 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from threadpoolctl import threadpool_limits
 
@@ -22,7 +22,7 @@ from .config import Config
 from .export import Arrival, ExportReader, Probe
 from .pipeline import VolumeProcessor
 from .publish import Publisher
-from .record import RecorderLogHandler, RunRecorder, bids_prefix, row_from_messages
+from .record import RecorderLogHandler, RunRecorder, bids_prefix, format_cell, row_from_messages
 from .rois import RoiError
 from .sequencer import Sequencer
 from .watcher import VolumeWatcher
@@ -30,6 +30,8 @@ from .watcher import VolumeWatcher
 log = logging.getLogger(__name__)
 
 RUN_REPEAT_S = 5.0  # late subscribers learn about the run within this time
+END_OF_SOURCE = object()  # put by a replay feeder after its last volume
+RECORDED_MISSING = object()  # a volume a resumed run had recorded as missing
 
 
 @dataclass
@@ -55,6 +57,9 @@ def run_session(
     config_text: str,
     overwrite: bool = False,
     stop: threading.Event | None = None,
+    feeder_factory: "Callable[[ExportReader, Callable[[Any], None]], Any] | None" = None,
+    resume: bool = False,
+    on_volume: "Callable[[dict[str, Any], dict[str, Any]], None] | None" = None,
 ) -> RunResult:
     """Run one session until its last volume, or until ``stop`` is set.
 
@@ -68,6 +73,19 @@ def run_session(
         Replace earlier outputs of the same run.
     stop : threading.Event, optional
         Set it (for example from a signal handler) to abort the run cleanly.
+    feeder_factory : callable, optional
+        ``feeder_factory(export, put)`` returns an object with ``start()`` and
+        ``stop()`` that calls ``put((probe, t_detected))`` or ``put(arrival)``
+        for each file or volume, then ``put(END_OF_SOURCE)``: a replay
+        (:mod:`rtnf.replay`). By default the export folder is watched live.
+    resume : bool
+        Continue a run whose process died: volumes already recorded are
+        processed again from the export folder to rebuild the model's state,
+        checked against their recorded rows, and neither published nor
+        recorded twice.
+    on_volume : callable, optional
+        Called with the volume and feedback bodies of each volume published
+        (progress display).
 
     Returns
     -------
@@ -76,28 +94,37 @@ def run_session(
     stop = stop or threading.Event()
     run_id = make_run_id(cfg)
     processor = VolumeProcessor(cfg)
-    recorder = RunRecorder(cfg, config_text, processor.protocol, processor.roi_names, run_id, overwrite)
+    recorder = RunRecorder(
+        cfg, config_text, processor.protocol, processor.roi_names, run_id, overwrite=overwrite, resume=resume
+    )
     handler = RecorderLogHandler(recorder)
     alerts: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=1000)
     forward = _QueueHandler(alerts)
     for h in (handler, forward):
         logging.getLogger("rtnf").addHandler(h)
     publisher = Publisher(cfg.publish.address, run_id)
-    files: queue.Queue[tuple[Probe, float]] = queue.Queue()
-    export = ExportReader(cfg.scanner, t_start=time.time())
-    watcher = VolumeWatcher(
-        cfg.scanner.export_dir,
-        export.matches,
-        export.check,
-        lambda path, t, probe: files.put((probe, t)),
-        mode=cfg.scanner.watch,
-        poll_interval_s=cfg.scanner.poll_interval_s,
-        stale_after_s=cfg.scanner.stale_after_s,
-    )
-    loop = _RunLoop(cfg, run_id, processor, publisher, recorder, files, export, stop, alerts)
+    files: queue.Queue[Any] = queue.Queue()
+    replay = feeder_factory is not None
+    export = ExportReader(cfg.scanner, t_start=time.time(), accept_old=replay or resume)
+    if replay:
+        watcher = feeder_factory(export, files.put)
+    else:
+        watcher = VolumeWatcher(
+            cfg.scanner.export_dir,
+            export.matches,
+            export.check,
+            lambda path, t, probe: files.put((probe, t)),
+            mode=cfg.scanner.watch,
+            poll_interval_s=cfg.scanner.poll_interval_s,
+            stale_after_s=cfg.scanner.stale_after_s,
+        )
+    loop = _RunLoop(cfg, run_id, processor, publisher, recorder, files, export, stop, alerts, on_volume)
     status, reason = "aborted", "interrupted"
     try:
-        log.info("run %s: watching %s (%s)", run_id, cfg.scanner.export_dir, cfg.scanner.watch)
+        if replay:
+            log.info("run %s: replay", run_id)
+        else:
+            log.info("run %s: watching %s (%s)", run_id, cfg.scanner.export_dir, cfg.scanner.watch)
         watcher.start()
         # One BLAS thread: the per-volume products are small, and a second
         # thread's wake-ups cost more than they save and add jitter.
@@ -137,10 +164,11 @@ class _RunLoop:
         processor: VolumeProcessor,
         publisher: Publisher,
         recorder: RunRecorder,
-        files: "queue.Queue[tuple[Probe, float]]",
+        files: "queue.Queue[Any]",
         export: ExportReader,
         stop: threading.Event,
         alerts: "queue.Queue[logging.LogRecord] | None" = None,
+        on_volume: "Callable[[dict[str, Any], dict[str, Any]], None] | None" = None,
     ) -> None:
         self.cfg = cfg
         self.run_id = run_id
@@ -151,6 +179,11 @@ class _RunLoop:
         self.export = export
         self.stop = stop
         self.alerts = alerts
+        self.on_volume = on_volume
+        self._source_done = False
+        # Rows of a resumed run: these volumes are processed again but not sent or recorded twice.
+        self.recorded: dict[int, dict[str, str]] = dict(recorder.recorded)
+        self._n_mismatch = 0
         sc = cfg.scanner
         timeout = sc.missing_timeout_s if sc.missing_timeout_s is not None else sc.tr_s
         # Sequencer indices are acquisitions from 0; kept volumes start after the dummies.
@@ -166,6 +199,10 @@ class _RunLoop:
         self._next_beat = 0.0
         self._next_run_repeat = 0.0
         self._run_body = self._make_run_body()
+        for index, row in self.recorded.items():
+            if row.get("missing") == "1":
+                # Recorded as missing before the crash: missing again, as in the uninterrupted run.
+                self.sequencer.push(index + sc.dummy_volumes, RECORDED_MISSING, 0.0)
 
     def _make_run_body(self) -> dict[str, Any]:
         protocol = self.processor.protocol
@@ -201,18 +238,34 @@ class _RunLoop:
             if self.sequencer.done:
                 return "ended", None
             try:
-                probe, t_detected = self.files.get(timeout=self._wait_time())
+                item = self.files.get(timeout=self._wait_time())
             except queue.Empty:
                 pass
             else:
-                self._accept(probe, t_detected)
+                self._take(item)
+            now = time.time()
+            if self._source_done and self.files.empty():
+                now = float("inf")  # a finished replay: whatever is still pending will not come
             try:
-                for released in self.sequencer.release(time.time()):
+                for released in self.sequencer.release(now):
                     self._handle(released.index, released.item)
             except RoiError as exc:
                 log.error("%s", exc)
                 return "aborted", str(exc)
+            if self._source_done and self.files.empty() and not self.sequencer.pending:
+                if not self.sequencer.done:
+                    log.warning("the replayed series ended after volume %s of %d", self.last_index,
+                                self.processor.protocol.n_volumes)
+                return "ended", None
         return "aborted", "stopped by the operator"
+
+    def _take(self, item: Any) -> None:
+        if item is END_OF_SOURCE:
+            self._source_done = True
+        elif isinstance(item, Arrival):
+            self._push(item)
+        else:
+            self._accept(*item)
 
     def _wait_time(self) -> float:
         now = time.time()
@@ -247,24 +300,31 @@ class _RunLoop:
             log.exception("%s could not be sorted into the run; skipped", probe.path.name)
             return
         for arrival in arrivals:
-            acquisition = arrival.number - self.cfg.scanner.first_volume_number
-            if acquisition < self.cfg.scanner.dummy_volumes:
-                log.info("dummy volume %s discarded", arrival.name)
-                continue
-            refused = self.sequencer.push(acquisition, arrival, arrival.t_detected)
-            if refused:
-                log.warning("%s skipped: %s", arrival.name, refused)
-                continue
-            if acquisition < self._max_seen:
-                self._out_of_order.add(acquisition)
-            self._max_seen = max(self._max_seen, acquisition)
+            self._push(arrival)
+
+    def _push(self, arrival: Arrival) -> None:
+        acquisition = arrival.number - self.cfg.scanner.first_volume_number
+        if acquisition < self.cfg.scanner.dummy_volumes:
+            log.info("dummy volume %s discarded", arrival.name)
+            return
+        refused = self.sequencer.push(acquisition, arrival, arrival.t_detected)
+        if refused:
+            if self.recorded.get(acquisition - self.cfg.scanner.dummy_volumes, {}).get("missing") == "1":
+                return  # a resumed run: recorded as missing before the crash, stays missing
+            log.warning("%s skipped: %s", arrival.name, refused)
+            return
+        if acquisition < self._max_seen:
+            self._out_of_order.add(acquisition)
+        self._max_seen = max(self._max_seen, acquisition)
 
     def _handle(self, acquisition: int, arrival: Arrival | None) -> None:
         index = acquisition - self.cfg.scanner.dummy_volumes
         number = acquisition + self.cfg.scanner.first_volume_number
         if self.state == "waiting":
             self.state = "running"
-        if arrival is None:
+        if arrival is RECORDED_MISSING:
+            volume, feedback = self.processor.missing(index, number, None, None)
+        elif arrival is None:
             log.warning("volume %d (number %d) missing: a later volume arrived and it did not", index, number)
             volume, feedback = self.processor.missing(index, number, None, None)
         else:
@@ -293,15 +353,33 @@ class _RunLoop:
             )
             if flags["late"]:
                 log.warning("volume %d arrived late%s", volume["index"], " (out of order)" if flags["out_of_order"] else "")
-        # The participant's value first: it is what the run is for.
-        self.publisher.send("feedback", feedback)
-        self.publisher.send("volume", volume)
-        self.recorder.write_row(row_from_messages(volume, feedback, self.processor.roi_names))
+        row = row_from_messages(volume, feedback, self.processor.roi_names)
+        if volume["index"] in self.recorded:
+            self._check_recorded(row)
+        else:
+            # The participant's value first: it is what the run is for.
+            self.publisher.send("feedback", feedback)
+            self.publisher.send("volume", volume)
+            self.recorder.write_row(row)
+            if self.on_volume is not None:
+                self.on_volume(volume, feedback)
         self.last_index = volume["index"]
         if volume["flags"]["missing"]:
             self.n_missing += 1
         else:
             self.n_processed += 1
+
+    def _check_recorded(self, row: dict[str, Any]) -> None:
+        """A volume processed again on resume must give the value recorded before the crash."""
+        recorded = self.recorded[row["index"]]
+        for column in ("feedback_value", *[f"{n}_raw" for n in self.processor.roi_names]):
+            if recorded.get(column) != format_cell(row.get(column)):
+                self._n_mismatch += 1
+                log.warning(
+                    "resume: volume %d's %s is %s now but was recorded as %s",
+                    row["index"], column, format_cell(row.get(column)), recorded.get(column),
+                )
+                return
 
     def _arrived_late(self, acquisition: int, t_detected: float) -> bool:
         """Whether the volume came well after the time the previous ones predict.
