@@ -114,6 +114,10 @@ class ModelConfig(_Model):
     drift_cutoff_s: Annotated[float, Field(gt=0)] = 128.0
     # Motion parameters as nuisance regressors: 6, 12 (with derivatives) or 24 (and squares).
     motion_regressors: Literal[0, 6, 12, 24] = 0
+    # Fit every brain voxel too: betas and a t-map of `contrast` after every volume.
+    whole_brain: bool = False
+    # The task condition whose regressor the t-map tests (default: the first one).
+    contrast: Optional[str] = None
 
 
 class MotionConfig(_Model):
@@ -166,6 +170,8 @@ class FeedbackConfig(_Model):
 class PublishConfig(_Model):
     address: str = DEFAULT_ADDRESS
     heartbeat_s: Annotated[float, Field(gt=0, le=10)] = 1.0
+    # Slices of the latest volume (and t-map) for the console, every volume.
+    preview: bool = True
 
 
 class OutputConfig(_Model):
@@ -403,6 +409,11 @@ def _check_consistency(cfg: Config) -> None:
             "Allowed: a ZeroMQ address such as 'tcp://127.0.0.1:5555' or 'ipc:///tmp/rtnf'."
         )
     protocol = _make_protocol(cfg)
+    if cfg.model.contrast is not None and cfg.model.contrast not in protocol.task_conditions:
+        raise ConfigError(
+            f"invalid value for 'model.contrast': {cfg.model.contrast!r}. "
+            f"Allowed: one of the task conditions {list(protocol.task_conditions)}."
+        )
     for cond in cfg.display.conditions:
         if cond not in protocol.conditions:
             raise ConfigError(

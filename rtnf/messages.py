@@ -30,6 +30,12 @@ feedback
 heartbeat
     ``source`` ("rtnf" or "stimulus"), ``state`` ("waiting", "running",
     "ended"), ``last_index``, ``n_volumes``, ``t``.
+preview
+    For the console, after each volume: ``index`` and ``planes``
+    ("sagittal", "coronal", "axial" through the feedback ROI), each with
+    ``shape``, ``image`` (8-bit rows of the realigned volume), ``tmap``
+    (rows of t values at 0.1 precision, null outside the brain; only with
+    the whole-brain model) and ``rois`` (name -> 0/1 rows).
 log
     What the operator should know that is not one volume's value: a
     skipped file, another series, a duplicate, a stale file, the export
@@ -52,7 +58,7 @@ import json
 import math
 from typing import Any
 
-TOPICS: tuple[str, ...] = ("run", "volume", "feedback", "heartbeat", "displayed", "log", "keys")
+TOPICS: tuple[str, ...] = ("run", "volume", "feedback", "heartbeat", "displayed", "log", "keys", "preview")
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: far above any real message, bounds hostile input
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
@@ -147,7 +153,7 @@ def decode(frames: list[bytes]) -> tuple[str, dict[str, Any]]:
         raise MessageError(f"{topic} message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
     try:
         body = json.loads(bytes(data).decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # also int('1' * 5000): "Exceeds the limit (4300 digits)"
         raise MessageError(f"{topic} message is not UTF-8 JSON: {exc}") from exc
     if not isinstance(body, dict):
         raise MessageError(f"{topic} message is not a JSON object")

@@ -20,6 +20,7 @@ from .feedback import FeedbackComputer, FeedbackValue
 from .motion import motion_regressors
 from .preprocess import Preprocessor
 from .roi_model import RoiModel
+from .wholebrain import WholeBrainModel, preview_body, slice_indices
 from .export import Arrival
 from .nifti import VolumeReadError
 from .protocol import Protocol
@@ -64,6 +65,11 @@ class VolumeProcessor:
         self.grid: Grid | None = None
         self._previous_motion: np.ndarray | None = None
         self._last_value: float | None = None  # last uncensored feedback value, for censor_action "hold"
+        self.wholebrain: WholeBrainModel | None = None
+        self.preview: dict[str, Any] | None = None  # the latest volume's preview, taken by the sender
+        self._planes: dict[str, np.ndarray] | None = None
+        self._roi_masks: dict[str, np.ndarray] = {}
+        self._preview_scale = 1.0
 
     def process(self, index: int, acquisition: int, arrival: Arrival) -> tuple[dict[str, Any], dict[str, Any]]:
         """Process kept volume ``index``, read through ``arrival.load()``.
@@ -83,6 +89,7 @@ class VolumeProcessor:
         if self.grid is None:
             self.preprocessor.fit(volume)
             self.grid = volume.grid
+            self._fit_extras(volume)
         elif not volume.grid.same_as(self.grid):
             log.warning(
                 "volume %d (%s) has shape %s, expected %s (or a different affine); treated as missing",
@@ -99,7 +106,14 @@ class VolumeProcessor:
         # A censored volume is shown to the operator but kept out of the model.
         values = self.model.update(index, pre.raw, regressors, include=not censored)
         fb = self._censor(self.feedback.step(index, values, self.model), pre.quality)
+        if self.wholebrain is not None and not censored:
+            brain = self.preprocessor.values_at(self.wholebrain.brain_indices)
+            self.wholebrain.update(index, brain, self.model.model_size(index))
         t_modelled = time.time()
+        if self._planes is not None:
+            image = {name: self.preprocessor.values_at(idx.reshape(-1)).reshape(idx.shape) for name, idx in self._planes.items()}
+            t_volume = self.wholebrain.t_volume() if self.wholebrain is not None else None
+            self.preview = preview_body(index, self._planes, image, t_volume, self._roi_masks, self._preview_scale)
         timing = {
             "t_acquired": volume.t_acquired,
             "t_detected": t_detected,
@@ -122,6 +136,21 @@ class VolumeProcessor:
             }
             volume_body["flags"]["censored"] = q.censored
         return volume_body, feedback_body
+
+    def _fit_extras(self, first: Any) -> None:
+        """Whole-brain model and preview planes, set up on the first volume."""
+        grid = first.grid
+        if self.cfg.model.whole_brain:
+            contrast = self.cfg.model.contrast or self.protocol.task_conditions[0]
+            column = self.design.names.index(contrast)
+            self.wholebrain = WholeBrainModel(self.design, self.preprocessor.brain_indices, grid, column)
+            log.info("whole-brain model: %d voxels, t-map of %s", self.preprocessor.brain_indices.size, contrast)
+        if self.cfg.publish.preview:
+            target = self.rois[self.roi_names.index(self.cfg.feedback.targets[0])]
+            ijk = np.array(np.unravel_index(target.indices_, grid.shape)).mean(axis=1).round().astype(int)
+            self._planes = slice_indices(grid, tuple(ijk))
+            self._roi_masks = {roi.name: roi.mask(grid) for roi in self.rois}
+            self._preview_scale = float(np.percentile(first.data, 99.5)) or 1.0
 
     def _censor(self, fb: FeedbackValue, quality) -> FeedbackValue:
         """Apply quality.censor_action to the feedback of a censored volume."""

@@ -60,6 +60,8 @@ class Preprocessor:
         self.monitor: QualityMonitor | None = None
         self._sigma_vox: np.ndarray | None = None
         self._brain: np.ndarray | None = None
+        self.brain_indices: np.ndarray | None = None  # flat indices of the brain mask (for whole-brain work)
+        self._last: tuple[np.ndarray, np.ndarray | None] | None = None  # latest (data, params)
 
     def fit(self, first: Volume) -> "Preprocessor":
         """Fit on the first volume of the run.
@@ -90,12 +92,23 @@ class Preprocessor:
                     )
                 reference = ref.data
             self.realigner = Realigner(sigma_vox=self.motion_cfg.sigma_vox).fit(reference, grid.affine)
+            self.brain_indices = self.realigner.brain_indices_
             # Every second brain voxel is plenty for DVARS and the global signal.
             self._brain = self.realigner.brain_indices_[::2]
             self.monitor = QualityMonitor(
                 fd_threshold_mm=self.quality_cfg.fd_threshold_mm, spike_z=self.quality_cfg.spike_z
             )
+        else:
+            flat = first.data.reshape(-1)
+            self.brain_indices = np.flatnonzero(flat > 0.2 * np.percentile(flat, 98))
         return self
+
+    def values_at(self, indices: np.ndarray) -> np.ndarray:
+        """The latest volume's realigned values at flat voxel ``indices`` of the grid."""
+        data, params = self._last
+        if self.realigner is None or params is None:
+            return data.reshape(-1)[indices]
+        return self.realigner.sample(data, params, indices)
 
     def run(self, volume: Volume) -> Preprocessed:
         """Preprocess one volume on the fitted grid."""
@@ -103,9 +116,11 @@ class Preprocessor:
         if self._sigma_vox is not None:
             data = gaussian_filter(data, self._sigma_vox, mode="nearest")
         if self.realigner is None:
+            self._last = (data, None)
             raw = np.array([roi.transform(data) for roi in self.rois])
             return Preprocessed(raw, None, None)
         params = self.realigner.estimate(volume.data)
+        self._last = (data, params)
         raw = np.array([self.realigner.sample(data, params, roi.indices_).mean() for roi in self.rois])
         quality = self.monitor.update(params, self.realigner.sample(volume.data, params, self._brain))
         if not self.realigner.result_.converged:

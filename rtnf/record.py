@@ -300,6 +300,14 @@ class RunRecorder:
         self._table.flush()
         self.n_rows += 1
 
+    def save_statmap(self, t_volume, affine) -> Path:
+        """The run's final whole-brain t-map as ``desc-rtnf_stat-t_statmap.nii.gz``."""
+        import nibabel as nib
+
+        path = self._path(".nii.gz", "desc-rtnf_stat-t_statmap")
+        nib.save(nib.Nifti1Image(t_volume, affine), path)
+        return path
+
     def log_event(self, level: str, message: str) -> None:
         """Append a line to the run's event log."""
         self._log.write(f"{time.time()!r}\t{level}\t{format_cell(message)}\n")

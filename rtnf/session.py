@@ -136,6 +136,8 @@ def run_session(
         publisher.close()
         for h in (handler, forward):
             logging.getLogger("rtnf").removeHandler(h)
+        if processor.wholebrain is not None and processor.wholebrain.t_map is not None:
+            recorder.save_statmap(processor.wholebrain.t_volume(), processor.grid.affine)
         recorder.close(status)
     return RunResult(status, run_id, loop.n_processed, loop.n_missing, recorder.timeseries_path, reason)
 
@@ -354,6 +356,8 @@ class _RunLoop:
             if flags["late"]:
                 log.warning("volume %d arrived late%s", volume["index"], " (out of order)" if flags["out_of_order"] else "")
         row = row_from_messages(volume, feedback, self.processor.roi_names)
+        if volume["flags"]["missing"]:
+            self.processor.preview = None
         if volume["index"] in self.recorded:
             self._check_recorded(row)
         else:
@@ -361,6 +365,8 @@ class _RunLoop:
             self.publisher.send("feedback", feedback)
             self.publisher.send("volume", volume)
             self.recorder.write_row(row)
+            if self.processor.preview is not None:
+                self.publisher.send("preview", self.processor.preview)
             if self.on_volume is not None:
                 self.on_volume(volume, feedback)
         self.last_index = volume["index"]

@@ -128,3 +128,22 @@ def test_session_without_screen_records_every_volume_and_survives_a_bad_file(tmp
     assert run_messages[-1]["event"] == "end"
     beats = [h for h in listener.of("heartbeat") if h.get("source") == "rtnf"]
     assert beats[0]["state"] == "waiting" and beats[-1]["state"] == "ended"
+
+
+def test_whole_brain_t_map_finds_the_simulated_activation(tmp_path):
+    """The whole-brain model's t-map peaks where the simulator put the activation; previews carry it."""
+    import nibabel as nib
+
+    config = CONFIG.replace('[feedback]', '[model]\nwhole_brain = true\nmotion_regressors = 6\n\n[feedback]')
+    cfg, listener = run_processes(tmp_path, config, speed=8.0, silent_rois=["linsula"])
+    statmap = func_dir(cfg) / f"{bids_prefix(cfg)}_desc-rtnf_stat-t_statmap.nii.gz"
+    img = nib.load(statmap)
+    t = np.nan_to_num(np.asarray(img.dataobj))
+    peak = np.unravel_index(np.argmax(t), t.shape)
+    peak_mm = img.affine[:3, :3] @ np.array(peak) + img.affine[:3, 3]
+    assert t.max() > 5, f"max t {t.max():.1f}"
+    assert np.linalg.norm(peak_mm - np.array([0.0, 30.0, 15.0])) <= 10.0, f"peak at {peak_mm} mm"
+    previews = listener.of("preview")
+    assert [p["index"] for p in previews] == list(range(N_VOLUMES - DUMMIES))
+    axial = previews[-1]["planes"]["axial"]
+    assert len(axial["image"]) == axial["shape"][0] and "tmap" in axial and sum(map(sum, axial["rois"]["acc"])) > 0

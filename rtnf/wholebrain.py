@@ -1,0 +1,99 @@
+"""Whole-brain incremental GLM and the operator's preview of the latest volume.
+
+Every brain voxel's realigned signal enters the same design as the ROIs (only
+the brain-mask voxels are resampled), so betas and a t-map of the regulation
+contrast are available after every volume. :func:`preview_body` cuts three
+orthogonal slices through the feedback ROI for the console: the realigned
+volume, the t-map and the ROI outlines, small enough for one message per TR.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .design import Design
+from .glm import IncrementalGLM
+from .volume import Grid
+
+PLANES = ("sagittal", "coronal", "axial")
+
+
+class WholeBrainModel:
+    """Incremental GLM of every brain voxel, with a t-map of one contrast.
+
+    Parameters
+    ----------
+    design : Design
+        The run's design (the same object the ROI model fills with motion).
+    brain_indices : ndarray of int
+        Flat indices of the brain-mask voxels on the functional grid.
+    grid : Grid
+        The functional grid.
+    contrast_column : int
+        Design column of the regulation regressor (the contrast is +1 on it).
+    """
+
+    def __init__(self, design: Design, brain_indices: np.ndarray, grid: Grid, contrast_column: int) -> None:
+        self.design = design
+        self.brain_indices = np.asarray(brain_indices)
+        self.grid = grid
+        self.contrast_column = contrast_column
+        self.glm = IncrementalGLM(design.n_regressors, self.brain_indices.size)
+        self.t_map: np.ndarray | None = None  # flat over brain voxels, latest
+        self.effect: np.ndarray | None = None
+
+    def update(self, index: int, values: np.ndarray, n_columns: int) -> None:
+        """Add volume ``index``'s brain-voxel values; refresh the t-map of the ``n_columns`` model.
+
+        ``n_columns`` is the nested model the ROI model uses for this volume
+        (0 while nothing is identifiable: no t-map yet).
+        """
+        self.glm.update(self.design.matrix[index], values)
+        if n_columns > self.contrast_column and self.glm.identifiable(n_columns):
+            c = np.zeros(n_columns)
+            c[self.contrast_column] = 1.0
+            self.effect, self.t_map = self.glm.contrast(c, n_columns)
+
+    def t_volume(self) -> np.ndarray:
+        """The latest t-map as a volume (NaN outside the brain or before the first t-map)."""
+        out = np.full(int(np.prod(self.grid.shape)), np.nan, dtype=np.float32)
+        if self.t_map is not None:
+            out[self.brain_indices] = self.t_map
+        return out.reshape(self.grid.shape)
+
+
+def slice_indices(grid: Grid, center_ijk: tuple[int, int, int]) -> dict[str, np.ndarray]:
+    """Flat voxel indices of the three planes through ``center_ijk``, each shaped as its 2D image."""
+    nx, ny, nz = grid.shape
+    i, j, k = center_ijk
+    flat = np.arange(nx * ny * nz).reshape(grid.shape)
+    return {"sagittal": flat[i, :, :], "coronal": flat[:, j, :], "axial": flat[:, :, k]}
+
+
+def preview_body(
+    index: int,
+    planes: dict[str, np.ndarray],
+    image: dict[str, np.ndarray],
+    t_volume: np.ndarray | None,
+    roi_masks: dict[str, np.ndarray],
+    scale: float,
+) -> dict[str, Any]:
+    """The ``preview`` message body: per plane an 8-bit image, the t-map (0.1 precision) and ROI outlines.
+
+    Arrays are lists of rows in voxel order (first axis = rows); the console
+    orients them for display.
+    """
+    body: dict[str, Any] = {"index": index, "planes": {}}
+    for name, idx in planes.items():
+        img = np.clip(np.nan_to_num(image[name]) / scale * 255.0, 0, 255).astype(np.uint8)
+        plane: dict[str, Any] = {"shape": list(idx.shape), "image": img.tolist()}
+        if t_volume is not None:
+            t = t_volume.reshape(-1)[idx]
+            plane["tmap"] = [[None if not np.isfinite(v) else round(float(v), 1) for v in row] for row in t]
+        plane["rois"] = {
+            roi: np.asarray(mask.reshape(-1)[idx], dtype=np.uint8).tolist() for roi, mask in roi_masks.items()
+        }
+        body["planes"][name] = plane
+    return body
