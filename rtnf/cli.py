@@ -62,7 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--console", action="store_true", help="also serve the operator console during the demo")
     demo.add_argument("--console-port", type=int, default=5006, help="port of the console on 127.0.0.1 (default 5006)")
 
+    from . import report as report_cmd  # matplotlib is imported only when a report is written
     from .console import cli as console_cli  # light: the web stack is imported only when serving
+
+    rep = sub.add_parser("report", help="HTML report with PNG figures for a recorded run")
+    report_cmd.add_arguments(rep)
 
     con = sub.add_parser("console", help="live operator console: a read-only web page on loopback")
     console_cli.add_arguments(con)
@@ -222,6 +226,10 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_bench(args)
         if args.command == "replay":
             return _cmd_replay(args)
+        if args.command == "report":
+            from . import report as report_cmd
+
+            return report_cmd.run(args)
         if args.command == "console":
             from .console import cli as console_cli
 

@@ -364,6 +364,9 @@ def run_demo(args: argparse.Namespace) -> int:
         listener.poll(0.3)
         displayed = listener.of("displayed")
         summary = summarise(cfg, truth, displayed)
+        from .report import write_report
+
+        report_html = write_report(func_dir(cfg) / f"{bids_prefix(cfg)}_desc-rtnf_timeseries.tsv", root / "report")
     except DemoError as exc:
         console.print(f"[red]demo failed:[/red] {exc}")
         return 1
@@ -375,6 +378,7 @@ def run_demo(args: argparse.Namespace) -> int:
     if not args.no_screen:
         lines.append(f"screen                   last frame {root / 'last_frame.png'}, flip log {root / 'flips.csv'}")
     lines.append(f"ground truth             {truth}")
+    lines.append(f"report                   {report_html}")
     for line in lines:
         console.print(line, soft_wrap=True)  # paths stay whole for copy and paste
     return 0

@@ -1,0 +1,93 @@
+"""Real scanner data through the whole pipeline (skipped without ../shared/data)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from rtnf.demo import read_tsv
+from tests.conftest import SHARED_DATA, requires_shared_data
+
+FORREST = SHARED_DATA / "studyforrest-localizer"
+
+# Visual localizer: 16 s image blocks at 12, 36, ... 132 s (events.tsv), rest in between; 78 volumes, TR 2 s.
+FORREST_CONFIG = """
+[session]
+subject = "forrest"
+task = "localizer"
+
+[scanner]
+export_dir = "unused"
+tr_s = 2.0
+n_volumes = 78
+
+[protocol]
+units = "seconds"
+baseline = "rest"
+pattern = {{ onset = 12.0, steps = [{{ condition = "image", duration = 16 }}, {{ condition = "rest", duration = 8 }}], repeat = 6 }}
+
+[rois.voc]
+center_mm = [24.0, -72.0, -9.0]
+radius_mm = 8.0
+
+[model]
+hrf = "spm"
+drift_cutoff_s = 128.0
+whole_brain = true
+motion_regressors = 6
+
+[feedback]
+roi = "voc"
+
+[output]
+dir = "{out}"
+"""
+
+
+@requires_shared_data("studyforrest-localizer/dicom")
+def test_studyforrest_replay_finds_the_visual_activation(tmp_path):
+    """Replay of the 2730 Philips slice files (35 per volume): t-map peak near (+24, -72, -9) mm, t well above 10."""
+    onsets = sorted({round(float(r["onset"])) for r in read_tsv(FORREST / "events.tsv")})
+    assert onsets[0] == 12  # the protocol below starts at the first block
+    out = tmp_path / "out"
+    cfg = tmp_path / "forrest.toml"
+    cfg.write_text(FORREST_CONFIG.format(out=out))
+    proc = subprocess.run(
+        [sys.executable, "-m", "rtnf", "replay", str(cfg), str(FORREST / "dicom")],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    func = out / "sub-forrest" / "ses-01" / "func"
+    rows = read_tsv(func / "sub-forrest_ses-01_task-localizer_run-1_desc-rtnf_timeseries.tsv")
+    assert [int(r["index"]) for r in rows] == list(range(78))
+    assert all(r["missing"] == "0" for r in rows)
+    img = nib.load(func / "sub-forrest_ses-01_task-localizer_run-1_desc-rtnf_stat-t_statmap.nii.gz")
+    t = np.nan_to_num(np.asarray(img.dataobj))
+    peak = np.unravel_index(np.argmax(t), t.shape)
+    peak_mm = img.affine[:3, :3] @ np.array(peak) + img.affine[:3, 3]
+    # The data's README: peaks at t of about 18 (74 dof) near (+24, -72, -9) mm in ventral occipital cortex.
+    assert t.max() > 12, f"max t {t.max():.1f}"
+    assert peak_mm[1] < -50 and peak_mm[2] < 15, f"peak at {np.round(peak_mm, 1)} mm is not occipital"
+    t_near = t[tuple(np.round(np.linalg.solve(img.affine, [24, -72, -9, 1])[:3]).astype(int))]
+    assert t_near > 5, f"t at (+24, -72, -9) mm is {t_near:.1f}"
+    # the ROI's percent signal change follows the blocks
+    psc = np.array([float(r["voc_psc"]) if r["voc_psc"] != "n/a" else np.nan for r in rows])
+    cond = np.array([r["condition"] for r in rows])
+    lagged = np.roll(cond == "image", 3)  # about 6 s of hemodynamic lag
+    assert np.nanmean(psc[lagged]) - np.nanmean(psc[~lagged]) > 0.3
+
+    # the report of the real run: every figure written and not blank
+    from PIL import Image
+
+    from rtnf.report import write_report
+
+    html = write_report(func / "sub-forrest_ses-01_task-localizer_run-1_desc-rtnf_timeseries.tsv", tmp_path / "report")
+    pngs = sorted(html.parent.glob("*.png"))
+    assert {p.name.split("_desc-")[1].split("_")[0] for p in pngs} == {"timecourses", "motion", "latency"}
+    for png in pngs:
+        assert png.name in html.read_text()
+        assert len(Image.open(png).convert("RGB").getcolors(1 << 20)) > 20

@@ -1,0 +1,327 @@
+"""``rtnf report``: the HTML report of a recorded run, its figures and its summary numbers.
+
+One simulated run (real processes: scanner-sim writes, ``rtnf run`` processes)
+with head motion, an intensity spike, a dropped and a late volume, two ROIs;
+variants of its table stand for a run with motion correction off and a run
+aborted mid-way. Summary numbers are recomputed here from the TSV, without
+the report's code.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import SHARED_DATA
+
+N_VOLUMES, DUMMIES = 34, 2
+CONFIG = f"""
+[session]
+subject = "rep"
+task = "nf"
+
+[scanner]
+export_dir = "export"
+tr_s = 2.0
+n_volumes = {N_VOLUMES}
+dummy_volumes = {DUMMIES}
+missing_timeout_s = 1.0
+
+[protocol]
+baseline = "rest"
+pattern = {{ steps = [{{ condition = "rest", duration = 8 }}, {{ condition = "regulate", duration = 8 }}], repeat = 2 }}
+
+[rois.acc]
+center_mm = [0.0, 30.0, 15.0]
+radius_mm = 8.0
+
+[rois.linsula]
+center_mm = [-37.0, 1.0, -1.0]
+radius_mm = 6.0
+
+[quality]
+fd_threshold_mm = 0.4
+
+[feedback]
+roi = "acc"
+scale_range = [-1.0, 2.5]
+
+[output]
+dir = "outputs"
+"""
+DROPPED, LATE, SPIKE = 6, 13, 20  # 0-based acquisitions (kept index = acquisition - DUMMIES)
+
+
+def simulate_run(tmp_path: Path, n_volumes: int = N_VOLUMES, speed: float = 16.0) -> Path:
+    """Run scanner-sim and ``rtnf run`` as real processes; return the recorded table.
+
+    Like ``tests.helpers.run_processes``, with head motion, a spike and faults in the simulator's spec.
+    """
+    from rtnf.config import load_config
+    from rtnf.demo import Listener, Processes, _wait_ready, free_address, sim_spec, write_toml
+    from rtnf.record import bids_prefix, func_dir
+
+    address = free_address()
+    cfg_path = tmp_path / "session.toml"
+    cfg_path.write_text(CONFIG.replace(f"n_volumes = {N_VOLUMES}", f"n_volumes = {n_volumes}"))
+    cfg = load_config(cfg_path, {"publish.address": address})
+    spec = sim_spec(cfg, amplitude_pct=2.0, noise_pct=1.0, seed=11)
+    spec["regions"] = [r for r in spec["regions"] if r["name"] != "linsula"]
+    spec["spikes"] = [SPIKE]
+    spec["spike_pct"] = 8.0
+    spec["motion"] = {"max_trans_mm": 0.3, "max_rot_deg": 0.25, "kind": "smooth"}
+    write_toml({k: v for k, v in spec.items() if k != "motion"}, tmp_path / "spec.toml")
+    with open(tmp_path / "spec.toml", "a") as f:
+        f.write("\n[motion]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in spec["motion"].items()))
+    listener, procs = Listener([address]), Processes()
+    logs = tmp_path / "logs"
+    logs.mkdir(exist_ok=True)
+    try:
+        procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--publish-address", address], logs)
+        _wait_ready(listener, procs, no_screen=True)
+        procs.start(
+            "scanner_sim",
+            [sys.executable, "-m", "scanner_sim", "synth", str(tmp_path / "spec.toml"),
+             "--export-dir", str(cfg.scanner.export_dir), "--truth-dir", str(tmp_path / "truth"),
+             "--speed", str(speed), "--drop", str(DROPPED), "--late", f"{LATE}:5.0"],
+            logs,
+        )
+        deadline = time.time() + 120
+        while procs.procs["rtnf"].poll() is None:
+            listener.poll(0.2)
+            if time.time() > deadline:
+                raise AssertionError("rtnf run did not finish:\n" + (logs / "rtnf.log").read_text()[-3000:])
+        assert procs.procs["rtnf"].returncode == 0, (logs / "rtnf.log").read_text()
+        procs.procs["scanner_sim"].wait(30)
+    finally:
+        listener.close()
+        procs.stop_all()
+    return func_dir(cfg) / f"{bids_prefix(cfg)}_desc-rtnf_timeseries.tsv"
+
+
+# ---------------------------------------------------------------- helpers: reading the TSV without the report's code
+
+
+def _rows(tsv: Path) -> list[dict[str, str]]:
+    with open(tsv, newline="") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def _f(text: str) -> float:
+    return float("nan") if text == "n/a" else float(text)
+
+
+def _variant(src: Path, dest: Path, edit_rows=None, keep_rows: int | None = None, partial_line: bool = False,
+             provenance: dict | None = None, siblings: bool = True) -> Path:
+    """A copy of a run's folder with its table edited: stands for other kinds of run."""
+    dest.mkdir(parents=True)
+    for p in src.parent.iterdir():
+        if p.is_file() and (siblings or p == src):
+            shutil.copy(p, dest / p.name)
+    tsv = dest / src.name
+    rows = _rows(src)
+    header = list(rows[0])
+    if keep_rows is not None:
+        rows = rows[:keep_rows]
+    if edit_rows is not None:
+        rows = [edit_rows(dict(r)) for r in rows]
+    text = "\t".join(header) + "\n" + "".join("\t".join(r[c] for c in header) + "\n" for r in rows)
+    if partial_line:
+        text += "\t".join(_rows(src)[keep_rows or 0][c] for c in header[:7])  # the row in flight at the crash
+    tsv.write_text(text)
+    if provenance is not None:
+        prov_path = dest / src.name.replace("_desc-rtnf_timeseries.tsv", "_desc-rtnf_provenance.json")
+        prov = json.loads(prov_path.read_text())
+        prov.update(provenance)
+        prov_path.write_text(json.dumps(prov))
+    return tsv
+
+
+def _images(html_text: str) -> list[str]:
+    return re.findall(r'<img src="([^"]+)"', html_text)
+
+
+def _check_figures(html_path: Path, expected: set[str]) -> None:
+    """Every figure the page references exists beside it, is a PNG with content, and the expected ones are there."""
+    from PIL import Image
+
+    text = html_path.read_text()
+    names = _images(text)
+    assert {n.split("_desc-")[1].split("_report")[0] for n in names} == expected, names
+    pngs = sorted(p.name for p in html_path.parent.glob("*.png"))
+    assert sorted(names) == pngs  # no figure missing from the page, no stale figure beside it
+    for name in names:
+        path = html_path.parent / name
+        assert path.stat().st_size > 10_000, name
+        img = np.asarray(Image.open(path).convert("RGB"))
+        colours = np.unique(img.reshape(-1, 3), axis=0)
+        assert len(colours) > 20, f"{name} looks blank ({len(colours)} colours)"
+        assert img.shape[0] > 300 and img.shape[1] > 600
+
+
+# ---------------------------------------------------------------- tests
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory) -> Path:
+    """A real run: 32 kept volumes, two ROIs, motion, a spike, a dropped and a late volume (about 13 s)."""
+    return simulate_run(tmp_path_factory.mktemp("report_run"))
+
+
+def _cell_text(html_text: str, label: str) -> str:
+    """Text of the cell after the row's first cell ``label``."""
+    m = re.search(rf"<tr><td>{re.escape(label)}</td><td>(.*?)</td>", html_text)
+    assert m, label
+    return re.sub(r"<[^>]+>", "", m.group(1))
+
+
+def test_report_of_a_simulated_run(recorded, tmp_path):
+    from rtnf.report import read_run, summarise, write_report
+
+    out = write_report(recorded, tmp_path / "report")
+    assert out.exists() and out.suffix == ".html" and out.parent == tmp_path / "report"
+    _check_figures(out, {"timecourses", "motion", "latency"})
+    text = out.read_text()
+    assert "http://" not in text and "https://" not in text and "<script" not in text  # nothing fetched
+
+    rows = _rows(recorded)
+    n = len(rows)
+    missing = [r["missing"] == "1" for r in rows]
+    censored = [r["censored"] == "1" for r in rows]
+    # the faults the simulator injected are in the table, and counted on the page
+    assert missing[DROPPED - DUMMIES] and sum(missing) == 1
+    assert rows[LATE - DUMMIES]["late"] == "1"
+    assert censored[SPIKE - DUMMIES]
+    assert _cell_text(text, "rows recorded") == str(n) == str(N_VOLUMES - DUMMIES)
+    assert _cell_text(text, "missing (never arrived or unreadable)") == "1"
+    for flag, label in (("late", "late (arrived late or took longer than a TR)"), ("out_of_order", "out of order"),
+                        ("censored", "censored (FD, DVARS or global-signal jump)")):
+        assert _cell_text(text, label) == str(sum(r[flag] == "1" for r in rows))
+
+    s = summarise(read_run(recorded))
+    usable = [not m and not c for m, c in zip(missing, censored)]
+    # mean PSC per condition per ROI, as labelled and shifted by the lag (6 s at TR 2 s: 3 volumes)
+    assert s["lag_volumes"] == 3
+    for roi in ("acc", "linsula"):
+        for cond in ("rest", "regulate"):
+            v = [_f(r[f"{roi}_psc"]) for r, u in zip(rows, usable) if u and r["condition"] == cond]
+            v = [x for x in v if x == x]
+            assert s["psc_by_condition"][cond]["labelled"][roi]["mean"] == pytest.approx(np.mean(v), rel=1e-12)
+            assert s["psc_by_condition"][cond]["labelled"][roi]["n"] == len(v)
+            w = [_f(rows[i][f"{roi}_psc"]) for i in range(3, n) if usable[i] and rows[i - 3]["condition"] == cond]
+            w = [x for x in w if x == x]
+            assert s["psc_by_condition"][cond]["shifted"][roi]["mean"] == pytest.approx(np.mean(w), rel=1e-12)
+        assert f"{s['psc_by_condition']['regulate']['labelled'][roi]['mean']:.3f}" in text
+    # the simulated activation is in acc (regulate above rest), not in linsula
+    acc, ins = (s["psc_by_condition"]["regulate"]["shifted"][r]["mean"] for r in ("acc", "linsula"))
+    assert acc > 1.0 and acc > ins + 0.8
+
+    # regulation success: each regulate block (shifted 3) against the preceding rest block (shifted 3)
+    blocks = [int(r["block"]) for r in rows]
+    assert [b["block"] for b in s["blocks"]] == [1, 3]
+    for b in s["blocks"]:
+        def mean_of(col, blk):
+            v = [_f(rows[i][col]) for i in range(3, n) if usable[i] and blocks[i - 3] == blk]
+            return np.nanmean(v)
+        assert b["baseline_block"] == b["block"] - 1
+        expected = mean_of("feedback_signal", b["block"]) - mean_of("feedback_signal", b["block"] - 1)
+        assert b["delta_feedback_signal"] == pytest.approx(expected, rel=1e-12)
+        assert b["delta_psc"]["acc"] == pytest.approx(mean_of("acc_psc", b["block"]) - mean_of("acc_psc", b["block"] - 1))
+        assert b["mean_feedback_value"] == pytest.approx(mean_of("feedback_value", b["block"]))
+        assert b["success"] is True  # the simulated activation follows the regulate blocks
+        assert f"{expected:.3f}" in text
+
+    # temporal SNR: mean / SD of the cleaned signal over non-missing volumes
+    for roi in ("acc", "linsula"):
+        v = np.array([_f(r[f"{roi}_clean"]) for r, m in zip(rows, missing) if not m])
+        tsnr = v.mean() / v.std(ddof=1)
+        assert s["tsnr"][roi]["tsnr"] == pytest.approx(tsnr, rel=1e-12)
+        assert f"<td>{roi}</td><td>{tsnr:.1f}</td>" in text
+
+    # latency: total processing latency median / p95 in ms
+    total = np.array([(_f(r["t_published"]) - _f(r["t_detected"])) * 1000 for r, m in zip(rows, missing) if not m])
+    st = s["latency_ms"]["detect → published (total)"]
+    assert st["median"] == pytest.approx(np.median(total)) and st["p95"] == pytest.approx(np.percentile(total, 95))
+    assert f"{np.median(total):.2f}" in text and f"{np.percentile(total, 95):.2f}" in text
+
+    # FD threshold from the config copy; run identity and versions from the provenance
+    assert s["motion"]["fd_threshold_mm"] == 0.4 and "threshold 0.4 mm" not in text  # (in the figure, not the page)
+    fd = np.array([_f(r["framewise_displacement"]) for r in rows])
+    assert s["motion"]["fd_over_threshold"] == int(np.sum(fd[np.isfinite(fd)] > 0.4))
+    prov = json.loads(Path(str(recorded).replace("_desc-rtnf_timeseries.tsv", "_desc-rtnf_provenance.json")).read_text())
+    assert prov["run_id"] in text and s["status"] == "ended"
+    assert f"<td>numpy</td><td>{prov['versions']['numpy']}</td>" in text
+
+
+def test_report_of_a_run_with_motion_correction_off(recorded, tmp_path):
+    from rtnf.motion import MOTION_COLUMNS
+    from rtnf.report import write_report
+
+    def no_motion(r):
+        for c in (*MOTION_COLUMNS, "framewise_displacement"):
+            r[c] = "n/a"
+        return r
+
+    tsv = _variant(recorded, tmp_path / "run", edit_rows=no_motion)
+    out = write_report(tsv, tmp_path / "report")
+    _check_figures(out, {"timecourses", "latency"})
+    assert "No motion parameters were recorded" in out.read_text()
+
+
+def test_report_of_an_aborted_run_that_crashed_mid_line(recorded, tmp_path):
+    from rtnf.report import read_run, summarise, write_report
+
+    tsv = _variant(recorded, tmp_path / "run", keep_rows=13, partial_line=True, provenance={"status": "aborted"})
+    run = read_run(tsv)
+    assert len(run.rows) == 13 and any("incomplete" in n for n in run.notes)
+    s = summarise(run)
+    assert s["status"] == "aborted" and s["aborted_at_s"] == pytest.approx(26.0)
+    assert [b["block"] for b in s["blocks"]] == [1]
+    out = write_report(tsv, tmp_path / "report")
+    _check_figures(out, {"timecourses", "motion", "latency"})
+    text = out.read_text()
+    assert "13 of 32 volumes recorded" in text and "aborted" in text
+
+
+def test_report_of_a_bare_table_without_siblings(recorded, tmp_path):
+    """Only the table: defaults stand for the config, blocks come from the condition column."""
+    from rtnf.report import read_run, summarise, write_report
+
+    tsv = _variant(recorded, tmp_path / "run", siblings=False)
+    run = read_run(tsv)
+    assert run.events is None and run.config == {} and len(run.notes) == 3
+    s = summarise(run)
+    assert s["motion"]["fd_threshold_mm"] == 0.5  # rtnf's default
+    assert s["status"] == "unknown"
+    _check_figures(write_report(tsv, tmp_path / "report"), {"timecourses", "motion", "latency"})
+
+
+def test_command_line(recorded, tmp_path, capsys):
+    import argparse
+
+    from rtnf.report import add_arguments, default_output_dir, run
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    # a folder is searched; the default output folder is <sub>/<ses>/figures
+    root = tmp_path / "copy"
+    shutil.copytree(recorded.parents[3], root)
+    assert run(parser.parse_args([str(root)])) == 0
+    html_path = Path(capsys.readouterr().out.strip())
+    assert html_path.parent == default_output_dir(next(root.rglob("*_timeseries.tsv"))) and html_path.parent.name == "figures"
+    assert html_path.exists()
+    # -o and --embed: one file with the figures inside
+    assert run(parser.parse_args([str(recorded), "-o", str(tmp_path / "o"), "--embed"])) == 0
+    text = Path(capsys.readouterr().out.strip()).read_text()
+    assert len(_images(text)) == 3 and all(src.startswith("data:image/png;base64,") for src in _images(text))
+    # nothing to report on: a message and exit code 2, no traceback
+    assert run(parser.parse_args([str(tmp_path / "o")])) == 2
+    assert "no '*_desc-rtnf_timeseries.tsv' found" in capsys.readouterr().err
