@@ -91,3 +91,63 @@ def test_studyforrest_replay_finds_the_visual_activation(tmp_path):
     for png in pngs:
         assert png.name in html.read_text()
         assert len(Image.open(png).convert("RGB").getcolors(1 << 20)) > 20
+
+
+PYNEAL = SHARED_DATA / "pyneal-series" / "siemens-prisma-e11-mosaic"
+ZOO = SHARED_DATA / "dicom-zoo" / "siemens_mosaic_prisma_VD13_ep2d"
+
+MOSAIC_CONFIG = """
+[session]
+subject = "pyneal"
+task = "rest"
+
+[scanner]
+export_dir = "unused"
+tr_s = 1.0
+n_volumes = 60
+{selection}
+
+[protocol]
+baseline = "rest"
+pattern = {{ onset = 10, steps = [{{ condition = "task", duration = 10 }}, {{ condition = "rest", duration = 10 }}], repeat = 2 }}
+
+[rois.center]
+center_mm = {center}
+radius_mm = 10.0
+
+[feedback]
+roi = "center"
+
+[output]
+dir = "{out}"
+"""
+
+
+@requires_shared_data("pyneal-series/siemens-prisma-e11-mosaic")
+def test_mixed_series_folder_takes_the_configured_series(tmp_path):
+    """A folder with the Siemens mosaic run (series 13, 64x64x18) and another series (2, 64x64x36)."""
+    import shutil
+
+    from rtnf.dicom import read_volume
+
+    mixed = tmp_path / "export"
+    mixed.mkdir()
+    for f in sorted(PYNEAL.glob("*.dcm")) + sorted(ZOO.glob("*.dcm")):
+        shutil.copy(f, mixed / f.name)
+    first = read_volume([PYNEAL / "001_000013_000001.dcm"])
+    center = first.affine @ np.array([32, 32, 9, 1.0])
+    for selection in ("series_number = 13", "expected_matrix = [64, 64, 18]"):
+        out = tmp_path / selection.split()[0]
+        cfg = tmp_path / f"{selection.split()[0]}.toml"
+        cfg.write_text(MOSAIC_CONFIG.format(selection=selection, center=[round(float(x), 2) for x in center[:3]], out=out))
+        proc = subprocess.run([sys.executable, "-m", "rtnf", "replay", str(cfg), str(mixed)],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        rows = read_tsv(out / "sub-pyneal" / "ses-01" / "func" / "sub-pyneal_ses-01_task-rest_run-1_desc-rtnf_timeseries.tsv")
+        assert [int(r["index"]) for r in rows] == list(range(60))
+        assert all(r["missing"] == "0" for r in rows)
+        assert all(r["file"].startswith("001_000013_") for r in rows)
+        assert "series 2" in proc.stderr  # the other series is reported to the operator
+        # real head motion of this run stays small and is estimated on every volume
+        fd = np.array([float(r["framewise_displacement"]) for r in rows])
+        assert np.all(np.isfinite(fd)) and fd.max() < 2.0

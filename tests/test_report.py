@@ -20,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SHARED_DATA
 
 N_VOLUMES, DUMMIES = 34, 2
 CONFIG = f"""
