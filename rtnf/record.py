@@ -16,8 +16,10 @@ operating system as they are written.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -28,6 +30,8 @@ from typing import Any, TextIO
 from .config import Config
 from .motion import MOTION_COLUMNS
 from .protocol import Protocol
+
+log = logging.getLogger(__name__)
 
 TIMING_FIELDS = ("t_acquired", "t_detected", "t_read", "t_preprocessed", "t_modelled", "t_published")
 NA = "n/a"
@@ -247,12 +251,10 @@ class RunRecorder:
                     {k: earlier.get(k) for k in ("run_id", "started", "finished", "status", "n_rows")}
                 ]
         self._write_provenance()
-        if resume and self.recorded:
-            self._table: TextIO = open(self.timeseries_path, "a", encoding="utf-8", newline="")
-        else:
-            self._table = open(self.timeseries_path, "w", encoding="utf-8", newline="")
-            self._table.write("\t".join(self.columns) + "\n")
-        self._table.flush()
+        self._pending: list[str] = []  # rows not yet on disk (the output folder failing)
+        self._failing = False
+        if not (resume and self.recorded):
+            self.timeseries_path.write_text("\t".join(self.columns) + "\n", encoding="utf-8")
         log_path = self._path(".tsv", "desc-rtnf_log")
         appending = resume and log_path.exists()
         self._log: TextIO = open(log_path, "a" if appending else "w", encoding="utf-8")
@@ -295,10 +297,38 @@ class RunRecorder:
         self._path(".json", "desc-rtnf_provenance").write_text(json.dumps(self.provenance, indent=2))
 
     def write_row(self, row: dict[str, Any]) -> None:
-        """Append one volume's row and flush it to the operating system."""
-        self._table.write("\t".join(format_cell(row.get(c)) for c in self.columns) + "\n")
-        self._table.flush()
+        """Append one volume's row and hand it to the operating system.
+
+        If the output folder fails (full, unwritable, gone), the row is kept
+        in memory with the ones before it, an error is logged once, and every
+        later call tries again: rows reach the table in order, each once, as
+        soon as writing works again.
+        """
+        self._pending.append("\t".join(format_cell(row.get(c)) for c in self.columns) + "\n")
         self.n_rows += 1
+        self._write_pending()
+
+    @property
+    def n_buffered(self) -> int:
+        """Rows waiting in memory for the output folder to work again."""
+        return len(self._pending)
+
+    def _write_pending(self) -> None:
+        data = "".join(self._pending).encode("utf-8")
+        try:
+            _append_whole(self.timeseries_path, data)
+        except OSError as exc:
+            if not self._failing:
+                log.error(
+                    "RECORDING FAILED: cannot write %s (%s). The feedback goes on; rows are kept in memory "
+                    "and written as soon as the output folder works again.", self.timeseries_path, exc.strerror or exc,
+                )
+            self._failing = True
+            return
+        if self._failing:
+            log.warning("recording works again: %d buffered rows written to %s", len(self._pending), self.timeseries_path.name)
+        self._failing = False
+        self._pending.clear()
 
     def save_statmap(self, t_volume, affine) -> Path:
         """The run's final whole-brain t-map as ``desc-rtnf_stat-t_statmap.nii.gz``."""
@@ -315,10 +345,20 @@ class RunRecorder:
 
     def close(self, status: str) -> None:
         """Close the files and record how the run ended ("ended" or "aborted")."""
-        self.provenance.update({"finished": time.time(), "status": status, "n_rows": self.n_rows})
-        self._write_provenance()
-        self._table.close()
-        self._log.close()
+        if self._pending:
+            self._write_pending()
+        if self._pending:
+            log.error("%d rows could not be written to %s: the output folder still fails", len(self._pending),
+                      self.timeseries_path)
+        self.provenance.update({"finished": time.time(), "status": status, "n_rows": self.n_rows - len(self._pending)})
+        try:
+            self._write_provenance()
+        except OSError as exc:
+            log.error("cannot write the provenance file: %s", exc)
+        try:
+            self._log.close()
+        except OSError as exc:
+            log.error("cannot write the event log: %s", exc)
 
 
 class RecorderLogHandler(logging.Handler):
@@ -333,6 +373,22 @@ class RecorderLogHandler(logging.Handler):
             self.recorder.log_event(record.levelname, record.getMessage())
         except (OSError, ValueError):  # a closed or unwritable log must not stop the run
             pass
+
+
+def _append_whole(path: Path, data: bytes) -> None:
+    """Append ``data`` to ``path`` entirely or not at all (a full disk leaves no half row)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            written = os.write(fd, data)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, "short write", str(path))
+        except OSError:
+            os.ftruncate(fd, size)
+            raise
+    finally:
+        os.close(fd)
 
 
 def _write_dataset_description(root: Path) -> None:
