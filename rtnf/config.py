@@ -176,6 +176,8 @@ class PublishConfig(_Model):
 
 class OutputConfig(_Model):
     dir: FilePath
+    # Keep every received volume in the run's 4D NIfTI (desc-rtnf_bold.nii), as received.
+    save_volumes: bool = True
 
 
 class Config(_Model):

@@ -66,7 +66,9 @@ class VolumeProcessor:
         self._previous_motion: np.ndarray | None = None
         self._last_value: float | None = None  # last uncensored feedback value, for censor_action "hold"
         self.wholebrain: WholeBrainModel | None = None
-        self.preview: dict[str, Any] | None = None  # the latest volume's preview, taken by the sender
+        self._preview_index: int | None = None  # volume whose preview is still to be built
+        self.preview = None  # the latest volume's preview, taken by the sender (see the property)
+        self.received: Any = None  # the latest volume as read, for the recorder
         self._planes: dict[str, np.ndarray] | None = None
         self._roi_masks: dict[str, np.ndarray] = {}
         self._preview_scale = 1.0
@@ -86,6 +88,7 @@ class VolumeProcessor:
             log.warning("volume %d unreadable, treated as missing: %s", index, exc)
             return self.missing(index, acquisition, name, t_detected, reason="unreadable file")
         t_read = time.time()
+        self.received = volume
         if self.grid is None:
             self.preprocessor.fit(volume)
             self.grid = volume.grid
@@ -111,9 +114,9 @@ class VolumeProcessor:
             self.wholebrain.update(index, brain, self.model.model_size(index))
         t_modelled = time.time()
         if self._planes is not None:
-            image = {name: self.preprocessor.values_at(idx.reshape(-1)).reshape(idx.shape) for name, idx in self._planes.items()}
-            t_volume = self.wholebrain.t_volume() if self.wholebrain is not None else None
-            self.preview = preview_body(index, self._planes, image, t_volume, self._roi_masks, self._preview_scale)
+            # Built when the sender asks for it, after the feedback and volume messages have
+            # left: the console's preview costs 15-40 ms and must not delay the participant.
+            self._preview_index = index
         timing = {
             "t_acquired": volume.t_acquired,
             "t_detected": t_detected,
@@ -136,6 +139,21 @@ class VolumeProcessor:
             }
             volume_body["flags"]["censored"] = q.censored
         return volume_body, feedback_body
+
+    @property
+    def preview(self) -> dict[str, Any] | None:
+        """The latest volume's ``preview`` body, built on first access (None when there is none)."""
+        if self._preview_index is not None and self._planes is not None:
+            index, self._preview_index = self._preview_index, None
+            image = {name: self.preprocessor.values_at(idx.reshape(-1)).reshape(idx.shape) for name, idx in self._planes.items()}
+            t_volume = self.wholebrain.t_volume() if self.wholebrain is not None else None
+            self._preview = preview_body(index, self._planes, image, t_volume, self._roi_masks, self._preview_scale)
+        return self._preview
+
+    @preview.setter
+    def preview(self, body: dict[str, Any] | None) -> None:
+        self._preview_index = None
+        self._preview = body
 
     def _fit_extras(self, first: Any) -> None:
         """Whole-brain model and preview planes, set up on the first volume."""
@@ -171,6 +189,7 @@ class VolumeProcessor:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Message bodies for a volume that never arrived or could not be used."""
         self.preprocessor.skip()
+        self.received = None
         timing = {"t_acquired": None, "t_detected": t_detected, "t_read": None, "t_preprocessed": None,
                   "t_modelled": None, "t_published": None}
         rois = {name: {"raw": None, "clean": None, "psc": None} for name in self.roi_names}

@@ -251,6 +251,9 @@ class RunRecorder:
                     {k: earlier.get(k) for k in ("run_id", "started", "finished", "status", "n_rows")}
                 ]
         self._write_provenance()
+        self._tr_s = cfg.scanner.tr_s
+        self._bold_offset: int | None = None
+        self._bold_failed = False
         self._pending: list[str] = []  # rows not yet on disk (the output folder failing)
         self._failing = False
         if not (resume and self.recorded):
@@ -329,6 +332,44 @@ class RunRecorder:
             log.warning("recording works again: %d buffered rows written to %s", len(self._pending), self.timeseries_path.name)
         self._failing = False
         self._pending.clear()
+
+    def save_volume(self, index: int, data, affine, n_volumes: int) -> None:
+        """Write the received volume ``index`` into the run's 4D NIfTI (``desc-rtnf_bold.nii``).
+
+        The file is laid out for the whole run when the first volume comes
+        and each volume is written in place, so a crash keeps what was
+        received and a resumed run fills in the rest; volumes that never
+        arrived stay zero. A failing output folder costs these copies only
+        (logged once), never the run.
+        """
+        import nibabel as nib
+        import numpy as np
+
+        path = self._path(".nii", "desc-rtnf_bold")
+        data = np.asarray(data, dtype=np.float32)
+        try:
+            if self._bold_offset is None:
+                if not path.exists() or path.stat().st_size == 0:
+                    header = nib.Nifti1Header()
+                    header.set_data_shape(data.shape + (n_volumes,))
+                    header.set_data_dtype(np.float32)
+                    header.set_qform(affine, code=1)
+                    header.set_sform(affine, code=1)
+                    header.set_xyzt_units("mm", "sec")
+                    header["pixdim"][4] = self._tr_s
+                    header.set_data_offset(352)
+                    with open(path, "wb") as f:
+                        f.write(header.binaryblock + b"\0" * (352 - header.sizeof_hdr))
+                        f.truncate(352 + data.nbytes * n_volumes)  # sparse: zeros until written
+                self._bold_offset = 352
+            with open(path, "r+b") as f:
+                # NIfTI is Fortran-ordered: one volume is a contiguous block of x-fastest voxels.
+                f.seek(self._bold_offset + index * data.nbytes)
+                f.write(np.asfortranarray(data).tobytes(order="F"))
+        except OSError as exc:
+            if not self._bold_failed:
+                log.error("cannot save received volumes to %s: %s", path, exc.strerror or exc)
+            self._bold_failed = True
 
     def save_statmap(self, t_volume, affine) -> Path:
         """The run's final whole-brain t-map as ``desc-rtnf_stat-t_statmap.nii.gz``."""

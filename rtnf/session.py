@@ -367,6 +367,9 @@ class _RunLoop:
             self.recorder.write_row(row)
             if self.processor.preview is not None:
                 self.publisher.send("preview", self.processor.preview)
+        received = self.processor.received
+        if self.cfg.output.save_volumes and received is not None and not volume["flags"]["missing"]:
+            self.recorder.save_volume(volume["index"], received.data, received.affine, self.processor.protocol.n_volumes)
             if self.on_volume is not None:
                 self.on_volume(volume, feedback)
         self.last_index = volume["index"]

@@ -72,6 +72,13 @@ def test_replay_of_a_folder_and_of_a_4d_nifti_equal_the_live_run(tmp_path):
     live = _table(cfg)
     assert len(live) == N - 2
     cfg_path = tmp_path / "session.toml"
+    # the received volumes are kept as one 4D NIfTI, exactly as read
+    bold = nib.load(func_dir(cfg) / f"{bids_prefix(cfg)}_desc-rtnf_bold.nii")
+    files = sorted(Path(cfg.scanner.export_dir).glob("*.nii"))
+    assert bold.shape[3] == N - 2 and bold.header.get_zooms()[3] == 2.0
+    np.testing.assert_allclose(bold.affine, nib.load(files[0]).affine, atol=1e-4)
+    for i in (0, 13, N - 3):
+        np.testing.assert_array_equal(np.asarray(bold.dataobj[..., i]), np.asarray(nib.load(files[i + 2]).dataobj))
 
     proc = _replay(cfg_path, [cfg.scanner.export_dir], tmp_path / "replayed")
     assert proc.returncode == 0, proc.stderr
