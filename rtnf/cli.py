@@ -65,6 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     from . import report as report_cmd  # matplotlib is imported only when a report is written
     from .console import cli as console_cli  # light: the web stack is imported only when serving
 
+    keys = sub.add_parser("keys", help="generate ZeroMQ CURVE keys for a screen or console on another machine")
+    keys.add_argument("folder", type=Path)
+    keys.add_argument("--client", action="append", default=[], help="client name (repeatable), e.g. screen, console")
+    keys.add_argument("--overwrite", action="store_true")
+
     rep = sub.add_parser("report", help="HTML report with PNG figures for a recorded run")
     report_cmd.add_arguments(rep)
 
@@ -226,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_bench(args)
         if args.command == "replay":
             return _cmd_replay(args)
+        if args.command == "keys":
+            from .keys import main as keys_main
+
+            argv = [str(args.folder)] + [a for c in args.client for a in ("--client", c)]
+            return keys_main(argv + (["--overwrite"] if args.overwrite else []))
         if args.command == "report":
             from . import report as report_cmd
 

@@ -172,6 +172,8 @@ class PublishConfig(_Model):
     heartbeat_s: Annotated[float, Field(gt=0, le=10)] = 1.0
     # Slices of the latest volume (and t-map) for the console, every volume.
     preview: bool = True
+    # A folder made by `rtnf keys`: ZeroMQ CURVE encryption and client authentication.
+    curve_keys: Optional[FilePath] = None
 
 
 class OutputConfig(_Model):
@@ -334,11 +336,13 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     rois = {name: roi.model_copy(update={"mask": resolve(roi.mask)}) for name, roi in cfg.rois.items()}
     output = cfg.output.model_copy(update={"dir": resolve(cfg.output.dir)})
     feedback = cfg.feedback.model_copy(update={"sham_from": resolve(cfg.feedback.sham_from)})
+    publish = cfg.publish.model_copy(update={"curve_keys": resolve(cfg.publish.curve_keys)})
     motion = cfg.motion
     if motion.reference != "first":
         motion = motion.model_copy(update={"reference": resolve(Path(motion.reference))})
     return cfg.model_copy(
-        update={"scanner": scanner, "rois": rois, "output": output, "feedback": feedback, "motion": motion}
+        update={"scanner": scanner, "rois": rois, "output": output, "feedback": feedback, "motion": motion,
+                "publish": publish}
     )
 
 
@@ -405,6 +409,11 @@ def _check_consistency(cfg: Config) -> None:
         )
     if fb.sham_from is not None and not fb.sham_from.is_file():
         raise ConfigError(f"invalid value for 'feedback.sham_from': file not found: {fb.sham_from}.")
+    if cfg.publish.curve_keys is not None and not (cfg.publish.curve_keys / "rtnf.key_secret").is_file():
+        raise ConfigError(
+            f"invalid value for 'publish.curve_keys': {cfg.publish.curve_keys} has no rtnf.key_secret. "
+            "Allowed: a folder made by `rtnf keys FOLDER`."
+        )
     if not cfg.publish.address.startswith(("tcp://", "ipc://", "inproc://")):
         raise ConfigError(
             f"invalid value for 'publish.address': {cfg.publish.address!r}. "

@@ -133,6 +133,8 @@ class ExportReader:
                 return Probe(path, fmt) if nifti_complete(path) else None
             if fmt == "rec":
                 return None
+            if fmt == "parrec" and not self._rec_beside(path):
+                return None
             from .dicom import probe
 
             info = probe(path)
@@ -140,6 +142,26 @@ class ExportReader:
             log.debug("check of %s failed: %s", path, exc)
             return None
         return Probe(path, fmt if fmt == "parrec" else "dicom", info) if info.complete else None
+
+    def _rec_beside(self, par: Path) -> bool:
+        """Whether the .REC of a .PAR (if any) resolves into the folder the .PAR resolves into.
+
+        The watcher refuses files that resolve outside the export folder, but a
+        PAR's data half is opened by the reader, not handed over: a symlinked
+        .REC must not make rtnf read a file elsewhere.
+        """
+        for suffix in (".rec", ".REC", ".Rec"):
+            rec = par.with_suffix(suffix)
+            if rec.is_symlink() or rec.exists():
+                try:
+                    beside = rec.resolve().parent == par.resolve().parent
+                except (OSError, RuntimeError):  # a symlink loop
+                    beside = False
+                if not beside:
+                    self._report_once(f"rec-outside:{rec}", f"{rec.name} resolves outside the folder of {par.name}; "
+                                      "refused (never read)")
+                return beside
+        return True
 
     # -------------------------------------------------------------- pipeline thread
 

@@ -62,9 +62,13 @@ def _expected_size(head: bytes) -> int | None:
             continue
         if hdr["sizeof_hdr"] != klass.sizeof_hdr:
             continue
-        shape = hdr.get_data_shape()
-        itemsize = hdr.get_data_dtype().itemsize
-        return int(hdr.get_data_offset()) + int(np.prod(shape, dtype=np.int64)) * itemsize
+        try:  # a corrupt dim or datatype field (unknown type code, negative size, ...)
+            shape = hdr.get_data_shape()
+            itemsize = hdr.get_data_dtype().itemsize
+            offset = int(hdr.get_data_offset())
+        except Exception:
+            return None
+        return offset + int(np.prod(shape, dtype=np.int64)) * itemsize
     return None
 
 

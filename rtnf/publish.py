@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import zmq
 
-from .messages import encode
+from .messages import MAX_MESSAGE_BYTES, encode
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,26 @@ class Publisher:
     hwm : int
         Messages queued per subscriber before ZeroMQ drops new ones for
         that subscriber: a stuck client never slows the pipeline.
+    curve_keys : Path, optional
+        A folder made by ``rtnf keys``: encrypt and authenticate with
+        ZeroMQ CURVE (for a screen or console on another machine).
     """
 
-    def __init__(self, address: str, run_id: str, hwm: int = 1000) -> None:
+    def __init__(self, address: str, run_id: str, hwm: int = 1000, curve_keys: Path | None = None) -> None:
         self.address = address
         self.run_id = run_id
         self._ctx = zmq.Context()
         self._sock = self._ctx.socket(zmq.PUB)
+        self._curve = None
+        if curve_keys is not None:
+            from .keys import CurveServer
+
+            # Only subscribers whose public keys are in <curve_keys>/authorized receive anything.
+            self._curve = CurveServer(self._ctx, curve_keys)
+            self._curve.apply(self._sock)
         self._sock.setsockopt(zmq.SNDHWM, hwm)
+        # Subscribers send subscription frames: bound them too.
+        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
         self._sock.setsockopt(zmq.LINGER, 2000)  # let the final messages leave at close
         try:
             self._sock.bind(address)
@@ -61,4 +74,6 @@ class Publisher:
     def close(self) -> None:
         """Flush (up to the linger time) and close."""
         self._sock.close()
+        if self._curve is not None:
+            self._curve.stop()
         self._ctx.term()

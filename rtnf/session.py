@@ -102,7 +102,7 @@ def run_session(
     forward = _QueueHandler(alerts)
     for h in (handler, forward):
         logging.getLogger("rtnf").addHandler(h)
-    publisher = Publisher(cfg.publish.address, run_id)
+    publisher = Publisher(cfg.publish.address, run_id, curve_keys=cfg.publish.curve_keys)
     files: queue.Queue[Any] = queue.Queue()
     replay = feeder_factory is not None
     export = ExportReader(cfg.scanner, t_start=time.time(), accept_old=replay or resume)

@@ -89,6 +89,7 @@ class VolumeWatcher(FileSystemEventHandler):
         self._rewritten: set[Path] = set()
         self._incomplete: dict[Path, tuple[int, float]] = {}  # path -> (size, since)
         self._stale: set[Path] = set()
+        self._outside: set[Path] = set()  # symlinks out of the folder, refused and reported once
         self._lock = threading.Lock()  # event, scan and housekeeping threads all check files
         self._observer: Any = None
         self._stop = threading.Event()
@@ -148,7 +149,7 @@ class VolumeWatcher(FileSystemEventHandler):
         self._consider(Path(path if isinstance(path, str) else path.decode()))
 
     def _consider(self, path: Path) -> None:
-        if not self.matches(path):
+        if not self.matches(path) or not self._inside(path):
             return
         with self._lock:
             if path in self._handed:
@@ -175,6 +176,19 @@ class VolumeWatcher(FileSystemEventHandler):
             self._stale.discard(path)
         log.debug("complete: %s", path.name)
         self.on_ready(path, t_detected, probe)
+
+    def _inside(self, path: Path) -> bool:
+        """Whether ``path`` (symlinks resolved) lies inside the export folder; logs a refusal once."""
+        try:
+            real = path.resolve()
+            inside = real.is_relative_to(self.folder.resolve())
+        except (OSError, RuntimeError):  # a symlink loop
+            real, inside = path, False
+        if not inside and path not in self._outside:
+            self._outside.add(path)
+            log.warning("%s resolves to %s, outside the export folder %s; refused (never read)",
+                        path.name, real, self.folder)
+        return inside
 
     def _note_rewrite(self, path: Path) -> None:
         """Report once a file written again after it was handed over (a duplicate export)."""

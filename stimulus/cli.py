@@ -91,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "override it)")
     p.add_argument("--address", default=DEFAULT_ADDRESS,
                    help="rtnf's PUB address to subscribe to (default: %(default)s)")
+    p.add_argument("--curve-keys", default=None, metavar="FOLDER",
+                   help="rtnf on another machine: CURVE keys made by `rtnf keys` (this client's secret key "
+                        "and rtnf's public key)")
+    p.add_argument("--curve-client", default="screen", metavar="NAME",
+                   help="this client's name in the keys folder (default: screen)")
     p.add_argument("--ack-address", default=DEFAULT_SCREEN_ADDRESS,
                    help="address to bind for 'displayed' and heartbeat messages "
                         "(default: %(default)s)")
@@ -285,7 +290,8 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
-        link = FeedbackLink(args.address, args.ack_address, cfg.heartbeat_timeout_s)
+        link = FeedbackLink(args.address, args.ack_address, cfg.heartbeat_timeout_s,
+                            curve_keys=args.curve_keys, curve_client=args.curve_client)
     except RuntimeError as exc:
         logger.error("%s", exc)
         return 2

@@ -466,6 +466,8 @@ class FeedbackLink:
         *,
         rcvhwm: int = 1000,
         max_batch: int = 1000,
+        curve_keys: "str | None" = None,
+        curve_client: str = "screen",
     ) -> None:
         self.address = address
         self.ack_address = ack_address
@@ -483,6 +485,12 @@ class FeedbackLink:
         self._sub.setsockopt(zmq.RCVHWM, int(rcvhwm))
         for topic in SUBSCRIBED_TOPICS:
             self._sub.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))
+        if curve_keys is not None:
+            # rtnf on another machine, with CURVE (keys from `rtnf keys`): this
+            # screen's own secret key and rtnf's public key, nothing else.
+            from rtnf.keys import secure_client
+
+            secure_client(self._sub, curve_keys, curve_client)
         # libzmq treats an oversized message as a protocol error and then
         # drops the connection for good (no automatic reconnect), which would
         # leave the screen deaf. Watch for disconnections and reconnect.

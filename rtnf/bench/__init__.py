@@ -14,5 +14,5 @@ in tests.
 
 from __future__ import annotations
 
-STAGES: tuple[str, ...] = ("read", "motion", "glm")
+STAGES: tuple[str, ...] = ("read", "motion", "glm", "pipeline", "soak")
 """Module names under ``rtnf.bench`` that provide a stage (filled as stages are added)."""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
+from ..nifti import VolumeReadError
 from ..volume import Volume
 from ._common import DicomReadError, UnsupportedDicomError, dcmread
 from .probe import classify
@@ -33,6 +35,22 @@ def read_volumes(paths: str | Path | Sequence[str | Path]) -> list[Volume]:
     files = _as_paths(paths)
     if not files:
         raise DicomReadError("read_volume: no files given")
+    with _as_read_error(files):
+        return _read_volumes(files)
+
+
+@contextmanager
+def _as_read_error(files: list[Path]) -> Iterator[None]:
+    """Turn what pydicom/nibabel raise on a corrupt header field (TypeError, KeyError, ...) into DicomReadError."""
+    try:
+        yield
+    except VolumeReadError:
+        raise
+    except Exception as exc:
+        raise DicomReadError(f"{files[0]}: corrupt or inconsistent header ({type(exc).__name__}: {exc})") from exc
+
+
+def _read_volumes(files: list[Path]) -> list[Volume]:
     if files[0].suffix.lower() == ".par":
         if len(files) != 1:
             raise DicomReadError(f"{files[0]}: give one PAR file at a time")
@@ -85,7 +103,8 @@ def read_volume(paths: str | Path | Sequence[str | Path]) -> Volume:
     if len(files) == 1 and files[0].suffix.lower() == ".par":
         from .parrec import read_parrec_volume
 
-        return read_parrec_volume(files[0])
+        with _as_read_error(files):
+            return read_parrec_volume(files[0])
     volumes = read_volumes(files)
     if len(volumes) != 1:
         raise DicomReadError(f"{files[0]}: holds {len(volumes)} volumes; use rtnf.dicom.read_volumes")
