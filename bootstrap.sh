@@ -51,7 +51,7 @@ want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "==> installing rtnf and its Python packages into .venv (PsychoPy takes a few minutes the first time)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[display,console,dev]"
+  .venv/bin/python -m pip install -q -e ".[display,console,roi,lsl,dev]"
   echo "$want" > "$stamp"
 fi
 

@@ -62,7 +62,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--console", action="store_true", help="also serve the operator console during the demo")
     demo.add_argument("--console-port", type=int, default=5006, help="port of the console on 127.0.0.1 (default 5006)")
 
+    from . import lsl as lsl_cmd  # pylsl is imported only when the bridge starts
     from . import report as report_cmd  # matplotlib is imported only when a report is written
+    from . import roidef as roi_cmd  # SimpleITK and nilearn are imported only when an ROI is made
+
+    roi = sub.add_parser("roi", help="define an ROI on the reference volume (mask + PNG to check)")
+    roi_cmd.add_arguments(roi)
+    lsl = sub.add_parser("lsl", help="republish feedback and volume markers on Lab Streaming Layer (EEG-fMRI)")
+    lsl_cmd.add_arguments(lsl)
+    ses = sub.add_parser("session", help="run the runs of a session file in order (localizer, feedback, transfer)")
+    ses.add_argument("session_file", type=Path, help="session file (TOML) listing the runs")
+    ses.add_argument("--replay", type=Path, nargs="+", metavar="SOURCE",
+                     help="replay recorded runs instead of watching the scanner: one source per run, in order")
+    ses.add_argument("--overwrite", action="store_true", help="replace earlier outputs of the same runs")
     from .console import cli as console_cli  # light: the web stack is imported only when serving
 
     keys = sub.add_parser("keys", help="generate ZeroMQ CURVE keys for a screen or console on another machine")
@@ -203,6 +215,41 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0 if all(r["status"] == "ended" for r in results) else 1
 
 
+def _cmd_session(args: argparse.Namespace) -> int:
+    from .record import OutputExistsError
+    from .replay import ReplayFeeder
+    from .session import run_session
+    from .study_session import load_study_session, run_study_session
+
+    study = load_study_session(args.session_file)
+    if args.replay is not None and len(args.replay) != len(study.runs):
+        print(f"rtnf session: --replay needs one source per run ({len(study.runs)}), got {len(args.replay)}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    sources = iter(args.replay or [])
+
+    def run_one(cfg, config_path):
+        factory = None
+        if args.replay is not None:
+            source = next(sources).resolve()
+            factory = lambda export, put: ReplayFeeder(source, export, put, 0.0, cfg.scanner.first_volume_number)  # noqa: E731
+        result = run_session(cfg, config_path.read_text(encoding="utf-8"), overwrite=args.overwrite, stop=stop,
+                             feeder_factory=factory)
+        print(f"{cfg.session.task} run {cfg.session.run}: {result.status}, {result.n_processed} volumes, "
+              f"{result.n_missing} missing -> {result.timeseries}")
+        return result
+
+    try:
+        results = run_study_session(study, run_one, stop)
+    except (OutputExistsError, OSError) as exc:
+        print(f"rtnf session: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    return 0 if results and all(r.status == "ended" for r in results) else 1
+
+
 def _cmd_check(args: argparse.Namespace) -> int:
     from .config import load_config
 
@@ -231,6 +278,16 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_bench(args)
         if args.command == "replay":
             return _cmd_replay(args)
+        if args.command == "roi":
+            from . import roidef as roi_cmd
+
+            return roi_cmd.run(args)
+        if args.command == "lsl":
+            from . import lsl as lsl_cmd
+
+            return lsl_cmd.run(args)
+        if args.command == "session":
+            return _cmd_session(args)
         if args.command == "keys":
             from .keys import main as keys_main
 

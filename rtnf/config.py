@@ -142,6 +142,8 @@ class QualityConfig(_Model):
 class FeedbackConfig(_Model):
     """How ROI values become the value on the screen (see :mod:`rtnf.feedback`)."""
 
+    # false: a localizer or transfer run; everything is computed and recorded, nothing is shown.
+    enabled: bool = True
     roi: str | Annotated[list[str], Field(min_length=1)]
     combine: Literal["mean", "median"] = "mean"
     reference_roi: Optional[str] = None

@@ -180,6 +180,8 @@ class FeedbackComputer:
             if self._smooth is not None:
                 signal = self._smooth(signal)
             self._signals[index] = signal
+        if not self.cfg.enabled:
+            return FeedbackValue(None, "no feedback in this run", signal=signal, kind=self.cfg.kind)
         if self.cfg.kind == "intermittent":
             return self._intermittent(index)
         if signal is None:

@@ -242,6 +242,8 @@ class RunRecorder:
             "command": sys.argv,
             "platform": platform.platform(),
             "versions": _versions(),
+            # what the run really used: the file plus command-line and session overrides
+            "config": cfg.model_dump(mode="json"),
         }
         if resume:
             previous = self._path(".json", "desc-rtnf_provenance")
