@@ -149,3 +149,26 @@ def test_killed_run_resumes_with_every_volume_once_and_the_same_values(tmp_path)
     proc = _replay(cfg_path, [cfg.scanner.export_dir], tmp_path / "uninterrupted")
     assert proc.returncode == 0, proc.stderr
     _same_values(_table(cfg, tmp_path / "uninterrupted"), resumed)
+
+
+def test_replays_on_a_local_dask_cluster(tmp_path):
+    """Studies with many runs: the replays go to a Dask cluster given by its scheduler address."""
+    import pytest
+
+    distributed = pytest.importorskip("distributed", reason="dask's distributed package (extra 'cluster')")
+    from rtnf.replay import ReplayJob, replay_many
+
+    cfg, _ = run_processes(tmp_path, CONFIG, speed=8.0)
+    cfg_path = tmp_path / "session.toml"
+    jobs = [
+        ReplayJob(cfg_path, Path(cfg.scanner.export_dir), {"output.dir": str(tmp_path / "dask"), "session.run": k})
+        for k in (1, 2)
+    ]
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  host="127.0.0.1") as cluster:
+        results = replay_many(jobs, dask_address=cluster.scheduler_address)
+    assert [r["status"] for r in results] == ["ended", "ended"]
+    live = _table(cfg)
+    func = tmp_path / "dask" / "sub-replay" / "ses-01" / "func"
+    for k in (1, 2):
+        _same_values(live, read_tsv(func / f"sub-replay_ses-01_task-nf_run-{k}_desc-rtnf_timeseries.tsv"))
