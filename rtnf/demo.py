@@ -108,7 +108,7 @@ def _is_table_list(v: Any) -> bool:
 
 
 def screen_command(
-    address: str, ack_address: str, folder: Path, exit_after_end_s: float = 1.0, config: Path | None = None
+    address: str, ack_address: str, folder: Path, exit_after_end_s: float | None = 1.0, config: Path | None = None
 ) -> list[str]:
     """Command line of the feedback screen, under Xvfb when there is no display."""
     from stimulus.xvfb import display_prefix  # no PsychoPy import: only finds a display
@@ -121,8 +121,7 @@ def screen_command(
         "--size", "800x600",
         "--flip-log", str(folder / "flips.csv"),
         "--screenshot", str(folder / "last_frame.png"),
-        "--exit-after-end", str(exit_after_end_s),
-    ]
+    ] + ([] if exit_after_end_s is None else ["--exit-after-end", str(exit_after_end_s)])
 
 
 class Listener:
