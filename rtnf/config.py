@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import re
 import tomllib
-import types
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ._validation import format_validation_error
 from .display import DisplayConfig
 from .messages import DEFAULT_ADDRESS
 from .protocol import Block, Protocol, ProtocolError
@@ -243,7 +242,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{path}: " + _format_errors(exc)) from None
+        raise ConfigError(f"{path}: " + format_validation_error(exc, Config, "")) from None
     cfg = _resolve_paths(cfg, path.resolve().parent)
     try:
         _check_consistency(cfg)
@@ -261,65 +260,6 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 
 
 # ---------------------------------------------------------------- messages
-
-
-def _format_errors(exc: ValidationError) -> str:
-    lines = [_format_error(err) for err in exc.errors()]
-    if len(lines) == 1:
-        return lines[0]
-    return f"{len(lines)} problems:\n  " + "\n  ".join(lines)
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _format_error(err: dict[str, Any]) -> str:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    key = _dotted(loc)
-    if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        return f"unknown key '{key}'. Allowed keys here: {', '.join(allowed)}."
-    if err["type"] == "missing":
-        return f"missing key '{key}' (required)."
-    value = err.get("input")
-    shown = f"{value!r} ({type(value).__name__})" if not isinstance(value, dict) else "a table"
-    return f"invalid value for '{key}': {shown}. {err['msg']}."
-
-
-def _unwrap(annotation: Any) -> Any:
-    """Strip Annotated/Optional to reach the model or container type."""
-    while True:
-        origin = typing.get_origin(annotation)
-        if origin is Annotated:
-            annotation = typing.get_args(annotation)[0]
-        elif origin in (typing.Union, types.UnionType):
-            args = [a for a in typing.get_args(annotation) if a is not type(None)]
-            annotation = args[0]
-        else:
-            return annotation
-
-
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    node: Any = Config
-    for part in loc:
-        node = _unwrap(node)
-        if isinstance(node, type) and issubclass(node, BaseModel):
-            node = node.model_fields[part].annotation
-        elif typing.get_origin(node) in (list, dict):
-            node = typing.get_args(node)[-1]
-    node = _unwrap(node)
-    if typing.get_origin(node) is dict:
-        node = _unwrap(typing.get_args(node)[-1])
-    if isinstance(node, type) and issubclass(node, BaseModel):
-        return list(node.model_fields)
-    return []
 
 
 # ---------------------------------------------------------------- paths and cross-checks

@@ -39,13 +39,13 @@ from __future__ import annotations
 
 import re
 import tomllib
-import types
-import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidator, ValidationError
 from pydantic_core import PydanticCustomError
+
+from ._validation import format_validation_error
 
 __all__ = [
     "BarDisplay",
@@ -269,7 +269,7 @@ def parse_display(raw: Any, source: str = "display") -> DisplayConfig:
     try:
         cfg = DisplayConfig.model_validate(raw)
     except ValidationError as exc:
-        raise DisplayConfigError(f"{source}: {_format_errors(exc)}") from None
+        raise DisplayConfigError(f"{source}: {format_validation_error(exc, DisplayConfig, 'display')}") from None
     for key in cfg.keys.responses:
         if key in (cfg.keys.trigger, cfg.keys.quit):
             raise DisplayConfigError(
@@ -333,56 +333,3 @@ def load_display(path: str | Path) -> DisplayConfig:
 # --------------------------------------------------------------------------- #
 # Messages (same wording as rtnf.config)
 # --------------------------------------------------------------------------- #
-def _format_errors(exc: ValidationError) -> str:
-    lines = [_format_error(err) for err in exc.errors()]
-    if len(lines) == 1:
-        return lines[0]
-    return f"{len(lines)} problems:\n  " + "\n  ".join(lines)
-
-
-def _dotted(loc: tuple[Any, ...]) -> str:
-    out = "display"
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
-
-
-def _format_error(err: dict[str, Any]) -> str:
-    # Drop the names pydantic gives to union branches and validators: the key is what matters.
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    key = _dotted(loc)
-    if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(loc[:-1])
-        return f"unknown key '{key}'. Allowed keys here: {', '.join(allowed)}."
-    if err["type"] == "missing":
-        return f"missing key '{key}' (required)."
-    value = err.get("input")
-    shown = f"{value!r} ({type(value).__name__})" if not isinstance(value, dict) else "a table"
-    return f"invalid value for '{key}': {shown}. {err['msg']}."
-
-
-def _unwrap(annotation: Any) -> Any:
-    while True:
-        origin = typing.get_origin(annotation)
-        if origin is Annotated:
-            annotation = typing.get_args(annotation)[0]
-        elif origin in (typing.Union, types.UnionType):
-            annotation = [a for a in typing.get_args(annotation) if a is not type(None)][0]
-        else:
-            return annotation
-
-
-def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
-    node: Any = DisplayConfig
-    for part in loc:
-        node = _unwrap(node)
-        if isinstance(node, type) and issubclass(node, BaseModel):
-            node = node.model_fields[part].annotation
-        elif typing.get_origin(node) in (list, dict):
-            node = typing.get_args(node)[-1]
-    node = _unwrap(node)
-    if typing.get_origin(node) is dict:
-        node = _unwrap(typing.get_args(node)[-1])
-    if isinstance(node, type) and issubclass(node, BaseModel):
-        return list(node.model_fields)
-    return []
