@@ -35,12 +35,14 @@ preview
     ("sagittal", "coronal", "axial" through the feedback ROI), each with
     ``shape``, ``image`` (8-bit rows of the realigned volume), ``tmap``
     (rows of t values at 0.1 precision, null outside the brain; only with
-    the whole-brain model) and ``rois`` (name -> 0/1 rows).
+    the whole-brain model) and ``rois`` (name -> 0/1 rows); ``axcodes``
+    (orientation of the voxel axes, e.g. ["L", "P", "S"]) and ``voxel_mm``.
 log
     What the operator should know that is not one volume's value: a
     skipped file, another series, a duplicate, a stale file, the export
-    folder vanishing. ``level`` ("INFO", "WARNING", "ERROR"), ``message``,
-    ``t``.
+    folder vanishing. ``level`` ("WARNING", "ERROR"), ``message``, ``t``;
+    ``alarm`` (e.g. "recording") and ``ok`` (false when it starts, true when
+    it clears) for conditions the console shows until they clear.
 displayed
     Published by the feedback screen on its own socket: ``index`` (null for
     screens that show no feedback value), ``value``, ``state``,

@@ -327,11 +327,15 @@ class RunRecorder:
                 log.error(
                     "RECORDING FAILED: cannot write %s (%s). The feedback goes on; rows are kept in memory "
                     "and written as soon as the output folder works again.", self.timeseries_path, exc.strerror or exc,
+                    extra={"alarm": "recording", "ok": False},
                 )
             self._failing = True
             return
         if self._failing:
-            log.warning("recording works again: %d buffered rows written to %s", len(self._pending), self.timeseries_path.name)
+            log.warning(
+                "recording works again: %d buffered rows written to %s", len(self._pending), self.timeseries_path.name,
+                extra={"alarm": "recording", "ok": True},
+            )
         self._failing = False
         self._pending.clear()
 

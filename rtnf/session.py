@@ -282,7 +282,10 @@ class _RunLoop:
                 record = self.alerts.get_nowait()
             except queue.Empty:
                 return
-            self.publisher.send("log", {"level": record.levelname, "message": record.getMessage(), "t": record.created})
+            body = {"level": record.levelname, "message": record.getMessage(), "t": record.created}
+            if hasattr(record, "alarm"):
+                body.update(alarm=record.alarm, ok=getattr(record, "ok", None))
+            self.publisher.send("log", body)
 
     def _beat(self) -> None:
         self._forward_alerts()

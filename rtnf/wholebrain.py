@@ -79,13 +79,20 @@ def preview_body(
     t_volume: np.ndarray | None,
     roi_masks: dict[str, np.ndarray],
     scale: float,
+    grid: Grid | None = None,
 ) -> dict[str, Any]:
     """The ``preview`` message body: per plane an 8-bit image, the t-map (0.1 precision) and ROI outlines.
 
-    Arrays are lists of rows in voxel order (first axis = rows); the console
-    orients them for display.
+    Arrays are lists of rows in voxel order (first axis = rows); ``axcodes``
+    (nibabel's orientation of the voxel axes, e.g. ["L", "P", "S"]) and
+    ``voxel_mm`` let the console orient and scale them.
     """
     body: dict[str, Any] = {"index": index, "planes": {}}
+    if grid is not None:
+        import nibabel as nib
+
+        body["axcodes"] = list(nib.aff2axcodes(grid.affine))
+        body["voxel_mm"] = [round(float(v), 4) for v in np.sqrt(np.sum(grid.affine[:3, :3] ** 2, axis=0))]
     for name, idx in planes.items():
         img = np.clip(np.nan_to_num(image[name]) / scale * 255.0, 0, 255).astype(np.uint8)
         plane: dict[str, Any] = {"shape": list(idx.shape), "image": img.tolist()}

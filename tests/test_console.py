@@ -2,8 +2,9 @@
 
 The browser tests start the console as its own process (``python -m rtnf.console``), feed it
 either a scripted run published by the test (motion, a high-motion volume, missing / late /
-censored volumes, screen acknowledgements, a stall) or a real session (``rtnf run`` with
-``scanner-sim``), and read back what the page plots through ``window.rtnfConsole``.
+censored volumes, screen acknowledgements and key presses, log warnings and errors, volume
+previews, a stall) or a real session (``rtnf run`` with ``scanner-sim`` and the whole-brain
+model), and read back what the page plots through ``window.rtnfConsole``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 from pathlib import Path
 
@@ -22,9 +24,11 @@ import numpy as np
 import pytest
 import zmq
 
-from rtnf.console.state import MOTION_PARAMETERS, RunState
+from rtnf.console.preview import PLANES, T_THRESHOLD, outline, prepare
+from rtnf.console.state import EVENTS_MAX, MOTION_PARAMETERS, RunState
 from rtnf.demo import Listener, Processes, _wait_ready, free_address, sim_spec, write_toml
 from rtnf.messages import encode
+from rtnf.wholebrain import preview_body, slice_indices
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -128,6 +132,22 @@ class ScriptedRun:
         self.published[index] = {"volume": volume, "feedback": feedback, "displayed": displayed}
         return volume
 
+    def log(self, level: str, message: str) -> dict:
+        body = {"level": level, "message": message, "t": time.time()}
+        self.send("log", body)
+        return body
+
+    def key(self, key: str, role: str, index: int | None = None) -> dict:
+        body = {"source": "stimulus", "key": key, "role": role, "t_key": time.time(), "state": "running", "index": index}
+        self.screen.send_multipart(encode("keys", self.run_id, body))
+        return body
+
+    def preview(self, index: int, whole_brain: bool = True) -> dict:
+        """Publish the preview rtnf would send after volume ``index`` (made by rtnf's own preview_body)."""
+        body = synthetic_preview(index, whole_brain, seed=index)
+        self.send("preview", body)
+        return body
+
     def end(self) -> None:
         self.send("run", {"event": "end", "tr_s": self.tr_s, "n_volumes": self.n_volumes, "blocks": BLOCKS,
                           "rois": ROIS, "reason": None, "t": time.time()})
@@ -137,6 +157,67 @@ class ScriptedRun:
         self.pub.close()
         self.screen.close()
         self.ctx.term()
+
+
+PREVIEW_SHAPE = (20, 24, 16)  # i, j, k: every plane has a different shape, so a transposition would show
+
+
+def synthetic_preview(index: int, whole_brain: bool = True, seed: int = 0) -> dict:
+    """A ``preview`` body built by rtnf.wholebrain.preview_body from a synthetic head, t-map and two ROIs."""
+    rng = np.random.default_rng(seed)
+    x, y, z = np.indices(PREVIEW_SHAPE)
+    head = 1000 * np.exp(-(((x - 10) / 8) ** 2 + ((y - 12) / 10) ** 2 + ((z - 8) / 7) ** 2)) + rng.normal(0, 20, PREVIEW_SHAPE)
+    blob = np.exp(-(((x - 10) / 3) ** 2 + ((y - 15) / 3) ** 2 + ((z - 8) / 3) ** 2))
+    dip = np.exp(-(((x - 5) / 2) ** 2 + ((y - 8) / 2) ** 2))
+    tmap = np.where(head > 300, 7 * blob - 4 * dip + rng.normal(0, 1, PREVIEW_SHAPE),
+                    np.nan).astype(np.float32)
+    masks = {"acc": (x - 10) ** 2 + (y - 15) ** 2 + (z - 8) ** 2 <= 9,
+             "linsula": (x - 4) ** 2 + (y - 12) ** 2 + (z - 7) ** 2 <= 4}
+    planes = slice_indices(types.SimpleNamespace(shape=PREVIEW_SHAPE), (10, 15, 8))
+    image = {name: head.reshape(-1)[idx] for name, idx in planes.items()}
+    return preview_body(index, planes, image, tmap if whole_brain else None, masks, 1000.0)
+
+
+def expected_preview(body: dict) -> dict:
+    """What the page must draw for a published preview: each plane transposed, |t| <= 3 not overlaid."""
+    out = {}
+    for name, plane in body["planes"].items():
+        image = np.array(plane["image"]).T.tolist()
+        if plane.get("tmap") is None:
+            tmap = [[None] * len(image[0]) for _ in image]
+        else:
+            tmap = [[v if v is not None and abs(v) > T_THRESHOLD else None for v in row]
+                    for row in map(list, zip(*plane["tmap"]))]
+        out[name] = {"image": image, "tmap": tmap, "masks": {roi: np.array(m).T for roi, m in plane["rois"].items()}}
+    return out
+
+
+def assert_preview_drawn(drawn: dict, body: dict) -> None:
+    """The page's preview arrays equal the published ones (transposed), and every outline segment
+    separates an ROI pixel from a pixel outside it."""
+    assert drawn is not None and drawn["index"] == body["index"]
+    expected = expected_preview(body)
+    assert sorted(drawn["planes"]) == sorted(PLANES)
+    for name, want in expected.items():
+        got = drawn["planes"][name]
+        assert got["image"] == want["image"], name
+        assert len(got["tmap"]) == len(want["tmap"]) and all(
+            all((a is None and b is None) or (a is not None and b is not None and abs(a - b) < 1e-5) for a, b in zip(ra, rb))
+            for ra, rb in zip(got["tmap"], want["tmap"])), name
+        assert sorted(got["outlines"]) == sorted(want["masks"])
+        for roi, mask in want["masks"].items():
+            xs, ys = got["outlines"][roi]["xs"], got["outlines"][roi]["ys"]
+            segments = [(xs[i], ys[i], xs[i + 1], ys[i + 1]) for i in range(0, len(xs), 3)]
+            assert len(segments) > 0 if mask.any() else len(segments) == 0
+            padded = np.pad(mask, 1)
+            for x0, y0, x1, y1 in segments:
+                if x0 == x1:  # vertical edge at x0: pixels (row y0, columns x0 - 1 and x0)
+                    a, b = padded[int(y0) + 1, int(x0)], padded[int(y0) + 1, int(x0) + 1]
+                else:  # horizontal edge at y0: pixels (rows y0 - 1 and y0, column x0)
+                    a, b = padded[int(y0), int(x0) + 1], padded[int(y0) + 1, int(x0) + 1]
+                assert a != b, (name, roi, x0, y0, x1, y1)
+            # Every boundary pixel edge is drawn: count them independently.
+            assert len(segments) == int((padded[:, 1:] != padded[:, :-1]).sum() + (padded[1:, :] != padded[:-1, :]).sum())
 
 
 def expected_columns(published: dict[int, dict]) -> dict[str, list]:
@@ -220,8 +301,14 @@ def test_state_ignores_bad_and_unknown_input_and_resets_for_a_new_run():
                                            "timing": "bad", "flags": None, "motion": [1, 2]}, 1.0) is True
     assert math.isnan(state.rows[0]["raw_acc"]) and state.rows[0]["missing"] is False
     assert state.handle("rtnf", "something_new", {"run_id": "a"}, 1.0) is False
-    assert state.handle("rtnf", "preview", {"run_id": "a", "index": 0, "slices": []}, 1.0) is True
-    assert state.preview["index"] == 0
+    assert state.handle("rtnf", "preview", {"run_id": "a", **synthetic_preview(0)}, 1.0) is True
+    assert state.preview.index == 0
+    # A malformed preview is ignored: the previous one stays.
+    assert state.handle("rtnf", "preview", {"run_id": "a", "index": 1, "slices": []}, 1.0) is False
+    ragged = {"run_id": "a", "index": 1, "planes": {"axial": {"shape": [2, 2], "image": [[1, 2], [3]]}}}
+    assert state.handle("rtnf", "preview", ragged, 1.0) is False
+    assert state.preview.index == 0 and state.n_previews == 1
+    assert state.handle("rtnf", "log", {"run_id": "a", "level": "WARNING"}, 1.0) is False  # no message
     # Acknowledgements of another run are not this run's.
     assert state.handle("screen", "displayed", {"run_id": "b", "index": 0, "t_displayed": 2.0}, 2.0) is False
     generation = state.generation
@@ -230,6 +317,77 @@ def test_state_ignores_bad_and_unknown_input_and_resets_for_a_new_run():
     assert state.phase == "waiting"
     with pytest.raises(ValueError, match="fd_threshold_mm"):
         RunState(fd_threshold_mm=0)
+
+
+def test_state_keeps_log_events_alerts_and_key_presses():
+    state = RunState(t_start=0.0, expect_screen=False)
+    now = time.time()
+    state.handle("rtnf", "heartbeat", {"run_id": "r", "source": "rtnf", "state": "running"}, now)
+    state.handle("rtnf", "log", {"run_id": "r", "level": "WARNING", "message": "skipped x.dcm: another series",
+                                 "t": now - 1}, now)
+    assert [(e.level, e.message, e.t) for e in state.events] == [("WARNING", "skipped x.dcm: another series", now - 1)]
+    assert state.alerts(now) == []  # a warning is listed, not raised
+    state.handle("rtnf", "log", {"run_id": "r", "level": "ERROR", "t": now,
+                                 "message": "RECORDING FAILED: cannot write /out/x.tsv (No space left on device)."}, now)
+    assert [a.key for a in state.alerts(now)] == ["recording"]
+    assert "No space left" in state.alerts(now)[0].text
+    assert [a.key for a in state.alerts(now + 3600)] == ["recording", "rtnf"]  # until rtnf says it works again
+    state.handle("rtnf", "log", {"run_id": "r", "level": "ERROR", "message": "volume 3 could not be processed"}, now + 1)
+    assert [a.key for a in state.alerts(now + 1)] == ["recording", "error"]
+    state.handle("rtnf", "log", {"run_id": "r", "level": "WARNING", "t": now + 2,
+                                 "message": "recording works again: 4 buffered rows written to x.tsv"}, now + 2)
+    assert [a.key for a in state.alerts(now + 2)] == ["error"]
+    # A generic error leaves the alert bar after a minute (rtnf has been silent since) ...
+    assert [a.key for a in state.alerts(now + 62)] == ["rtnf"]
+    assert [e.level for e in state.events] == ["WARNING", "ERROR", "ERROR", "WARNING"]  # ... and stays in the list
+    for i in range(EVENTS_MAX + 5):  # bounded
+        state.handle("rtnf", "log", {"run_id": "r", "level": "nonsense", "message": f"m{i}"}, now + 3)
+    assert len(state.events) == EVENTS_MAX and state.n_events == EVENTS_MAX + 9
+    assert state.events[-1].message == f"m{EVENTS_MAX + 4}" and state.events[-1].level == "INFO"
+    # Key presses from the screen: triggers counted, the last response kept; other runs' presses ignored.
+    for _ in range(3):
+        state.handle("screen", "keys", {"run_id": "r", "key": "5", "role": "trigger", "t_key": now}, now)
+    state.handle("screen", "keys", {"run_id": "r", "key": "1", "role": "response", "t_key": now + 0.5}, now)
+    state.handle("screen", "keys", {"run_id": "r", "key": "2", "role": "response", "t_key": now + 0.7}, now)
+    assert state.handle("screen", "keys", {"run_id": "other", "key": "3", "role": "response"}, now) is False
+    assert state.handle("screen", "keys", {"run_id": "r", "key": "3", "role": "quit"}, now) is False
+    assert state.keys == {"n_triggers": 3, "t_last_trigger": now, "n_responses": 2, "last_response": "2",
+                          "t_last_response": now + 0.7}
+    # A new run starts with none of it.
+    state.handle("rtnf", "heartbeat", {"run_id": "r2", "source": "rtnf", "state": "waiting"}, now + 4)
+    assert len(state.events) == 0 and state.recording_failure is None and state.keys["n_triggers"] == 0
+
+
+def test_preview_orientation_threshold_and_outlines():
+    body = synthetic_preview(4)
+    preview = prepare(body)
+    assert preview.index == 4 and preview.has_tmap and preview.rois == ("acc", "linsula") and not preview.oriented
+    for name, (a0, a1) in (("sagittal", (1, 2)), ("coronal", (0, 2)), ("axial", (0, 1))):
+        plane = preview.planes[name]
+        published = np.array(body["planes"][name]["image"])
+        assert published.shape == (PREVIEW_SHAPE[a0], PREVIEW_SHAPE[a1])
+        # Drawn transposed with row 0 at the bottom: x runs along the first voxel axis, y along the second.
+        assert plane.image.dtype == np.uint8 and np.array_equal(plane.image, published.T)
+        assert (plane.width, plane.height) == (PREVIEW_SHAPE[a0], PREVIEW_SHAPE[a1])
+        t = np.array(body["planes"][name]["tmap"], dtype=float).T
+        shown = np.abs(np.nan_to_num(t)) > T_THRESHOLD
+        assert np.array_equal(np.isfinite(plane.tmap), shown) and np.allclose(plane.tmap[shown], t[shown])
+    axial = preview.planes["axial"]
+    assert np.isfinite(axial.tmap).any() and (axial.tmap[np.isfinite(axial.tmap)] < 0).any()  # both signs
+    # The ROI outline of a single pixel is its four edges.
+    xs, ys = outline(np.array([[0, 0, 0], [0, 1, 0]], bool))
+    edges = {(xs[i], ys[i], xs[i + 1], ys[i + 1]) for i in range(0, len(xs), 3)}
+    assert edges == {(1, 1, 1, 2), (2, 1, 2, 2), (1, 1, 2, 1), (1, 2, 2, 2)}
+    # Without the whole-brain model: no overlay. With axcodes, L/P/I axes are flipped first; voxel_mm sets the aspect.
+    assert not prepare(synthetic_preview(0, whole_brain=False)).has_tmap
+    flipped = prepare({**body, "axcodes": ["L", "P", "S"], "voxel_mm": [3.0, 3.0, 4.0]})
+    published = np.array(body["planes"]["axial"]["image"])
+    assert flipped.oriented and np.array_equal(flipped.planes["axial"].image, published[::-1, ::-1].T)
+    assert (flipped.planes["sagittal"].width, flipped.planes["sagittal"].height) == (3.0 * 24, 4.0 * 16)
+    # A plane whose arrays do not match its shape is left out; nothing usable: None.
+    broken = {**body, "planes": {**body["planes"], "coronal": {**body["planes"]["coronal"], "shape": [3, 3]}}}
+    assert sorted(prepare(broken).planes) == ["axial", "sagittal"]
+    assert prepare({"index": 1, "planes": {"axial": {"shape": [2, 2], "image": "x"}}}) is None
 
 
 def test_state_learns_the_protocol_after_joining_mid_run():
@@ -383,16 +541,51 @@ def test_console_page_follows_a_scripted_run(browser, tmp_path):
         assert "0.90 mm at volume 8" in page.alert("motion").inner_text()
         assert "motion" in page.status()["alerts"]
 
-        if os.environ.get("RTNF_UPDATE_DOCS_SCREENSHOTS"):  # the docs show a live run with an alert
-            page.page.screenshot(path=str(ROOT / "docs" / "console.png"), full_page=True)
+        # rtnf's log topic: a warning is listed (newest first); RECORDING FAILED is raised as an alert.
+        run.log("WARNING", "skipped MR.0007.0001.dcm: series 7, not the run's series 5")
+        page.page.locator('[data-level="WARNING"]', has_text="series 7").wait_for(timeout=2000)
+        assert page.alert("recording").count() == 0 and page.alert("error").count() == 0
+        failed = ("RECORDING FAILED: cannot write /data/out/sub-01_desc-rtnf_timeseries.tsv (No space left on device). "
+                  "The feedback goes on; rows are kept in memory and written as soon as the output folder works again.")
+        run.log("ERROR", failed)
+        page.alert("recording").wait_for(timeout=2000)
+        assert "No space left on device" in page.alert("recording").inner_text()
+        assert page.alert("error").count() == 0  # the recording alarm is not also a generic error
+        events = page.page.locator(".rtnf-event")
+        assert events.count() == 2 and "RECORDING FAILED" in events.nth(0).inner_text()
+        assert "level-error" in events.nth(0).get_attribute("class") and "series 7" in events.nth(1).inner_text()
+        # The screen's key presses, and the latest volume's preview with its t-map and ROI outlines.
+        for _ in range(3):
+            run.key("5", "trigger")
+        run.key("1", "response", index=11)
+        run.preview(10)
+        preview = run.preview(11)  # only the latest is drawn
+        page.page.wait_for_function("() => (window.rtnfConsole.preview() || {}).index === 11", timeout=2000)
+        assert_preview_drawn(page.page.evaluate("() => window.rtnfConsole.preview()"), preview)
+        page.page.wait_for_function("() => window.rtnfConsole.status().keys.n_triggers === 3", timeout=2000)
+        assert page.status()["keys"]["last_response"] == "1"
+        assert page.page.locator('[data-keys="triggers"]').inner_text() == "3"
 
-        # Reloading mid-run shows every earlier volume.
+        # Reloading mid-run shows every earlier volume, the events, the recording alert and the preview.
         page.reload()
         page.wait_rows(12, timeout_s=5)
         data = page.data()
         assert data["index"] == list(range(12))
         assert_plotted(data, expected_columns(run.published))
         assert page.status()["phase"] == "running" and page.status()["last_index"] == 11
+        assert [e["level"] for e in page.page.evaluate("() => window.rtnfConsole.events()")] == ["ERROR", "WARNING"]
+        page.page.locator('[data-level="WARNING"]', has_text="series 7").wait_for(timeout=2000)
+        page.alert("recording").wait_for(timeout=2000)
+        assert_preview_drawn(page.page.evaluate("() => window.rtnfConsole.preview()"), preview)
+        assert page.status()["keys"]["n_triggers"] == 3
+        assert "last response 1" in page.page.locator(".rtnf-status").inner_text()
+
+        # The output folder works again: the recording alert clears; another error gets the generic alert.
+        run.log("WARNING", "recording works again: 13 buffered rows written to sub-01_desc-rtnf_timeseries.tsv")
+        page.alert("recording").wait_for(state="detached", timeout=2000)
+        run.log("ERROR", "MR.0005.0013.dcm could not be sorted into the run; skipped")
+        page.alert("error").wait_for(timeout=2000)
+        assert "could not be sorted" in page.alert("error").inner_text()
 
         for i in range(12, 18):
             publish(i, late=(i == 14), censored=(i == 16))
@@ -416,6 +609,8 @@ def test_console_page_follows_a_scripted_run(browser, tmp_path):
         assert [i for i, y in enumerate(data["mark_motion"]) if y is not None] == [8]
         assert page.status()["counts"] == {"volumes": 30, "missing": 1, "late": 1, "censored": 1, "high_motion": 1}
         assert "ENDED" in page.page.locator(".rtnf-status").inner_text()
+        assert_preview_drawn(page.page.evaluate("() => window.rtnfConsole.preview()"), preview)
+        assert page.page.locator(".rtnf-event").count() == 4
 
         page.page.screenshot(path=str(tmp_path / "console.png"), full_page=True)  # the test's artifact
         assert not page.errors, page.errors
@@ -454,6 +649,9 @@ radius_mm = 6.0
 [feedback]
 roi = "acc"
 
+[model]
+whole_brain = true
+
 [output]
 dir = "outputs"
 """
@@ -472,6 +670,7 @@ def test_console_page_plots_a_real_session(browser, tmp_path):
     write_toml(sim_spec(cfg, amplitude_pct=1.5, noise_pct=1.0, seed=3), spec_path)
     logs = tmp_path / "logs"
     logs.mkdir()
+    update_docs = bool(os.environ.get("RTNF_UPDATE_DOCS_SCREENSHOTS"))  # slower, so the screenshot shows a live run
     listener = Listener([address])
     procs = Processes()
     console = ConsoleProcess(address, None, logs)
@@ -480,10 +679,14 @@ def test_console_page_plots_a_real_session(browser, tmp_path):
         _wait_ready(listener, procs, no_screen=True)
         procs.start("scanner_sim", [sys.executable, "-m", "scanner_sim", "synth", str(spec_path), "--export-dir",
                                     str(cfg.scanner.export_dir), "--truth-dir", str(tmp_path / "truth"),
-                                    "--speed", "4", "--mode", "reopen"], logs)
+                                    "--speed", "2" if update_docs else "4", "--mode", "reopen"], logs)
         listener.wait_for(lambda t, b: t == "volume" and b["index"] >= 4, 60, "volume 4")
         page = Page(browser, console.url)  # opened mid-run
         assert len(page.data()["index"]) >= 4
+        if update_docs:  # the docs show this live run, t-map and all
+            listener.wait_for(lambda t, b: t == "preview" and b["index"] >= 15, 30, "preview 15")
+            page.page.wait_for_function("() => (window.rtnfConsole.preview() || {index: 0}).index >= 15", timeout=3000)
+            page.page.screenshot(path=str(ROOT / "docs" / "console.png"), full_page=True)
         rtnf = procs.procs["rtnf"]
         while rtnf.poll() is None:
             listener.poll(0.2)
@@ -505,6 +708,11 @@ def test_console_page_plots_a_real_session(browser, tmp_path):
             assert data[key] == expected[key], key
         assert sum(v is not None for v in data["feedback"]) >= n_kept - 8
         assert page.page.locator('[data-alert="none"]').count() == 1  # no motion yet, no screen expected
+        # The page draws rtnf's last preview: the realigned volume, the whole-brain t-map, the ROIs.
+        previews = listener.of("preview")
+        assert previews and previews[-1]["index"] == n_kept - 1
+        assert all(p["planes"]["axial"]["tmap"] is not None for p in previews)
+        assert_preview_drawn(page.page.evaluate("() => window.rtnfConsole.preview()"), previews[-1])
         page.page.screenshot(path=str(tmp_path / "console_real_session.png"), full_page=True)
         assert not page.errors, page.errors
     finally:

@@ -18,8 +18,17 @@ by the Bokeh server itself (``/static``): no internet is needed.
 For tests and scripts, the page defines ``window.rtnfConsole`` (see
 :data:`PAGE_TEMPLATE`) and names its Bokeh models: the ColumnDataSource
 ``volumes`` holds every plotted point, the Div ``status`` carries the state as
-JSON in its ``tags``, and the Div ``alerts`` lists the alerts as
-``<div class="rtnf-alert" data-alert="motion|stall|screen|rtnf">``.
+JSON in its ``tags``, the Div ``alerts`` lists the alerts as
+``<div class="rtnf-alert" data-alert="recording|error|motion|stall|screen|rtnf">``,
+the Div ``events`` lists rtnf's ``log`` messages newest first as
+``<div class="rtnf-event level-warning" data-level="WARNING">``, and the
+ColumnDataSources ``preview_<plane>`` / ``outline_<plane>`` hold the latest
+preview as drawn (``window.rtnfConsole.preview()`` returns them as rows).
+
+The preview is drawn as described in :mod:`rtnf.console.preview`: each plane
+transposed, first row at the bottom (neurological for RAS-ordered voxels), the
+t-map overlaid where ``|t| > 3`` (blue-cyan below -3, red-yellow above 3) and
+the ROIs outlined in their plot colours.
 """
 
 from __future__ import annotations
@@ -54,7 +63,9 @@ from bokeh.models import (
     Range1d,
     Span,
 )
-from bokeh.palettes import Category10_10, Set2_8
+from bokeh.models import Image as ImageGlyph
+from bokeh.models import LinearColorMapper
+from bokeh.palettes import Category10_10, Greys256, Set2_8
 from bokeh.plotting import figure
 from bokeh.server.server import Server
 from tornado.ioloop import IOLoop, PeriodicCallback
@@ -62,7 +73,8 @@ from tornado.ioloop import IOLoop, PeriodicCallback
 from rtnf.messages import DEFAULT_ADDRESS, DEFAULT_SCREEN_ADDRESS
 
 from .link import Message, Subscriber
-from .state import MARKS, STAGES, RunState
+from .preview import PLANES, T_THRESHOLD, Preview
+from .state import MARKS, STAGES, RunState, clock_time
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +84,27 @@ silence(MISSING_RENDERERS, True)
 DRAIN_MS = 50  # queue -> state
 TICK_MS = 100  # state -> each open page
 PLOT_HEIGHT = 200
+PREVIEW_HEIGHT = 210  # pixels of each preview plane's frame (width follows the plane's aspect)
+T_LIMIT = 8.0  # the t colour scale runs from -T_LIMIT to T_LIMIT (clamped beyond)
+
+
+def _t_palette(threshold: float, n: int = 256) -> list[str]:
+    """Diverging palette over [-T_LIMIT, T_LIMIT]: blue -> cyan below -threshold, red -> yellow above.
+
+    |t| at the threshold is the darkest colour and brightens with |t|; the
+    middle (never drawn: those values are NaN) is grey.
+    """
+    out = []
+    for i in range(n):
+        t = -T_LIMIT + 2 * T_LIMIT * (i + 0.5) / n
+        f = min(1.0, max(0.0, (abs(t) - threshold) / (T_LIMIT - threshold)))
+        if t <= -threshold:
+            out.append("#%02x%02x%02x" % (0, int(round(255 * f)), 255))
+        elif t >= threshold:
+            out.append("#%02x%02x%02x" % (255, int(round(255 * f)), 0))
+        else:
+            out.append("#808080")
+    return out
 
 PAGE_TEMPLATE = """
 {% block preamble %}
@@ -94,6 +127,37 @@ PAGE_TEMPLATE = """
       return out;
     },
     status() { const div = this.model("status"); return div && div.tags.length ? JSON.parse(div.tags[0]) : null; },
+    // The latest preview as drawn: per plane the 2D arrays (rows from the bottom, NaN as null) and the ROI outlines.
+    preview() {
+      const col = (source, key) => source.data instanceof Map ? source.data.get(key) : source.data[key];
+      const rows = (nd) => {
+        const [h, w] = nd.shape, out = [];
+        for (let r = 0; r < h; r++) {
+          out.push(Array.from(nd.slice(r * w, (r + 1) * w), (v) => Number.isFinite(v) ? v : null));
+        }
+        return out;
+      };
+      const planes = {};
+      let index = null;
+      for (const name of ["sagittal", "coronal", "axial"]) {
+        const source = this.model("preview_" + name), lines = this.model("outline_" + name);
+        if (source == null || col(source, "image").length === 0) continue;
+        index = col(source, "index")[0];
+        const outlines = {};
+        const rois = lines ? Array.from(col(lines, "roi")) : [];
+        rois.forEach((roi, i) => {
+          const fix = (a) => Array.from(a, (v) => Number.isFinite(v) ? v : null);
+          outlines[roi] = {xs: fix(col(lines, "xs")[i]), ys: fix(col(lines, "ys")[i])};
+        });
+        planes[name] = {image: rows(col(source, "image")[0]), tmap: rows(col(source, "tmap")[0]),
+                        width: col(source, "dw")[0], height: col(source, "dh")[0], outlines};
+      }
+      return Object.keys(planes).length ? {index, planes} : null;
+    },
+    events() {
+      const div = this.model("events");
+      return div && div.tags.length ? JSON.parse(div.tags[0]) : [];
+    },
   };
 </script>
 {% endblock %}
@@ -116,7 +180,22 @@ CSS = """
 .rtnf-alert.level-error { background: #fde7e6; color: #8c1d18; border: 1px solid #e8a29d; }
 .rtnf-alert.level-warning { background: #fff4d6; color: #6b4e00; border: 1px solid #e7cf85; }
 .rtnf-ok { padding: 6px 10px; border-radius: 6px; color: #1f5f3a; background: #e3f4e9; border: 1px solid #a8d5b8; }
-.rtnf-preview { padding: 10px; border: 1px dashed #9aa1ab; border-radius: 6px; color: #5f6670; background: #fff; }
+.rtnf-preview { padding: 4px 8px; border-radius: 6px; color: #3d434b; background: #fff; border: 1px solid #d0d4da;
+  font-size: 13px; }
+.rtnf-preview.empty { border-style: dashed; color: #5f6670; }
+.rtnf-preview .sw { display: inline-block; width: 10px; height: 10px; margin: 0 3px 0 8px; border-radius: 2px; }
+.rtnf-events { box-sizing: border-box; width: 100%; background: #fff; border: 1px solid #d0d4da; border-radius: 6px;
+  font-size: 13px; }
+.rtnf-events .head { font-weight: 700; padding: 4px 8px; border-bottom: 1px solid #e3e6ea; }
+.rtnf-events .list { max-height: 236px; overflow-y: auto; }
+.rtnf-event { padding: 2px 8px; border-bottom: 1px solid #f0f1f3; font-family: ui-monospace, monospace;
+  white-space: pre-wrap; word-break: break-word; }
+.rtnf-event .lvl { display: inline-block; min-width: 64px; font-weight: 700; }
+.rtnf-event .time { color: #5f6670; margin-right: 6px; }
+.rtnf-event.level-error, .rtnf-event.level-critical { background: #fde7e6; color: #8c1d18; }
+.rtnf-event.level-warning { background: #fff8e1; color: #6b4e00; }
+.rtnf-event.level-info, .rtnf-event.level-debug { color: #3d434b; }
+.rtnf-events .none { padding: 4px 8px; color: #5f6670; }
 """
 
 
@@ -155,8 +234,20 @@ class ConsolePage:
         self.status = Div(name="status", stylesheets=[self.css], sizing_mode="stretch_width")
         self.alerts = Div(name="alerts", stylesheets=[self.css], sizing_mode="stretch_width")
         self.preview = Div(name="preview", stylesheets=[self.css], sizing_mode="stretch_width")
+        self.preview_planes = row()
+        # Bokeh wraps a Div's text in an inline-block: let the event list fill the width beside the preview.
+        fill = InlineStyleSheet(css=".bk-clearfix { display: block !important; }")
+        self.events = Div(name="events", stylesheets=[self.css, fill], sizing_mode="stretch_width", min_width=300)
         self.plots = row(sizing_mode="stretch_width")
-        self.root = column(self.status, self.alerts, self.plots, self.preview, sizing_mode="stretch_width")
+        self.root = column(
+            self.status, self.alerts,
+            row(column(self.preview, self.preview_planes), self.events, sizing_mode="stretch_width"),
+            self.plots, sizing_mode="stretch_width",
+        )
+        self.preview_sources: dict[str, tuple[ColumnDataSource, ColumnDataSource]] = {}
+        self.preview_key: tuple | None = None
+        self.t_mapper = LinearColorMapper(palette=_t_palette(T_THRESHOLD), low=-T_LIMIT, high=T_LIMIT, nan_color=(0, 0, 0, 0))
+        self.grey_mapper = LinearColorMapper(palette=Greys256, low=0, high=255)
         self.source: ColumnDataSource | None = None
         self.layout_key: tuple | None = None
         self.build()
@@ -176,10 +267,13 @@ class ConsolePage:
         self.n_sent = len(st.rows)
         self.change_cursor = len(st.changes)
         self._last_texts = {}
+        self.previews_sent = -1  # redraw the preview and the event list
+        self.events_sent = -1
         layout_key = st.layout_key()
         if self.source is not None and layout_key == self.layout_key:
             self.source.data = st.column_data()
             self._update_texts()
+            self._update_preview()
             return
         self.layout_key = layout_key
         if self.source is not None:
@@ -251,6 +345,113 @@ class ConsolePage:
         left = column(raw, clean, psc, events, sizing_mode="stretch_width")
         right = column(trans, rots, fd, latency, sizing_mode="stretch_width")
         self.plots.children = [left, right]
+        self.preview_key = None  # the ROI colours may have changed
+        self._update_preview()
+
+    # ------------------------------------------------------------------ preview
+    def _roi_color(self, roi: str, k: int) -> str:
+        rois = self.state.rois
+        return Category10_10[(rois.index(roi) if roi in rois else len(rois) + k) % 10]
+
+    def _build_preview(self, preview: Preview) -> None:
+        """Three figures (one per plane), each an image in grey, the t-map over it and the ROI outlines."""
+        self.preview_key = preview.key()
+        for sources in self.preview_sources.values():
+            for source in sources:
+                source.name = None
+        self.preview_sources = {}
+        figures = []
+        for name in PLANES:
+            plane = preview.planes.get(name)
+            if plane is None:
+                continue
+            image = ColumnDataSource(self._image_data(preview, name), name=f"preview_{name}")
+            lines = ColumnDataSource(self._outline_data(preview, name), name=f"outline_{name}")
+            scale = PREVIEW_HEIGHT / plane.height
+            fig = figure(
+                title=name, frame_height=PREVIEW_HEIGHT, frame_width=max(40, int(round(plane.width * scale))),
+                x_range=Range1d(0, plane.width), y_range=Range1d(0, plane.height),
+                tools="save", toolbar_location=None, min_border=4,
+            )
+            fig.axis.visible = False
+            fig.grid.visible = False
+            fig.background_fill_color = "black"
+            fig.title.text_font_size = "10pt"
+            fig.add_glyph(image, ImageGlyph(image="image", x="x", y="y", dw="dw", dh="dh", color_mapper=self.grey_mapper))
+            fig.add_glyph(image, ImageGlyph(image="tmap", x="x", y="y", dw="dw", dh="dh", color_mapper=self.t_mapper,
+                                            global_alpha=0.8))
+            fig.multi_line("xs", "ys", source=lines, line_color="color", line_width=2)
+            self.preview_sources[name] = (image, lines)
+            figures.append(fig)
+        self.preview_planes.children = figures
+
+    @staticmethod
+    def _image_data(preview: Preview, name: str) -> dict[str, list]:
+        plane = preview.planes[name]
+        return {"image": [plane.image], "tmap": [plane.tmap], "x": [0.0], "y": [0.0],
+                "dw": [plane.width], "dh": [plane.height], "index": [preview.index]}
+
+    def _outline_data(self, preview: Preview, name: str) -> dict[str, list]:
+        outlines = preview.planes[name].outlines
+        rois = list(outlines)
+        return {"xs": [outlines[r][0] for r in rois], "ys": [outlines[r][1] for r in rois],
+                "roi": rois, "color": [self._roi_color(r, k) for k, r in enumerate(rois)]}
+
+    def _update_preview(self) -> None:
+        st = self.state
+        if self.previews_sent == st.n_previews:
+            return
+        self.previews_sent = st.n_previews
+        preview = st.preview
+        if preview is None:
+            self.preview_planes.children = []
+            self.preview_sources = {}
+            self.preview_key = None
+        else:
+            if preview.key() != self.preview_key:
+                self._build_preview(preview)  # with the data
+            else:
+                for name, (image, lines) in self.preview_sources.items():
+                    image.data = self._image_data(preview, name)
+                    lines.data = self._outline_data(preview, name)
+        self._set("preview", self.preview, "text", self._preview_caption(preview))
+
+    def _preview_caption(self, preview: Preview | None) -> str:
+        if preview is None:
+            return ('<div class="rtnf-preview empty" data-preview="none">Latest volume: no preview received yet '
+                    "(three planes through the feedback ROI, with the t-map and ROI outlines).</div>")
+        latest = self.state.latest()
+        lag = ""
+        if latest is not None and preview.index is not None and latest["index"] != preview.index:
+            lag = f" (latest volume {latest['index']})"
+        rois = "".join(f'<span class="sw" style="background:{self._roi_color(r, k)}"></span>{html.escape(r)}'
+                       for k, r in enumerate(preview.rois))
+        if preview.has_tmap:
+            tmap = (f't-map |t| &gt; {preview.threshold:g}: <span class="sw" style="background:#ff8000"></span>positive '
+                    '<span class="sw" style="background:#0080ff"></span>negative')
+        else:
+            tmap = "no t-map (whole-brain model off)"
+        side = "neurological: right on the right" if preview.oriented else "neurological for RAS-ordered voxels"
+        return (f'<div class="rtnf-preview" data-preview="{preview.index}"><b>Volume {preview.index}</b>{lag} · '
+                f"{tmap} · ROIs {rois} · <span title=\"x = first voxel axis, y = second; see rtnf.console.preview\">"
+                f"{side}</span></div>")
+
+    def _update_events(self) -> None:
+        st = self.state
+        if self.events_sent == st.n_events:
+            return
+        self.events_sent = st.n_events
+        events = list(st.events)[::-1]  # newest first
+        items = "".join(
+            f'<div class="rtnf-event level-{e.level.lower()}" data-level="{e.level}">'
+            f'<span class="time">{clock_time(e.t)}</span><span class="lvl">{e.level}</span>{html.escape(e.message)}</div>'
+            for e in events
+        ) or '<div class="none">No warnings or errors from rtnf in this run.</div>'
+        dropped = st.n_events - len(events)
+        more = f" · {dropped} older not shown" if dropped else ""
+        self.events.text = (f'<div class="rtnf-events"><div class="head">Events (newest first): {len(events)}{more}</div>'
+                            f'<div class="list">{items}</div></div>')
+        self.events.tags = [json.dumps([{"level": e.level, "message": e.message, "t": e.t} for e in events])]
 
     def _figure(self, title: str, y_label: str | None = None, height: int = PLOT_HEIGHT):
         fig = figure(
@@ -292,6 +493,7 @@ class ConsolePage:
             self.source.stream(st.column_data(self.n_sent))
             self.n_sent = len(st.rows)
         self._update_texts()
+        self._update_preview()
 
     def _set(self, key: str, model: Any, attr: str, value: Any) -> None:
         if self._last_texts.get(key) != value:
@@ -334,6 +536,15 @@ class ConsolePage:
             f"end-to-end median {_fmt_ms(st.median_ms('e2e_ms'))} · "
             f"run {html.escape(st.run_id or '–')}"
         )
+        keys = st.keys
+        trigger = f" (last {clock_time(keys['t_last_trigger'])})" if keys["t_last_trigger"] is not None else ""
+        response = "–" if keys["last_response"] is None else (
+            f"<b>{html.escape(keys['last_response'])}</b> at {clock_time(keys['t_last_response'])}"
+            f" ({keys['n_responses']} in all)"
+        )
+        if st.expect_screen or keys["n_triggers"] or keys["n_responses"]:  # the keys come from the screen
+            parts.append(f'triggers <b data-keys="triggers">{keys["n_triggers"]}</b>{trigger}')
+            parts.append(f'last response <span data-keys="response">{response}</span>')
         text = (
             f'<div class="rtnf-status phase-{phase}" data-phase="{phase}">'
             f'<span class="badge">{label}</span>{reason} ' + " · ".join(parts) +
@@ -345,6 +556,8 @@ class ConsolePage:
             "last_index": None if latest is None else latest["index"],
             "condition": None if latest is None else latest["condition"],
             "alerts": [a.key for a in alerts], "counts": counts, "fd_threshold_mm": st.fd_threshold_mm,
+            "keys": keys, "n_events": st.n_events,
+            "preview_index": None if st.preview is None else st.preview.index,
         }
         self._set("status_tags", self.status, "tags", [json.dumps(status)])
         if alerts:
@@ -355,13 +568,7 @@ class ConsolePage:
         else:
             alert_html = '<div class="rtnf-ok" data-alert="none">No alerts</div>'
         self._set("alerts", self.alerts, "text", f'<div class="rtnf-alerts">{alert_html}</div>')
-        if st.preview is None:
-            preview = ("Latest volume (orthogonal slices with ROI outlines and t-map overlay): "
-                       "rtnf does not publish volume previews yet.")
-        else:
-            index = st.preview.get("index")
-            preview = f"Preview of volume {html.escape(str(index))} received; drawing it comes in a later version."
-        self._set("preview", self.preview, "text", f'<div class="rtnf-preview" data-preview="1">{preview}</div>')
+        self._update_events()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

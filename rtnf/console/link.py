@@ -22,8 +22,8 @@ from rtnf.messages import MAX_MESSAGE_BYTES, MessageError, decode
 
 log = logging.getLogger(__name__)
 
-RTNF_TOPICS: tuple[str, ...] = ("run", "volume", "feedback", "heartbeat", "preview")
-SCREEN_TOPICS: tuple[str, ...] = ("displayed", "heartbeat")
+RTNF_TOPICS: tuple[str, ...] = ("run", "volume", "feedback", "heartbeat", "preview", "log")
+SCREEN_TOPICS: tuple[str, ...] = ("displayed", "heartbeat", "keys")
 
 
 class Message(NamedTuple):

@@ -9,14 +9,21 @@ event loop (one thread) applies them here and reads the rows back.
 Rows are kept in arrival order; a row that changes after it was first added
 (its feedback value or the screen's acknowledgement came later) is logged in
 :attr:`RunState.changes`, so that each open page can send only what is new.
+Beside the rows it keeps the run's ``log`` messages (bounded, for the event
+list and the recording / error alerts), the latest ``preview`` only (made
+ready to draw by :mod:`rtnf.console.preview`) and the screen's key presses.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+import time
+from collections import deque
 from dataclasses import dataclass
 from typing import Any
+
+from .preview import Preview, prepare
 
 MOTION_PARAMETERS: tuple[str, ...] = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 STAGES: tuple[tuple[str, str, str], ...] = (
@@ -30,6 +37,12 @@ STAGES: tuple[tuple[str, str, str], ...] = (
 # Marker rows of the events strip: y position of each flag's marker.
 MARKS: tuple[tuple[str, float], ...] = (("missing", 4.0), ("late", 3.0), ("censored", 2.0), ("motion", 1.0))
 NAN = float("nan")
+EVENTS_MAX = 200  # log messages kept per run (the oldest are dropped)
+MESSAGE_MAX_CHARS = 2000
+ERROR_ALERT_S = 60.0  # an ERROR log message stays in the alert bar this long (it stays in the event list)
+LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+RECORDING_FAILED = "RECORDING FAILED"  # rtnf.record's alarm, raised until ...
+RECORDING_WORKS = "recording works again"  # ... its all-clear
 
 BASE_COLUMNS: tuple[str, ...] = (
     "index", "condition", "block", "onset_s", "feedback", "feedback_reason",
@@ -71,13 +84,44 @@ def _ms(t_to: float, t_from: float) -> float:
 
 
 @dataclass(frozen=True)
+class LogEvent:
+    """One ``log`` message from rtnf.
+
+    Attributes
+    ----------
+    level : str
+        "DEBUG", "INFO", "WARNING", "ERROR" or "CRITICAL" (anything else is shown as "INFO").
+    message : str
+        At most :data:`MESSAGE_MAX_CHARS` characters.
+    t : float
+        When rtnf logged it (``time.time()`` on rtnf's machine; the arrival time if absent).
+    t_received : float
+        When the console received it.
+    """
+
+    level: str
+    message: str
+    t: float
+    t_received: float
+
+    @property
+    def is_error(self) -> bool:
+        return self.level in ("ERROR", "CRITICAL")
+
+
+def clock_time(t: float) -> str:
+    """``HH:MM:SS`` local time of a UNIX time."""
+    return time.strftime("%H:%M:%S", time.localtime(t))
+
+
+@dataclass(frozen=True)
 class Alert:
     """One active alert.
 
     Attributes
     ----------
     key : str
-        "motion", "stall", "screen" or "rtnf" (stable, used as a CSS class).
+        "recording", "error", "motion", "stall", "screen" or "rtnf" (stable, used as a CSS class).
     level : str
         "warning" or "error".
     text : str
@@ -126,6 +170,17 @@ class RunState:
         :meth:`columns`.
     changes : list of int
         Append-only log of the row positions changed after they were added.
+    events : collections.deque of LogEvent
+        The run's ``log`` messages, oldest first, at most :data:`EVENTS_MAX`;
+        :attr:`n_events` counts all of them (a page compares it to know
+        when to redraw the list).
+    preview : Preview or None
+        The latest ``preview`` message, ready to draw (only the latest is
+        kept); :attr:`n_previews` counts them.
+    keys : dict
+        Key presses from the feedback screen (``keys`` topic): ``n_triggers``,
+        ``t_last_trigger``, ``n_responses``, ``last_response`` (key name) and
+        ``t_last_response``.
     """
 
     def __init__(
@@ -170,7 +225,13 @@ class RunState:
         self.position: dict[int, int] = {}
         self.changes: list[int] = []
         self.t_last_volume: float | None = None
-        self.preview: dict[str, Any] | None = None
+        self.preview: Preview | None = None
+        self.n_previews = 0
+        self.events: deque[LogEvent] = deque(maxlen=EVENTS_MAX)
+        self.n_events = 0
+        self.recording_failure: LogEvent | None = None  # set by RECORDING FAILED until it works again
+        self.keys: dict[str, Any] = {"n_triggers": 0, "t_last_trigger": None, "n_responses": 0,
+                                     "last_response": None, "t_last_response": None}
         self._feedback: dict[int, dict[str, Any]] = {}  # feedback that came before its volume
         self._displayed: dict[int, float] = {}  # acknowledgements that came before their volume
 
@@ -278,7 +339,7 @@ class RunState:
         return applied
 
     def _handle_rtnf(self, topic: str, body: dict[str, Any], t: float) -> bool:
-        if topic not in ("run", "volume", "feedback", "heartbeat", "preview"):
+        if topic not in ("run", "volume", "feedback", "heartbeat", "preview", "log"):
             return False
         if topic == "heartbeat" and body.get("source") not in (None, "rtnf"):
             return False
@@ -296,9 +357,36 @@ class RunState:
         if topic == "feedback":
             return self._on_feedback(body)
         if topic == "preview":
-            self.preview = body
-            return True
+            return self._on_preview(body)
+        if topic == "log":
+            return self._on_log(body, t)
         return self._on_volume(body, t)
+
+    def _on_preview(self, body: dict[str, Any]) -> bool:
+        preview = prepare(body)
+        if preview is None:
+            return False  # the previous preview stays on screen
+        self.preview = preview  # the latest only: the one before is dropped
+        self.n_previews += 1
+        return True
+
+    def _on_log(self, body: dict[str, Any], t: float) -> bool:
+        message = body.get("message")
+        if not isinstance(message, str) or not message:
+            return False
+        level = body.get("level")
+        level = level.upper() if isinstance(level, str) and level.upper() in LEVELS else "INFO"
+        t_logged = _num(body.get("t"))
+        event = LogEvent(level, message[:MESSAGE_MAX_CHARS], t if math.isnan(t_logged) else t_logged, t)
+        self.events.append(event)
+        self.n_events += 1
+        # rtnf marks alarms with a structured field; older messages are matched by their words.
+        alarm, ok = body.get("alarm"), body.get("ok")
+        if alarm == "recording" and ok is False or alarm is None and event.is_error and RECORDING_FAILED in message:
+            self.recording_failure = event
+        elif alarm == "recording" and ok is True or alarm is None and RECORDING_WORKS in message.lower():
+            self.recording_failure = None
+        return True
 
     def _on_run(self, body: dict[str, Any]) -> bool:
         event = body.get("event")
@@ -386,6 +474,8 @@ class RunState:
         return True
 
     def _handle_screen(self, topic: str, body: dict[str, Any], t: float) -> bool:
+        if topic == "keys":
+            return self._on_key(body, t)
         if topic == "heartbeat":
             self.t_last_screen = t
             state = body.get("state")
@@ -408,6 +498,25 @@ class RunState:
                 self._set_display(row, t_displayed)
         elif index not in self._displayed or t_displayed < self._displayed[index]:
             self._displayed[index] = t_displayed
+        return True
+
+    def _on_key(self, body: dict[str, Any], t: float) -> bool:
+        self.t_last_screen = t  # the screen is alive
+        run_id = body.get("run_id")
+        if run_id and self.run_id and run_id != self.run_id:
+            return False  # a press during another run
+        key, role = body.get("key"), body.get("role")
+        if not isinstance(key, str) or role not in ("trigger", "response"):
+            return False
+        t_key = _num(body.get("t_key"))
+        t_key = t if math.isnan(t_key) else t_key
+        if role == "trigger":
+            self.keys["n_triggers"] += 1
+            self.keys["t_last_trigger"] = t_key
+        else:
+            self.keys["n_responses"] += 1
+            self.keys["last_response"] = key[:40]
+            self.keys["t_last_response"] = t_key
         return True
 
     def _update(self, index: int, values: dict[str, Any]) -> None:
@@ -464,6 +573,15 @@ class RunState:
     def alerts(self, now: float) -> list[Alert]:
         """The alerts in force at ``now`` (``time.time()``)."""
         out: list[Alert] = []
+        if self.recording_failure is not None:
+            e = self.recording_failure
+            out.append(Alert("recording", "error", f"{e.message} (since {clock_time(e.t)})"))
+        errors = [e for e in self.events if e.is_error and RECORDING_FAILED not in e.message
+                  and now - e.t_received <= ERROR_ALERT_S]
+        if errors:
+            e = errors[-1]
+            more = f" ({len(errors)} errors in the last {ERROR_ALERT_S:g} s; see the event list)" if len(errors) > 1 else ""
+            out.append(Alert("error", "error", f"rtnf error at {clock_time(e.t)}: {e.message}{more}"))
         threshold = self.fd_threshold_mm
         recent = [r for r in self.rows[-self.motion_alert_volumes:] if r["high_motion"]]
         if recent:
