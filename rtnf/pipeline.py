@@ -147,7 +147,9 @@ class VolumeProcessor:
             index, self._preview_index = self._preview_index, None
             image = {name: self.preprocessor.values_at(idx.reshape(-1)).reshape(idx.shape) for name, idx in self._planes.items()}
             t_volume = self.wholebrain.t_volume() if self.wholebrain is not None else None
-            self._preview = preview_body(index, self._planes, image, t_volume, self._roi_masks, self._preview_scale)
+            self._preview = preview_body(
+                index, self._planes, image, t_volume, self._roi_masks, self._preview_scale, self.grid
+            )
         return self._preview
 
     @preview.setter

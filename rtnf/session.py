@@ -368,13 +368,13 @@ class _RunLoop:
             self.publisher.send("feedback", feedback)
             self.publisher.send("volume", volume)
             self.recorder.write_row(row)
+            if self.on_volume is not None:
+                self.on_volume(volume, feedback)
             if self.processor.preview is not None:
                 self.publisher.send("preview", self.processor.preview)
         received = self.processor.received
         if self.cfg.output.save_volumes and received is not None and not volume["flags"]["missing"]:
             self.recorder.save_volume(volume["index"], received.data, received.affine, self.processor.protocol.n_volumes)
-            if self.on_volume is not None:
-                self.on_volume(volume, feedback)
         self.last_index = volume["index"]
         if volume["flags"]["missing"]:
             self.n_missing += 1
