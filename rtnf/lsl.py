@@ -297,6 +297,12 @@ class LslBridge(threading.Thread):
         elif topic == "volume":
             timing = body.get("timing") if isinstance(body.get("timing"), dict) else {}
             ts = self._timestamp(timing.get("t_published"), t_received, offset)
+            run_id = str(body.get("run_id"))
+            if run_id not in self._started_runs:
+                # The run's start message went by before this bridge was connected (ZeroMQ
+                # drops what a subscriber is not yet there for): mark the start now, as late.
+                self._started_runs.add(run_id)
+                self._push_marker({"event": "run_start", "run_id": run_id, "late": True}, ts)
             self._push_marker(volume_marker(body), ts)
         elif topic == "run":
             run_id, event = str(body.get("run_id")), body.get("event")

@@ -254,7 +254,7 @@ class RunRecorder:
                 ]
         self._write_provenance()
         self._tr_s = cfg.scanner.tr_s
-        self._bold_offset: int | None = None
+        self._bold_count: int | None = None  # volumes in the 4D file so far
         self._bold_failed = False
         self._pending: list[str] = []  # rows not yet on disk (the output folder failing)
         self._failing = False
@@ -313,6 +313,11 @@ class RunRecorder:
         self.n_rows += 1
         self._write_pending()
 
+    def retry(self) -> None:
+        """Try again to write the rows kept in memory (no-op when none are)."""
+        if self._pending:
+            self._write_pending()
+
     @property
     def n_buffered(self) -> int:
         """Rows waiting in memory for the output folder to work again."""
@@ -340,42 +345,57 @@ class RunRecorder:
         self._pending.clear()
 
     def save_volume(self, index: int, data, affine, n_volumes: int) -> None:
-        """Write the received volume ``index`` into the run's 4D NIfTI (``desc-rtnf_bold.nii``).
+        """Append the received volume ``index`` to the run's 4D NIfTI (``desc-rtnf_bold.nii``).
 
-        The file is laid out for the whole run when the first volume comes
-        and each volume is written in place, so a crash keeps what was
-        received and a resumed run fills in the rest; volumes that never
-        arrived stay zero. A failing output folder costs these copies only
-        (logged once), never the run.
+        Volumes come in order; one that never arrived is written as zeros
+        when the next one comes. After each volume the header's time
+        dimension is updated, so the file is a valid NIfTI of the volumes so
+        far even after a crash, and a resumed run appends to it. A write that
+        fails (full disk) is undone, and saving stops for the rest of the run
+        (logged once): the space is the table's first.
         """
         import nibabel as nib
         import numpy as np
 
+        if self._bold_failed:
+            return
         path = self._path(".nii", "desc-rtnf_bold")
-        data = np.asarray(data, dtype=np.float32)
+        data = np.asarray(data, dtype="<f4")
         try:
-            if self._bold_offset is None:
-                if not path.exists() or path.stat().st_size == 0:
-                    header = nib.Nifti1Header()
-                    header.set_data_shape(data.shape + (n_volumes,))
-                    header.set_data_dtype(np.float32)
-                    header.set_qform(affine, code=1)
-                    header.set_sform(affine, code=1)
-                    header.set_xyzt_units("mm", "sec")
-                    header["pixdim"][4] = self._tr_s
-                    header.set_data_offset(352)
-                    with open(path, "wb") as f:
-                        f.write(header.binaryblock + b"\0" * (352 - header.sizeof_hdr))
-                        f.truncate(352 + data.nbytes * n_volumes)  # sparse: zeros until written
-                self._bold_offset = 352
-            with open(path, "r+b") as f:
-                # NIfTI is Fortran-ordered: one volume is a contiguous block of x-fastest voxels.
-                f.seek(self._bold_offset + index * data.nbytes)
-                f.write(np.asfortranarray(data).tobytes(order="F"))
+            if self._bold_count is None:
+                self._bold_count = self._open_bold(path, data, affine)
+            if index < self._bold_count:
+                return  # saved before a crash; a resumed run processes it again
+            gap = index - self._bold_count
+            _append_whole(path, bytes(gap * data.nbytes) + np.asfortranarray(data).tobytes(order="F"))
+            self._bold_count = index + 1
+            with open(path, "r+b") as f:  # dim[4]: the number of volumes in the file
+                f.seek(48)
+                f.write(np.array([self._bold_count], dtype="<i2").tobytes())
         except OSError as exc:
-            if not self._bold_failed:
-                log.error("cannot save received volumes to %s: %s", path, exc.strerror or exc)
+            log.error("cannot save received volumes to %s (%s); no more volumes are saved in this run, "
+                      "the table comes first", path, exc.strerror or exc)
             self._bold_failed = True
+
+    def _open_bold(self, path: Path, data, affine) -> int:
+        """Volumes already in the file (resumed run), or 0 after writing a new header."""
+        import nibabel as nib
+        import numpy as np
+
+        if path.exists() and path.stat().st_size >= 352:
+            header = nib.Nifti1Header.from_fileobj(open(path, "rb"))
+            if tuple(header.get_data_shape()[:3]) == data.shape:
+                return int(header["dim"][4])
+        header = nib.Nifti1Header(endianness="<")
+        header.set_data_shape(data.shape + (0,))
+        header.set_data_dtype(np.float32)
+        header.set_qform(affine, code=1)
+        header.set_sform(affine, code=1)
+        header.set_xyzt_units("mm", "sec")
+        header["pixdim"][4] = self._tr_s
+        header.set_data_offset(352)
+        path.write_bytes(header.binaryblock + b"\0" * (352 - header.sizeof_hdr))
+        return 0
 
     def save_statmap(self, t_volume, affine) -> Path:
         """The run's final whole-brain t-map as ``desc-rtnf_stat-t_statmap.nii.gz``."""

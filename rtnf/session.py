@@ -416,6 +416,7 @@ class _RunLoop:
 
     def finish(self, status: str, reason: str | None) -> None:
         """Tell subscribers how the run ended."""
+        self.recorder.retry()  # rows kept through an output failure: one more try, reported on the wire
         self._forward_alerts()
         self.state = "ended"
         body = {**self._run_body, "event": "end" if status == "ended" else "abort", "reason": reason, "t": time.time()}

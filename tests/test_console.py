@@ -205,8 +205,13 @@ def assert_preview_drawn(drawn: dict, body: dict) -> None:
             all((a is None and b is None) or (a is not None and b is not None and abs(a - b) < 1e-5) for a, b in zip(ra, rb))
             for ra, rb in zip(got["tmap"], want["tmap"])), name
         assert sorted(got["outlines"]) == sorted(want["masks"])
+        from rtnf.console.preview import PLANE_AXES
+
+        a0, a1 = PLANE_AXES[name]
+        voxel = body.get("voxel_mm") or [1.0, 1.0, 1.0]  # outlines are drawn in mm when the voxel size is known
         for roi, mask in want["masks"].items():
-            xs, ys = got["outlines"][roi]["xs"], got["outlines"][roi]["ys"]
+            xs = [None if x is None else round(x / voxel[a0], 6) for x in got["outlines"][roi]["xs"]]
+            ys = [None if y is None else round(y / voxel[a1], 6) for y in got["outlines"][roi]["ys"]]
             segments = [(xs[i], ys[i], xs[i + 1], ys[i + 1]) for i in range(0, len(xs), 3)]
             assert len(segments) > 0 if mask.any() else len(segments) == 0
             padded = np.pad(mask, 1)
@@ -512,7 +517,7 @@ def assert_plotted(data: dict[str, list], expected: dict[str, list]) -> None:
 
 @requires_browser()
 def test_console_page_follows_a_scripted_run(browser, tmp_path):
-    tr_s, n_volumes = 0.5, 30
+    tr_s, n_volumes = 1.0, 30  # one TR is the bound the page must meet; 1 s keeps it honest on a loaded 2-core CI
     run = ScriptedRun(tr_s, n_volumes)
     console = ConsoleProcess(run.address, run.screen_address, tmp_path)
     try:

@@ -79,12 +79,12 @@ def test_full_output_disk_raises_the_alarm_and_loses_no_row(tmp_path, small_disk
             listener.poll(0.1)
         # fill the disk to the last byte
         with open(filler, "wb", buffering=0) as f:
-            try:
-                while True:
-                    f.write(b"\0" * 4096)
-                    f.flush()
-            except OSError:
-                pass
+            for chunk in (65536, 4096, 256, 16, 1):  # to the last byte: no room left even for one row
+                try:
+                    while True:
+                        f.write(b"\0" * chunk)
+                except OSError:
+                    pass
         while len(listener.of("volume")) < 20 and time.time() < deadline:
             listener.poll(0.1)
         os.remove(filler)  # space again
