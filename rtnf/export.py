@@ -115,6 +115,7 @@ class ExportReader:
         self._reported: set[str] = set()
         self._assembler = None
         self._series_reader = None
+        self._decoded: dict[Path, Any] = {}  # slice files decoded on arrival, until their volume is complete
 
     # -------------------------------------------------------------- watcher thread
 
@@ -201,9 +202,17 @@ class ExportReader:
 
     def _accept_slice(self, probe: Probe, t_detected: float, series: str | None) -> list[Arrival]:
         from .dicom import SliceAssembler, read_volume
+        from .dicom.slices import decode_slice, read_slices
+        from .nifti import VolumeReadError
 
         if self._assembler is None:
             self._assembler = SliceAssembler(self.scanner.slices_per_volume)
+        # Decode each slice as it comes (the pipeline is idle between volumes), so that
+        # a complete volume only needs stacking.
+        try:
+            self._decoded[probe.path] = decode_slice(probe.path)
+        except VolumeReadError:
+            pass  # read_volume below reports it when the volume is read
         paths = self._assembler.add(probe.path, probe.info)
         if not paths:
             return []
@@ -212,6 +221,10 @@ class ExportReader:
             self._report_once(f"number:{probe.path}", f"{probe.path.name}: slice without a volume number; skipped")
             return []
         paths = list(paths)
+        decoded = [self._decoded.pop(p, None) for p in paths]
+        if all(d is not None for d in decoded):
+            datasets, arrays = [d[0] for d in decoded], [d[1] for d in decoded]
+            return [Arrival(number, paths, t_detected, series, lambda: read_slices(paths, datasets, arrays))]
         return [Arrival(number, paths, t_detected, series, lambda: read_volume(paths))]
 
     def _fast_reader(self):

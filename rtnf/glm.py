@@ -43,6 +43,7 @@ class IncrementalGLM:
         self._spare = np.empty_like(self._zy)
         self._rss = np.zeros(n_signals)
         self.n_obs = 0
+        self._identifiable: dict[int, bool] = {}  # per nested model, until the next update
 
     @property
     def _z(self) -> np.ndarray:
@@ -86,6 +87,7 @@ class IncrementalGLM:
         e = self._zy[p]
         self._rss += e * e
         self.n_obs += 1
+        self._identifiable.clear()
 
     def _q(self, n_columns: int | None) -> int:
         p = self._r.shape[0]
@@ -107,8 +109,10 @@ class IncrementalGLM:
         q = self._q(n_columns)
         if self.n_obs < q:
             return False
-        s = np.linalg.svd(self._r[:q, :q], compute_uv=False)
-        return bool(s[0] > 0 and s[-1] / s[0] > self.rcond)
+        if q not in self._identifiable:
+            s = np.linalg.svd(self._r[:q, :q], compute_uv=False)
+            self._identifiable[q] = bool(s[0] > 0 and s[-1] / s[0] > self.rcond)
+        return self._identifiable[q]
 
     def coefficients(self, n_columns: int | None = None) -> np.ndarray:
         """Least-squares coefficients of the first ``n_columns`` regressors, shape (q, V).

@@ -61,7 +61,7 @@ class VolumeProcessor:
             self.design, self.protocol, len(self.rois), cfg.model.drift_cutoff_s, fb.min_baseline_volumes, running
         )
         self.feedback = FeedbackComputer(fb, self.roi_names, self.protocol)
-        self.preprocessor = Preprocessor(self.rois, cfg.motion, cfg.quality)
+        self.preprocessor = Preprocessor(self.rois, cfg.motion, cfg.quality, sample_brain=cfg.model.whole_brain)
         self.grid: Grid | None = None
         self._previous_motion: np.ndarray | None = None
         self._last_value: float | None = None  # last uncensored feedback value, for censor_action "hold"
@@ -110,8 +110,7 @@ class VolumeProcessor:
         values = self.model.update(index, pre.raw, regressors, include=not censored)
         fb = self._censor(self.feedback.step(index, values, self.model), pre.quality)
         if self.wholebrain is not None and not censored:
-            brain = self.preprocessor.values_at(self.wholebrain.brain_indices)
-            self.wholebrain.update(index, brain, self.model.model_size(index))
+            self.wholebrain.update(index, pre.brain, self.model.model_size(index))
         t_modelled = time.time()
         if self._planes is not None:
             # Built when the sender asks for it, after the feedback and volume messages have

@@ -34,6 +34,7 @@ class Preprocessed:
     raw: np.ndarray  # mean signal per ROI
     motion: np.ndarray | None  # 6 parameters: mm, radians
     quality: QualityRow | None
+    brain: np.ndarray | None = None  # realigned values at every brain voxel (when asked for)
 
     def motion_dict(self) -> dict[str, float] | None:
         """Motion with fMRIPrep's names, or None."""
@@ -49,10 +50,13 @@ class Preprocessor:
         Not yet fitted; :meth:`fit` places them on the grid.
     motion : rtnf.config.MotionConfig
     quality : rtnf.config.QualityConfig
+    sample_brain : bool
+        Also return the realigned value of every brain voxel (whole-brain model).
     """
 
-    def __init__(self, rois: list[SphereROI | MaskROI], motion: Any, quality: Any) -> None:
+    def __init__(self, rois: list[SphereROI | MaskROI], motion: Any, quality: Any, sample_brain: bool = False) -> None:
         self.rois = rois
+        self.sample_brain = sample_brain
         self.motion_cfg = motion
         self.quality_cfg = quality
         self.grid: Grid | None = None
@@ -118,14 +122,24 @@ class Preprocessor:
         if self.realigner is None:
             self._last = (data, None)
             raw = np.array([roi.transform(data) for roi in self.rois])
-            return Preprocessed(raw, None, None)
+            brain = data.reshape(-1)[self.brain_indices] if self.sample_brain else None
+            return Preprocessed(raw, None, None, brain)
         params = self.realigner.estimate(volume.data)
         self._last = (data, params)
         raw = np.array([self.realigner.sample(data, params, roi.indices_).mean() for roi in self.rois])
-        quality = self.monitor.update(params, self.realigner.sample(volume.data, params, self._brain))
+        brain = None
+        if self.sample_brain and self._sigma_vox is None:
+            # One resampling of the brain serves the whole-brain model and the quality checks.
+            brain = self.realigner.sample(data, params, self.brain_indices)
+            quality_values = brain[::2]
+        else:
+            quality_values = self.realigner.sample(volume.data, params, self._brain)
+            if self.sample_brain:
+                brain = self.realigner.sample(data, params, self.brain_indices)
+        quality = self.monitor.update(params, quality_values)
         if not self.realigner.result_.converged:
             log.warning("realignment did not converge for %s", volume.path.name)
-        return Preprocessed(raw, params, quality)
+        return Preprocessed(raw, params, quality, brain)
 
     def skip(self) -> None:
         """Note a missing volume."""
