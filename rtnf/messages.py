@@ -110,9 +110,14 @@ def encode(topic: str, run_id: str, body: dict[str, Any]) -> list[bytes]:
             f"Invalid value for the 'topic' parameter. Allowed values are {TOPICS}, "
             f"but got {topic!r} instead."
         )
-    payload = {"schema": schema_for(topic), "run_id": run_id}
-    payload.update(_clean_floats(body))
-    data = json.dumps(payload, allow_nan=False, separators=(",", ":")).encode("utf-8")
+    payload = {"schema": schema_for(topic), "run_id": run_id, **body}
+    try:
+        data = json.dumps(payload, allow_nan=False, separators=(",", ":"))
+    except ValueError:
+        # A NaN or infinity somewhere: replace them (walking the body costs, so only then).
+        payload = {"schema": schema_for(topic), "run_id": run_id, **_clean_floats(body)}
+        data = json.dumps(payload, allow_nan=False, separators=(",", ":"))
+    data = data.encode("utf-8")
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageError(
             f"{topic} message of {len(data)} bytes exceeds MAX_MESSAGE_BYTES "

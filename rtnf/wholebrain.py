@@ -97,8 +97,8 @@ def preview_body(
         img = np.clip(np.nan_to_num(image[name]) / scale * 255.0, 0, 255).astype(np.uint8)
         plane: dict[str, Any] = {"shape": list(idx.shape), "image": img.tolist()}
         if t_volume is not None:
-            t = t_volume.reshape(-1)[idx]
-            plane["tmap"] = [[None if not np.isfinite(v) else round(float(v), 1) for v in row] for row in t]
+            t = np.round(t_volume.reshape(-1)[idx].astype(np.float64), 1)
+            plane["tmap"] = [[None if v != v else v for v in row] for row in t.tolist()]  # NaN -> null
         plane["rois"] = {
             roi: np.asarray(mask.reshape(-1)[idx], dtype=np.uint8).tolist() for roi, mask in roi_masks.items()
         }
