@@ -173,6 +173,8 @@ class VolumeProcessor:
 
     def _censor(self, fb: FeedbackValue, quality) -> FeedbackValue:
         """Apply quality.censor_action to the feedback of a censored volume."""
+        if not self.cfg.feedback.enabled:
+            return fb  # nothing is shown in this run anyway
         if quality is None or not quality.censored:
             if fb.value is not None:
                 self._last_value = fb.value

@@ -123,3 +123,34 @@ def test_localizer_roi_feedback_and_transfer_runs(tmp_path):
     prov = json.loads((func / "sub-07_ses-02_task-nf_run-1_desc-rtnf_provenance.json").read_text())
     assert prov["config"]["rois"]["acc"]["mask"] == str(mask_path)
     assert prov["config"]["rois"]["acc"]["center_mm"] is None
+
+
+def test_outputs_form_a_bids_derivatives_dataset(tmp_path):
+    """Structural check of what a session writes: dataset description, names, sidecars, events."""
+    import re
+
+    test_localizer_roi_feedback_and_transfer_runs(tmp_path)
+    root = tmp_path / "derivatives"
+    desc = json.loads((root / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative" and desc["BIDSVersion"] and desc["GeneratedBy"][0]["Name"] == "rtnf"
+    func = root / "sub-07" / "ses-02" / "func"
+    entity = r"sub-07_ses-02_task-[a-zA-Z0-9]+_run-[0-9]+"
+    allowed = re.compile(
+        entity + r"_(events\.tsv|desc-rtnf_(timeseries\.(tsv|json)|bold\.nii|config\.toml|provenance\.json|log\.tsv"
+        r"|stat-t_statmap\.nii\.gz)|desc-[a-zA-Z0-9]+_mask\.nii\.gz)$"
+    )
+    names = sorted(p.name for p in func.iterdir())
+    assert all(allowed.match(n) for n in names), [n for n in names if not allowed.match(n)]
+    for table in func.glob("*_desc-rtnf_timeseries.tsv"):
+        prefix = table.name.removesuffix("_desc-rtnf_timeseries.tsv")
+        for suffix in ("_events.tsv", "_desc-rtnf_timeseries.json", "_desc-rtnf_bold.nii", "_desc-rtnf_config.toml",
+                       "_desc-rtnf_provenance.json", "_desc-rtnf_log.tsv"):
+            assert (func / (prefix + suffix)).is_file(), prefix + suffix
+        columns = table.read_text().splitlines()[0].split("\t")
+        sidecar = json.loads((func / f"{prefix}_desc-rtnf_timeseries.json").read_text())
+        assert set(columns) == set(sidecar), set(columns) ^ set(sidecar)
+        assert all(sidecar[c].get("Description") for c in columns)
+        events = read_tsv(func / f"{prefix}_events.tsv")
+        assert list(events[0]) == ["onset", "duration", "trial_type"]
+        assert sum(float(e["duration"]) for e in events) == 40 * 2.0
+        assert nib.load(func / f"{prefix}_desc-rtnf_bold.nii").shape[3] == 40
