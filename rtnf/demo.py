@@ -27,7 +27,8 @@ import numpy as np
 import zmq
 
 from .config import Config, load_config
-from .messages import MAX_MESSAGE_BYTES, MessageError, decode
+from .messages import TOPICS
+from .subscription import Subscription
 from .record import bids_prefix, func_dir
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
@@ -129,27 +130,17 @@ class Listener:
 
     def __init__(self, addresses: list[str]) -> None:
         self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.SUB)
-        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        self._sock.setsockopt(zmq.SUBSCRIBE, b"")
-        self._sock.setsockopt(zmq.LINGER, 0)
-        for address in addresses:
-            self._sock.connect(address)
+        self._subs = [Subscription(self._ctx, address, TOPICS, name=address) for address in addresses]
+        self._poller = zmq.Poller()
+        for sub in self._subs:
+            for sock in sub.sockets:
+                self._poller.register(sock, zmq.POLLIN)
         self.messages: list[tuple[str, dict[str, Any]]] = []
 
     def poll(self, timeout_s: float) -> list[tuple[str, dict[str, Any]]]:
         """Messages received within ``timeout_s`` (returns as soon as one batch arrived)."""
-        new = []
-        if self._sock.poll(int(timeout_s * 1000)):
-            while True:
-                try:
-                    frames = self._sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                try:
-                    new.append(decode(frames))
-                except MessageError:
-                    continue
+        ready = dict(self._poller.poll(int(timeout_s * 1000)))
+        new = [(m.topic, m.body) for sub in self._subs for m in sub.receive(ready)]
         self.messages += new
         return new
 
@@ -167,8 +158,9 @@ class Listener:
         return [b for t, b in self.messages if t == topic]
 
     def close(self) -> None:
-        """Close the socket."""
-        self._sock.close()
+        """Close the sockets."""
+        for sub in self._subs:
+            sub.close()
         self._ctx.term()
 
 

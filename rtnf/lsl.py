@@ -61,7 +61,8 @@ from typing import Any, Callable
 import zmq
 
 from rtnf import __version__
-from rtnf.messages import DEFAULT_ADDRESS, MAX_MESSAGE_BYTES, MessageError, decode
+from rtnf.messages import DEFAULT_ADDRESS
+from rtnf.subscription import Received, Subscription
 
 log = logging.getLogger(__name__)
 
@@ -221,6 +222,7 @@ class LslBridge(threading.Thread):
         self.n_markers = 0
         self.n_malformed = 0
         self.n_fallback_timestamps = 0
+        self._n_unforwardable = 0
         self._started_runs: set[str] = set()
         self._stop_requested = threading.Event()
         self._outlets: dict[str, Any] = {}
@@ -318,74 +320,37 @@ class LslBridge(threading.Thread):
     # -- ZeroMQ side (the thread) ---------------------------------------------------------------
     def run(self) -> None:
         ctx = zmq.Context()
-        sub = monitor = None
+        sub = None
         try:
             self._make_outlets()
-            sub = ctx.socket(zmq.SUB)
-            sub.setsockopt(zmq.LINGER, 0)
-            sub.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-            sub.setsockopt(zmq.RCVHWM, 10000)
-            for topic in TOPICS:
-                sub.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))
-            monitor = sub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-            sub.connect(self.address)
+            sub = Subscription(ctx, self.address, TOPICS, name="rtnf")
             poller = zmq.Poller()
-            poller.register(sub, zmq.POLLIN)
-            poller.register(monitor, zmq.POLLIN)
+            for sock in sub.sockets:
+                poller.register(sock, zmq.POLLIN)
             self.ready.set()
             while not self._stop_requested.is_set():
                 ready = dict(poller.poll(self.poll_ms))
-                if sub in ready or monitor in ready:
-                    self._drain(sub)
-                if monitor in ready:
-                    self._reconnect(sub, monitor)
+                for message in sub.receive(ready):
+                    self._forward(message)
+                self.n_malformed = sub.n_malformed + self._n_unforwardable
         except BaseException as exc:  # reported to the caller through self.error
             self.error = exc
             log.exception("LSL bridge failed")
             self.ready.set()
         finally:
             if sub is not None:
-                sub.disable_monitor()
-                sub.close(0)
-            if monitor is not None:
-                monitor.close(0)
+                sub.close()
             ctx.term()
             self._outlets.clear()  # destroys the outlets: recorders see the streams go
 
-    def _drain(self, sub: zmq.Socket) -> None:
-        local_clock = self.pylsl.local_clock
-        for _ in range(1000):
-            try:
-                frames = sub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            t_received = time.time()
-            offset = clock_offset(local_clock)
-            try:
-                topic, body = decode(frames)
-            except MessageError as exc:
-                self.n_malformed += 1
-                log.warning("skipped a malformed message: %s", exc)
-                continue
-            if topic in TOPICS:  # prefix subscriptions can let others in
-                try:
-                    self.handle(topic, body, t_received, offset)
-                except (TypeError, ValueError, AttributeError) as exc:  # odd field types: cost one message only
-                    self.n_malformed += 1
-                    log.warning("skipped a %s message that could not be forwarded: %s", topic, exc)
-
-    def _reconnect(self, sub: zmq.Socket, monitor: zmq.Socket) -> None:
-        while monitor.poll(0):
-            monitor.recv_multipart()
-        log.info("connection to rtnf at %s dropped; reconnecting", self.address)
+    def _forward(self, message: Received) -> None:
+        offset = clock_offset(self.pylsl.local_clock)
         try:
-            sub.disconnect(self.address)
-        except zmq.ZMQError:
-            pass
-        sub.connect(self.address)
+            self.handle(message.topic, message.body, message.t_received, offset)
+        except (TypeError, ValueError, AttributeError) as exc:  # odd field types: cost one message only
+            self._n_unforwardable += 1
+            log.warning("skipped a %s message that could not be forwarded: %s", message.topic, exc)
 
-
-# -- command line --------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``rtnf lsl`` to ``parser``."""
     parser.add_argument("--address", default=DEFAULT_ADDRESS,

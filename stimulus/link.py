@@ -14,17 +14,16 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 import zmq
 
 from rtnf import messages
+from rtnf.subscription import Received, Subscription
 from rtnf.messages import (
     DEFAULT_ADDRESS,
     DEFAULT_SCREEN_ADDRESS,
-    MAX_MESSAGE_BYTES,
     MessageError,
-    decode,
     encode,
 )
 
@@ -424,14 +423,6 @@ def _parse_run_info(body: dict[str, Any]) -> RunInfo:
 # --------------------------------------------------------------------------- #
 # Sockets
 # --------------------------------------------------------------------------- #
-class Received(NamedTuple):
-    """One decoded message and when it arrived (``time.time()``)."""
-
-    topic: str
-    body: dict[str, Any]
-    t_received: float
-
-
 class FeedbackLink:
     """The screen's ZeroMQ sockets and its :class:`ScreenState`.
 
@@ -473,33 +464,15 @@ class FeedbackLink:
         self.ack_address = ack_address
         self.state = ScreenState(heartbeat_timeout_s)
         self.max_batch = int(max_batch)
-        self.n_malformed = 0
+        self._n_rejected = 0  # decoded, but refused by the screen's state
         self._context = zmq.Context()
-        self._sub = self._context.socket(zmq.SUB)
         self._pub = self._context.socket(zmq.PUB)
-        for sock in (self._sub, self._pub):
-            sock.setsockopt(zmq.LINGER, 0)
-        # Oversized input makes libzmq drop the connection (it reconnects);
-        # the limit matches what any valid rtnf message can be.
-        self._sub.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-        self._sub.setsockopt(zmq.RCVHWM, int(rcvhwm))
-        for topic in SUBSCRIBED_TOPICS:
-            self._sub.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))
-        if curve_keys is not None:
-            # rtnf on another machine, with CURVE (keys from `rtnf keys`): this
-            # screen's own secret key and rtnf's public key, nothing else.
-            from rtnf.keys import secure_client
-
-            secure_client(self._sub, curve_keys, curve_client)
-        # libzmq treats an oversized message as a protocol error and then
-        # drops the connection for good (no automatic reconnect), which would
-        # leave the screen deaf. Watch for disconnections and reconnect.
-        self._monitor = self._sub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        self._poller = zmq.Poller()
-        self._poller.register(self._sub, zmq.POLLIN)
-        self._poller.register(self._monitor, zmq.POLLIN)
+        self._pub.setsockopt(zmq.LINGER, 0)
         try:
-            self._sub.connect(address)
+            # Bounded size, reconnection after a dropped link (an oversized message makes
+            # libzmq drop it for good), CURVE when rtnf is on another machine.
+            curve = (curve_keys, curve_client) if curve_keys is not None else None
+            self._sub = Subscription(self._context, address, SUBSCRIBED_TOPICS, "rtnf", rcvhwm, curve)
             self._pub.bind(ack_address)
         except zmq.ZMQError as exc:
             self.close()
@@ -507,6 +480,14 @@ class FeedbackLink:
                 f"Cannot connect to rtnf at {address!r} or bind the screen's address "
                 f"{ack_address!r}: {exc}. Is another screen already running?"
             ) from exc
+        self._poller = zmq.Poller()
+        for sock in self._sub.sockets:
+            self._poller.register(sock, zmq.POLLIN)
+
+    @property
+    def n_malformed(self) -> int:
+        """Messages skipped because they could not be decoded or applied."""
+        return self._sub.n_malformed + self._n_rejected
 
     # ------------------------------------------------------------------ #
     def poll(self, timeout_ms: float) -> list[Received]:
@@ -522,30 +503,7 @@ class FeedbackLink:
             ``(topic, body, t_received)`` for each valid message, in order.
         """
         ready = dict(self._poller.poll(max(0, int(timeout_ms))))
-        out = self._drain() if self._sub in ready else []
-        if self._monitor in ready:
-            # Take what the connection delivered before it dropped (the run's
-            # end message, typically) before tearing the endpoint down.
-            out += self._drain()
-            self._reconnect()
-        return out
-
-    def _drain(self) -> list[Received]:
-        out: list[Received] = []
-        for _ in range(self.max_batch):
-            try:
-                frames = self._sub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                break
-            t_received = time.time()
-            try:
-                topic, body = decode(frames)
-            except MessageError as exc:
-                self._skip(exc)
-                continue
-            if topic in SUBSCRIBED_TOPICS:  # prefix subscriptions can let others in
-                out.append(Received(topic, body, t_received))
-        return out
+        return self._sub.receive(ready, self.max_batch)
 
     def receive(self, timeout_ms: float) -> list[Received]:
         """:meth:`poll` and apply each message to :attr:`state`.
@@ -565,27 +523,8 @@ class FeedbackLink:
             applied.append(message)
         return applied
 
-    def _reconnect(self) -> None:
-        """Reconnect after the SUB's connection dropped.
-
-        Disconnecting first keeps one connection per endpoint whether or not
-        libzmq would have reconnected by itself (it does after rtnf restarts,
-        not after a protocol error), so messages are never duplicated.
-        """
-        while self._monitor.poll(0):
-            self._monitor.recv_multipart()
-        logger.warning(
-            "Connection to rtnf at %s dropped (rtnf stopped, or sent an oversized or "
-            "invalid message); reconnecting.", self.address,
-        )
-        try:
-            self._sub.disconnect(self.address)
-        except zmq.ZMQError:
-            pass  # libzmq already forgot the endpoint
-        self._sub.connect(self.address)
-
     def _skip(self, exc: MessageError) -> None:
-        self.n_malformed += 1
+        self._n_rejected += 1
         logger.warning("Skipped a malformed message from %s: %s", self.address, exc)
 
     # ------------------------------------------------------------------ #
@@ -668,13 +607,11 @@ class FeedbackLink:
 
     def close(self) -> None:
         """Close both sockets and the context (idempotent)."""
-        monitor = getattr(self, "_monitor", None)
-        if monitor is not None and not monitor.closed:
-            self._sub.disable_monitor()
-            monitor.close(linger=0)
-        for sock in (self._sub, self._pub):
-            if not sock.closed:
-                sock.close(linger=0)
+        sub = getattr(self, "_sub", None)
+        if sub is not None:
+            sub.close()
+        if not self._pub.closed:
+            self._pub.close(linger=0)
         if not self._context.closed:
             self._context.term()
 

@@ -138,7 +138,7 @@ def test_feedback_screen_link_survives_an_oversized_message(raw_pub):
     pub, address = raw_pub
     link = FeedbackLink(address, _free_address())
     try:
-        assert link._sub.getsockopt(zmq.MAXMSGSIZE) == MAX_MESSAGE_BYTES
+        assert link._sub.sub.getsockopt(zmq.MAXMSGSIZE) == MAX_MESSAGE_BYTES
         # connected first: a heartbeat gets through
         assert _oversized_then_valid(pub, lambda: link.poll(100))
         got = _oversized_then_valid(pub, lambda: [m for m in link.poll(100) if m.topic == "heartbeat"])
@@ -383,3 +383,11 @@ def test_curve_publisher_and_screen_link(tmp_path):
         good.close()
         plain.close()
         pub.close()
+
+
+def test_every_client_subscribes_through_the_one_size_bounded_subscription():
+    """The screen, the console, the LSL bridge and the demo listener share rtnf.subscription."""
+    root = Path(__file__).resolve().parent.parent
+    for path in ("stimulus/link.py", "rtnf/console/link.py", "rtnf/lsl.py", "rtnf/demo.py"):
+        text = (root / path).read_text()
+        assert "Subscription(" in text and "zmq.SUB" not in text, path

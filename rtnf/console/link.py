@@ -13,12 +13,11 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from typing import Any, NamedTuple
 
 import zmq
 
-from rtnf.messages import MAX_MESSAGE_BYTES, MessageError, decode
+from rtnf.subscription import Subscription
 
 log = logging.getLogger(__name__)
 
@@ -84,64 +83,25 @@ class Subscriber(threading.Thread):
 
     def run(self) -> None:  # the thread: every socket lives and dies here
         ctx = zmq.Context()
-        socks: dict[str, tuple[zmq.Socket, zmq.Socket]] = {}
+        subs: dict[str, Subscription] = {}
         try:
             poller = zmq.Poller()
             for origin, (address, topics) in self.endpoints.items():
-                sub = ctx.socket(zmq.SUB)
-                sub.setsockopt(zmq.LINGER, 0)
-                sub.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
-                sub.setsockopt(zmq.RCVHWM, 10000)
-                for topic in topics:
-                    sub.setsockopt(zmq.SUBSCRIBE, topic.encode("ascii"))
-                monitor = sub.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-                sub.connect(address)
-                poller.register(sub, zmq.POLLIN)
-                poller.register(monitor, zmq.POLLIN)
-                socks[origin] = (sub, monitor)
+                subs[origin] = Subscription(ctx, address, topics, name=origin)
+                for sock in subs[origin].sockets:
+                    poller.register(sock, zmq.POLLIN)
             self.ready.set()
             while not self._stop_requested.is_set():
                 ready = dict(poller.poll(self.poll_ms))
-                for origin, (sub, monitor) in socks.items():
-                    if sub in ready or monitor in ready:
-                        self._drain(origin, sub)
-                    if monitor in ready:
-                        self._reconnect(origin, sub, monitor)
+                for origin, sub in subs.items():
+                    for message in sub.receive(ready):
+                        self.out.put(Message(origin, *message))
+                self.n_malformed = sum(sub.n_malformed for sub in subs.values())
         except BaseException as exc:  # reported by the server, which stops
             self.error = exc
             log.exception("console subscriber failed")
             self.ready.set()
         finally:
-            for sub, monitor in socks.values():
-                sub.disable_monitor()
-                monitor.close(0)
-                sub.close(0)
+            for sub in subs.values():
+                sub.close()
             ctx.term()
-
-    def _drain(self, origin: str, sub: zmq.Socket) -> None:
-        topics = self.endpoints[origin][1]
-        for _ in range(1000):
-            try:
-                frames = sub.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            t_received = time.time()
-            try:
-                topic, body = decode(frames)
-            except MessageError as exc:
-                self.n_malformed += 1
-                log.warning("skipped a malformed message from %s: %s", origin, exc)
-                continue
-            if topic in topics:  # prefix subscriptions can let others in
-                self.out.put(Message(origin, topic, body, t_received))
-
-    def _reconnect(self, origin: str, sub: zmq.Socket, monitor: zmq.Socket) -> None:
-        while monitor.poll(0):
-            monitor.recv_multipart()
-        address = self.endpoints[origin][0]
-        log.info("connection to %s at %s dropped; reconnecting", origin, address)
-        try:
-            sub.disconnect(address)
-        except zmq.ZMQError:
-            pass
-        sub.connect(address)

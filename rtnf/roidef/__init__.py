@@ -51,7 +51,6 @@ from ._common import (  # noqa: F401 (the package's API, and helpers the tests u
 )
 from .cli import (  # noqa: F401 (the package's API, and helpers the tests use)
     KINDS,
-    __all__,
     _build,
     _common,
     _stem,
@@ -96,3 +95,27 @@ from .regions import (  # noqa: F401 (the package's API, and helpers the tests u
     read_label_table,
     sphere_roi,
 )
+
+__all__ = [
+    "RoiDefError",
+    "RoiDefinition",
+    "MniRegion",
+    "MNI_REGIONS",
+    "MniRegistration",
+    "load_reference",
+    "load_series",
+    "mask_from_image",
+    "sphere_roi",
+    "atlas_roi",
+    "read_label_table",
+    "register_mni",
+    "mni_roi",
+    "mni_region_image",
+    "localizer_tmap",
+    "localizer_roi",
+    "blocks_from_events",
+    "save_mask",
+    "plot_roi",
+    "add_arguments",
+    "run",
+]

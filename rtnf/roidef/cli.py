@@ -17,30 +17,6 @@ from .output import plot_roi, save_mask
 from .reference import _is_nifti, load_reference, load_series
 from .regions import atlas_roi, mask_from_image, sphere_roi
 
-__all__ = [
-    "RoiDefError",
-    "RoiDefinition",
-    "MniRegion",
-    "MNI_REGIONS",
-    "MniRegistration",
-    "load_reference",
-    "load_series",
-    "mask_from_image",
-    "sphere_roi",
-    "atlas_roi",
-    "read_label_table",
-    "register_mni",
-    "mni_roi",
-    "mni_region_image",
-    "localizer_tmap",
-    "localizer_roi",
-    "blocks_from_events",
-    "save_mask",
-    "plot_roi",
-    "add_arguments",
-    "run",
-]
-
 
 # --------------------------------------------------------------------------- command line
 

@@ -11,30 +11,6 @@ from ..volume import Grid
 from ._common import RoiDefError, RoiDefinition, _load_image, _resample
 from .regions import mask_from_image
 
-__all__ = [
-    "RoiDefError",
-    "RoiDefinition",
-    "MniRegion",
-    "MNI_REGIONS",
-    "MniRegistration",
-    "load_reference",
-    "load_series",
-    "mask_from_image",
-    "sphere_roi",
-    "atlas_roi",
-    "read_label_table",
-    "register_mni",
-    "mni_roi",
-    "mni_region_image",
-    "localizer_tmap",
-    "localizer_roi",
-    "blocks_from_events",
-    "save_mask",
-    "plot_roi",
-    "add_arguments",
-    "run",
-]
-
 
 # --------------------------------------------------------------------------- functional localizer
 

@@ -25,30 +25,6 @@ from ._common import (
 from .localizer import epi_mask
 from .regions import atlas_roi
 
-__all__ = [
-    "RoiDefError",
-    "RoiDefinition",
-    "MniRegion",
-    "MNI_REGIONS",
-    "MniRegistration",
-    "load_reference",
-    "load_series",
-    "mask_from_image",
-    "sphere_roi",
-    "atlas_roi",
-    "read_label_table",
-    "register_mni",
-    "mni_roi",
-    "mni_region_image",
-    "localizer_tmap",
-    "localizer_roi",
-    "blocks_from_events",
-    "save_mask",
-    "plot_roi",
-    "add_arguments",
-    "run",
-]
-
 
 # --------------------------------------------------------------------------- MNI regions
 

@@ -10,30 +10,6 @@ import numpy as np
 from ..volume import Volume
 from ._common import RoiDefError
 
-__all__ = [
-    "RoiDefError",
-    "RoiDefinition",
-    "MniRegion",
-    "MNI_REGIONS",
-    "MniRegistration",
-    "load_reference",
-    "load_series",
-    "mask_from_image",
-    "sphere_roi",
-    "atlas_roi",
-    "read_label_table",
-    "register_mni",
-    "mni_roi",
-    "mni_region_image",
-    "localizer_tmap",
-    "localizer_roi",
-    "blocks_from_events",
-    "save_mask",
-    "plot_roi",
-    "add_arguments",
-    "run",
-]
-
 
 # --------------------------------------------------------------------------- reading the reference
 
