@@ -130,7 +130,7 @@ class Listener:
 
     def __init__(self, addresses: list[str]) -> None:
         self._ctx = zmq.Context()
-        self._subs = [Subscription(self._ctx, address, TOPICS, name=address) for address in addresses]
+        self._subs = [Subscription(self._ctx, address, TOPICS, name="publisher") for address in addresses]
         self._poller = zmq.Poller()
         for sub in self._subs:
             for sock in sub.sockets:

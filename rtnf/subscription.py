@@ -118,7 +118,7 @@ class Subscription:
     def _reconnect(self) -> None:
         while self.monitor.poll(0):
             self.monitor.recv_multipart()
-        log.info("connection to %s at %s dropped (it stopped, or sent an oversized or invalid message); "
+        log.debug("connection to %s at %s dropped (it stopped, or sent an oversized or invalid message); "
                     "reconnecting", self.name, self.address)
         try:
             self.sub.disconnect(self.address)
