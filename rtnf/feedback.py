@@ -10,7 +10,9 @@ config's ``[feedback]`` table:
 2. spike removal: a Kalman filter that clips innovations beyond a threshold
    (as OpenNFT's modified Kalman filter does);
 3. exponential smoothing;
-4. scaling to [0, 1]: a fixed range, or the range seen so far, clipped;
+4. scaling to [0, 1]: adaptive (the default: the configured range stretched or
+   shrunk to the participant's own signal), a fixed range, or the range
+   seen so far, clipped;
 5. intermittent feedback: one value per regulation block, the mean over the
    block shifted by the hemodynamic lag, given once after the lagged block
    ends;
@@ -74,6 +76,7 @@ class KalmanDespiker:
         self._p = 0.0
         self._last: float | None = None
         self._diffs: list[float] = []
+        self._clipped = 0.0  # sign of the last innovation clipped, 0 when the last was not
 
     def __call__(self, y: float) -> float:
         """Filter one sample."""
@@ -91,7 +94,19 @@ class KalmanDespiker:
         v = y - self._x
         bound = self.threshold * math.sqrt(s)
         if len(self._diffs) >= 5 and abs(v) > bound:
-            v = math.copysign(bound, v)
+            sign = math.copysign(1.0, v)
+            if self._clipped == sign:
+                # A second outlier on the same side is a change of level (a block
+                # starting), not a spike: follow it now instead of creeping after
+                # it for several volumes (that lag cost a real visual run 0.04 of
+                # its feedback's correlation with the task).
+                self._clipped = 0.0
+                self._x, self._p = y, r
+                return y
+            self._clipped = sign
+            v = sign * bound
+        else:
+            self._clipped = 0.0
         k = p_pred / s
         self._x += k * v
         self._p = (1 - k) * p_pred
@@ -126,6 +141,60 @@ class DynamicScaler:
         return scale(x, self.low, self.high)
 
 
+class AdaptiveScaler:
+    """A range that follows the participant's own signal, so the bar neither saturates nor sits still.
+
+    The configured ``scale_range`` gives the shape (where zero sits on the
+    bar); its width is multiplied by a gain such that the 95th percentile of
+    the absolute signal seen so far in the run lands at ``headroom`` of the
+    range's larger end. A fixed range of -1 to 2 % put 57 of 78 values of a
+    real visual run at the top of the bar (its ROI changed by about 10 %);
+    an ACC signal of 0.3 % would barely move it. Until ``min_values``
+    values have been seen the configured range is used as it is.
+
+    Parameters
+    ----------
+    scale_range : (float, float)
+        Signal values shown as an empty and a full bar before any adaptation.
+    headroom : float
+        Fraction of the range's larger end that the signal's 95th percentile reaches.
+    min_values : int
+        Values seen before the gain adapts.
+    """
+
+    QUANTILE = 95.0
+
+    def __init__(self, scale_range: tuple[float, float], headroom: float = 0.8, min_values: int = 10) -> None:
+        self.low, self.high = float(scale_range[0]), float(scale_range[1])
+        self.headroom = headroom
+        self.min_values = min_values
+        self.gain = 1.0
+        self._abs: list[float] = []
+
+    def observe(self, x: float) -> None:
+        """Update the gain with one more signal value (every volume's, also in intermittent runs)."""
+        self._abs.append(abs(x))
+        if len(self._abs) >= self.min_values:
+            spread = float(np.percentile(self._abs, self.QUANTILE))
+            end = max(abs(self.low), abs(self.high))
+            if spread > 0 and end > 0:
+                self.gain = spread / (self.headroom * end)
+
+    def scale(self, x: float) -> float:
+        """``x`` on the current range, in [0, 1]."""
+        return scale(x, self.low * self.gain, self.high * self.gain)
+
+    def __call__(self, x: float) -> float:
+        """Update the gain with ``x`` and scale it."""
+        self.observe(x)
+        return self.scale(x)
+
+    @property
+    def range(self) -> tuple[float, float]:
+        """The current range, in signal units."""
+        return self.low * self.gain, self.high * self.gain
+
+
 def read_sham_series(path: Path) -> list[float | None]:
     """The ``feedback_value`` column of a recorded run's timeseries table."""
     with open(path, newline="") as f:
@@ -158,6 +227,7 @@ class FeedbackComputer:
         self._despike = KalmanDespiker(cfg.despike_threshold) if cfg.despike else None
         self._smooth = ExponentialSmoother(cfg.smoothing_alpha) if cfg.smoothing_alpha is not None else None
         self._dynamic = DynamicScaler() if cfg.scaling == "dynamic" else None
+        self._adaptive = AdaptiveScaler(tuple(cfg.scale_range)) if cfg.scaling == "adaptive" else None
         self._sham = read_sham_series(cfg.sham_from) if cfg.sham_from is not None else None
         lag = int(round(cfg.hemodynamic_lag_s / tr))
         # Intermittent: block k's value is ready at the volume where its lagged window ends.
@@ -179,6 +249,8 @@ class FeedbackComputer:
                 signal = self._despike(signal)
             if self._smooth is not None:
                 signal = self._smooth(signal)
+            if self._adaptive is not None:
+                self._adaptive.observe(signal)
             self._signals[index] = signal
         if not self.cfg.enabled:
             return FeedbackValue(None, "no feedback in this run", signal=signal, kind=self.cfg.kind)
@@ -191,6 +263,8 @@ class FeedbackComputer:
     def _scale(self, signal: float) -> float:
         if self._dynamic is not None:
             return self._dynamic(signal)
+        if self._adaptive is not None:
+            return self._adaptive.scale(signal)
         return scale(signal, *self.cfg.scale_range)
 
     def _signal(self, index: int, values: list[RoiValues], model: RoiModel) -> tuple[float | None, str | None]:

@@ -129,6 +129,35 @@ class IncrementalGLM:
             )
         return solve_triangular(self._r[:q, :q], self._z[:q], lower=False, check_finite=False)
 
+    def ridge_coefficients(self, precision: np.ndarray) -> np.ndarray:
+        """Coefficients of all regressors with a zero-mean Gaussian prior, shape (p, V).
+
+        Solves ``min ||Y - X B||^2 + sum_j precision_j ||B_j||^2`` over the
+        observations so far as the least-squares problem ``[R; sqrt(P)] B ~
+        [Z; 0]``: O(p^3 + p^2 V), no normal equations, and the prior can
+        change from one call to the next (the data part is untouched).
+
+        Parameters
+        ----------
+        precision : ndarray, shape (p,)
+            Prior precision of each coefficient, >= 0 (0: no prior).
+
+        Raises
+        ------
+        RuntimeError
+            If the penalised problem is not identifiable (a column with no
+            prior and no information yet).
+        """
+        p = self._p
+        precision = np.asarray(precision, dtype=np.float64)
+        a = np.vstack([self._r, np.diag(np.sqrt(precision))])
+        b = np.vstack([self._z, np.zeros((p, self._z.shape[1]))])
+        s = np.linalg.svd(a, compute_uv=False)
+        if not (s[0] > 0 and s[-1] / s[0] > self.rcond):
+            raise RuntimeError(f"penalised design of {p} regressors not identifiable after {self.n_obs} observations")
+        beta, *_ = np.linalg.lstsq(a, b, rcond=None)
+        return beta
+
     def rss(self, n_columns: int | None = None) -> np.ndarray:
         """Residual sum of squares per signal of the first ``n_columns`` regressors' model."""
         q = self._q(n_columns)

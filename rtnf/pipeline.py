@@ -110,7 +110,7 @@ class VolumeProcessor:
         values = self.model.update(index, pre.raw, regressors, include=not censored)
         fb = self._censor(self.feedback.step(index, values, self.model), pre.quality)
         if self.wholebrain is not None and not censored:
-            self.wholebrain.update(index, pre.brain, self.model.model_size(index))
+            self.wholebrain.update(index, pre.brain)
         t_modelled = time.time()
         if self._planes is not None:
             # Built when the sender asks for it, after the feedback and volume messages have
@@ -162,7 +162,9 @@ class VolumeProcessor:
         if self.cfg.model.whole_brain:
             contrast = self.cfg.model.contrast or self.protocol.task_conditions[0]
             column = self.design.names.index(contrast)
-            self.wholebrain = WholeBrainModel(self.design, self.preprocessor.brain_indices, grid, column)
+            self.wholebrain = WholeBrainModel(
+                self.design, self.preprocessor.brain_indices, grid, column, self.protocol.tr_s, self.cfg.model.drift_cutoff_s
+            )
             log.info("whole-brain model: %d voxels, t-map of %s", self.preprocessor.brain_indices.size, contrast)
         if self.cfg.publish.preview:
             target = self.rois[self.roi_names.index(self.cfg.feedback.targets[0])]

@@ -18,6 +18,8 @@ from .glm import IncrementalGLM
 from .volume import Grid
 
 PLANES = ("sagittal", "coronal", "axial")
+# Fewest residual degrees of freedom a t-map is shown with.
+MIN_DOF = 10
 
 
 class WholeBrainModel:
@@ -35,26 +37,59 @@ class WholeBrainModel:
         Design column of the regulation regressor (the contrast is +1 on it).
     """
 
-    def __init__(self, design: Design, brain_indices: np.ndarray, grid: Grid, contrast_column: int) -> None:
+    def __init__(
+        self, design: Design, brain_indices: np.ndarray, grid: Grid, contrast_column: int,
+        tr_s: float = 2.0, drift_cutoff_s: float = 128.0,
+    ) -> None:
         self.design = design
+        self.tr_s = tr_s
+        self.drift_cutoff_s = drift_cutoff_s
         self.brain_indices = np.asarray(brain_indices)
         self.grid = grid
         self.contrast_column = contrast_column
         self.glm = IncrementalGLM(design.n_regressors, self.brain_indices.size)
+        self.n_columns = 0  # size of the latest t-map's model (0: no t-map yet)
         self.t_map: np.ndarray | None = None  # flat over brain voxels, latest
         self.effect: np.ndarray | None = None
 
-    def update(self, index: int, values: np.ndarray, n_columns: int) -> None:
-        """Add volume ``index``'s brain-voxel values; refresh the t-map of the ``n_columns`` model.
-
-        ``n_columns`` is the nested model the ROI model uses for this volume
-        (0 while nothing is identifiable: no t-map yet).
-        """
+    def update(self, index: int, values: np.ndarray) -> None:
+        """Add volume ``index``'s brain-voxel values; refresh the t-map of the largest trustworthy model."""
         self.glm.update(self.design.matrix[index], values)
-        if n_columns > self.contrast_column and self.glm.identifiable(n_columns):
+        n_columns = self.model_size(index)
+        self.n_columns = n_columns
+        if n_columns > self.contrast_column:
             c = np.zeros(n_columns)
             c[self.contrast_column] = 1.0
             self.effect, self.t_map = self.glm.contrast(c, n_columns)
+
+    def model_size(self, index: int) -> int:
+        """Number of leading design columns of the t-map's model after kept volume ``index`` (0 = none).
+
+        An ordinary least-squares model (a t-map needs one): task regressors
+        and the constant; the motion regressors once estimable; then as many
+        cosine drift terms as the elapsed time resolves (SPM's rule,
+        floor(2 * elapsed / cutoff)), fewer while they are too collinear to
+        estimate. Each model must also leave at least as many residual
+        degrees of freedom as it has columns (and :data:`MIN_DOF`), so that
+        a run with most volumes censored never shows the huge t values of a
+        near-saturated fit: terms are dropped, down to none.
+        """
+        design = self.design
+
+        def usable(q: int) -> bool:
+            return self.glm.n_obs - q >= max(MIN_DOF, q) and self.glm.identifiable(q)
+
+        n_core = design.n_core
+        if not usable(n_core):
+            return 0
+        q = n_core + design.motion_columns.size
+        if design.motion_columns.size and not usable(q):
+            return n_core
+        elapsed_s = (index + 1) * self.tr_s
+        q_max = q + min(design.drift_columns.size, int(2 * elapsed_s / self.drift_cutoff_s))
+        while q_max > q and not usable(q_max):
+            q_max -= 1
+        return q_max
 
     def t_volume(self) -> np.ndarray:
         """The latest t-map as a volume (NaN outside the brain or before the first t-map)."""

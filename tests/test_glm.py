@@ -67,20 +67,96 @@ def test_incremental_equals_lstsq_at_every_volume(hrf):
     assert compared[p] >= n // 3
 
 
-def test_model_size_grows_with_the_run_and_never_fits_garbage():
+def test_whole_brain_model_size_grows_with_the_run_and_never_fits_garbage():
+    from rtnf.volume import Grid
+    from rtnf.wholebrain import MIN_DOF, WholeBrainModel
+
     protocol = _protocol()
     design = make_design(protocol, "spm", 128.0)
-    Y = _data(design, n_signals=1)
-    model = RoiModel(design, protocol, 1, drift_cutoff_s=128.0)
+    Y = _data(design, n_signals=3)
+    model = WholeBrainModel(design, np.arange(3), Grid((3, 1, 1), np.eye(4)), 0, protocol.tr_s, 128.0)
     sizes = []
     for t in range(N):
-        values = model.update(t, Y[t])
-        sizes.append(model.model_size(t))
-        assert all(v is None or np.isfinite(v) for v in (values[0].raw, values[0].clean, values[0].psc))
+        model.update(t, Y[t])
+        sizes.append(model.n_columns)
+        q = sizes[-1]
+        assert q == 0 or (t + 1) - q >= max(MIN_DOF, q), f"volume {t}: {q} columns leave too few residual dof"
     assert sizes[5] == 0  # before the first task block nothing is fitted
-    assert sizes[15] == design.n_core
+    assert sizes[25] == design.n_core
     assert sizes[-1] == design.n_regressors
     assert all(b >= a for a, b in zip(sizes, sizes[1:]))
+
+
+def test_whole_brain_t_map_is_withheld_when_censoring_leaves_too_few_volumes():
+    """A run that kept 14 volumes must not show the t values of a near-saturated 8-column fit."""
+    from rtnf.design import motion_regressors
+    from rtnf.volume import Grid
+    from rtnf.wholebrain import WholeBrainModel
+
+    protocol = _protocol(136)
+    design = make_design(protocol, "spm", 128.0, n_motion=6)
+    rng = np.random.default_rng(2)
+    motion = np.cumsum(rng.normal(scale=0.3, size=(136, 6)), axis=0)
+    for t in range(136):
+        design.set_motion(t, motion_regressors(motion[t], motion[t - 1] if t else None, 6))
+    model = WholeBrainModel(design, np.arange(5), Grid((5, 1, 1), np.eye(4)), 0, protocol.tr_s, 128.0)
+    kept = np.sort(rng.choice(np.arange(8, 136), size=14, replace=False))
+    for t in kept:
+        model.update(int(t), 1000 + rng.normal(size=5))
+    assert model.n_columns <= design.n_core  # motion and drifts dropped: 14 volumes cannot carry them
+    assert model.t_map is None or np.nanmax(np.abs(model.t_map)) < 10
+
+
+def test_ridge_coefficients_equal_batch_ridge_at_every_volume():
+    """With a prior, the coefficients are exactly the batch ridge solution of the volumes so far."""
+    design = make_design(_protocol(), "spm", 128.0)
+    Y = _data(design)
+    prior = np.linspace(0.5, 3.0, design.n_regressors)
+    prior[1] = 0.0  # the constant has none
+    glm = IncrementalGLM(design.n_regressors, 3)
+    X = design.matrix
+    for t in range(N):
+        glm.update(X[t], Y[t])
+        scaled = prior * 40 / (40 + t)  # the prior may change between calls
+        A = np.vstack([X[: t + 1], np.diag(np.sqrt(scaled))])
+        B = np.vstack([Y[: t + 1], np.zeros((design.n_regressors, 3))])
+        ref, *_ = np.linalg.lstsq(A, B, rcond=None)
+        np.testing.assert_allclose(glm.ridge_coefficients(scaled), ref, rtol=1e-8, atol=1e-8 * np.abs(ref).max())
+    with pytest.raises(RuntimeError, match="not identifiable"):
+        IncrementalGLM(3, 1).ridge_coefficients(np.zeros(3))
+
+
+def test_roi_model_cleaned_signal_has_no_step_where_terms_used_to_enter():
+    """Drift and motion terms are in the model from the start: the cleaned value of a volume never
+    jumps when the elapsed time resolves a drift (64 s, 128 s, ...) or motion becomes estimable."""
+    from rtnf.design import motion_regressors
+    from rtnf.roi_model import RoiModel
+
+    n = 150
+    protocol = _protocol(n)
+    design = make_design(protocol, "spm", 128.0, n_motion=6)
+    rng = np.random.default_rng(5)
+    t_s = np.arange(n) * protocol.tr_s
+    motion = np.cumsum(rng.normal(scale=0.05, size=(n, 6)), axis=0)
+    motion[:, 3:] /= 50
+    task = design.matrix[:, 0]
+    signal = 1000 * (1 + 0.02 * task / task.max() + 0.01 * (t_s / t_s[-1]) ** 2) + 20 * motion[:, 0]
+    noise = np.zeros(n)
+    for i in range(1, n):  # AR(1) noise, 0.3 % of the signal
+        noise[i] = 0.4 * noise[i - 1] + rng.normal(scale=3.0)
+    y = signal + noise
+    model = RoiModel(design, protocol, 1, drift_cutoff_s=128.0)
+    steps, before = np.zeros(n), np.nan
+    for i in range(n):
+        model.update(i, [y[i]], motion_regressors(motion[i], motion[i - 1] if i else None, 6))
+        if i:
+            steps[i] = abs(model.clean_at([i - 1])[0, 0] - before)
+        before = model.clean_at([i])[0, 0]
+    sd = y.std()
+    entries = [int(64 * k / protocol.tr_s) for k in (1, 2, 3, 4)] + list(range(7, 12))
+    assert steps[entries].max() < 0.1 * sd, f"step {steps[entries].max() / sd:.2f} SD at a former entry"
+    # Between entries a new volume still moves the estimates, by what it teaches about the nuisance.
+    assert steps[1:].max() < 0.2 * sd, f"largest step {steps[1:].max() / sd:.2f} SD"
 
 
 def test_not_identifiable_before_enough_rows():
@@ -133,8 +209,19 @@ def test_percent_signal_change_recovers_a_known_response_through_drift():
         start, stop = [(a, b) for a, b in segments if a + 3 <= i + 1][-1]
         base = signal[start : min(stop, i + 1)].mean()
         expected[i] = 100 * (signal[i] - base) / base
-    late = slice(N // 2, N)  # once the drift terms are in the model
-    np.testing.assert_allclose(psc[late], expected[late], atol=0.03)
+    late = slice(N // 2, N)  # once the drift terms are resolved by the run
+    # The drift terms' prior (rtnf.roi_model.prior_precision) removes a slow drift only as the
+    # run resolves it: the price of a cleaned signal without transients is a residual of up
+    # to 0.2 % here (0.03 % with ordinary least squares, whose terms jumped in on real runs) ...
+    np.testing.assert_allclose(psc[late], expected[late], atol=0.2)
+    # ... still less than what the drift does to an uncleaned signal.
+    uncleaned = np.full(N, np.nan)
+    for i in range(N // 2, N):
+        start, stop = [(a, b) for a, b in segments if a + 3 <= i + 1][-1]
+        base = y[start : min(stop, i + 1)].mean()
+        uncleaned[i] = 100 * (y[i] - base) / base
+    err = np.abs(psc[late] - expected[late])
+    assert np.mean(err) < np.mean(np.abs(uncleaned[late] - expected[late]))
     # and the response itself is there: about 1.5 % at the plateau
     assert 1.4 < np.nanmax(psc[late]) < 1.7
 
