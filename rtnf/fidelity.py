@@ -51,6 +51,9 @@ class Fidelity:
     max_step_sd : float
         Largest change a model update makes to the cleaned value of the
         previous volume, in standard deviations of the raw signal.
+    max_entry_step_sd : float
+        The same at the volumes where an ordinary least-squares model changes
+        (a drift term resolved by the elapsed time, the motion terms estimable).
     saturated_fraction : float
         Fraction of regulation volumes with a shown value at either end of the bar.
     """
@@ -62,6 +65,7 @@ class Fidelity:
     r_displayed: float
     r_online_offline: float
     max_step_sd: float
+    max_entry_step_sd: float
     saturated_fraction: float
 
     def as_dict(self) -> dict[str, Any]:
@@ -145,6 +149,22 @@ def model_steps(cfg: Config, protocol: Protocol, raw: np.ndarray, motion: np.nda
     return steps
 
 
+def entry_volumes(protocol: Protocol, design: Design, cutoff_s: float) -> np.ndarray:
+    """Kept-volume indices where a nested least-squares model gains a term.
+
+    A cosine drift k enters when the elapsed time reaches k * cutoff / 2
+    (SPM's rule); the motion terms as soon as there are more volumes than
+    task, constant and motion columns (and the three volumes after, while
+    they are still barely determined).
+    """
+    elapsed = (np.arange(protocol.n_volumes) + 1) * protocol.tr_s
+    k = np.floor(2 * elapsed / cutoff_s)
+    drifts = np.flatnonzero(np.diff(k) > 0) + 1
+    motion = np.arange(4) + design.n_core + design.motion_columns.size if design.motion_columns.size else []
+    entries = np.union1d(drifts, motion).astype(int)
+    return entries[entries < protocol.n_volumes]
+
+
 def assess(cfg: Config, rows: list[dict[str, str]], roi: str | None = None, first_index: int = 0) -> Fidelity:
     """Fidelity figures of ``roi`` (default: the first feedback ROI) in a recorded run.
 
@@ -182,6 +202,7 @@ def assess(cfg: Config, rows: list[dict[str, str]], roi: str | None = None, firs
 
     use = fitted & (np.arange(n) >= first_index)
     sd = float(np.nanstd(raw[use])) if use.any() else float("nan")
+    entry_steps = steps[entry_volumes(protocol, design, cfg.model.drift_cutoff_s)]
     regulation = use & (np.array(protocol.labels()) != protocol.baseline) & np.isfinite(shown)
     at_end = (shown <= SATURATION_EPS) | (shown >= 1 - SATURATION_EPS)
     return Fidelity(
@@ -192,5 +213,6 @@ def assess(cfg: Config, rows: list[dict[str, str]], roi: str | None = None, firs
         r_displayed=_corr(shown[use], task[use]),
         r_online_offline=_corr(clean[fitted], offline[fitted]),
         max_step_sd=float(np.nanmax(steps) / sd) if np.isfinite(steps).any() and sd > 0 else float("nan"),
+        max_entry_step_sd=float(np.nanmax(entry_steps) / sd) if np.isfinite(entry_steps).any() and sd > 0 else float("nan"),
         saturated_fraction=float(at_end[regulation].mean()) if regulation.any() else float("nan"),
     )
