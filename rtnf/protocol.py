@@ -2,12 +2,14 @@
 
 Time zero is the start of the first volume kept after the dummy volumes.
 Volumes that no block covers belong to the baseline condition, so a protocol
-may list only its regulation blocks.
+may list only its regulation blocks. Blocks end at the run's end at the
+latest; what a block leaves in the run's last half TR is dropped, never kept
+as a sliver of a few milliseconds (see ``_clip_to_run``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 class ProtocolError(ValueError):
@@ -82,6 +84,7 @@ class Protocol:
 
     def __post_init__(self) -> None:
         _check_blocks(self.blocks, self.tr_s * self.n_volumes)
+        object.__setattr__(self, "blocks", _clip_to_run(self.blocks, self.tr_s, self.n_volumes, self.baseline))
 
     @property
     def task_conditions(self) -> tuple[str, ...]:
@@ -114,6 +117,51 @@ class Protocol:
     def task_blocks(self) -> list[Block]:
         """Blocks of non-baseline conditions, for the design matrix."""
         return [b for b in self.blocks if b.condition != self.baseline]
+
+
+def _clip_to_run(blocks: tuple[Block, ...], tr_s: float, n_volumes: int, baseline: str) -> tuple[Block, ...]:
+    """Blocks ending exactly at the run's end, without slivers.
+
+    A block may pass the end by a floating-point remainder (blocks in
+    volumes times a TR such as 1.97 s, or the tolerance of the overlap and
+    length checks): it is clipped to the end exactly. What is left of a
+    block in the run's last half TR after clipping covers no volume's start,
+    so it labels no volume; as an event it would be a sliver of a few
+    milliseconds (a near-empty regressor in the design, a flash in the
+    simulator), so it is dropped. A task condition left without any block
+    is an error, as a protocol without it would be.
+
+    Parameters
+    ----------
+    blocks : tuple of Block
+        Checked blocks, sorted by onset (seconds from the first kept volume).
+    tr_s : float
+        Repetition time in seconds.
+    n_volumes : int
+        Number of kept volumes.
+    baseline : str
+        The baseline condition (it needs no block).
+
+    Returns
+    -------
+    tuple of Block
+    """
+    run_s = tr_s * n_volumes
+    kept: list[Block] = []
+    for block in blocks:
+        end_s = min(block.end_s, run_s)
+        if end_s >= run_s - 1e-6 and end_s - block.onset_s < 0.5 * tr_s:
+            continue  # a sliver at the end of the run: no volume starts in it
+        kept.append(block if end_s == block.end_s else replace(block, duration_s=end_s - block.onset_s))
+    lost = {b.condition for b in blocks} - {b.condition for b in kept} - {baseline}
+    for condition in sorted(lost):
+        source = next(b.source for b in blocks if b.condition == condition)
+        raise ProtocolError(
+            f"{source} ({condition!r}) covers no volume: it lies in the last half TR of the run "
+            f"({run_s:g} s) and is the condition's only block. Allowed: blocks that cover at least "
+            "one volume's start."
+        )
+    return tuple(kept)
 
 
 def _check_blocks(blocks: tuple[Block, ...], run_s: float) -> None:

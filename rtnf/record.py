@@ -113,7 +113,9 @@ def _sidecar(roi_names: list[str], cfg: Config) -> dict[str, Any]:
         "missing": {"Description": "1 if the volume never arrived or could not be read, else 0."},
         "late": {
             "Description": "1 if the volume arrived late (after a later volume, or well after the usual "
-            f"interval) or its processing took longer than one TR ({cfg.scanner.tr_s} s), else 0."
+            f"interval) or its processing took longer than one TR ({cfg.scanner.tr_s} s), else 0. "
+            "A replay judges against its own pace (TR / speed); one as fast as possible flags only "
+            "out-of-order volumes."
         },
         "out_of_order": {"Description": "1 if a later volume's file was complete before this one's, else 0."},
         "censored": {

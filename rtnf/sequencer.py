@@ -3,7 +3,8 @@
 Files can arrive out of order, twice, or not at all. The sequencer releases
 volumes strictly in index order; when a later volume has waited longer than
 ``missing_timeout_s`` for an earlier one, the earlier one is declared
-missing so that the run goes on.
+missing so that the run goes on. :class:`LatenessJudge` tells which
+volumes came late, against the pace they are fed at.
 """
 
 from __future__ import annotations
@@ -86,3 +87,71 @@ class Sequencer(Generic[T]):
             return None
         oldest = min(t for _, t in self._pending.values())
         return max(0.0, oldest + self.missing_timeout_s - now)
+
+
+class LatenessJudge:
+    """Whether each volume came late, judged against the pace volumes are fed at.
+
+    Live, volumes come one TR apart by the scanner's clock: a volume is late
+    when it arrives well after the time the previous ones predict (the median
+    of recent intervals, so no clock needs to agree with the scanner's), or
+    when it waited longer than one TR to be sent. A replay feeds files at its
+    own pace (``TR / speed``) on a schedule from its first volume, which is
+    the expectation then; a replay as fast as possible feeds every file at
+    once, each waits its turn, and arrival times say nothing about lateness:
+    no volume is judged late.
+
+    Parameters
+    ----------
+    tr_s : float
+        Repetition time in seconds (the config's).
+    pace_s : float, optional
+        Seconds between volumes of a replay (0: as fast as possible); None
+        for a live run.
+    """
+
+    SLACK_S = 0.05  # scheduling jitter of the threads that stamp arrivals
+
+    def __init__(self, tr_s: float, pace_s: float | None = None) -> None:
+        self.interval_s = tr_s if pace_s is None else pace_s
+        self.scheduled = pace_s is not None
+        self._first: tuple[int, float] | None = None
+        self._last: tuple[int, float] | None = None
+        self._intervals: list[float] = []
+
+    def is_late(self, acquisition: int, t_detected: float, t_published: float) -> bool:
+        """Judge one volume (call once per volume received, in release order).
+
+        Parameters
+        ----------
+        acquisition : int
+            Acquisition index of the volume (0-based, dummies included).
+        t_detected, t_published : float
+            When its file was complete and when it was sent (UNIX s).
+        """
+        if self.scheduled and self.interval_s == 0:
+            return False
+        arrived_late = self._arrived_late(acquisition, t_detected)
+        return arrived_late or t_published - t_detected > self.interval_s
+
+    def _arrived_late(self, acquisition: int, t_detected: float) -> bool:
+        if self._first is None:
+            self._first = (acquisition, t_detected)
+        if self.scheduled:
+            first_acq, first_t = self._first
+            expected = first_t + (acquisition - first_acq) * self.interval_s
+            return t_detected > expected + 0.5 * self.interval_s + self.SLACK_S
+        # Live: a dropped volume does not make the next one late, the
+        # prediction counts the volumes in between.
+        late = False
+        if self._last is not None:
+            last_acq, last_t = self._last
+            steps = acquisition - last_acq
+            if steps > 0:
+                if len(self._intervals) >= 3:
+                    usual = sorted(self._intervals)[len(self._intervals) // 2]
+                    late = t_detected > last_t + usual * steps + 0.5 * usual + self.SLACK_S
+                self._intervals = (self._intervals + [(t_detected - last_t) / steps])[-10:]
+        if self._last is None or t_detected > self._last[1]:
+            self._last = (acquisition, t_detected)
+        return late
