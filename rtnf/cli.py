@@ -1,7 +1,11 @@
 """The ``rtnf`` command: ``run``, ``demo`` and ``check``.
 
 Errors the user can fix (a bad config, a busy port, existing outputs) are
-printed as one message with exit code 2, never as a traceback.
+printed as one message with exit code 2, never as a traceback; so is a config
+that the first volume shows cannot work (a ``motion.reference`` on another
+grid). ``run``, ``replay`` and ``session`` exit with 1 when a run was aborted
+or produced no usable volume (every volume missing, unreadable or failing),
+and with 0 when every run ended with at least one usable volume.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 from . import __version__
 
 EXIT_USAGE = 2
+EXIT_RUN_FAILED = 1  # a run aborted, or ended without one usable volume
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -51,6 +56,22 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="validate a session config and print its protocol")
     check.add_argument("config", type=Path)
+
+    opennft = sub.add_parser(
+        "import-opennft", help="write an rtnf session config from OpenNFT settings (.ini) and protocol (.json)",
+        description="Coming from OpenNFT: write the rtnf session config (TOML) equivalent to an OpenNFT "
+        "settings file and its protocol JSON: export folder, file-name template and series number, TR, "
+        "volumes and skipped volumes, ROI masks of RoiFilesFolder, the protocol's blocks (OnOffsets, 1-based "
+        "and inclusive after the skipped volumes, become 0-based onsets and durations in volumes), the "
+        "baseline, continuous or intermittent feedback. What has no rtnf equivalent is printed and listed "
+        "as comments at the end of the file. Check the result with `rtnf check` before a session.",
+        epilog="example: rtnf import-opennft NF_PSC_cont_155.ini NF_PSC_cont_155.json -o psc_cont.toml",
+    )
+    opennft.add_argument("settings", type=Path, help="OpenNFT settings file (.ini)")
+    opennft.add_argument("protocol", type=Path, nargs="?",
+                         help="OpenNFT protocol (.json); default: the settings' StimulationProtocol")
+    opennft.add_argument("-o", "--output", type=Path, help="config to write (default: SETTINGS with .toml)")
+    opennft.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
     demo = sub.add_parser("demo", help="a complete simulated session on this machine")
     demo.add_argument("--config", type=Path, default=None, help="session config (default: config/demo_acc.toml)")
@@ -160,8 +181,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     )
     if result.status != "ended":
         print(f"reason: {result.reason}", file=sys.stderr)
-        return 1
-    return 0
+        return EXIT_RUN_FAILED
+    return 0 if result.ok else EXIT_RUN_FAILED  # the run's alarm has said why, on stderr and the log topic
 
 
 def _parse_sets(sets: list[str]) -> dict[str, object]:
@@ -212,7 +233,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     for r in results:
         console.print(f"{r['source']}: {r['status']}, {r['processed']} volumes, {r['missing']} missing, "
                       f"{r['seconds']:.1f} s -> {r['timeseries']}", soft_wrap=True)
-    return 0 if all(r["status"] == "ended" for r in results) else 1
+    return 0 if all(r["status"] == "ended" and r["processed"] > 0 for r in results) else EXIT_RUN_FAILED
 
 
 def _cmd_session(args: argparse.Namespace) -> int:
@@ -247,7 +268,30 @@ def _cmd_session(args: argparse.Namespace) -> int:
     except (OutputExistsError, OSError) as exc:
         print(f"rtnf session: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    return 0 if results and all(r.status == "ended" for r in results) else 1
+    return 0 if results and all(r.ok for r in results) else EXIT_RUN_FAILED
+
+
+def _cmd_import_opennft(args: argparse.Namespace) -> int:
+    from .config import ConfigError, load_config
+    from .opennft import OpenNFTError, import_opennft
+
+    out = args.output or args.settings.with_suffix(".toml")
+    try:
+        if out.exists() and not args.overwrite:
+            raise OpenNFTError(f"{out} exists already; use --overwrite or another -o")
+        text, conv = import_opennft(args.settings, args.protocol)
+        out.write_text(text, encoding="utf-8")
+    except (OpenNFTError, OSError) as exc:
+        print(f"rtnf import-opennft: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {out}")
+    for line in conv.unmapped:
+        print(f"  not carried over or to check: {line}")
+    try:
+        load_config(out)
+    except ConfigError as exc:  # written anyway: the operator fixes what the settings could not say
+        print(f"  to fix before a session: {exc}")
+    return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -274,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_run(args)
         if args.command == "check":
             return _cmd_check(args)
+        if args.command == "import-opennft":
+            return _cmd_import_opennft(args)
         if args.command == "bench":
             return _cmd_bench(args)
         if args.command == "replay":

@@ -123,7 +123,7 @@ class MotionConfig(_Model):
     """Rigid-body realignment of every volume (see :mod:`rtnf.motion`)."""
 
     enabled: bool = True
-    # "first": the first kept volume; or a NIfTI on the functional grid.
+    # "first": the first kept volume; or a NIfTI on the functional grid, in any voxel order (rtnf.reference).
     reference: Literal["first"] | FilePath = "first"
     sigma_vox: Annotated[float, Field(ge=0, le=5)] = 1.0
     # Gaussian smoothing of the realigned data before ROI sampling (0: none).
@@ -156,8 +156,12 @@ class FeedbackConfig(_Model):
     despike: bool = False
     despike_threshold: Annotated[float, Field(gt=0)] = 3.0
     smoothing_alpha: Optional[Annotated[float, Field(gt=0, le=1)]] = None
-    scaling: Literal["fixed", "dynamic"] = "fixed"
-    # Signal values (percent, beta or t) shown as an empty and a full bar, clipped outside.
+    # "adaptive": scale_range stretched or shrunk to the participant's own signal
+    # (see rtnf.feedback.AdaptiveScaler); "fixed": scale_range as it is;
+    # "dynamic": the range of the values seen so far.
+    scaling: Literal["adaptive", "fixed", "dynamic"] = "adaptive"
+    # Signal values (percent, beta or t) shown as an empty and a full bar, clipped outside
+    # (with adaptive scaling: before the range adapts, and where zero sits on the bar).
     scale_range: Annotated[list[float], Field(min_length=2, max_length=2)] = [-1.0, 2.0]
     min_baseline_volumes: Annotated[int, Field(ge=1)] = 3
     sham_from: Optional[FilePath] = None
@@ -382,6 +386,13 @@ def _check_consistency(cfg: Config) -> None:
                 make_roi(name, roi).fit(grid)
             except RoiError as exc:
                 raise ConfigError(f"{exc} (field of view from scanner.reference_volume)") from None
+    if cfg.motion.enabled and cfg.motion.reference != "first":
+        # The header now; the grid too when scanner.reference_volume gives it, else at the first volume.
+        from .reference import check_motion_reference
+        from .rois import load_grid
+
+        functional = None if sc.reference_volume is None else load_grid(sc.reference_volume)
+        check_motion_reference(cfg.motion.reference, functional, f"scanner.reference_volume {sc.reference_volume}")
 
 
 def _check_roi(name: str, roi: RoiConfig) -> None:

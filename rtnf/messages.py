@@ -41,8 +41,9 @@ log
     What the operator should know that is not one volume's value: a
     skipped file, another series, a duplicate, a stale file, the export
     folder vanishing. ``level`` ("WARNING", "ERROR"), ``message``, ``t``;
-    ``alarm`` (e.g. "recording") and ``ok`` (false when it starts, true when
-    it clears) for conditions the console shows until they clear.
+    ``alarm`` (e.g. "recording"; "no_usable_volume" when a run ends without
+    one usable volume) and ``ok`` (false when it starts, true when it
+    clears) for conditions the console shows until they clear.
 displayed
     Published by the feedback screen on its own socket: ``index`` (null for
     screens that show no feedback value), ``value``, ``state``,

@@ -74,8 +74,14 @@ class Preprocessor:
         ------
         RoiError
             If an ROI lies outside the field of view.
+        ConfigError
+            If the configured ``motion.reference`` is not on the first volume's
+            grid (in any voxel order) or cannot serve as a reference: a
+            configuration error, the same for every volume of the run.
         """
         grid = first.grid
+        # The configured reference first: a config error must stop the run before any state is set.
+        configured = self._configured_reference(first) if self.motion_cfg.enabled else None
         for roi in self.rois:
             roi.fit(grid)
             log.info("ROI %s: %d voxels", roi.name, roi.n_voxels)
@@ -84,18 +90,10 @@ class Preprocessor:
         fwhm = self.motion_cfg.fwhm_mm
         self._sigma_vox = fwhm / np.sqrt(8 * np.log(2)) / voxel_mm if fwhm > 0 else None
         if self.motion_cfg.enabled:
-            reference = first.data
-            if self.motion_cfg.reference != "first":
-                from .nifti import read_nifti
-
-                ref = read_nifti(self.motion_cfg.reference)
-                if not ref.grid.same_as(grid):
-                    raise ValueError(
-                        f"motion.reference {self.motion_cfg.reference} is not on the functional grid "
-                        f"(shape {ref.grid.shape}, expected {grid.shape})"
-                    )
-                reference = ref.data
-            self.realigner = Realigner(sigma_vox=self.motion_cfg.sigma_vox).fit(reference, grid.affine)
+            if configured is None:
+                self.realigner = Realigner(sigma_vox=self.motion_cfg.sigma_vox).fit(first.data, grid.affine)
+            else:
+                self.realigner = self._fit_configured(configured, grid)
             self.brain_indices = self.realigner.brain_indices_
             # Every second brain voxel is plenty for DVARS and the global signal.
             self._brain = self.realigner.brain_indices_[::2]
@@ -106,6 +104,26 @@ class Preprocessor:
             flat = first.data.reshape(-1)
             self.brain_indices = np.flatnonzero(flat > 0.2 * np.percentile(flat, 98))
         return self
+
+    def _configured_reference(self, first: Volume) -> np.ndarray | None:
+        """The ``motion.reference`` file's data in the first volume's voxel order, or None for "first"."""
+        if self.motion_cfg.reference == "first":
+            return None
+        from .reference import load_motion_reference
+
+        return load_motion_reference(self.motion_cfg.reference, first.grid, f"the first volume {first.path.name}")
+
+    def _fit_configured(self, reference: np.ndarray, grid: Grid) -> Realigner:
+        """A realigner on the configured reference; one that cannot serve is a config error."""
+        from .config import ConfigError
+
+        try:
+            return Realigner(sigma_vox=self.motion_cfg.sigma_vox).fit(reference, grid.affine)
+        except ValueError as exc:  # e.g. a blank template: too few brain voxels to realign
+            raise ConfigError(
+                f"invalid value for 'motion.reference': {self.motion_cfg.reference} cannot serve as the "
+                f"reference ({exc}). Allowed: \"first\" or a brain volume on the functional grid."
+            ) from None
 
     def values_at(self, indices: np.ndarray) -> np.ndarray:
         """The latest volume's realigned values at flat voxel ``indices`` of the grid."""

@@ -12,19 +12,20 @@ import queue
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from threadpoolctl import threadpool_limits
 
-from .config import Config
+from .config import Config, ConfigError
 from .export import Arrival, ExportReader, Probe
 from .pipeline import VolumeProcessor
 from .publish import Publisher
 from .record import RecorderLogHandler, RunRecorder, bids_prefix, format_cell, row_from_messages
 from .rois import RoiError
-from .sequencer import Sequencer
+from .sequencer import LatenessJudge, Sequencer
 from .watcher import VolumeWatcher
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 RUN_REPEAT_S = 5.0  # late subscribers learn about the run within this time
 END_OF_SOURCE = object()  # put by a replay feeder after its last volume
 RECORDED_MISSING = object()  # a volume a resumed run had recorded as missing
+NO_USABLE_VOLUME = "no_usable_volume"  # the log topic's alarm when a run ends without one usable volume
 
 
 @dataclass
@@ -44,6 +46,12 @@ class RunResult:
     n_missing: int
     timeseries: Path
     reason: str | None = None
+    n_errors: int = 0  # volumes lost to an exception in processing (counted in n_missing too)
+
+    @property
+    def ok(self) -> bool:
+        """Whether the run ended with at least one usable volume (exit code 0 of the commands)."""
+        return self.status == "ended" and self.n_processed > 0
 
 
 def make_run_id(cfg: Config) -> str:
@@ -77,7 +85,10 @@ def run_session(
         ``feeder_factory(export, put)`` returns an object with ``start()`` and
         ``stop()`` that calls ``put((probe, t_detected))`` or ``put(arrival)``
         for each file or volume, then ``put(END_OF_SOURCE)``: a replay
-        (:mod:`rtnf.replay`). By default the export folder is watched live.
+        (:mod:`rtnf.replay`). Its ``pace_s`` attribute, when it has one, is
+        the seconds between the volumes it feeds (0: as fast as possible);
+        the ``late`` flag is judged against that pace. By default the export
+        folder is watched live.
     resume : bool
         Continue a run whose process died: volumes already recorded are
         processed again from the export folder to rebuild the model's state,
@@ -90,6 +101,16 @@ def run_session(
     Returns
     -------
     RunResult
+        A run in which no volume could be used ends with an ERROR on the
+        ``log`` topic carrying the alarm ``"no_usable_volume"``, and
+        ``RunResult.ok`` false.
+
+    Raises
+    ------
+    ConfigError
+        When the first volume shows the config cannot work for this run (a
+        ``motion.reference`` on another grid): the run is aborted and its
+        outputs closed before the error is raised, once, never per volume.
     """
     stop = stop or threading.Event()
     run_id = make_run_id(cfg)
@@ -118,7 +139,8 @@ def run_session(
             poll_interval_s=cfg.scanner.poll_interval_s,
             stale_after_s=cfg.scanner.stale_after_s,
         )
-    loop = _RunLoop(cfg, run_id, processor, publisher, recorder, files, export, stop, alerts, on_volume)
+    pace_s = getattr(watcher, "pace_s", None) if replay else None
+    loop = _RunLoop(cfg, run_id, processor, publisher, recorder, files, export, stop, alerts, on_volume, pace_s)
     status, reason = "aborted", "interrupted"
     try:
         if replay:
@@ -132,14 +154,16 @@ def run_session(
             status, reason = loop.execute()
     finally:
         watcher.stop()
-        loop.finish(status, reason)
+        reason = loop.finish(status, reason)
         publisher.close()
         for h in (handler, forward):
             logging.getLogger("rtnf").removeHandler(h)
         if processor.wholebrain is not None and processor.wholebrain.t_map is not None:
             recorder.save_statmap(processor.wholebrain.t_volume(), processor.grid.affine)
         recorder.close(status)
-    return RunResult(status, run_id, loop.n_processed, loop.n_missing, recorder.timeseries_path, reason)
+    if loop.config_error is not None:
+        raise loop.config_error
+    return RunResult(status, run_id, loop.n_processed, loop.n_missing, recorder.timeseries_path, reason, loop.n_errors)
 
 
 class _QueueHandler(logging.Handler):
@@ -171,8 +195,10 @@ class _RunLoop:
         stop: threading.Event,
         alerts: "queue.Queue[logging.LogRecord] | None" = None,
         on_volume: "Callable[[dict[str, Any], dict[str, Any]], None] | None" = None,
+        pace_s: float | None = None,
     ) -> None:
         self.cfg = cfg
+        self.lateness = LatenessJudge(cfg.scanner.tr_s, pace_s)
         self.run_id = run_id
         self.processor = processor
         self.publisher = publisher
@@ -194,10 +220,11 @@ class _RunLoop:
         self.last_index: int | None = None
         self.n_processed = 0
         self.n_missing = 0
+        self.n_errors = 0  # volumes whose processing raised
+        self._missing_reasons: Counter[str] = Counter()
+        self.config_error: ConfigError | None = None  # found at the first volume; stops the run
         self._max_seen = -1  # highest acquisition accepted so far, to spot out-of-order arrivals
         self._out_of_order: set[int] = set()
-        self._last_detected: tuple[int, float] | None = None
-        self._intervals: list[float] = []
         self._next_beat = 0.0
         self._next_run_repeat = 0.0
         self._run_body = self._make_run_body()
@@ -254,6 +281,8 @@ class _RunLoop:
             except RoiError as exc:
                 log.error("%s", exc)
                 return "aborted", str(exc)
+            except ConfigError as exc:
+                return self._config_failed(exc)
             if self._source_done and self.files.empty() and not self.sequencer.pending:
                 if not self.sequencer.done:
                     log.warning("the replayed series ended after volume %s of %d", self.last_index,
@@ -335,14 +364,40 @@ class _RunLoop:
         else:
             try:
                 volume, feedback = self.processor.process(index, number, arrival)
-            except RoiError:
-                raise
-            except Exception:  # a bug or a foreign file must cost one volume, never the run
-                log.exception("volume %d (%s) could not be processed; recorded as missing", index, arrival.name)
-                volume, feedback = self.processor.missing(
-                    index, number, arrival.name, arrival.t_detected, reason="processing error"
-                )
+            except (RoiError, ConfigError):
+                raise  # the same for every volume: the run stops (see execute)
+            except Exception as exc:  # a bug or a foreign file must cost one volume, never the run
+                volume, feedback = self._failed(index, number, arrival, exc)
         self._publish_and_record(volume, feedback)
+
+    def _failed(
+        self, index: int, number: int, arrival: Arrival, exc: Exception
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Message bodies of a volume whose processing raised: missing, with a one-line reason.
+
+        One warning line per volume and no traceback: a failure that repeats
+        for every volume must not bury the operator's terminal and console.
+        The first traceback goes to the debug log, for whoever fixes the cause.
+        """
+        self.n_errors += 1
+        reason = f"processing error: {_one_line(exc)}"
+        log.warning("volume %d (%s) could not be processed, treated as missing: %s", index, arrival.name, reason)
+        if self.n_errors == 1:
+            log.debug("traceback of the first processing error (volume %d)", index, exc_info=exc)
+        return self.processor.missing(index, number, arrival.name, arrival.t_detected, reason=reason)
+
+    def _config_failed(self, exc: ConfigError) -> tuple[str, str]:
+        """Stop the run on a config error found at the first volume; return (status, reason).
+
+        Written to the event log and published on the ``log`` topic, but not
+        logged: the command prints it once, as it prints a config error found
+        at load, and a log line would print it a second time.
+        """
+        self.config_error = exc
+        message = str(exc)
+        self.recorder.log_event("ERROR", message)
+        self.publisher.send("log", {"level": "ERROR", "message": message, "t": time.time()})
+        return "aborted", message
 
     def _publish_and_record(self, volume: dict[str, Any], feedback: dict[str, Any]) -> None:
         t_published = time.time()
@@ -353,9 +408,7 @@ class _RunLoop:
             flags = volume["flags"]
             acquisition = volume["index"] + self.cfg.scanner.dummy_volumes
             flags["out_of_order"] = acquisition in self._out_of_order
-            flags["late"] = (
-                flags["out_of_order"] or self._arrived_late(acquisition, t_detected) or t_published - t_detected > self.cfg.scanner.tr_s
-            )
+            flags["late"] = flags["out_of_order"] or self.lateness.is_late(acquisition, t_detected, t_published)
             if flags["late"]:
                 log.warning("volume %d arrived late%s", volume["index"], " (out of order)" if flags["out_of_order"] else "")
         row = row_from_messages(volume, feedback, self.processor.roi_names)
@@ -378,6 +431,7 @@ class _RunLoop:
         self.last_index = volume["index"]
         if volume["flags"]["missing"]:
             self.n_missing += 1
+            self._missing_reasons[feedback["reason"] or "missing volume"] += 1
         else:
             self.n_processed += 1
 
@@ -393,33 +447,33 @@ class _RunLoop:
                 )
                 return
 
-    def _arrived_late(self, acquisition: int, t_detected: float) -> bool:
-        """Whether the volume came well after the time the previous ones predict.
-
-        The usual interval is the median of recent per-volume intervals (the
-        TR as the files really come, whatever the replay speed), so no clock
-        needs to agree with the scanner's. A dropped volume does not make the
-        next one late: the prediction counts the volumes in between.
-        """
-        late = False
-        if self._last_detected is not None:
-            last_acq, last_t = self._last_detected
-            steps = acquisition - last_acq
-            if steps > 0:
-                if len(self._intervals) >= 3:
-                    usual = sorted(self._intervals)[len(self._intervals) // 2]
-                    late = t_detected > last_t + usual * steps + 0.5 * usual + 0.05
-                self._intervals = (self._intervals + [(t_detected - last_t) / steps])[-10:]
-        if self._last_detected is None or t_detected > self._last_detected[1]:
-            self._last_detected = (acquisition, t_detected)
-        return late
-
-    def finish(self, status: str, reason: str | None) -> None:
-        """Tell subscribers how the run ended."""
+    def finish(self, status: str, reason: str | None) -> str | None:
+        """Tell subscribers how the run ended; return the reason (set when no volume was usable)."""
         self.recorder.retry()  # rows kept through an output failure: one more try, reported on the wire
+        if self.n_processed == 0 and self.config_error is None and (status == "ended" or self.n_missing):
+            reason = self._no_usable_volume()
         self._forward_alerts()
         self.state = "ended"
         body = {**self._run_body, "event": "end" if status == "ended" else "abort", "reason": reason, "t": time.time()}
         self.publisher.send("run", body)
         self.publisher.heartbeat("ended", self.last_index, self.processor.protocol.n_volumes)
         log.info("run %s %s: %d volumes processed, %d missing", self.run_id, status, self.n_processed, self.n_missing)
+        return reason
+
+    def _no_usable_volume(self) -> str:
+        """Raise the alarm of a run without one usable volume; return its reason."""
+        if self._missing_reasons:
+            top, count = self._missing_reasons.most_common(1)[0]
+            why = f"{self.n_missing} volumes missing, {count} of them with the reason: {top}"
+        else:
+            why = "no volume of the run arrived"
+        reason = f"no usable volume: {why}"
+        log.error("NO USABLE VOLUME: the run produced no usable volume (%s)", why,
+                  extra={"alarm": NO_USABLE_VOLUME, "ok": False})
+        return reason
+
+
+def _one_line(exc: BaseException, max_chars: int = 200) -> str:
+    """``Type: message`` on one line, at most ``max_chars`` characters (a table cell, a log line)."""
+    text = " ".join(f"{type(exc).__name__}: {exc}".split())
+    return text if len(text) <= max_chars else text[: max_chars - 3] + "..."

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 BASE_CONFIG = """
 [session]
 subject = "01"
@@ -98,3 +100,21 @@ def run_processes(
         listener.close()
         procs.stop_all()
     return cfg, listener
+
+
+def synthetic_run_4d(path: Path, n_volumes: int, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Write a synthetic run (scanner_sim, no activation) as one 4D NIfTI; return (data, affine).
+
+    ``data`` has shape (nx, ny, nz, n_volumes), float32; volume 0 is motion-free.
+    """
+    import nibabel as nib
+
+    from scanner_sim.spec import RunSpec
+    from scanner_sim.synth import SyntheticRun
+
+    spec = RunSpec.from_dict({"tr_s": 2.0, "n_volumes": n_volumes, "seed": seed, "noise_pct": 1.0,
+                              "blocks": [], "regions": []})
+    run = SyntheticRun(spec)
+    data = np.stack([run.volume(i) for i in range(n_volumes)], axis=-1).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, run.affine), path)
+    return data, run.affine
