@@ -83,6 +83,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--console", action="store_true", help="also serve the operator console during the demo")
     demo.add_argument("--console-port", type=int, default=5006, help="port of the console on 127.0.0.1 (default 5006)")
 
+    fid = sub.add_parser(
+        "fidelity", help="does a recorded run's feedback follow its ROI? correlations with the task, steps, saturation",
+        description="Measure a recorded run's feedback fidelity for one ROI: the correlation with the task regressor "
+        "of the raw ROI mean, the cleaned signal, its percent signal change and the shown value; the agreement of "
+        "the online cleaned signal with a batch analysis of the whole run; the largest step a model update made; "
+        "the fraction of regulation volumes shown at either end of the bar.",
+        epilog="example: rtnf fidelity my_run.toml out/sub-01/ses-01/func/sub-01_ses-01_task-nf_run-1_desc-rtnf_timeseries.tsv --from-volume 100",
+    )
+    fid.add_argument("config", type=Path, help="the run's session config (TOML)")
+    fid.add_argument("table", type=Path, help="the run's _desc-rtnf_timeseries.tsv")
+    fid.add_argument("--roi", help="ROI name (default: the first feedback ROI)")
+    fid.add_argument("--from-volume", type=int, default=0, help="evaluate kept volumes from this index on (default 0)")
+
     from . import lsl as lsl_cmd  # pylsl is imported only when the bridge starts
     from . import report as report_cmd  # matplotlib is imported only when a report is written
     from . import roidef as roi_cmd  # SimpleITK and nilearn are imported only when an ROI is made
@@ -307,6 +320,27 @@ def _cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fidelity(args: argparse.Namespace) -> int:
+    import json
+
+    from .config import load_config
+    from .demo import read_tsv
+    from .fidelity import assess
+
+    cfg = load_config(args.config)
+    try:
+        rows = read_tsv(args.table)
+    except OSError as exc:
+        print(f"rtnf fidelity: cannot read {args.table}: {exc.strerror}", file=sys.stderr)
+        return 2
+    if args.roi is not None and args.roi not in cfg.rois:
+        print(f"rtnf fidelity: no ROI {args.roi!r} in {args.config} (ROIs: {', '.join(cfg.rois)})", file=sys.stderr)
+        return 2
+    figures = assess(cfg, rows, args.roi, args.from_volume)
+    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.as_dict().items()}, indent=2))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rtnf`` console script."""
     args = _parser().parse_args(argv)
@@ -320,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
             return _cmd_check(args)
         if args.command == "import-opennft":
             return _cmd_import_opennft(args)
+        if args.command == "fidelity":
+            return _cmd_fidelity(args)
         if args.command == "bench":
             return _cmd_bench(args)
         if args.command == "replay":

@@ -186,3 +186,13 @@ def test_feedback_follows_the_region_on_real_runs(prepared, name, variant):
     assert f.max_entry_step_sd <= 0.1
     # ... and the bar is not pinned at either end.
     assert f.saturated_fraction <= 0.2
+    if variant == "default":  # the command prints the same figures
+        import json
+
+        table = next(out.rglob("*_desc-rtnf_timeseries.tsv"))
+        proc = subprocess.run([sys.executable, "-m", "rtnf", "fidelity", str(cfg), str(table), "--from-volume", str(n // 2)],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        printed = json.loads(proc.stdout)
+        assert printed["r_psc"] == pytest.approx(f.r_psc, abs=1e-4)
+        assert printed["saturated_fraction"] == pytest.approx(f.saturated_fraction, abs=1e-4)
