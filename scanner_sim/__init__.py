@@ -8,6 +8,14 @@ scanner faults (dropped, late, duplicated, out-of-order volumes, jitter, a
 second series, the export folder vanishing). It never imports ``rtnf``: it is an independent producer
 against which ``rtnf`` is tested.
 
+Noise can be made realistic (``noise_preset = "realistic"``: AR(1) thermal
+noise, polynomial and random-walk drifts, aliased cardiac and respiratory
+fluctuations near CSF and vessels, motion-correlated signal at edges) or real
+(``noise_from``: a real task-free series plus a known activation); the true
+traces and nuisance time courses are written beside the truth.
+:func:`scanner_sim.generate.generate_run` writes a whole run into a folder at
+once for tests.
+
 Modules
 -------
 spec
@@ -18,6 +26,12 @@ phantom
     A noise-free EPI-like head built from nilearn's MNI152 templates.
 synth
     :class:`SyntheticRun`: volumes generated lazily, plus the ground truth.
+physio
+    Realistic noise parts: cardiac/respiratory traces, drifts, spatial weights.
+realnoise
+    A real series (4D NIfTI or DICOM folder) read onto its own grid for ``noise_from``.
+generate
+    :func:`generate_run`: a whole run and its truth written into a folder at once.
 writer
     :class:`ScannerWriter`: a synthetic run written at TR pace (chunked, reopen, atomic).
 dicom_writer

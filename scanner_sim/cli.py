@@ -4,11 +4,23 @@ Usage::
 
     scanner-sim synth SPEC.toml --export-dir DIR --truth-dir DIR
                 [--format nifti|siemens-mosaic|dicom-slices]
+                [--noise-preset none|realistic]
+                [--noise-from REAL_SERIES [--noise-from-series N] [--noise-from-skip N]
+                 [--noise-from-scale F]]
                 [--speed 1.0] [--mode chunked|reopen|atomic]
                 [--n-chunks 4] [--chunk-delay-s 0.01] [--start-delay-s 0] [FAULTS]
     scanner-sim replay SOURCE --export-dir DIR --truth-dir DIR
                 [--tr-s S] [--series N] [--n-volumes N] [--filename-template T]
                 [--speed 1.0] [--mode ...] [FAULTS]
+
+``--noise-preset realistic`` fills the spec's unset noise keys with
+:data:`scanner_sim.spec.REALISTIC_PRESET`. ``--noise-from`` makes a real series
+(4D NIfTI or DICOM folder) the background and noise: the spec's synthetic
+noise keys (noise_pct, ar1, drift_*, [physio], [motion], [motion_signal],
+noise_preset) and its grid (shape, voxel_mm, affine) are dropped
+(:data:`scanner_sim.spec.REAL_NOISE_REPLACES`); its blocks, regions
+(``center_mm`` in the series' scanner RAS mm), n_volumes, tr_s (which must
+match the series'), spikes and format are kept.
 
 FAULTS (any of them replaces the spec's ``[faults]`` table; volumes 0-based,
 seconds in scanner time)::
@@ -26,7 +38,7 @@ import sys
 import threading
 from typing import Sequence
 
-from .spec import FORMATS, Faults, SpecError, load_spec
+from .spec import FORMATS, NOISE_PRESETS, REAL_NOISE_REPLACES, Faults, SpecError, load_spec
 
 __all__ = ["main", "build_parser"]
 
@@ -65,6 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("spec", help="run spec (TOML)")
     s.add_argument("--format", choices=FORMATS, default=None,
                    help="file format (default: the spec's, else nifti)")
+    s.add_argument("--noise-preset", choices=NOISE_PRESETS, default=None,
+                   help="'realistic': literature noise values for every noise key the spec leaves unset")
+    s.add_argument("--noise-from", metavar="REAL_SERIES", default=None,
+                   help="real task-free series (4D NIfTI or DICOM folder) used as background and noise; "
+                        "replaces the spec's synthetic noise and grid")
+    s.add_argument("--noise-from-series", type=int, default=None, metavar="N",
+                   help="DICOM SeriesNumber in --noise-from (default: the largest series)")
+    s.add_argument("--noise-from-skip", type=int, default=None, metavar="N",
+                   help="leading real volumes to leave out (default 0)")
+    s.add_argument("--noise-from-scale", type=float, default=None, metavar="F",
+                   help="factor on the real values before the activation (default 1; e.g. 100 for Philips 0-10 scaling)")
     _common(s)
     r = sub.add_parser("replay", help="replay a real DICOM folder or 4D NIfTI at TR pace")
     r.add_argument("source", help="DICOM folder or 4D NIfTI (.nii/.nii.gz)")
@@ -116,6 +139,27 @@ def _cli_faults(args: argparse.Namespace, n_volumes: int) -> Faults | None:
     return Faults.from_dict(d, n_volumes) if d else None
 
 
+def _noise_overrides(args: argparse.Namespace) -> dict | None:
+    """Spec changes asked for by --noise-preset / --noise-from*, or None."""
+    if args.noise_from is None:
+        if args.noise_from_series is not None or args.noise_from_skip is not None or args.noise_from_scale is not None:
+            raise SpecError("'--noise-from-series', '--noise-from-skip' and '--noise-from-scale' need '--noise-from'.")
+        return {"noise_preset": args.noise_preset} if args.noise_preset is not None else None
+    if args.noise_preset not in (None, "none"):
+        raise SpecError(f"Invalid value for '--noise-preset': {args.noise_preset!r}. "
+                        "Allowed: 'none' or absent with --noise-from (the real series brings the noise).")
+    # None removes the key before validation (see load_spec): the real series sets these
+    d: dict = {k: None for k in REAL_NOISE_REPLACES}
+    d["noise_from"] = args.noise_from
+    if args.noise_from_series is not None:
+        d["noise_from_series"] = args.noise_from_series
+    if args.noise_from_skip is not None:
+        d["noise_from_skip"] = args.noise_from_skip
+    if args.noise_from_scale is not None:
+        d["noise_from_scale"] = args.noise_from_scale
+    return d
+
+
 def _install_stop() -> tuple[threading.Event, dict]:
     stop = threading.Event()
     # SIGTERM/SIGINT finish the file in progress, then stop: no partial file left behind.
@@ -133,7 +177,7 @@ def _synth(args: argparse.Namespace) -> int:
     from .synth import SyntheticRun
     from .writer import ScannerWriter
 
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, overrides=_noise_overrides(args))
     if args.format is not None and args.format != spec.format:
         d = spec.to_dict()
         if d.get("filename_template") == DEFAULT_TEMPLATES[spec.format]:

@@ -32,12 +32,15 @@ class Phantom:
         Brain voxels.
     gm : np.ndarray of float32
         Grey-matter probability in [0, 1].
+    csf : np.ndarray of float32 or None
+        CSF fraction in [0, 1] (where physiological noise is strongest), None when unknown.
     """
 
     data: np.ndarray
     affine: np.ndarray
     brain_mask: np.ndarray
     gm: np.ndarray
+    csf: np.ndarray | None = None
 
 
 def default_affine(shape: Sequence[int], voxel_mm: float) -> np.ndarray:
@@ -118,4 +121,5 @@ def make_phantom(
         affine=affine,
         brain_mask=mask,
         gm=gm.astype(np.float32),
+        csf=csf.astype(np.float32),
     )

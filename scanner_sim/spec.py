@@ -28,6 +28,34 @@ Example TOML::
     max_trans_mm = 1.0
     max_rot_deg = 1.0
     kind = "smooth"
+
+Realistic noise
+---------------
+Every noise component below is off by default, so a spec without these keys
+gives the same run, bit for bit, as before they existed::
+
+    noise_preset = "realistic"   # all of the below at literature values (REALISTIC_PRESET)
+    drift_poly_pct = 1.0         # polynomial drift, peak |value| in % of signal
+    drift_walk_pct = 0.5         # random-walk drift, peak |value| in % of signal
+
+    [physio]                     # cardiac and respiratory fluctuations
+    cardiac_pct = 0.8            # RMS, % of mean brain intensity, at weight-1 voxels
+    resp_pct = 0.6
+
+    [spontaneous]                # coherent 0.01-0.1 Hz BOLD fluctuations: survive ROI averaging
+    pct = 1.0                    # RMS in grey matter, % of mean brain intensity
+    fwhm_mm = 12.0
+
+    [motion_signal]              # spin-history / edge signal that follows the head motion
+    pct_per_mm = 1.0             # % of mean brain intensity per mm of through-slice displacement
+    deriv_pct_per_mm = 1.0       # ... per mm of displacement change since the previous volume
+
+Real noise instead of synthetic noise (the grid, affine, TR and number of
+volumes come from the series; regions' ``center_mm`` are its scanner RAS mm)::
+
+    noise_from = "/data/rest_run"   # 4D NIfTI or DICOM folder of a task-free run
+    noise_from_skip = 2             # leading volumes dropped (non-steady state)
+    noise_from_scale = 1.0          # factor on the real values (e.g. 100 for Philips 0-10 scaling)
 """
 
 from __future__ import annotations
@@ -43,6 +71,13 @@ from typing import Any, Mapping
 __all__ = [
     "Block",
     "Motion",
+    "Physio",
+    "MotionSignal",
+    "Spontaneous",
+    "NOISE_PRESETS",
+    "REALISTIC_PRESET",
+    "PHYSIO_SAMPLING",
+    "REAL_NOISE_REPLACES",
     "Region",
     "RunSpec",
     "SpecError",
@@ -54,6 +89,8 @@ __all__ = [
 ]
 
 MOTION_KINDS = ("smooth", "random_walk")
+#: When physiological noise is sampled: at each slice's acquisition time, or once per volume.
+PHYSIO_SAMPLING = ("slice", "volume")
 #: Export formats: one NIfTI-1 file per volume, one Siemens mosaic DICOM per volume,
 #: or one classic DICOM file per slice.
 FORMATS = ("nifti", "siemens-mosaic", "dicom-slices")
@@ -237,6 +274,187 @@ class Motion:
 
 
 @dataclass(frozen=True)
+class Physio:
+    """Cardiac and respiratory fluctuations (TOML table ``[physio]``).
+
+    A cardiac and a respiratory trace are generated on a 100 Hz grid (see
+    :mod:`scanner_sim.physio`), each with a slowly varying rate, and the
+    respiratory one with a varying depth. Each voxel's signal gains
+    ``B * w(v) * (cardiac_pct / 100 * c(t) + resp_pct / 100 * r(t))`` with
+    ``B`` the mean brain intensity, ``w`` a weight in [0, 1] strongest in CSF
+    (ventricles, sulci) and at the brain's edge (where large vessels run), and
+    ``c``, ``r`` the unit-RMS waveforms sampled at each slice's (or volume's)
+    acquisition time: at TR >= 0.5 s the cardiac rhythm is aliased. The slow
+    responses to breathing and heart-rate changes (``rvt_pct``, ``hr_pct``)
+    add a global, grey-matter-weighted signal per volume.
+
+    Parameters
+    ----------
+    cardiac_pct : float
+        RMS of the cardiac fluctuation at weight-1 voxels, percent of the mean brain intensity.
+    resp_pct : float
+        RMS of the respiratory fluctuation at weight-1 voxels, percent of the mean brain intensity.
+    cardiac_hz : float
+        Mean heart rate in hertz (1.1 Hz = 66 beats per minute).
+    cardiac_var_pct : float
+        Heart-rate variability: standard deviation of the instantaneous heart
+        rate, percent of ``cardiac_hz`` (slow 0.01-0.15 Hz fluctuations).
+    resp_hz : float
+        Mean breathing rate in hertz (0.3 Hz = 18 breaths per minute).
+    resp_var_pct : float
+        Standard deviation of the instantaneous breathing rate, percent of ``resp_hz``.
+    resp_depth_var_pct : float
+        Standard deviation of the breathing depth (envelope), percent of its mean.
+    sampling : {"slice", "volume"}
+        Sample the traces at each slice's acquisition time (slices acquired
+        ascending, ``TR / n_slices`` apart, in the order the DICOM writers
+        declare) or once per volume at its acquisition start.
+    rvt_pct : float
+        RMS of the slow response to breathing changes: respiration volume per
+        time (depth x rate) convolved with the respiration response function
+        (Birn et al. 2008), percent of the mean brain intensity in grey matter
+        (weight ``0.25 + 0.75 * grey-matter probability``: a quarter in white
+        matter), the same at every voxel's time. Default 0.
+    hr_pct : float
+        RMS of the slow response to heart-rate changes, convolved with the
+        cardiac response function (Chang et al. 2009), percent likewise. Default 0.
+    """
+
+    cardiac_pct: float = 0.0
+    resp_pct: float = 0.0
+    cardiac_hz: float = 1.1
+    cardiac_var_pct: float = 5.0
+    resp_hz: float = 0.3
+    resp_var_pct: float = 10.0
+    resp_depth_var_pct: float = 30.0
+    sampling: str = "slice"
+    rvt_pct: float = 0.0
+    hr_pct: float = 0.0
+
+    _KEYS = ("cardiac_pct", "resp_pct", "cardiac_hz", "cardiac_var_pct", "resp_hz", "resp_var_pct",
+             "resp_depth_var_pct", "sampling", "rvt_pct", "hr_pct")
+
+    @property
+    def enabled(self) -> bool:
+        """True when any physiological component has a non-zero amplitude."""
+        return self.cardiac_pct > 0 or self.resp_pct > 0 or self.rvt_pct > 0 or self.hr_pct > 0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], key: str = "physio") -> "Physio":
+        _check_keys(d, key, cls._KEYS, ())
+        sampling = d.get("sampling", "slice")
+        if sampling not in PHYSIO_SAMPLING:
+            raise _fail(f"{key}.sampling", sampling, " or ".join(repr(k) for k in PHYSIO_SAMPLING))
+        dflt = cls()
+
+        def num(name: str, unit: str, **bounds: float) -> float:
+            return _number(f"{key}.{name}", d.get(name, getattr(dflt, name)), unit=unit, **bounds)
+
+        return cls(
+            cardiac_pct=num("cardiac_pct", "percent", ge=0, lt=100),
+            resp_pct=num("resp_pct", "percent", ge=0, lt=100),
+            # bounds keep the rates physiological and the phase strictly increasing
+            cardiac_hz=num("cardiac_hz", "hertz", gt=0.3, lt=4),
+            cardiac_var_pct=num("cardiac_var_pct", "percent", ge=0, lt=30),
+            resp_hz=num("resp_hz", "hertz", gt=0.05, lt=1.5),
+            resp_var_pct=num("resp_var_pct", "percent", ge=0, lt=30),
+            resp_depth_var_pct=num("resp_depth_var_pct", "percent", ge=0, lt=100),
+            sampling=sampling,
+            rvt_pct=num("rvt_pct", "percent", ge=0, lt=100),
+            hr_pct=num("hr_pct", "percent", ge=0, lt=100),
+        )
+
+
+@dataclass(frozen=True)
+class Spontaneous:
+    """Spontaneous low-frequency BOLD fluctuations, spatially coherent (TOML table ``[spontaneous]``).
+
+    Resting-state fluctuations are slow (0.01-0.1 Hz) and shared by nearby
+    and networked voxels, so averaging over a region does not remove them:
+    they are what makes an ROI's feedback noisy on real data (Biswal et al.
+    1995; Fox & Raichle 2007). Each voxel gains
+    ``B * g(v) * pct / 100 * sum_k S_k(v) z_k(t) / sqrt(n_patterns)``, with
+    ``B`` the mean brain intensity, ``g = 0.25 + 0.75 * grey-matter
+    probability`` inside the brain (0 outside), ``S_k`` random Gaussian-smoothed
+    fields of ``fwhm_mm`` (unit variance over the brain) and ``z_k`` unit-variance
+    slow processes (sums of sinusoids in 0.01-0.1 Hz).
+
+    Parameters
+    ----------
+    pct : float
+        RMS at grey-matter voxels, percent of the mean brain intensity.
+    fwhm_mm : float
+        Spatial smoothness (full width at half maximum) of each pattern, millimeters.
+    n_patterns : int
+        Number of independent patterns (>= 1).
+    """
+
+    pct: float = 0.0
+    fwhm_mm: float = 12.0
+    n_patterns: int = 8
+
+    _KEYS = ("pct", "fwhm_mm", "n_patterns")
+
+    @property
+    def enabled(self) -> bool:
+        """True when the amplitude is non-zero."""
+        return self.pct > 0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], key: str = "spontaneous") -> "Spontaneous":
+        _check_keys(d, key, cls._KEYS, ())
+        return cls(
+            pct=_number(f"{key}.pct", d.get("pct", 0.0), ge=0, lt=100, unit="percent"),
+            fwhm_mm=_number(f"{key}.fwhm_mm", d.get("fwhm_mm", 12.0), gt=0, unit="mm"),
+            n_patterns=_integer(f"{key}.n_patterns", d.get("n_patterns", 8), ge=1),
+        )
+
+
+@dataclass(frozen=True)
+class MotionSignal:
+    """Signal that follows head motion: spin history and edge effects (TOML table ``[motion_signal]``).
+
+    Moving through the slice stack changes the magnetisation history of the
+    spins a voxel holds, and partial-volume changes are largest at intensity
+    edges; realignment cannot undo either. Each voxel gains
+    ``B * e(v) * (pct_per_mm / 100 * d(v, i) + deriv_pct_per_mm / 100 * (d(v, i) - d(v, i - 1)))``
+    after motion, with ``B`` the mean brain intensity, ``e`` in [0, 1] the
+    normalised intensity-gradient magnitude of the reference (1 at strong
+    edges, about 0 in uniform tissue) and ``d(v, i)`` the true displacement
+    (mm) of voxel v's head point along the slice axis at volume i. Without
+    ``[motion]`` it is zero.
+
+    Parameters
+    ----------
+    pct_per_mm : float
+        Percent of the mean brain intensity per mm of through-slice displacement, at weight-1 voxels.
+    deriv_pct_per_mm : float
+        Percent of the mean brain intensity per mm of displacement change since
+        the previous volume (per TR), at weight-1 voxels.
+    """
+
+    pct_per_mm: float = 0.0
+    deriv_pct_per_mm: float = 0.0
+
+    _KEYS = ("pct_per_mm", "deriv_pct_per_mm")
+
+    @property
+    def enabled(self) -> bool:
+        """True when either coefficient is non-zero."""
+        return self.pct_per_mm != 0 or self.deriv_pct_per_mm != 0
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], key: str = "motion_signal") -> "MotionSignal":
+        _check_keys(d, key, cls._KEYS, ())
+        return cls(
+            pct_per_mm=_number(f"{key}.pct_per_mm", d.get("pct_per_mm", 0.0), gt=-100, lt=100,
+                               unit="percent per mm"),
+            deriv_pct_per_mm=_number(f"{key}.deriv_pct_per_mm", d.get("deriv_pct_per_mm", 0.0), gt=-100,
+                                     lt=100, unit="percent per mm"),
+        )
+
+
+@dataclass(frozen=True)
 class Faults:
     """Scanner faults to inject while exporting (synthetic runs and replays).
 
@@ -383,6 +601,64 @@ DEFAULT_TEMPLATES = {
 }
 
 
+#: Noise presets: ``"none"`` (the spec's own values) or ``"realistic"``.
+NOISE_PRESETS = ("none", "realistic")
+
+#: Values ``noise_preset = "realistic"`` fills in for every key the spec does not
+#: set itself (a partial ``[physio]`` / ``[spontaneous]`` / ``[motion_signal]`` table is completed
+#: from here, so ``[physio] cardiac_pct = 0`` keeps the respiratory part; set
+#: both amplitudes to 0 to drop it; ``[motion]`` is added only when the spec
+#: has none). Sources:
+#:
+#: * ``noise_pct`` 1 %: thermal noise of 3 mm EPI at 3 T, tSNR about 100
+#:   (Triantafyllou et al. 2005, NeuroImage 26:243).
+#: * ``ar1`` 0.4: AR(1) coefficient of grey-matter residuals at TR 1-2 s,
+#:   0.3-0.5 (Purdon & Weisskoff 1998, HBM 6:239; Woolrich et al. 2001, NeuroImage 14:1370).
+#: * drift: 0.5 % linear + cosine, 1 % polynomial, 0.5 % random walk: 1-2 %
+#:   over a run (Smith et al. 1999, NeuroImage 9:526; the pyneal Prisma series
+#:   drifts by about 1 % in 60 s).
+#: * ``[physio]`` cardiac 0.8 %, respiratory 0.6 % RMS near ventricles and
+#:   vessels, heart 1.1 Hz +/- 5 %, breathing 0.3 Hz +/- 10 %, depth +/- 30 %
+#:   (Glover et al. 2000, MRM 44:162; Dagli et al. 1999, NeuroImage 9:407;
+#:   Birn et al. 2006, NeuroImage 31:1536).
+#:   Slow responses to breathing (RVT) 0.5 % and heart-rate changes 0.3 % in grey
+#:   matter (Birn et al. 2008, NeuroImage 40:644; Chang et al. 2009, NeuroImage 44:857).
+#: * ``[spontaneous]`` 1 % RMS coherent 0.01-0.1 Hz fluctuations in grey matter,
+#:   12 mm smooth (Biswal et al. 1995, MRM 34:537; Fox & Raichle 2007, Nat Rev Neurosci 8:700).
+#: * ``[motion_signal]`` 1 % per mm and 1 % per mm of change at edges
+#:   (Friston et al. 1996, MRM 35:346; Power et al. 2012, NeuroImage 59:2142).
+#: * ``[motion]`` a random walk within 0.5 mm and 0.5 degree: a cooperative adult.
+REALISTIC_PRESET: dict[str, Any] = {
+    "noise_pct": 1.0,
+    "ar1": 0.4,
+    "drift_pct": 0.5,
+    "drift_poly_pct": 1.0,
+    "drift_walk_pct": 0.5,
+    "physio": {"cardiac_pct": 0.8, "resp_pct": 0.6, "cardiac_hz": 1.1, "cardiac_var_pct": 5.0,
+               "resp_hz": 0.3, "resp_var_pct": 10.0, "resp_depth_var_pct": 30.0, "sampling": "slice",
+               "rvt_pct": 0.5, "hr_pct": 0.3},
+    "spontaneous": {"pct": 1.0, "fwhm_mm": 12.0, "n_patterns": 8},
+    "motion_signal": {"pct_per_mm": 1.0, "deriv_pct_per_mm": 1.0},
+    "motion": {"kind": "random_walk", "max_trans_mm": 0.5, "max_rot_deg": 0.5},
+}
+
+
+def apply_noise_preset(d: Mapping[str, Any]) -> dict[str, Any]:
+    """``d`` with its ``noise_preset``'s values filled in where ``d`` sets none (see :data:`REALISTIC_PRESET`)."""
+    out = dict(d)
+    preset = d.get("noise_preset", "none")
+    if preset not in NOISE_PRESETS:
+        raise _fail("noise_preset", preset, " or ".join(repr(p) for p in NOISE_PRESETS))
+    if preset == "none":
+        return out
+    for k, v in REALISTIC_PRESET.items():
+        if k not in out or out[k] is None:
+            out[k] = dict(v) if isinstance(v, dict) else v
+        elif k in ("physio", "motion_signal", "spontaneous") and isinstance(out[k], Mapping):
+            out[k] = {**v, **out[k]}  # the spec's own keys win
+    return out
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Everything the simulated scanner needs to synthesise and export a run.
@@ -426,6 +702,48 @@ class RunSpec:
         ``filename_template`` follows it (:data:`DEFAULT_TEMPLATES`).
     faults : Faults or None
         Scanner faults to inject (TOML table ``[faults]``).
+    noise_preset : {"none", "realistic"}
+        ``"realistic"`` fills every noise key the spec leaves out with
+        :data:`REALISTIC_PRESET` (thermal 1 %, AR(1) 0.4, 2 % drift of three
+        kinds, cardiac and respiratory fluctuations and their slow responses,
+        coherent spontaneous fluctuations, motion-correlated signal, a small
+        random-walk motion). Keys the spec sets win.
+    drift_poly_pct : float
+        Polynomial drift (Legendre degrees 1-3, random coefficients, 0 at
+        volume 0), scaled so its largest absolute value over the run is this
+        percent of signal; multiplies the image like ``drift_pct``. Default 0.
+    drift_walk_pct : float
+        Gaussian random-walk drift (0 at volume 0), scaled so its largest
+        absolute value over the run is this percent of signal. Default 0.
+    physio : Physio or None
+        Cardiac and respiratory fluctuations (TOML table ``[physio]``).
+    motion_signal : MotionSignal or None
+        Spin-history and edge signal proportional to the through-slice
+        displacement and its change (TOML table ``[motion_signal]``).
+    spontaneous : Spontaneous or None
+        Spatially coherent low-frequency BOLD fluctuations in grey matter
+        (TOML table ``[spontaneous]``).
+    noise_from : str or None
+        A real task-free (or task-regressed) series, a 4D NIfTI or a DICOM
+        folder (relative paths in a TOML file are relative to that file). Its
+        volumes are the output, plus each region's activation:
+        ``real_i(v) + mean_t(real(v)) * activation_i / 100`` inside the region,
+        exactly the real volume outside. The spec's grid (``shape``,
+        ``affine``), and by default ``tr_s`` and ``n_volumes``, come from the
+        series; ``center_mm`` is in its scanner RAS mm; synthetic noise, drift,
+        physio, motion and motion signal must stay off (the series has its own),
+        and the truth has no motion or drift columns. Files store integers as
+        a scanner does (NIfTI int16, mosaic 0-4095), so give the series in
+        scanner units, not demeaned or in percent. ``spikes`` still apply.
+    noise_from_series : int or None
+        SeriesNumber to read when the DICOM folder holds several (default: the largest).
+    noise_from_skip : int
+        Leading volumes of the real series left out (e.g. non-steady-state ones). Default 0.
+    noise_from_scale : float
+        Factor applied to the real volumes before the activation is added
+        (default 1): for series whose stored values are small after the DICOM
+        rescale (Philips floating-point scaling gives 0-10), so the integer
+        files keep their noise. The truth's reference is the scaled mean.
     """
 
     tr_s: float
@@ -446,8 +764,34 @@ class RunSpec:
     affine: tuple[tuple[float, ...], ...] | None = None
     format: str = "nifti"
     faults: Faults | None = None
+    noise_preset: str = "none"
+    drift_poly_pct: float = 0.0
+    drift_walk_pct: float = 0.0
+    physio: Physio | None = None
+    motion_signal: MotionSignal | None = None
+    spontaneous: Spontaneous | None = None
+    noise_from: str | None = None
+    noise_from_series: int | None = None
+    noise_from_skip: int = 0
+    noise_from_scale: float = 1.0
 
     _REQUIRED = ("tr_s", "n_volumes")
+
+    @property
+    def real_noise(self) -> bool:
+        """True when the noise comes from a real series (``noise_from``)."""
+        return self.noise_from is not None
+
+    @property
+    def extra_noise(self) -> bool:
+        """True when a noise component beyond white/AR(1) noise and the cosine drift is on.
+
+        Such runs (and real-noise runs) write ``nuisance.tsv`` into the truth folder.
+        """
+        return bool(self.drift_poly_pct > 0 or self.drift_walk_pct > 0
+                    or (self.physio is not None and self.physio.enabled)
+                    or (self.motion_signal is not None and self.motion_signal.enabled)
+                    or (self.spontaneous is not None and self.spontaneous.enabled))
 
     @classmethod
     def allowed_keys(cls) -> tuple[str, ...]:
@@ -501,6 +845,9 @@ class RunSpec:
             del d["faults"]
         else:
             d["faults"] = self.faults.to_dict()
+        for k in ("physio", "motion_signal", "spontaneous", "noise_from", "noise_from_series"):
+            if d[k] is None:
+                del d[k]
         return d
 
     @classmethod
@@ -512,7 +859,10 @@ class RunSpec:
         SpecError
             Naming the key, the bad value and what is allowed.
         """
-        _check_keys(d, "", cls.allowed_keys(), cls._REQUIRED)
+        _check_keys(d, "", cls.allowed_keys(), () if d.get("noise_from") is not None else cls._REQUIRED)
+        d = apply_noise_preset(d)
+        if d.get("noise_from") is not None:
+            d = _with_real_series(d)
         tr_s = _number("tr_s", d["tr_s"], gt=0, unit="seconds")
         n_volumes = _integer("n_volumes", d["n_volumes"], ge=1)
 
@@ -630,7 +980,91 @@ class RunSpec:
             affine=affine,  # type: ignore[arg-type]
             format=fmt,
             faults=None if d.get("faults") is None else Faults.from_dict(d["faults"], n_volumes),
+            noise_preset=d.get("noise_preset", "none"),
+            drift_poly_pct=_number("drift_poly_pct", d.get("drift_poly_pct", 0.0), ge=0, lt=100, unit="percent"),
+            drift_walk_pct=_number("drift_walk_pct", d.get("drift_walk_pct", 0.0), ge=0, lt=100, unit="percent"),
+            physio=None if d.get("physio") is None else Physio.from_dict(d["physio"]),
+            motion_signal=None if d.get("motion_signal") is None else MotionSignal.from_dict(d["motion_signal"]),
+            spontaneous=None if d.get("spontaneous") is None else Spontaneous.from_dict(d["spontaneous"]),
+            noise_from=d.get("noise_from"),
+            noise_from_series=None if d.get("noise_from_series") is None
+            else _integer("noise_from_series", d["noise_from_series"], ge=0),
+            noise_from_skip=_integer("noise_from_skip", d.get("noise_from_skip", 0), ge=0),
+            noise_from_scale=_number("noise_from_scale", d.get("noise_from_scale", 1.0), gt=0),
         )
+
+
+#: Keys that must stay off (absent, or zero) with ``noise_from``: the real series has its own.
+_SYNTHETIC_NOISE_KEYS = ("noise_pct", "drift_pct", "drift_poly_pct", "drift_walk_pct")
+
+#: Keys a switch to real noise removes from a synthetic spec (``scanner-sim synth --noise-from``,
+#: :func:`scanner_sim.generate.as_spec`): the real series brings its noise and its grid.
+REAL_NOISE_REPLACES = ("noise_pct", "ar1", "drift_pct", "drift_poly_pct", "drift_walk_pct", "physio", "motion",
+                       "motion_signal", "spontaneous", "noise_preset", "shape", "voxel_mm", "affine")
+
+
+def _with_real_series(d: Mapping[str, Any]) -> dict[str, Any]:
+    """``d`` with grid, TR and length from its ``noise_from`` series, checked for conflicts.
+
+    The series is probed (headers and one volume) with :func:`scanner_sim.realnoise.probe_series`.
+    """
+    from .realnoise import RealSeriesError, probe_series
+
+    out = dict(d)
+    src = d["noise_from"]
+    if not isinstance(src, str) or not src:
+        raise _fail("noise_from", src, "a path (string) to a 4D NIfTI or a DICOM folder")
+    if out.get("noise_preset", "none") != "none":
+        raise _fail("noise_preset", out["noise_preset"], "'none' with noise_from (the real series brings the noise)")
+    for k in _SYNTHETIC_NOISE_KEYS:
+        if k in out and out[k] != 0:
+            raise _fail(k, out[k], "0 or absent with noise_from (the real series brings its own noise and drift)")
+        out[k] = 0.0
+    for k in ("motion", "physio", "motion_signal", "spontaneous"):
+        if out.get(k) is not None:
+            raise _fail(k, out[k], "absent with noise_from (the real series brings its own)")
+    series = out.get("noise_from_series")
+    if series is not None:
+        series = _integer("noise_from_series", series, ge=0)
+    skip = _integer("noise_from_skip", out.get("noise_from_skip", 0), ge=0)
+    tr_given = out.get("tr_s")
+    try:
+        real = probe_series(src, series=series)
+    except RealSeriesError as exc:
+        raise SpecError(f"Invalid value for 'noise_from': {src!r}. {exc}") from None
+    # absolute, so spec.json names the series wherever it is read from
+    out["noise_from"] = str(Path(src).resolve())
+    available = real.n_volumes - skip
+    if available < 1:
+        raise _fail("noise_from_skip", skip, f"an integer < {real.n_volumes} (the series' volumes)")
+    out["noise_from_skip"] = skip
+    out["noise_from_series"] = real.series
+    if tr_given is None:
+        if real.tr_s is None:
+            raise SpecError(f"'noise_from' series '{src}' has no TR in its headers; set 'tr_s' (seconds).")
+        out["tr_s"] = real.tr_s
+    elif real.tr_s is not None and not (isinstance(tr_given, (int, float)) and abs(tr_given - real.tr_s) < 1e-3):
+        # the real noise was sampled at the series' TR: another TR would misstate its time scale
+        raise _fail("tr_s", tr_given, f"absent or {real.tr_s:g} (the TR of 'noise_from', seconds)")
+    n = out.get("n_volumes", available)
+    n = _integer("n_volumes", n, ge=1)
+    if n > available:
+        raise _fail("n_volumes", n, f"at most {available} (the volumes of 'noise_from' after noise_from_skip)")
+    out["n_volumes"] = n
+    # the grid is the real one; a spec that repeats it (spec.json) must agree
+    if "shape" in out and [int(v) for v in out["shape"]] != list(real.shape):
+        raise _fail("shape", out["shape"], f"absent or {list(real.shape)} (the grid of 'noise_from')")
+    out["shape"] = list(real.shape)
+    aff = [[float(v) for v in row] for row in real.affine]
+    if out.get("affine") is not None:
+        given = out["affine"]
+        close = (isinstance(given, (list, tuple)) and len(given) == 4
+                 and all(isinstance(r, (list, tuple)) and len(r) == 4 for r in given)
+                 and all(abs(float(given[i][j]) - aff[i][j]) < 1e-4 for i in range(4) for j in range(4)))
+        if not close:
+            raise _fail("affine", given, f"absent or {aff} (the affine of 'noise_from', RAS mm)")
+    out["affine"] = aff
+    return out
 
 
 def _det3(m: list[tuple[float, ...]]) -> float:
@@ -641,13 +1075,18 @@ def _det3(m: list[tuple[float, ...]]) -> float:
     )
 
 
-def load_spec(path: str | Path) -> RunSpec:
+def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> RunSpec:
     """Read and validate a TOML run spec.
 
     Parameters
     ----------
     path : str or Path
         The TOML file.
+    overrides : mapping, optional
+        Top-level keys replacing the file's before validation (e.g.
+        ``{"noise_preset": "realistic", "seed": 3}``); a value of None removes
+        the key; a relative ``noise_from`` given here is relative to the
+        working directory.
 
     Raises
     ------
@@ -662,6 +1101,15 @@ def load_spec(path: str | Path) -> RunSpec:
         raise SpecError(f"Spec file not found: '{path}'.") from exc
     except tomllib.TOMLDecodeError as exc:
         raise SpecError(f"Spec file '{path}' is not valid TOML: {exc}.") from exc
+    src = d.get("noise_from")
+    if isinstance(src, str) and src and not Path(src).is_absolute():
+        # like every path in a config file: relative to the file, not to the working directory
+        d["noise_from"] = str((path.parent / src).resolve())
+    for k, v in (overrides or {}).items():
+        if v is None:  # an override of None removes the key (its default, or what noise_from derives, applies)
+            d.pop(k, None)
+        else:
+            d[k] = str(Path(v).resolve()) if k == "noise_from" and isinstance(v, (str, Path)) else v
     try:
         return RunSpec.from_dict(d)
     except SpecError as exc:

@@ -26,7 +26,10 @@ The file is serialised in memory, then written in ``n_chunks`` pieces with
 
 Ground truth goes to a separate ``truth_dir`` (never the export folder, so a
 watcher sees only what a scanner would write): ``truth.tsv``, ``spec.json``,
-``reference.nii.gz``, ``region-<name>_mask.nii.gz`` (before the first volume)
+``reference.nii.gz``, ``region-<name>_mask.nii.gz``, and for runs with
+realistic or real noise ``nuisance.tsv``/``.json``, ``physio.tsv.gz``/``.json``,
+the weight maps and ``noise_source.json``
+(:meth:`scanner_sim.synth.SyntheticRun.write_noise_truth`) (before the first volume)
 ``files.tsv`` (one flushed row per file) and ``faults.tsv`` (one row per injected
 fault).
 """
@@ -151,6 +154,8 @@ class ScannerWriter:
         nib.save(nib.Nifti1Image(run.reference.astype(np.float32), run.affine), truth_dir / "reference.nii.gz")
         for name, m in run.region_masks.items():
             nib.save(nib.Nifti1Image(m.astype(np.uint8), run.affine), truth_dir / f"region-{name}_mask.nii.gz")
+        # nuisance and physiological traces, weights, the real series used: only for runs that have them
+        run.write_noise_truth(truth_dir)
         return truth_dir
 
     # ----------------------------------------------------------------- file writing
