@@ -147,10 +147,14 @@ class AdaptiveScaler:
     The configured ``scale_range`` gives the shape (where zero sits on the
     bar); its width is multiplied by a gain such that the 95th percentile of
     the absolute signal seen so far in the run lands at ``headroom`` of the
-    range's larger end. A fixed range of -1 to 2 % put 57 of 78 values of a
-    real visual run at the top of the bar (its ROI changed by about 10 %);
-    an ACC signal of 0.3 % would barely move it. Until ``min_values``
-    values have been seen the configured range is used as it is.
+    range's larger end. The gain changes only when :meth:`adapt` is called:
+    at the start of each block, so that within a block a given bar height
+    always means the same signal. A fixed range of -1 to 2 % put 57 of 78
+    values of a real visual run at the top of the bar (its ROI changed by
+    about 10 %); an ACC signal of 0.3 % would barely move it. Adapting at
+    every volume instead cost a 60-volume real series (2 % activation) 0.07
+    of its shown value's correlation with the task (0.855 against 0.927).
+    Until ``min_values`` values have been seen the configured range is used.
 
     Parameters
     ----------
@@ -172,22 +176,20 @@ class AdaptiveScaler:
         self._abs: list[float] = []
 
     def observe(self, x: float) -> None:
-        """Update the gain with one more signal value (every volume's, also in intermittent runs)."""
+        """Add one signal value (every volume's, also in intermittent runs)."""
         self._abs.append(abs(x))
-        if len(self._abs) >= self.min_values:
+
+    def adapt(self) -> None:
+        """Set the gain from the values observed so far (call at a block's start)."""
+        end = max(abs(self.low), abs(self.high))
+        if len(self._abs) >= self.min_values and end > 0:
             spread = float(np.percentile(self._abs, self.QUANTILE))
-            end = max(abs(self.low), abs(self.high))
-            if spread > 0 and end > 0:
+            if spread > 0:
                 self.gain = spread / (self.headroom * end)
 
     def scale(self, x: float) -> float:
         """``x`` on the current range, in [0, 1]."""
         return scale(x, self.low * self.gain, self.high * self.gain)
-
-    def __call__(self, x: float) -> float:
-        """Update the gain with ``x`` and scale it."""
-        self.observe(x)
-        return self.scale(x)
 
     @property
     def range(self) -> tuple[float, float]:
@@ -228,6 +230,7 @@ class FeedbackComputer:
         self._smooth = ExponentialSmoother(cfg.smoothing_alpha) if cfg.smoothing_alpha is not None else None
         self._dynamic = DynamicScaler() if cfg.scaling == "dynamic" else None
         self._adaptive = AdaptiveScaler(tuple(cfg.scale_range)) if cfg.scaling == "adaptive" else None
+        self._block_starts = {seg.start for seg in protocol.segments()}
         self._sham = read_sham_series(cfg.sham_from) if cfg.sham_from is not None else None
         lag = int(round(cfg.hemodynamic_lag_s / tr))
         # Intermittent: block k's value is ready at the volume where its lagged window ends.
@@ -244,6 +247,8 @@ class FeedbackComputer:
             value = self._sham[index] if index < len(self._sham) else None
             return FeedbackValue(value, None if value is not None else "no sham value for this volume", kind=self.cfg.kind)
         signal, reason = self._signal(index, values, model)
+        if self._adaptive is not None and index in self._block_starts:
+            self._adaptive.adapt()
         if signal is not None:
             if self._despike is not None:
                 signal = self._despike(signal)
