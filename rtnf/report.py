@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from .fidelity import SATURATION_EPS, SATURATION_WARN_FRACTION
 from .motion import MOTION_COLUMNS
 
 TIMESERIES_SUFFIX = "_desc-rtnf_timeseries.tsv"
@@ -330,6 +331,12 @@ def summarise(run: RecordedRun) -> dict[str, Any]:
     - ``motion``: whether motion parameters were recorded, the FD threshold,
       mean and max FD, the number of volumes above the threshold, and the
       largest absolute translation (mm) and rotation (degrees);
+    - ``saturation``: the regulation volumes (condition known and not the
+      baseline, feedback value not n/a), how many of them showed the
+      feedback at the top (>= 1 - ``SATURATION_EPS``) or the bottom
+      (<= ``SATURATION_EPS``) of the bar, their sum ``at_end``, the
+      ``fraction`` at_end / regulation (NaN without a regulation volume) and
+      ``warn``: whether it exceeds :data:`SATURATION_WARN_FRACTION`;
     - ``status``: how the run ended (provenance), and ``aborted_at_s`` when
       it stopped before its planned last volume.
     """
@@ -400,6 +407,15 @@ def summarise(run: RecordedRun) -> dict[str, Any]:
         entry["success"] = None if not np.isfinite(d) else bool(d > 0)
         blocks.append(entry)
 
+    regulation = np.array([c not in (NA, baseline) for c in conditions], dtype=bool) & np.isfinite(fb_value)
+    shown = fb_value[regulation]
+    top, bottom = int((shown >= 1.0 - SATURATION_EPS).sum()), int((shown <= SATURATION_EPS).sum())
+    fraction = (top + bottom) / shown.size if shown.size else math.nan
+    saturation = {
+        "regulation": int(shown.size), "top": top, "bottom": bottom, "at_end": top + bottom,
+        "fraction": fraction, "warn": bool(fraction > SATURATION_WARN_FRACTION),
+    }
+
     tsnr = {}
     for roi in run.roi_names:
         v = run.num(f"{roi}_clean")[~missing]
@@ -442,6 +458,7 @@ def summarise(run: RecordedRun) -> dict[str, Any]:
         "tsnr": tsnr,
         "latency_ms": latency,
         "motion": motion_summary,
+        "saturation": saturation,
         "status": status,
         "aborted_at_s": aborted_at,
     }
@@ -742,6 +759,15 @@ def render_html(run: RecordedRun, summary: dict[str, Any], figures: dict[str, Pa
         f"<h1>rtnf run report</h1><p class=\"note\">{html.escape(run.prefix)} — written "
         f"{time.strftime('%Y-%m-%d %H:%M:%S')} by rtnf report from <code>{html.escape(run.timeseries.name)}</code></p>",
     ]
+    sat = summary["saturation"]
+    if sat["warn"]:
+        parts.append(
+            f'<p class="warn" data-warning="saturation"><strong>Warning: the feedback was at an end of the bar for '
+            f'{sat["at_end"]} of {sat["regulation"]} regulation volumes ({100 * sat["fraction"]:.0f} %; '
+            f'{sat["top"]} full, {sat["bottom"]} empty), more than {100 * SATURATION_WARN_FRACTION:.0f} %.</strong> '
+            "A bar stuck at an end tells the participant little: check <code>[feedback] scale_range</code> "
+            "and <code>scaling</code>.</p>"
+        )
     if run.notes:
         parts.append("<ul class=\"warn\">" + "".join(f"<li>{html.escape(n)}</li>" for n in run.notes) + "</ul>")
     parts.append("<h2>Run</h2>" + _table(["", ""], identity, "kv"))
@@ -758,7 +784,17 @@ def render_html(run: RecordedRun, summary: dict[str, Any], figures: dict[str, Pa
             f"{html.escape(k)}: {v}" for k, v in sorted(c["feedback_na_reasons"].items())) + ")"
             if c["feedback_na_reasons"] else "")],
     ]
-    parts.append("<h2>Volumes</h2>" + _table(["", "count"], vol_rows, "kv num"))
+    sat_text = (f"{sat['at_end']} of {sat['regulation']} regulation volumes ({_fmt(100 * sat['fraction'], 1)} %)"
+                f" — full {sat['top']}, empty {sat['bottom']}" if sat["regulation"] else "no regulation volume")
+    vol_rows.append(["feedback at the bar's ends",
+                     f'<span class="warn">{sat_text}</span>' if sat["warn"] else sat_text])
+    parts.append(
+        "<h2>Volumes</h2>" + _table(["", "count"], vol_rows, "kv num")
+        + f"<p class=\"note\"><em>Feedback at the bar's ends</em>: regulation volumes (condition other than the "
+        f"baseline <code>{html.escape(str(run.baseline))}</code>, with a feedback value) whose "
+        f"<code>feedback_value</code> is within {SATURATION_EPS:g} of 1 (full) or 0 (empty); above "
+        f"{100 * SATURATION_WARN_FRACTION:.0f} % the report warns at the top.</p>"
+    )
 
     # percent signal change per condition
     rois = run.roi_names

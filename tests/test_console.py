@@ -408,6 +408,57 @@ def test_state_learns_the_protocol_after_joining_mid_run():
     assert state.current_block()["condition"] == "regulate"
 
 
+def _feed(state: RunState, index: int, condition: str, value: float | None, feedback_first: bool = True) -> None:
+    """One volume of run "r" and its feedback message (in either order), as rtnf publishes them."""
+    volume = {"run_id": "r", "index": index, "condition": condition, "n_volumes": 60, "rois": {"acc": {"raw": 1.0}}}
+    feedback = {"run_id": "r", "index": index, "condition": condition, "value": value, "kind": "continuous"}
+    messages = [("feedback", feedback), ("volume", volume)]
+    for topic, body in messages if feedback_first else messages[::-1]:
+        assert state.handle("rtnf", topic, body, 1.0)
+
+
+def test_state_counts_feedback_at_the_bars_ends_and_alerts_above_a_fifth():
+    from rtnf.fidelity import SATURATION_EPS
+
+    state = RunState(t_start=0.0, expect_screen=False)
+    state.handle("rtnf", "run", {"run_id": "r", "event": "start", "tr_s": 1.0, "n_volumes": 60, "baseline": "rest",
+                                 "conditions": ["rest", "regulate"], "rois": ["acc"], "t": 0.0}, 1.0)
+    for i in range(10):  # the baseline's empty bar and a missing volume's null value are not regulation volumes
+        _feed(state, i, "rest", 0.0)
+    _feed(state, 10, "regulate", None)
+    assert state.saturation() == {"regulation": 0, "top": 0, "bottom": 0, "at_end": 0, "fraction": None}
+    # 9 regulation volumes, all at an end: too few to judge yet.
+    for i, v in enumerate([1.0] * 4 + [1 - SATURATION_EPS / 2, 0.0, SATURATION_EPS, 1.0, 1.0], start=11):
+        _feed(state, i, "regulate", v, feedback_first=i % 2 == 0)  # feedback before or after its volume
+    assert state.saturation() == {"regulation": 9, "top": 7, "bottom": 2, "at_end": 9, "fraction": 1.0}
+    assert state.alerts(1.0) == []
+    # From 10 regulation volumes on, more than 20 % at an end raises the alert.
+    for i in range(20, 41):
+        _feed(state, i, "regulate", 0.5 if i != 25 else 0.998, feedback_first=i % 2 == 0)  # 0.998: inside the bar
+    sat = state.saturation()
+    assert (sat["at_end"], sat["regulation"]) == (9, 30) and sat["fraction"] == pytest.approx(0.3)
+    alerts = state.alerts(1.0)
+    assert [(a.key, a.level) for a in alerts] == [("saturation", "warning")]
+    assert alerts[0].text.startswith("feedback at the bar's end for 9 of 30 regulation volumes")
+    assert alerts[0].text.endswith("check feedback.scale_range / scaling")
+    # 9 of 45 (20 %) is not more than a fifth: the alert is gone.
+    for i in range(41, 56):
+        _feed(state, i, "regulate", 0.5)
+    assert (state.saturation()["at_end"], state.saturation()["regulation"]) == (9, 45)
+    assert state.alerts(1.0) == []
+    # A feedback value that comes late and fills the bar counts again: 10 of 46.
+    _feed(state, 56, "regulate", 1.0, feedback_first=False)
+    assert state.saturation()["fraction"] == pytest.approx(10 / 46)
+    assert [a.key for a in state.alerts(1.0)] == ["saturation"]
+
+
+def test_state_counts_no_regulation_volume_without_the_baseline():
+    state = RunState(t_start=0.0, expect_screen=False)
+    for i in range(12):  # volumes without the run message: the baseline is unknown
+        _feed(state, i, "regulate", 1.0)
+    assert state.saturation()["fraction"] is None and state.alerts(1.0) == []
+
+
 def test_console_command_line():
     import argparse
 

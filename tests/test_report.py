@@ -324,3 +324,57 @@ def test_command_line(recorded, tmp_path, capsys):
     # nothing to report on: a message and exit code 2, no traceback
     assert run(parser.parse_args([str(tmp_path / "o")])) == 2
     assert "no '*_desc-rtnf_timeseries.tsv' found" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- feedback at the bar's ends (saturation)
+
+
+def _small_run(folder: Path, regulate_values: list[float | None]) -> Path:
+    """A hand-written run: 10 baseline volumes (all with the bar empty), then the regulation volumes given."""
+    folder.mkdir(parents=True)
+    prefix = "sub-sat_task-nf_run-1"
+    values = [0.0] * 10 + regulate_values
+    header = ["index", "onset_s", "condition", "block", "missing", "late", "out_of_order", "censored",
+              "feedback_value", "feedback_signal", "feedback_reason"]
+    lines = ["\t".join(header)]
+    for i, v in enumerate(values):
+        cond, block = ("rest", 0) if i < 10 else ("regulate", 1)
+        lines.append("\t".join(map(str, [
+            i, 2.0 * i, cond, block, int(v is None), 0, 0, 0,
+            "n/a" if v is None else v, "n/a" if v is None else 2.0 * v, "missing volume" if v is None else "n/a",
+        ])))
+    tsv = folder / f"{prefix}_desc-rtnf_timeseries.tsv"
+    tsv.write_text("\n".join(lines) + "\n")
+    (folder / f"{prefix}_desc-rtnf_config.toml").write_text(
+        f'[scanner]\ntr_s = 2.0\nn_volumes = {len(values)}\n\n[protocol]\nbaseline = "rest"\n')
+    return tsv
+
+
+def test_report_counts_feedback_at_the_bars_ends(tmp_path):
+    """5 of 10 regulation volumes at an end of the bar (4 full, 1 empty): counted, and warned about at the top."""
+    from rtnf.fidelity import SATURATION_EPS
+    from rtnf.report import read_run, summarise, write_report
+
+    # the baseline's empty bar, the missing volume (no value) and 0.998 (just inside the bar) are not counted
+    regulate = [1.0, 1.0, 1.0, 1 - SATURATION_EPS / 2, 0.0, 0.5, 0.998, 0.4, 0.7, 0.3, None]
+    tsv = _small_run(tmp_path / "run", regulate)
+    s = summarise(read_run(tsv))["saturation"]
+    assert {k: s[k] for k in ("regulation", "top", "bottom", "at_end")} == {
+        "regulation": 10, "top": 4, "bottom": 1, "at_end": 5}
+    assert s["fraction"] == pytest.approx(0.5) and s["warn"] is True
+    text = write_report(tsv, tmp_path / "report").read_text()
+    assert _cell_text(text, "feedback at the bar's ends") == "5 of 10 regulation volumes (50.0 %) — full 4, empty 1"
+    warning = re.search(r'<p class="warn" data-warning="saturation">(.*?)</p>', text)
+    assert warning and "5 of 10 regulation volumes (50 %" in re.sub(r"<[^>]+>", "", warning.group(1))
+    assert text.index('data-warning="saturation"') < text.index("<h2>Run</h2>")  # at the top
+
+
+def test_report_does_not_warn_at_or_below_a_fifth_at_the_bars_ends(tmp_path):
+    from rtnf.report import read_run, summarise, write_report
+
+    tsv = _small_run(tmp_path / "run", [1.0, 0.0, 0.5, 0.6, 0.4, 0.7, 0.3, 0.2, 0.8, 0.55])  # 2 of 10: 20 %
+    s = summarise(read_run(tsv))["saturation"]
+    assert (s["at_end"], s["regulation"], s["warn"]) == (2, 10, False)
+    text = write_report(tsv, tmp_path / "report").read_text()
+    assert _cell_text(text, "feedback at the bar's ends") == "2 of 10 regulation volumes (20.0 %) — full 1, empty 1"
+    assert 'data-warning="saturation"' not in text and "Warning: the feedback" not in text

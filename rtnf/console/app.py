@@ -19,7 +19,7 @@ For tests and scripts, the page defines ``window.rtnfConsole`` (see
 :data:`PAGE_TEMPLATE`) and names its Bokeh models: the ColumnDataSource
 ``volumes`` holds every plotted point, the Div ``status`` carries the state as
 JSON in its ``tags``, the Div ``alerts`` lists the alerts as
-``<div class="rtnf-alert" data-alert="recording|error|motion|stall|screen|rtnf">``,
+``<div class="rtnf-alert" data-alert="recording|error|motion|saturation|stall|screen|rtnf">``,
 the Div ``events`` lists rtnf's ``log`` messages newest first as
 ``<div class="rtnf-event level-warning" data-level="WARNING">``, and the
 ColumnDataSources ``preview_<plane>`` / ``outline_<plane>`` hold the latest
@@ -204,6 +204,14 @@ def _fmt_duration(seconds: float | None) -> str:
         return "–"
     seconds = int(seconds)
     return f"{seconds // 60:02d}:{seconds % 60:02d}"
+
+
+def _fmt_saturation(sat: dict[str, Any]) -> str:
+    """The status line's count of regulation volumes with the feedback bar at an end."""
+    if sat["fraction"] is None:
+        return "feedback at the bar's ends: –"
+    return (f"feedback at the bar's ends: {sat['at_end']} of {sat['regulation']} regulation volumes "
+            f"({100 * sat['fraction']:.0f} %; full {sat['top']}, empty {sat['bottom']})")
 
 
 def _fmt_ms(value: float | None) -> str:
@@ -508,6 +516,7 @@ class ConsolePage:
         n = st.n_volumes
         block = st.current_block()
         counts = st.counts()
+        saturation = st.saturation()
         alerts = st.alerts(now)
         elapsed = st.elapsed_s(now)
         volume = "–" if latest is None else f"{latest['index'] + 1}"
@@ -532,6 +541,7 @@ class ConsolePage:
         detail = (
             f"missing {counts['missing']} · late {counts['late']} · censored {counts['censored']} · "
             f"FD &gt; {st.fd_threshold_mm:g} mm: {counts['high_motion']} · "
+            f"{_fmt_saturation(saturation)} · "
             f"processing median {_fmt_ms(st.median_ms('processing_ms'))} · "
             f"end-to-end median {_fmt_ms(st.median_ms('e2e_ms'))} · "
             f"run {html.escape(st.run_id or '–')}"
@@ -556,7 +566,7 @@ class ConsolePage:
             "last_index": None if latest is None else latest["index"],
             "condition": None if latest is None else latest["condition"],
             "alerts": [a.key for a in alerts], "counts": counts, "fd_threshold_mm": st.fd_threshold_mm,
-            "keys": keys, "n_events": st.n_events,
+            "keys": keys, "n_events": st.n_events, "saturation": saturation,
             "preview_index": None if st.preview is None else st.preview.index,
         }
         self._set("status_tags", self.status, "tags", [json.dumps(status)])

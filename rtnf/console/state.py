@@ -23,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from ..fidelity import SATURATION_EPS, SATURATION_WARN_FRACTION
 from .preview import Preview, prepare
 
 MOTION_PARAMETERS: tuple[str, ...] = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
@@ -43,6 +44,7 @@ ERROR_ALERT_S = 60.0  # an ERROR log message stays in the alert bar this long (i
 LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 RECORDING_FAILED = "RECORDING FAILED"  # rtnf.record's alarm, raised until ...
 RECORDING_WORKS = "recording works again"  # ... its all-clear
+SATURATION_ALERT_MIN_VOLUMES = 10  # regulation volumes with a value before the saturation alert can fire
 
 BASE_COLUMNS: tuple[str, ...] = (
     "index", "condition", "block", "onset_s", "feedback", "feedback_reason",
@@ -121,7 +123,8 @@ class Alert:
     Attributes
     ----------
     key : str
-        "recording", "error", "motion", "stall", "screen" or "rtnf" (stable, used as a CSS class).
+        "recording", "error", "motion", "saturation", "stall", "screen" or "rtnf" (stable, used as a
+        CSS class).
     level : str
         "warning" or "error".
     text : str
@@ -557,6 +560,33 @@ class RunState:
             "high_motion": sum(r["high_motion"] for r in self.rows),
         }
 
+    def saturation(self) -> dict[str, Any]:
+        """How often the feedback bar sat at one of its ends during regulation, so far.
+
+        Regulation volumes are the rows whose condition is known and not the
+        run's baseline (from the ``run`` message) and whose feedback value is
+        not null; a value is at the end of the bar when it is within
+        :data:`rtnf.fidelity.SATURATION_EPS` of 0 or 1. Computed from the rows,
+        so a feedback message that came before or after its volume counts alike.
+
+        Returns
+        -------
+        dict
+            ``regulation`` (volumes counted), ``top`` (at 1), ``bottom`` (at 0),
+            ``at_end`` (top + bottom) and ``fraction`` (``at_end / regulation``,
+            None before the first regulation volume or while the baseline is
+            unknown).
+        """
+        baseline = self.baseline
+        values = [] if baseline is None else [
+            r["feedback"] for r in self.rows
+            if r["condition"] and r["condition"] != baseline and not math.isnan(r["feedback"])
+        ]
+        top = sum(v >= 1.0 - SATURATION_EPS for v in values)
+        bottom = sum(v <= SATURATION_EPS for v in values)
+        return {"regulation": len(values), "top": top, "bottom": bottom, "at_end": top + bottom,
+                "fraction": (top + bottom) / len(values) if values else None}
+
     def median_ms(self, column: str) -> float | None:
         values = [r[column] for r in self.rows if not math.isnan(r[column])]
         return statistics.median(values) if values else None
@@ -590,6 +620,14 @@ class RunState:
                 "motion", "error",
                 f"High motion: framewise displacement {worst['fd']:.2f} mm at volume {worst['index']} "
                 f"(threshold {threshold:g} mm); {self.counts()['high_motion']} volume(s) over threshold in this run.",
+            ))
+        sat = self.saturation()
+        if sat["regulation"] >= SATURATION_ALERT_MIN_VOLUMES and sat["fraction"] > SATURATION_WARN_FRACTION:
+            out.append(Alert(
+                "saturation", "warning",
+                f"feedback at the bar's end for {sat['at_end']} of {sat['regulation']} regulation volumes "
+                f"({100 * sat['fraction']:.0f} %: {sat['top']} full, {sat['bottom']} empty): "
+                "check feedback.scale_range / scaling",
             ))
         tr = self.tr_s
         n = self.n_volumes
