@@ -66,6 +66,7 @@ class VolumeProcessor:
         self._previous_motion: np.ndarray | None = None
         self._last_value: float | None = None  # last uncensored feedback value, for censor_action "hold"
         self.wholebrain: WholeBrainModel | None = None
+        self._trust_note: str | None = None  # why the whole-brain model is reduced, as last logged
         self._preview_index: int | None = None  # volume whose preview is still to be built
         self.preview = None  # the latest volume's preview, taken by the sender (see the property)
         self.received: Any = None  # the latest volume as read, for the recorder
@@ -109,8 +110,10 @@ class VolumeProcessor:
         # A censored volume is shown to the operator but kept out of the model.
         values = self.model.update(index, pre.raw, regressors, include=not censored)
         fb = self._censor(self.feedback.step(index, values, self.model), pre.quality)
-        if self.wholebrain is not None and not censored:
-            self.wholebrain.update(index, pre.brain)
+        if self.wholebrain is not None:
+            if not censored:
+                self.wholebrain.update(index, pre.brain)
+            self._say_trust(index)
         t_modelled = time.time()
         if self._planes is not None:
             # Built when the sender asks for it, after the feedback and volume messages have
@@ -138,6 +141,16 @@ class VolumeProcessor:
             }
             volume_body["flags"]["censored"] = q.censored
         return volume_body, feedback_body
+
+    def _say_trust(self, index: int) -> None:
+        """Log once when the whole-brain model becomes reduced by left-out volumes, and once when it recovers."""
+        note = self.wholebrain.trust_note(index)
+        if note != self._trust_note:
+            if note is not None:
+                log.warning("volume %d: %s", index, note)
+            elif self._trust_note is not None:
+                log.info("volume %d: whole-brain t-map from the full model again", index)
+            self._trust_note = note
 
     @property
     def preview(self) -> dict[str, Any] | None:

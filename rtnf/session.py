@@ -160,6 +160,8 @@ def run_session(
             logging.getLogger("rtnf").removeHandler(h)
         if processor.wholebrain is not None and processor.wholebrain.t_map is not None:
             recorder.save_statmap(processor.wholebrain.t_volume(), processor.grid.affine)
+        elif processor.wholebrain is not None:
+            recorder.log_event("WARNING", "no whole-brain t-map saved: too few volumes entered the model")
         recorder.close(status)
     if loop.config_error is not None:
         raise loop.config_error

@@ -74,10 +74,29 @@ class WholeBrainModel:
         a run with most volumes censored never shows the huge t values of a
         near-saturated fit: terms are dropped, down to none.
         """
-        design = self.design
+        return self._size(index, lambda q: self.glm.n_obs - q >= max(MIN_DOF, q) and self.glm.identifiable(q))
 
-        def usable(q: int) -> bool:
-            return self.glm.n_obs - q >= max(MIN_DOF, q) and self.glm.identifiable(q)
+    def trust_note(self, index: int) -> str | None:
+        """Why the t-map's model is smaller than the run so far would allow, or None.
+
+        Only what censored or missing volumes cost is reported (the model the
+        same run would have had with every volume so far in it): terms the
+        early run cannot carry yet are not a lack of trust.
+        """
+        seen = index + 1
+        if self.glm.n_obs == seen or not np.any(self.design.matrix[:seen, : self.design.n_core - 1]):
+            return None  # nothing left out, or no task yet: no t-map is due
+        wanted = self._size(index, lambda q: seen - q >= max(MIN_DOF, q))
+        if self.n_columns >= wanted:
+            return None
+        if self.n_columns == 0:
+            return (f"whole-brain t-map withheld: {self.glm.n_obs} volumes in the model cannot carry its "
+                    f"{wanted} regressors with at least {MIN_DOF} residual degrees of freedom")
+        return (f"whole-brain t-map from a reduced model ({self.n_columns} of {wanted} regressors: motion or drift "
+                f"terms dropped): only {self.glm.n_obs} volumes in the model")
+
+    def _size(self, index: int, usable) -> int:
+        design = self.design
 
         n_core = design.n_core
         if not usable(n_core):

@@ -81,6 +81,7 @@ def test_whole_brain_model_size_grows_with_the_run_and_never_fits_garbage():
         sizes.append(model.n_columns)
         q = sizes[-1]
         assert q == 0 or (t + 1) - q >= max(MIN_DOF, q), f"volume {t}: {q} columns leave too few residual dof"
+        assert model.trust_note(t) is None  # nothing censored: an early small model is no lack of trust
     assert sizes[5] == 0  # before the first task block nothing is fitted
     assert sizes[25] == design.n_core
     assert sizes[-1] == design.n_regressors
@@ -105,6 +106,7 @@ def test_whole_brain_t_map_is_withheld_when_censoring_leaves_too_few_volumes():
         model.update(int(t), 1000 + rng.normal(size=5))
     assert model.n_columns <= design.n_core  # motion and drifts dropped: 14 volumes cannot carry them
     assert model.t_map is None or np.nanmax(np.abs(model.t_map)) < 10
+    assert "only 14 volumes" in model.trust_note(int(kept[-1])) or "withheld" in model.trust_note(int(kept[-1]))
 
 
 def test_ridge_coefficients_equal_batch_ridge_at_every_volume():
