@@ -247,6 +247,10 @@ class FeedbackComputer:
             value = self._sham[index] if index < len(self._sham) else None
             return FeedbackValue(value, None if value is not None else "no sham value for this volume", kind=self.cfg.kind)
         signal, reason = self._signal(index, values, model)
+        if signal is not None and not math.isfinite(signal):
+            # Never shown or recorded as a number, and kept out of the despiker's,
+            # smoother's and scaler's state, which it would spoil for the rest of the run.
+            signal, reason = None, "non-finite signal (NaN or infinite ROI value)"
         if self._adaptive is not None and index in self._block_starts:
             self._adaptive.adapt()
         if signal is not None:

@@ -10,7 +10,7 @@ measures framewise displacement, DVARS, the global signal and spikes.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -35,6 +35,7 @@ class Preprocessed:
     motion: np.ndarray | None  # 6 parameters: mm, radians
     quality: QualityRow | None
     brain: np.ndarray | None = None  # realigned values at every brain voxel (when asked for)
+    n_nonfinite: int = 0  # NaN or infinite voxels of the volume as read, replaced (see Preprocessor.run)
 
     def motion_dict(self) -> dict[str, float] | None:
         """Motion with fMRIPrep's names, or None."""
@@ -66,6 +67,8 @@ class Preprocessor:
         self._brain: np.ndarray | None = None
         self.brain_indices: np.ndarray | None = None  # flat indices of the brain mask (for whole-brain work)
         self._last: tuple[np.ndarray, np.ndarray | None] | None = None  # latest (data, params)
+        self._fill: np.ndarray | None = None  # what replaces a non-finite voxel: the first volume's value
+        self._n_nonfinite_volumes = 0
 
     def fit(self, first: Volume) -> "Preprocessor":
         """Fit on the first volume of the run.
@@ -80,6 +83,9 @@ class Preprocessor:
             configuration error, the same for every volume of the run.
         """
         grid = first.grid
+        self._fill = np.nan_to_num(np.asarray(first.data, dtype=np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+        if not np.isfinite(first.data).all():
+            first = replace(first, data=self._fill)
         # The configured reference first: a config error must stop the run before any state is set.
         configured = self._configured_reference(first) if self.motion_cfg.enabled else None
         for roi in self.rois:
@@ -132,8 +138,29 @@ class Preprocessor:
             return data.reshape(-1)[indices]
         return self.realigner.sample(data, params, indices)
 
+    def _finite(self, volume: Volume) -> tuple[Volume, int]:
+        """The volume with non-finite voxels replaced by the first volume's values, and their count.
+
+        A single NaN voxel would otherwise make an ROI mean NaN (and with it
+        the smoother's and despiker's state for the rest of the run), or make
+        realignment fail for the whole volume. The first volume's value is
+        the run's best guess of that voxel's signal; the count is reported.
+        """
+        bad = ~np.isfinite(volume.data)
+        n_bad = int(bad.sum())
+        if n_bad == 0:
+            return volume, 0
+        self._n_nonfinite_volumes += 1
+        k = self._n_nonfinite_volumes
+        if k <= 3 or k % 50 == 0:  # said, but never a flood
+            log.warning("%s: %d non-finite voxels (NaN or infinite) replaced by the first volume's values%s",
+                        volume.path.name, n_bad, f" ({k} volumes so far)" if k > 1 else "")
+        data = np.where(bad, self._fill, volume.data).astype(volume.data.dtype, copy=False)
+        return replace(volume, data=data), n_bad
+
     def run(self, volume: Volume) -> Preprocessed:
-        """Preprocess one volume on the fitted grid."""
+        """Preprocess one volume on the fitted grid (non-finite voxels replaced and counted)."""
+        volume, n_bad = self._finite(volume)
         data = volume.data
         if self._sigma_vox is not None:
             data = gaussian_filter(data, self._sigma_vox, mode="nearest")
@@ -141,7 +168,7 @@ class Preprocessor:
             self._last = (data, None)
             raw = np.array([roi.transform(data) for roi in self.rois])
             brain = data.reshape(-1)[self.brain_indices] if self.sample_brain else None
-            return Preprocessed(raw, None, None, brain)
+            return Preprocessed(raw, None, None, brain, n_bad)
         params = self.realigner.estimate(volume.data)
         self._last = (data, params)
         raw = np.array([self.realigner.sample(data, params, roi.indices_).mean() for roi in self.rois])
@@ -157,7 +184,7 @@ class Preprocessor:
         quality = self.monitor.update(params, quality_values)
         if not self.realigner.result_.converged:
             log.warning("realignment did not converge for %s", volume.path.name)
-        return Preprocessed(raw, params, quality, brain)
+        return Preprocessed(raw, params, quality, brain, n_bad)
 
     def skip(self) -> None:
         """Note a missing volume."""

@@ -108,6 +108,8 @@ class RoiModel:
             baseline.
         """
         raw = np.asarray(raw, dtype=np.float64)
+        if not np.all(np.isfinite(raw)):
+            include = False  # a non-finite value would spoil the fit for the rest of the run
         if self._motion.size:
             if motion is None:
                 raise ValueError("the design has motion columns: pass this volume's motion regressors")
