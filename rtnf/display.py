@@ -118,6 +118,9 @@ def _key_or_false(value: Any) -> str | bool:
 
 
 Colour = Annotated[RGB, BeforeValidator(_colour)]
+MAX_STATE_TEXT = 200
+"""Longest text of a screen state (``[display.texts]``): a line or two for the participant."""
+StateText = Annotated[str, Field(max_length=MAX_STATE_TEXT)]
 Level = Annotated[float, Field(ge=0.0, le=1.0)]
 KeyName = Annotated[str, Field(pattern=_KEY_NAME, min_length=1, max_length=20)]
 
@@ -181,11 +184,18 @@ class FixationDisplay(_Model):
 
 
 class TextsDisplay(_Model):
-    """Texts of the screen's states."""
+    """Texts of the screen's states (each at most :data:`MAX_STATE_TEXT` characters)."""
 
-    waiting: str = "Waiting for the scanner…"
-    ended: str = "Run finished. Thank you!"
-    lost: str = "Connection to rtnf lost"
+    waiting: StateText = "Waiting for the scanner…"
+    """Before any run: rtnf has not started one yet."""
+    get_ready: StateText = "Get ready"
+    """From the run's start (rtnf's run message or first heartbeat) to its first
+    volume, instead of an empty thermometer."""
+    ended: StateText = "Run finished. Thank you!"
+    """After the run ended (normally, or stopped by the operator): shown alone,
+    never with the connection-lost notice (rtnf is expected to go quiet then)."""
+    lost: StateText = "Connection to rtnf lost"
+    """Shown when rtnf goes silent for ``heartbeat_timeout_s`` before the run ended."""
     colour: Colour = (255, 255, 255)
     lost_colour: Colour = (235, 70, 70)
 
@@ -233,7 +243,8 @@ class DisplayConfig(_Model):
     text_height_frac: Annotated[float, Field(gt=0.01, le=0.3)] = 0.045
     max_fps: Annotated[float, Field(gt=0, le=500)] = 60.0
     heartbeat_timeout_s: Annotated[float, Field(gt=0, le=60)] = 3.0
-    """Show the connection-lost notice after this long without a message from rtnf."""
+    """Show the connection-lost notice after this long without a message from rtnf
+    (before the run ended: rtnf is expected to go quiet after its end)."""
     bar: BarDisplay = BarDisplay()
     score: ScoreDisplay = ScoreDisplay()
     fixation: FixationDisplay = FixationDisplay()

@@ -89,6 +89,8 @@ class Shot:
 _start = message("run", T0, **START)
 SHOTS: tuple[Shot, ...] = (
     Shot("waiting", "Before the run: waiting for the scanner.", (), T0),
+    Shot("get_ready", "The run started (rtnf's run message), its first volume has not come: "
+         "texts.get_ready, no empty thermometer.", (_start,), T0 + 1.5),
     Shot("bar", "Regulation: the thermometer at 0.60, target line (white) at 0.75, baseline "
          "marker (blue, 0 % signal change on the run's scale) at 0.33.",
          (_start, fb(1, 0.6)), T0 + 1.5),
@@ -112,8 +114,9 @@ SHOTS: tuple[Shot, ...] = (
     Shot("ended_text", "After a run without continuous values (the bar never had a level).",
          (_start, fb(1, None, condition="rest"), message("run", T0 + 2, event="end")),
          T0 + 2.5),
-    Shot("connection_lost", "Nothing from rtnf for longer than heartbeat_timeout_s: the held "
-         "screen with a red notice.", (_start, fb(1, 0.6)), T0 + 1 + 3.5),
+    Shot("connection_lost", "Nothing from rtnf for longer than heartbeat_timeout_s during the "
+         "run: the held screen with a red notice (never after the run ended).",
+         (_start, fb(1, 0.6)), T0 + 1 + 3.5),
     Shot("mirrored", "display.mirror = true: the whole image read right to left (projection "
          "through a mirror).", (_start, fb(1, 0.6)), T0 + 1.5, {"mirror": True}),
 )

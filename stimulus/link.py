@@ -199,8 +199,9 @@ class ScreenState:
     Attributes
     ----------
     phase : str
-        "waiting" (no run yet), "running" or "ended" (after a run end/abort
-        message or an rtnf heartbeat with state "ended").
+        "waiting" (no run yet, or only rtnf's heartbeats of a run waiting for
+        its first volume: see :attr:`started`), "running" or "ended" (after a
+        run end/abort message or an rtnf heartbeat with state "ended").
     run_id : str or None
     run : RunInfo or None
         None until a run start message arrived (for example when the screen
@@ -273,9 +274,27 @@ class ScreenState:
             return self.run.instructions[condition]
         return condition
 
+    @property
+    def started(self) -> bool:
+        """True once rtnf announced the current run (its run message or a heartbeat of the run).
+
+        Phase "waiting" with a run id: rtnf's heartbeat says the run is waiting
+        for its first volume (the screen joined before the start message was
+        repeated).
+        """
+        return self.phase != "waiting" or self.run_id is not None
+
     def connection_lost(self, now: float) -> bool:
-        """True when rtnf was heard from once, but not for ``heartbeat_timeout_s``."""
-        if self.t_last_message is None:
+        """True when rtnf was heard from once, but not for ``heartbeat_timeout_s``, before the run ended.
+
+        rtnf says goodbye at every end it lives to see: the run's end, the
+        operator's Ctrl-C (an abort "stopped by the operator") and an error
+        all publish a ``run`` end/abort message and a heartbeat with state
+        "ended", then rtnf stops publishing. Silence after that is the normal
+        end, not a lost link; silence while waiting or running (rtnf killed,
+        the machine or network down) is.
+        """
+        if self.t_last_message is None or self.phase == "ended":
             return False
         return now - self.t_last_message > self.heartbeat_timeout_s
 

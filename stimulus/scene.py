@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from rtnf.display import RGB, DisplayConfig
 from stimulus.link import ScreenState
 
-VIEWS = ("waiting", "ended", "score", "bar", "fixation", "text")
-"""The screens: before a run, after it, an intermittent score, and the three
-per-condition views."""
+VIEWS = ("waiting", "get_ready", "ended", "score", "bar", "fixation", "text")
+"""The screens: before a run, from its start to its first volume, after it, an
+intermittent score, and the three per-condition views."""
 
 
 def ease(u: float, easing: str) -> float:
@@ -90,7 +90,7 @@ class Scene:
         empty for none.
     title_colour : (int, int, int)
     message : str
-        Text at the centre (waiting, ended, score views).
+        Text at the centre (waiting, get-ready, ended, score views).
     bar_level : float or None
         Level of the bar on this frame (gliding), None for an empty bar.
     bar_target : float or None
@@ -103,7 +103,8 @@ class Scene:
     score_text, reward_text : str
         The intermittent score and its reward text (score view).
     lost : bool
-        Nothing heard from rtnf for too long: the notice shows.
+        Nothing heard from rtnf for too long while the run was going on (never
+        after its end): the notice shows.
     """
 
     view: str
@@ -192,8 +193,13 @@ class SceneMaker:
         cfg = self.cfg
         lost = state.connection_lost(now)
         texts = cfg.texts
-        if state.phase == "waiting":
+        if not state.started:
             return Scene("waiting", message=texts.waiting, title_colour=texts.colour, lost=lost)
+        if state.phase == "waiting" or (state.phase == "running" and state.feedback is None):
+            # The run started, its first volume has not come: no condition to
+            # show yet, so no empty thermometer either.
+            return Scene("get_ready", message=texts.get_ready, title_colour=texts.colour,
+                         lost=lost)
 
         score_until = self.score_until(state)
         if score_until is not None and now < score_until:

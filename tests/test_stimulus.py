@@ -126,6 +126,49 @@ def test_connection_lost_after_timeout():
     assert not state.connection_lost(104.0)
 
 
+@pytest.mark.parametrize("end", [
+    ("run", {"event": "end", "reason": None}),
+    ("run", {"event": "abort", "reason": "stopped by the operator"}),  # rtnf's Ctrl-C
+    ("heartbeat", {"source": "rtnf", "state": "ended", "last_index": 0}),
+])
+def test_no_connection_lost_after_the_run_ended(end):
+    """rtnf is quiet after it said the run ended: that is the end, not a lost link."""
+    topic, fields = end
+    state = ScreenState(heartbeat_timeout_s=3.0)
+    start(state, 100.0)
+    feedback(state, 0, 0.5, 101.0)
+    state.handle(topic, body(topic, **fields), 102.0)
+    assert state.phase == "ended"
+    assert not state.connection_lost(105.1) and not state.connection_lost(1e9)
+    # The next run is watched again.
+    start(state, 200.0, run_id="run-2")
+    assert not state.connection_lost(202.9) and state.connection_lost(203.1)
+
+
+def test_run_started_by_its_start_message_or_heartbeat():
+    state = ScreenState()
+    assert not state.started
+    state.handle("heartbeat", body("heartbeat", source="rtnf", state="waiting"), 1.0)
+    assert state.started and state.phase == "waiting"  # rtnf's run waits for its first volume
+    state = ScreenState()
+    state.handle("heartbeat", body("heartbeat", "", source="rtnf", state="waiting"), 1.0)
+    assert not state.started  # no run named
+    start(state, 2.0)
+    assert state.started and state.phase == "running"
+
+
+def test_get_ready_text_is_validated_like_the_other_texts():
+    from rtnf.display import MAX_STATE_TEXT, DisplayConfigError, parse_display
+
+    assert parse_display({}).texts.get_ready == "Get ready"
+    assert parse_display({"texts": {"get_ready": "Keep still"}}).texts.get_ready == "Keep still"
+    for key in ("get_ready", "waiting", "ended", "lost"):
+        with pytest.raises(DisplayConfigError, match=f"'display.texts.{key}'.*at most {MAX_STATE_TEXT}"):
+            parse_display({"texts": {key: "x" * (MAX_STATE_TEXT + 1)}})
+    with pytest.raises(DisplayConfigError, match="'display.texts.get_ready'.*valid string"):
+        parse_display({"texts": {"get_ready": 3}})
+
+
 def test_new_run_resets_state():
     state = ScreenState()
     start(state)

@@ -270,3 +270,103 @@ def test_run_start_after_end_message(renderer):
                 ("feedback", {**fb(0, 0.1)[1], "run_id": "next"}, T0 + 4)]
     img = renderer.shot(shot("bar", messages, T0 + 5))
     assert level(img) == round(0.1 * bar_geometry(SIZE).height)
+
+
+# --------------------------------------------------------------------------- #
+# The run's start and end: what the participant sees when nothing is wrong
+# --------------------------------------------------------------------------- #
+MIDDLE = slice(SIZE[1] // 3, SIZE[1] * 2 // 3)
+
+
+def heartbeat(t: float, state: str, last_index: int | None = None):
+    return message("heartbeat", t, source="rtnf", state=state, last_index=last_index,
+                   n_volumes=100)
+
+
+# What rtnf publishes when a run ends (rtnf/session.py, _RunLoop.finish): the
+# run message "end" (last volume) or "abort" with the reason "stopped by the
+# operator" (Ctrl-C), then a heartbeat with state "ended"; then it is quiet.
+ENDS = {
+    "end": [message("run", T0 + 2, event="end", reason=None),
+            heartbeat(T0 + 2, "ended", 1)],
+    "ctrl-c": [message("run", T0 + 2, event="abort", reason="stopped by the operator"),
+               heartbeat(T0 + 2, "ended", 1)],
+    "end message only": [message("run", T0 + 2, event="end")],
+    "heartbeat ended only": [heartbeat(T0 + 2, "ended", 1)],
+}
+
+
+@pytest.mark.parametrize("end", list(ENDS))
+@pytest.mark.parametrize("name", ["ended", "ended_text"])
+def test_normal_end_shows_only_the_closing_text(renderer, name, end):
+    """Silence after the end is the normal end: no "connection lost", however long it lasts."""
+    cfg = SHOT[name].config()
+    messages = [*SHOT[name].messages[:-1], *ENDS[end]]
+    closing = renderer.shot(shot(name, messages, T0 + 2.5))
+    assert count(closing, TEXT_COLOR, TOP if name == "ended" else MIDDLE) > 50  # the end text
+    assert count(closing, LOST_COLOR) == 0
+    for after in (cfg.heartbeat_timeout_s + 0.5, 10 * cfg.heartbeat_timeout_s, 3600.0):
+        s = shot(name, messages, T0 + 2 + after)
+        img = renderer.shot(s)
+        assert count(img, LOST_COLOR) == 0
+        assert np.array_equal(img, closing)  # the closing screen, unchanged
+        state, scene = s.play()
+        assert state.phase == "ended" and scene.view == "ended" and not scene.lost
+
+
+@pytest.mark.parametrize("case", ["running", "get ready"])
+def test_connection_lost_when_heartbeats_stop_during_the_run(renderer, case):
+    """rtnf silent before the run ended (killed, machine down): the red notice shows."""
+    timeout = SHOT["bar"].config().heartbeat_timeout_s
+    if case == "running":
+        messages = [START, fb(1, 0.6), heartbeat(T0 + 1.5, "running", 1), heartbeat(T0 + 2.5, "running", 1)]
+    else:  # rtnf died after the run's start, before the first volume
+        messages = [START, heartbeat(T0 + 0.5, "waiting"), heartbeat(T0 + 2.5, "waiting")]
+    quiet = renderer.shot(shot("bar", messages, T0 + 2.5 + timeout - 0.1))
+    assert count(quiet, LOST_COLOR) == 0
+    img = renderer.shot(shot("bar", messages, T0 + 2.5 + timeout + 0.1))
+    assert count(img, LOST_COLOR, BOTTOM) > 50
+    if case == "running":
+        assert level(img) == round(0.6 * bar_geometry(SIZE).height)  # over the held bar
+    else:
+        assert count(img, BAR_BG) < 50 and count(img, TEXT_COLOR, MIDDLE) > 50  # over "Get ready"
+
+
+# The run started, its first volume has not come: rtnf's run message, or (a
+# screen started late, before the start message is repeated) its heartbeat
+# "waiting" of the run, or both.
+STARTS = {
+    "run start": [START],
+    "heartbeat waiting": [heartbeat(T0, "waiting")],
+    "run start and heartbeats": [START, heartbeat(T0 + 0.1, "waiting"), heartbeat(T0 + 1.1, "waiting")],
+    "heartbeat running": [heartbeat(T0, "running", 3)],  # joined mid-run, between two volumes
+}
+
+
+@pytest.mark.parametrize("start", list(STARTS))
+def test_get_ready_between_the_run_start_and_its_first_volume(renderer, start):
+    s = shot("get_ready", STARTS[start], T0 + 1.5)
+    assert s.play()[1].view == "get_ready"
+    img = renderer.shot(s)
+    assert count(img, BAR_BG) < 50 and count(img, BAR_FILL) == 0  # no empty thermometer
+    assert count(img, TEXT_COLOR, MIDDLE) > 50  # text in the middle ...
+    # ... which is texts.get_ready: drawn like the waiting text, its own words.
+    same_words = renderer.shot(shot("waiting", texts={"waiting": "Get ready"}))
+    assert np.array_equal(img, same_words)
+    assert not np.array_equal(img, renderer.shot(SHOT["waiting"]))
+    assert count(renderer.shot(shot("get_ready", STARTS[start], T0 + 1.5,
+                                    texts={"get_ready": ""})), TEXT_COLOR) == 0
+
+
+def test_get_ready_text_is_configurable_and_gives_way_to_the_first_volume(renderer):
+    default = renderer.shot(SHOT["get_ready"])
+    custom = renderer.shot(shot("get_ready", texts={"get_ready": "Keep still, the run begins"}))
+    assert count(custom, TEXT_COLOR, MIDDLE) > count(default, TEXT_COLOR, MIDDLE)  # longer text
+    assert count(custom, BAR_BG) < 50
+    # The first volume shows its condition's view: the bar, or the baseline's cross.
+    first = renderer.shot(shot("get_ready", [START, fb(1, 0.6)], T0 + 1.5))
+    assert level(first) == round(0.6 * bar_geometry(SIZE).height)
+    assert count(first, REGULATE, TOP) > 20
+    rest = renderer.shot(shot("get_ready", [START, fb(1, None, condition="rest", reason="baseline")],
+                              T0 + 1.5))
+    assert count(rest, BAR_BG) < 50 and count(rest, REST, TOP) > 20

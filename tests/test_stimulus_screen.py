@@ -366,6 +366,64 @@ def test_screen_started_before_rtnf_and_connection_lost(tmp_path, xdisplay):
     assert read_flips(paths["flip_log"])[-1]["connection_lost"] == "1"
 
 
+def screen_beat(pred: Callable[[dict], bool]) -> Callable[[str, dict], bool]:
+    return lambda t, b: t == "heartbeat" and b["source"] == "stimulus" and pred(b)
+
+
+@pytest.mark.parametrize("event, reason", [("end", None), ("abort", "stopped by the operator")])
+def test_normal_end_shows_no_connection_lost(tmp_path, xdisplay, event, reason):
+    """What rtnf sends at the run's end or the operator's Ctrl-C, then silence: only the closing text."""
+    address, ack = free_address(), free_address()
+    rtnf = Rtnf(address, ack)
+    proc, paths = start_screen(tmp_path, address, ack, "--heartbeat-timeout", "0.5",
+                               display=xdisplay)
+    try:
+        rtnf.wait_up(proc)
+        rtnf.start_run_and_show(0, 0.4)
+        # rtnf/session.py, _RunLoop.finish: the run message, then a heartbeat "ended".
+        rtnf.send("run", **{**START, "event": event, "reason": reason})
+        rtnf.heartbeat("ended")
+        rtnf.wait_for(screen_beat(lambda b: b["state"] == "ended"))
+        t_end = time.time()
+        hb = rtnf.wait_for(screen_beat(lambda b: b["t"] > t_end + 1.5))  # 3 x the timeout
+        assert hb["connection_lost"] is False and hb["view"] == "ended"
+        stop(proc, paths)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        rtnf.close()
+    img = read_png(paths["screenshot"])
+    assert np.all(img == LOST_COLOR, axis=2).sum() == 0
+    assert np.all(img[: SIZE[1] // 6] == (255, 255, 255), axis=2).sum() > 50  # the end text
+    assert measured_level(img) == pytest.approx(0.4, abs=2 / 288)  # above the final bar
+    ended = [r for r in read_flips(paths["flip_log"]) if r["phase"] == "ended"]
+    assert ended and float(ended[-1]["t_flip"]) > t_end + 1.5
+    assert all(r["connection_lost"] == "0" for r in ended)
+
+
+def test_get_ready_until_the_first_volume(tmp_path, xdisplay):
+    """After the run's start and before its first volume: "Get ready", no empty thermometer."""
+    address, ack = free_address(), free_address()
+    rtnf = Rtnf(address, ack)
+    proc, paths = start_screen(tmp_path, address, ack, display=xdisplay)
+    try:
+        rtnf.wait_up(proc)
+        hb = rtnf.wait_for(screen_beat(lambda b: b["state"] == "running"),
+                           meanwhile=lambda: rtnf.send("run", **START), every_s=0.2)
+        assert hb["view"] == "get_ready" and hb["last_index"] is None
+        assert hb["connection_lost"] is False
+        stop(proc, paths)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        rtnf.close()
+    img = read_png(paths["screenshot"])
+    assert np.all(img == BAR_BG, axis=2).sum() < 50 and np.all(img == BAR_FILL, axis=2).sum() == 0
+    middle = img[SIZE[1] // 3: SIZE[1] * 2 // 3]
+    assert np.all(middle == (255, 255, 255), axis=2).sum() > 50  # the get-ready text
+    assert read_flips(paths["flip_log"])[-1]["view"] == "get_ready"
+
+
 # --------------------------------------------------------------------------- #
 # Glide, intermittent score, keys, restarts, config file
 # --------------------------------------------------------------------------- #
