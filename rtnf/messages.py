@@ -13,7 +13,15 @@ Topics
 run
     ``event`` ("start", "end" or "abort"), ``tr_s``, ``n_volumes``,
     ``dummy_volumes``, ``conditions``, ``baseline``, ``blocks``, ``rois``,
-    ``feedback`` (settings), ``instructions`` (condition -> text), ``t``.
+    ``feedback`` (settings: ``roi``, ``reference_roi``, ``signal``, ``kind``,
+    ``scaling``, ``scale_range``, ``intermittent_display_s``, ``enabled``,
+    ``hemodynamic_lag_s``), ``instructions`` (condition -> text), ``t``;
+    optional (clients must not rely on them): ``export_dir`` (the watched
+    export folder), ``output_dir`` (where the outputs are written),
+    ``fd_threshold_mm`` (``quality.fd_threshold_mm``) and ``heartbeat_s``
+    (``publish.heartbeat_s``). Volume numbers for people are ``index + 1``
+    ("volume N of n_volumes", 1-based from the first kept volume); the wire
+    keeps the 0-based ``index``.
     While a run is going on the start message is repeated every few seconds
     with ``"repeat": true`` so that late subscribers learn about the run.
 volume
@@ -70,6 +78,18 @@ DEFAULT_SCREEN_ADDRESS = "tcp://127.0.0.1:5556"
 
 class MessageError(ValueError):
     """A message that cannot be decoded or does not follow the protocol."""
+
+
+def reason_kind(reason: str | None) -> str:
+    """The kind of a null feedback value's ``reason``, for counting reasons.
+
+    The words before the first colon: "censored: FD 0.8 mm > 0.5 mm" and
+    "censored: DVARS" are both "censored"; "waiting for baseline" stays as it
+    is; no reason is "no value".
+    """
+    if not isinstance(reason, str) or not reason.strip():
+        return "no value"
+    return reason.split(":", 1)[0].strip() or "no value"
 
 
 def schema_for(topic: str) -> str:

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from .fidelity import SATURATION_EPS, SATURATION_WARN_FRACTION
+from .messages import reason_kind
 from .motion import MOTION_COLUMNS
 
 TIMESERIES_SUFFIX = "_desc-rtnf_timeseries.tsv"
@@ -55,6 +56,11 @@ _FLAG_STYLE = {  # colour and marker on the time axis
     "censored": ("#8c564b", "o"),
 }
 _COND_COLOURS = ("#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#e377c2", "#17becf", "#bcbd22", "#8c564b")
+#: Below this fraction of regulation volumes with a feedback value (continuous feedback), the report warns at the top.
+FEEDBACK_SHOWN_WARN_FRACTION = 0.5
+NO_FEEDBACK_REASON = "no feedback in this run"  # the reason rtnf gives when feedback.enabled is false
+#: The smallest y range of the motion figure: translations (mm), rotations (degrees), FD (mm).
+MOTION_MIN_RANGE = {"trans": (-1.0, 1.0), "rots": (-1.0, 1.0), "fd": (0.0, 1.0)}
 _SIGNAL_UNITS = {"psc": "percent signal change (%)", "beta": "regulation beta (a.u.)", "t": "regulation t (a.u.)"}
 
 
@@ -337,6 +343,18 @@ def summarise(run: RecordedRun) -> dict[str, Any]:
       (<= ``SATURATION_EPS``) of the bar, their sum ``at_end``, the
       ``fraction`` at_end / regulation (NaN without a regulation volume) and
       ``warn``: whether it exceeds :data:`SATURATION_WARN_FRACTION`;
+    - ``feedback_shown``: whether the participant saw feedback during
+      regulation: ``enabled`` (false for a run without feedback by design),
+      ``regulation`` (volumes whose condition is known and not the baseline),
+      ``shown`` (of them with a feedback value), ``reasons`` (kind of null
+      reason -> count over the regulation volumes without a value),
+      ``silent_blocks`` (regulation blocks, numbered from 1 in run order, in
+      which no value was shown: ``number``, ``volumes`` as 1-based
+      ``(first, last)``, ``reasons``) and ``warn``: a silent block, or
+      (continuous feedback) fewer than :data:`FEEDBACK_SHOWN_WARN_FRACTION`
+      of the regulation volumes with a value. For intermittent feedback a
+      block's score comes after the block, by the hemodynamic lag; a block
+      whose score would come after the run is not judged;
     - ``status``: how the run ended (provenance), and ``aborted_at_s`` when
       it stopped before its planned last volume.
     """
@@ -345,10 +363,11 @@ def summarise(run: RecordedRun) -> dict[str, Any]:
     missing, censored = flags["missing"], flags["censored"]
     usable = ~missing & ~censored
     fb_value, fb_signal = run.num("feedback_value"), run.num("feedback_signal")
-    reasons: dict[str, int] = {}
+    reasons: dict[str, int] = {}  # by kind: "censored: FD 0.8 mm" and "censored: DVARS" are both "censored"
     for text, value in zip(run.text("feedback_reason"), fb_value):
         if not np.isfinite(value):
-            reasons[text if text != NA else "no value"] = reasons.get(text if text != NA else "no value", 0) + 1
+            kind = reason_kind(None if text == NA else text)
+            reasons[kind] = reasons.get(kind, 0) + 1
     counts = {
         "rows": n,
         "expected": run.n_expected,
@@ -416,6 +435,8 @@ def summarise(run: RecordedRun) -> dict[str, Any]:
         "fraction": fraction, "warn": bool(fraction > SATURATION_WARN_FRACTION),
     }
 
+    feedback_shown = _feedback_shown(run, conditions, blocks_col, fb_value, lag)
+
     tsnr = {}
     for roi in run.roi_names:
         v = run.num(f"{roi}_clean")[~missing]
@@ -459,9 +480,60 @@ def summarise(run: RecordedRun) -> dict[str, Any]:
         "latency_ms": latency,
         "motion": motion_summary,
         "saturation": saturation,
+        "feedback_shown": feedback_shown,
         "status": status,
         "aborted_at_s": aborted_at,
     }
+
+
+def _feedback_shown(run: RecordedRun, conditions: list[str], blocks_col: list[int | None], fb_value: np.ndarray,
+                    lag: int) -> dict[str, Any]:
+    """How much feedback the participant saw during regulation (see :func:`summarise`)."""
+    baseline = run.baseline
+    reasons_text = run.text("feedback_reason")
+    enabled = bool(run.setting("feedback", "enabled", True))
+    regulation = np.array([c not in (NA, baseline) for c in conditions], dtype=bool)
+    if regulation.any() and all(reasons_text[i] == NO_FEEDBACK_REASON for i in np.flatnonzero(regulation)):
+        enabled = False  # a table without its config copy: rtnf's reason says it
+    shown = regulation & np.isfinite(fb_value)
+
+    def kinds(indices) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for i in indices:
+            if not np.isfinite(fb_value[i]):
+                kind = reason_kind(None if reasons_text[i] == NA else reasons_text[i])
+                out[kind] = out.get(kind, 0) + 1
+        return out
+
+    intermittent = run.setting("feedback", "kind", "continuous") == "intermittent"
+    silent = []
+    number = 0
+    n = len(conditions)
+    for b in dict.fromkeys(x for x in blocks_col if x is not None):
+        idx = [i for i, x in enumerate(blocks_col) if x == b]
+        if conditions[idx[0]] in (NA, baseline):
+            continue
+        number += 1
+        first, last = min(idx), max(idx)
+        if intermittent:
+            if last + lag >= (run.n_expected or n) or last + lag >= n:
+                continue  # its score comes after the run (or after the recorded rows)
+            window = range(first, last + lag + 1)
+        else:
+            window = range(first, last + 1)
+        if not any(np.isfinite(fb_value[i]) for i in window):
+            silent.append({"number": number, "volumes": (first + 1, last + 1), "reasons": kinds(window)})
+    n_reg, n_shown = int(regulation.sum()), int(shown.sum())
+    few = not intermittent and n_reg > 0 and n_shown < FEEDBACK_SHOWN_WARN_FRACTION * n_reg
+    return {
+        "enabled": enabled, "regulation": n_reg, "shown": n_shown, "reasons": kinds(np.flatnonzero(regulation)),
+        "silent_blocks": silent if enabled else [], "warn": bool(enabled and (silent or few)),
+    }
+
+
+def format_reasons(reasons: dict[str, int]) -> str:
+    """``{"censored": 64, "waiting for baseline": 4}`` as "censored: 64, waiting for baseline: 4" (most first)."""
+    return ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
 # ---------------------------------------------------------------- figures
@@ -544,8 +616,8 @@ def _flag_panel(ax, run: RecordedRun, counts: dict[str, Any]) -> None:
 
 
 def _add_volume_axis(ax, tr: float) -> None:
-    sec = ax.secondary_xaxis("top", functions=(lambda t: t / tr, lambda v: v * tr))
-    sec.set_xlabel("volume index (kept volumes, from 0)")
+    sec = ax.secondary_xaxis("top", functions=(lambda t: t / tr + 1, lambda v: (v - 1) * tr))
+    sec.set_xlabel("volume (1 = first kept volume)")
 
 
 def figure_timecourses(run: RecordedRun, summary: dict[str, Any], path: Path) -> Path:
@@ -632,9 +704,10 @@ def figure_motion(run: RecordedRun, summary: dict[str, Any], path: Path) -> Path
     for k, name in enumerate(MOTION_COLUMNS[3:]):
         axes[1].plot(t, np.degrees(run.num(name)), color=f"C{k}", lw=1.2, label=name)
     axes[1].set_ylabel("rotation (degrees)\n[recorded in rad]")
-    for ax in axes[:2]:
+    for ax, key in zip(axes[:2], ("trans", "rots")):
         ax.axhline(0, color="0.3", lw=0.6)
         ax.legend(loc="best", fontsize=8, ncol=3, framealpha=0.8)
+        _at_least(ax, *MOTION_MIN_RANGE[key])
     fd = run.num("framewise_displacement")
     threshold = summary["motion"]["fd_threshold_mm"]
     ax = axes[2]
@@ -644,8 +717,10 @@ def figure_motion(run: RecordedRun, summary: dict[str, Any], path: Path) -> Path
     ax.scatter(t[over], fd[over], color="C3", s=30, zorder=3, label=f"above threshold ({int(over.sum())})")
     ax.set_ylabel("FD (mm)")
     top = max(threshold, float(np.nanmax(fd)) if np.isfinite(fd).any() else threshold)
-    ax.set_ylim(0, 1.45 * top)
+    ax.set_ylim(0, max(MOTION_MIN_RANGE["fd"][1], 1.45 * top))  # the threshold line always in view
     ax.legend(loc="best", fontsize=8, ncol=3, framealpha=0.8)
+    for a in axes[:3]:  # 0.002, never 2e-3 or an offset
+        a.ticklabel_format(axis="y", style="plain", useOffset=False)
     _flag_panel(axes[3], run, summary["counts"])
     axes[3].set_xlabel("time from the first kept volume (s)")
     axes[0].set_xlim(*_time_limits(run))
@@ -653,6 +728,12 @@ def figure_motion(run: RecordedRun, summary: dict[str, Any], path: Path) -> Path
     fig.legend(handles=_legend_handles(colours, run.baseline), loc="outside upper right", ncol=6, fontsize=8, frameon=False)
     fig.savefig(path)
     return path
+
+
+def _at_least(ax, low: float, high: float) -> None:
+    """Widen ``ax``'s y range to include [low, high], so that sub-millimetre noise does not fill the panel."""
+    lo, hi = ax.get_ylim()
+    ax.set_ylim(min(lo, low), max(hi, high))
 
 
 def figure_latency(run: RecordedRun, summary: dict[str, Any], path: Path) -> Path | None:
@@ -759,6 +840,18 @@ def render_html(run: RecordedRun, summary: dict[str, Any], figures: dict[str, Pa
         f"<h1>rtnf run report</h1><p class=\"note\">{html.escape(run.prefix)} — written "
         f"{time.strftime('%Y-%m-%d %H:%M:%S')} by rtnf report from <code>{html.escape(run.timeseries.name)}</code></p>",
     ]
+    shown = summary["feedback_shown"]
+    if shown["warn"]:
+        lines = [f"no feedback shown in regulation block {b['number']} (volumes {b['volumes'][0]}–{b['volumes'][1]}"
+                 + (f"; {format_reasons(b['reasons'])}" if b["reasons"] else "") + ")" for b in shown["silent_blocks"]]
+        lines.append(f"feedback shown for {shown['shown']} of {shown['regulation']} regulation volumes"
+                     + (f" (no value: {format_reasons(shown['reasons'])})" if shown["reasons"] else ""))
+        parts.append(
+            '<div class="warn" data-warning="no-feedback"><p><strong>Warning: the participant saw (almost) no '
+            "feedback.</strong></p><ul>" + "".join(f"<li>{html.escape(t)}</li>" for t in lines) + "</ul>"
+            "<p>Check the reasons: censoring (<code>[quality] fd_threshold_mm</code>, <code>censor_action</code>), "
+            "a baseline too short for <code>[feedback] min_baseline_volumes</code>, missing volumes.</p></div>"
+        )
     sat = summary["saturation"]
     if sat["warn"]:
         parts.append(
@@ -780,9 +873,11 @@ def render_html(run: RecordedRun, summary: dict[str, Any], figures: dict[str, Pa
         ["late (arrived late or took longer than a TR)", _fmt(c["late"])],
         ["out of order", _fmt(c["out_of_order"])],
         ["censored (FD, DVARS or global-signal jump)", _fmt(c["censored"])],
-        ["feedback n/a", _fmt(c["feedback_na"]) + (" (" + ", ".join(
-            f"{html.escape(k)}: {v}" for k, v in sorted(c["feedback_na_reasons"].items())) + ")"
-            if c["feedback_na_reasons"] else "")],
+        ["regulation volumes with feedback shown",
+         (f"{summary['feedback_shown']['shown']} of {summary['feedback_shown']['regulation']}"
+          if summary["feedback_shown"]["enabled"] else "no feedback in this run (feedback.enabled = false)")],
+        ["feedback n/a", _fmt(c["feedback_na"]) + (" (" + html.escape(format_reasons(c["feedback_na_reasons"])) + ")"
+                                                   if c["feedback_na_reasons"] else "")],
     ]
     sat_text = (f"{sat['at_end']} of {sat['regulation']} regulation volumes ({_fmt(100 * sat['fraction'], 1)} %)"
                 f" — full {sat['top']}, empty {sat['bottom']}" if sat["regulation"] else "no regulation volume")
@@ -825,8 +920,8 @@ def render_html(run: RecordedRun, summary: dict[str, Any], figures: dict[str, Pa
     reg_rows = []
     for b in summary["blocks"]:
         row = [
-            str(b["block"]), html.escape(b["condition"]), f"{b['volumes'][0]}–{b['volumes'][1]}",
-            _fmt(b["baseline_block"]), str(b["n"]), _fmt(b["mean_feedback_value"], 3),
+            str(b["block"] + 1), html.escape(b["condition"]), f"{b['volumes'][0] + 1}–{b['volumes'][1] + 1}",
+            NA if b["baseline_block"] is None else str(b["baseline_block"] + 1), str(b["n"]), _fmt(b["mean_feedback_value"], 3),
             _fmt(b["delta_feedback_signal"], 3),
         ]
         row += [_fmt(b["delta_psc"][roi], 3) for roi in rois]
@@ -845,7 +940,8 @@ def render_html(run: RecordedRun, summary: dict[str, Any], figures: dict[str, Pa
         f"({html.escape(_SIGNAL_UNITS.get(str(run.setting('feedback', 'signal', 'psc')), ''))} of "
         f"{html.escape(str(target or 'the target'))}) minus the mean of the preceding baseline block; "
         "<em>Δ PSC</em> the same for each ROI's percent signal change. <em>Success</em>: Δ feedback signal &gt; 0. "
-        "Volumes are listed as recorded (unshifted).</p>"
+        "Blocks are the protocol's segments numbered from 1; volumes are numbered from 1 (the first kept volume) "
+        "and listed as recorded (unshifted).</p>"
     )
 
     # temporal SNR

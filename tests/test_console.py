@@ -289,7 +289,7 @@ def test_state_collects_volumes_feedback_and_acknowledgements():
         assert data["mark_missing"][3] == 4.0 and math.isnan(data["mark_missing"][2])
         assert state.phase == "running" and state.n_volumes == 30 and state.rois == ROIS
         assert [a.key for a in state.alerts(now)] == ["motion"]
-        assert "0.90 mm at volume 4" in state.alerts(now)[0].text
+        assert "0.90 mm at volume 5 of 30 (acq 6)," in state.alerts(now)[0].text  # people count from 1
         # No volume for more than two TRs while running: stalled. Silent screen and rtnf too.
         keys = [a.key for a in state.alerts(now + 3.5)]
         assert keys == ["motion", "stall", "screen", "rtnf"]
@@ -594,7 +594,7 @@ def test_console_page_follows_a_scripted_run(browser, tmp_path):
                 assert page.alert("motion").count() == 0
         # The injected high-motion volume raises the alert in the DOM.
         page.alert("motion").wait_for(timeout=2000)
-        assert "0.90 mm at volume 8" in page.alert("motion").inner_text()
+        assert "0.90 mm at volume 9 of 30 (acq 10)," in page.alert("motion").inner_text()
         assert "motion" in page.status()["alerts"]
 
         # rtnf's log topic: a warning is listed (newest first); RECORDING FAILED is raised as an alert.
@@ -775,3 +775,333 @@ def test_console_page_plots_a_real_session(browser, tmp_path):
         console.stop()
         listener.close()
         procs.stop_all()
+
+
+# --------------------------------------------------------------------------- issue 16: true and calm at the scanner
+
+
+def _start(state: RunState, t: float, **fields) -> None:
+    body = {"run_id": "r", "event": "start", "tr_s": 1.0, "n_volumes": 30, "baseline": "rest",
+            "conditions": ["rest", "regulate"], "blocks": BLOCKS, "rois": ["acc"], "t": t, **fields}
+    assert state.handle("rtnf", "run", body, t)
+
+
+def _volume(state: RunState, index: int, t: float, value: float | None, reason: str | None = None, **fields) -> None:
+    condition = next(b["condition"] for b in BLOCKS if b["start"] <= index < b["stop"])
+    assert state.handle("rtnf", "feedback", {"run_id": "r", "index": index, "condition": condition, "value": value,
+                                             "reason": reason, "kind": "continuous"}, t)
+    assert state.handle("rtnf", "volume", {"run_id": "r", "index": index, "acquisition": index + 3, "n_volumes": 30,
+                                           "condition": condition, "block": index // 6,
+                                           "rois": {"acc": {"raw": 1.0, "clean": 1.0, "psc": 0.1}}, **fields}, t)
+
+
+def test_state_no_screen_or_rtnf_alert_once_the_run_or_the_screen_has_ended():
+    """After a normal end the screen quits and rtnf exits: their silence is expected, not an alert."""
+    state = RunState(t_start=0.0)
+    _start(state, 1.0)
+    state.handle("screen", "heartbeat", {"run_id": "r", "source": "stimulus", "state": "running"}, 1.0)
+    for i in range(30):
+        _volume(state, i, 1.0 + i, 0.5)
+        state.handle("screen", "heartbeat", {"run_id": "r", "source": "stimulus", "state": "running"}, 1.0 + i)
+    assert [a.key for a in state.alerts(40.0)] == ["screen", "rtnf"]  # both silent while the run is not over: true
+    state.handle("rtnf", "run", {"run_id": "r", "event": "end", "t": 31.0}, 31.0)
+    assert state.phase == "ended"
+    assert state.alerts(31.5) == [] and state.alerts(3600.0) == []  # minutes later: still calm
+    # The screen says it ended (its own end screen) before rtnf's end message arrives: no screen alert either.
+    state = RunState(t_start=0.0)
+    _start(state, 1.0)
+    _volume(state, 0, 1.0, 0.5)
+    state.handle("screen", "heartbeat", {"run_id": "r", "source": "stimulus", "state": "ended"}, 1.0)
+    assert "screen" not in [a.key for a in state.alerts(30.0)]
+
+
+def test_state_takes_its_limits_and_folders_from_the_run_message():
+    state = RunState(fd_threshold_mm=0.5, rtnf_timeout_s=3.0, t_start=0.0, expect_screen=False)
+    state.handle("rtnf", "heartbeat", {"run_id": "r", "source": "rtnf", "state": "waiting"}, 0.5)
+    assert state.export_dir is None and state.phase == "waiting"
+    _start(state, 1.0, fd_threshold_mm=0.3, heartbeat_s=5.0, export_dir="/scanner/export", output_dir="/data/out")
+    assert (state.export_dir, state.output_dir) == ("/scanner/export", "/data/out")
+    assert state.fd_threshold_mm == 0.3 and state.rtnf_timeout_s == 15.0
+    # A heartbeat every 5 s is not silence: no "rtnf silent" after 3 s, but after three heartbeats missed.
+    assert state.alerts(10.0) == []
+    assert [a.key for a in state.alerts(16.5)] == ["rtnf"]
+    _volume(state, 0, 17.0, 0.5, framewise_displacement=0.4)
+    assert state.rows[0]["high_motion"] is True  # 0.4 mm is over the run's 0.3 mm
+
+
+def test_state_alerts_when_a_regulation_block_shows_no_feedback():
+    state = RunState(t_start=0.0, expect_screen=False)
+    _start(state, 0.0)
+    for i in range(6):  # rest
+        _volume(state, i, 0.5, 0.2)
+    reasons = ["waiting for baseline"] * 2 + ["censored: FD 0.9 mm > 0.5 mm", "censored: DVARS z 6.1 > 5"] * 2
+    for i, reason in zip(range(6, 12), reasons):  # regulation block 1 (volumes 7-12 for people): nothing shown
+        _volume(state, i, 0.5, None, reason)
+        if i < 11:  # the block is not over: no alarm yet
+            assert state.alerts(0.5) == []
+    alerts = state.alerts(0.5)
+    assert [(a.key, a.level) for a in alerts] == [("no_feedback", "error")]
+    assert alerts[0].text == ("No feedback shown in regulation block 1 (volumes 7–12) (censored: 4, waiting for "
+                              "baseline: 2); feedback shown for 0 of 6 regulation volumes so far.")
+    reg = state.regulation_feedback()
+    assert reg["silent"] == [1] and reg["blocks"][0]["reasons"] == {"censored": 4, "waiting for baseline": 2}
+    for i in range(12, 24):  # rest, then regulation block 2 with feedback: the alarm about block 1 stays
+        _volume(state, i, 0.5, 0.6)
+    assert [a.key for a in state.alerts(0.5)] == ["no_feedback"]
+    assert "feedback shown for 6 of 12 regulation volumes" in state.alerts(0.5)[0].text
+
+    # A run without feedback by design (feedback.enabled = false), or a block that shows one value: no alarm.
+    for feedback, values in (({"enabled": False}, [None] * 6), ({}, [None] * 5 + [0.4])):
+        state = RunState(t_start=0.0, expect_screen=False)
+        _start(state, 0.0, feedback=feedback)
+        for i in range(13):
+            value = values[i - 6] if 6 <= i < 12 else 0.3
+            _volume(state, i, 0.5, value, None if value is not None else "no feedback in this run"
+                    if feedback else "waiting for baseline")
+        assert state.alerts(0.5) == [], feedback
+
+    # Intermittent feedback: block 1's score comes a hemodynamic lag (3 volumes) after the block, at index 14.
+    for score in (0.7, None):
+        state = RunState(t_start=0.0, expect_screen=False)
+        _start(state, 0.0, feedback={"kind": "intermittent", "hemodynamic_lag_s": 3.0})
+        for i in range(14):
+            _volume(state, i, 0.5, None, "intermittent: between scores")
+            assert state.alerts(0.5) == [], i  # the score may still come
+        _volume(state, 14, 0.5, score, None if score else "intermittent: no value in the block")
+        assert [a.key for a in state.alerts(0.5)] == ([] if score else ["no_feedback"])
+        state.handle("rtnf", "run", {"run_id": "r", "event": "end", "t": 1.0}, 1.0)  # block 2 never started
+        assert [b["number"] for b in state.regulation_feedback()["blocks"]] == [1]
+
+
+def test_console_page_numbers_volumes_from_one_and_plots_motion_in_mm_and_degrees():
+    """The page, built in-process (no browser): 1-based volume numbers, rotations in degrees, fixed minimum ranges."""
+    pytest.importorskip("bokeh")
+    from bokeh.document import Document
+    from bokeh.models import BasicTickFormatter, DataRange1d, Plot, Span
+
+    from rtnf.console.app import MOTION_MIN_RANGE, ConsolePage
+
+    state = RunState(t_start=0.0, expect_screen=False)
+    _start(state, 0.0, fd_threshold_mm=1.5, export_dir="/scanner/export", output_dir="/data/out")
+    page = ConsolePage(Document(), state, clock=lambda: 1.0)
+    # WAITING: the watched export folder and the output folder are on the page.
+    assert 'data-phase="waiting"' in page.status.text and 'data-waiting="1"' in page.status.text
+    assert '<code data-folder="export">/scanner/export</code>' in page.status.text
+    assert '<code data-folder="output">/data/out</code>' in page.status.text
+    motion = {"trans_x": 0.01, "trans_y": -0.02, "trans_z": 0.005, "rot_x": 0.002, "rot_y": 0.0, "rot_z": -0.001}
+    for i in range(8):
+        _volume(state, i, 1.0, 0.5, motion=motion, framewise_displacement=0.03)
+    state.handle("rtnf", "preview", {"run_id": "r", **synthetic_preview(7)}, 1.0)
+    page.tick()
+    # "volume N of M": N = index + 1, with the acquisition number; the block's volumes counted the same way.
+    assert 'volume <b data-volume="8">8</b> of <b>30</b>' in page.status.text and "(acq 10)" in page.status.text
+    assert "block 2 of 5 (volumes 7–12)" in page.status.text
+    assert "<b>Volume 8 of 30</b>" in page.preview.text
+    assert state.rows[0]["volume"] == 1 and state.rows[0]["rot_x_deg"] == pytest.approx(math.degrees(0.002))
+    plots = {p.title.text: p for p in page.doc.select({"type": Plot}) if p.title is not None}
+    trans, rots = plots["Head motion: translations (mm)"], plots["Head motion: rotations (degrees)"]
+    fd = plots["Framewise displacement (threshold 1.5 mm)"]
+    assert rots.yaxis[0].axis_label == "degrees"
+    assert {r.glyph.y for r in rots.renderers if r.name != "extent"} == {"rot_x_deg", "rot_y_deg", "rot_z_deg"}
+    for fig, (low, high) in ((trans, MOTION_MIN_RANGE["trans"]), (rots, MOTION_MIN_RANGE["rots"]),
+                             (fd, (0.0, 1.15 * 1.5))):
+        assert isinstance(fig.y_range, DataRange1d) and math.isnan(fig.y_range.start)  # auto: follows larger motion
+        extent = [r for r in fig.renderers if r.name == "extent"]
+        assert len(extent) == 1 and list(extent[0].data_source.data["y"]) == pytest.approx([low, high])
+        formatter = fig.yaxis[0].formatter
+        assert isinstance(formatter, BasicTickFormatter) and formatter.use_scientific is False
+        assert all(r.glyph.x == "volume" for r in fig.renderers if r.name != "extent")
+    assert [s.location for s in fd.center if isinstance(s, Span)] == [1.5]
+    assert MOTION_MIN_RANGE == {"trans": (-1.0, 1.0), "rots": (-1.0, 1.0), "fd": (0.0, 1.0)}
+
+
+def test_rtnf_run_passes_the_screen_address_and_the_configs_limits_and_keeps_the_console(tmp_path, monkeypatch):
+    """`rtnf run --console`: the console gets the screen's address and the config's limits, and outlives the run."""
+    import signal
+
+    import rtnf.session
+    from rtnf import cli
+    from rtnf.console import cli as console_cli
+    from rtnf.session import RunResult
+
+    cfg_path = tmp_path / "session.toml"
+    cfg_path.write_text(SESSION_CONFIG.format().replace('[feedback]', '[quality]\nfd_threshold_mm = 0.7\n\n[publish]\n'
+                                                        'heartbeat_s = 2.0\n\n[feedback]'))
+    calls: list = []
+
+    class FakeConsole:
+        def poll(self):
+            return None
+
+    monkeypatch.setattr(console_cli, "spawn", lambda *a, **k: calls.append(("spawn", a, k)) or FakeConsole())
+    monkeypatch.setattr(console_cli, "linger", lambda proc, url, seconds: calls.append(("linger", url, seconds)))
+    monkeypatch.setattr(console_cli, "close", lambda proc, *a: calls.append(("close",)))
+    monkeypatch.setattr(rtnf.session, "run_session", lambda *a, **k: calls.append(("run",)) or RunResult(
+        "ended", "r", 24, 0, tmp_path / "x.tsv"))
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        code = cli.main(["run", str(cfg_path), "--console", "--console-port", "7123",
+                         "--console-screen-address", "tcp://10.0.0.5:6000", "--console-linger-s", "30"])
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    assert code == 0
+    assert [c[0] for c in calls] == ["spawn", "run", "linger", "close"]  # closed only after lingering
+    _, args, kwargs = calls[0]
+    assert args[1] == "tcp://10.0.0.5:6000" and kwargs["port"] == 7123
+    assert kwargs["fd_threshold_mm"] == 0.7 and kwargs["rtnf_timeout_s"] == 6.0
+    assert calls[2][1:] == ("http://127.0.0.1:7123/", 30.0)
+    # The child's command line carries them.
+    cmd = console_cli.command("tcp://127.0.0.1:6000", "tcp://10.0.0.5:6000", port=7123, fd_threshold_mm=0.7,
+                              rtnf_timeout_s=6.0)
+    assert cmd[cmd.index("--screen-address") + 1] == "tcp://10.0.0.5:6000"
+    assert cmd[cmd.index("--fd-threshold") + 1] == "0.7" and cmd[cmd.index("--rtnf-timeout") + 1] == "6.0"
+
+
+def test_console_linger_waits_for_the_closing_time_or_the_child():
+    from rtnf.console import cli as console_cli
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        t0 = time.monotonic()
+        console_cli.linger(proc, "http://127.0.0.1:1/", 0.6)
+        assert 0.5 < time.monotonic() - t0 < 5 and proc.poll() is None  # still serving until closed
+        console_cli.close(proc)
+        assert proc.returncode == -15
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    short = subprocess.Popen([sys.executable, "-c", "pass"])
+    t0 = time.monotonic()
+    console_cli.linger(short, "http://127.0.0.1:1/", None)  # returns when the child is gone
+    assert time.monotonic() - t0 < 10
+
+
+LINGER_CONFIG = """
+[session]
+subject = "linger"
+task = "nf"
+
+[scanner]
+export_dir = "export"
+tr_s = 1.0
+n_volumes = 16
+dummy_volumes = 2
+missing_timeout_s = 1.0
+
+[protocol]
+baseline = "rest"
+pattern = {{ steps = [{{ condition = "rest", duration = 8 }}, {{ condition = "regulate", duration = 6 }}], repeat = 1 }}
+
+[rois.acc]
+center_mm = [0.0, 30.0, 15.0]
+radius_mm = 8.0
+
+[quality]
+fd_threshold_mm = 0.7
+
+[feedback]
+roi = "acc"
+
+[output]
+dir = "outputs"
+"""
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+@requires_browser()
+def test_console_outlives_rtnf_run_and_shows_the_ended_run(browser, tmp_path):
+    """`rtnf run --console`: folders while waiting, the config's limits, and after the run the page stays,
+    ENDED, calm (no silent-screen or silent-rtnf alert), until the operator closes it (here SIGINT)."""
+    import signal
+
+    from rtnf.config import load_config
+    from rtnf.console.app import free_port
+
+    address, screen_address, port = free_address(), free_address(), free_port()
+    url = f"http://127.0.0.1:{port}/"
+    cfg_path = tmp_path / "session.toml"
+    cfg_path.write_text(LINGER_CONFIG.format())
+    cfg = load_config(cfg_path, {"publish.address": address})
+    write_toml(sim_spec(cfg, amplitude_pct=1.5, noise_pct=1.0, seed=5), tmp_path / "spec.toml")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    listener = Listener([address])
+    procs = Processes()
+    console_pids: list[int] = []
+    try:
+        # A screen address where no screen listens: "screen silent" is true during the run, not after it.
+        rtnf = procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--publish-address", address,
+                                    "--console", "--console-port", str(port), "--console-screen-address",
+                                    screen_address, "--console-linger-s", "120"], logs)
+        _wait_ready(listener, procs, no_screen=True)
+        deadline = time.time() + 30
+        while True:
+            try:
+                urllib.request.urlopen(url, timeout=2).read()
+                break
+            except OSError:
+                assert time.time() < deadline, (logs / "rtnf.log").read_text()
+                time.sleep(0.2)
+        console_pids = _children(rtnf.pid)
+        page = Page(browser, url)
+        # WAITING: the watched export folder and the output folder; the threshold is the config's.
+        page.page.wait_for_function("() => (window.rtnfConsole.status() || {}).export_dir != null", timeout=10000)
+        status = page.status()
+        assert status["phase"] == "waiting" and status["fd_threshold_mm"] == 0.7
+        assert (status["export_dir"], status["output_dir"]) == (str(cfg.scanner.export_dir), str(cfg.output.dir))
+        assert page.page.locator('[data-folder="export"]').inner_text() == str(cfg.scanner.export_dir)
+        run = next(b for t, b in listener.poll(0.1) + [("run", r) for r in listener.of("run")] if t == "run")
+        assert run["export_dir"] == str(cfg.scanner.export_dir) and run["fd_threshold_mm"] == 0.7
+
+        procs.start("scanner_sim", [sys.executable, "-m", "scanner_sim", "synth", str(tmp_path / "spec.toml"),
+                                    "--export-dir", str(cfg.scanner.export_dir), "--truth-dir", str(tmp_path / "truth"),
+                                    "--speed", "4", "--mode", "reopen"], logs)
+        listener.wait_for(lambda t, b: t == "run" and b.get("event") == "end", 90, "the run's end")
+        n_kept = cfg.n_kept_volumes
+        page.page.wait_for_function("() => window.rtnfConsole.status().phase === 'ended'", timeout=5000)
+        time.sleep(max(1.5, cfg.publish.heartbeat_s * 3 + 0.5))  # rtnf is silent now, and the screen always was
+        assert rtnf.poll() is None, (logs / "rtnf.log").read_text()  # lingering: the console is still served
+        # The page opened during the run is still connected and shows the end; a new page loads the whole run.
+        assert page.status()["phase"] == "ended"
+        later = Page(browser, url)
+        later.wait_rows(n_kept, timeout_s=5)
+        status = later.status()
+        assert status["phase"] == "ended" and status["n_received"] == n_kept
+        assert "ENDED" in later.page.locator(".rtnf-status").inner_text()
+        assert not {"screen", "rtnf"} & set(status["alerts"]), status["alerts"]
+        assert later.data()["volume"] == list(range(1, n_kept + 1))
+        # Motion axes: at least +-1 mm and +-1 degree, FD up to 1 mm, whatever the (tiny) simulated motion.
+        ranges = later.page.evaluate("""() => Object.fromEntries(["trans", "rots", "fd"].map((n) => {
+            const r = window.rtnfConsole.model("motion_range_" + n); return [n, [r.start, r.end]]; }))""")
+        assert ranges["trans"][0] <= -1 and ranges["trans"][1] >= 1 and ranges["rots"][0] <= -1 and ranges["rots"][1] >= 1
+        assert ranges["fd"][0] <= 0 and ranges["fd"][1] >= 1
+        later.page.screenshot(path=str(tmp_path / "console_after_the_run.png"), full_page=True)
+        assert not page.errors and not later.errors, page.errors + later.errors
+        assert "shows it until you close the console" in (logs / "rtnf.log").read_text()
+        # The operator closes it: Ctrl-C.
+        rtnf.send_signal(signal.SIGINT)
+        assert rtnf.wait(20) == 0, (logs / "rtnf.log").read_text()
+        with pytest.raises(OSError):
+            urllib.request.urlopen(url, timeout=2).read()
+    finally:
+        for _ in range(2):  # a failed test: end the run, then the lingering console
+            if procs.procs.get("rtnf") is not None and procs.procs["rtnf"].poll() is None:
+                procs.procs["rtnf"].send_signal(signal.SIGINT)
+                try:
+                    procs.procs["rtnf"].wait(15)
+                except subprocess.TimeoutExpired:
+                    pass
+        listener.close()
+        procs.stop_all()
+        for pid in console_pids:
+            try:
+                os.kill(pid, 15)
+            except OSError:
+                pass

@@ -378,3 +378,119 @@ def test_report_does_not_warn_at_or_below_a_fifth_at_the_bars_ends(tmp_path):
     text = write_report(tsv, tmp_path / "report").read_text()
     assert _cell_text(text, "feedback at the bar's ends") == "2 of 10 regulation volumes (20.0 %) — full 1, empty 1"
     assert 'data-warning="saturation"' not in text and "Warning: the feedback" not in text
+
+
+# ---------------------------------------------------------------- issue 16: no feedback, volume numbers, motion axes
+
+
+def _table_run(folder: Path, rows: list[dict], config: str = "") -> Path:
+    """A hand-written run from rows of (condition, block, feedback_value, feedback_reason[, motion columns])."""
+    from rtnf.motion import MOTION_COLUMNS
+
+    folder.mkdir(parents=True)
+    prefix = "sub-nofb_task-nf_run-1"
+    header = ["index", "onset_s", "condition", "block", "missing", "late", "out_of_order", "censored",
+              "feedback_value", "feedback_signal", "feedback_reason", *MOTION_COLUMNS, "framewise_displacement"]
+    lines = ["\t".join(header)]
+    for i, r in enumerate(rows):
+        value = r.get("value")
+        lines.append("\t".join(map(str, [
+            i, 2.0 * i, r["condition"], r["block"], 0, 0, 0, int(str(r.get("reason", "")).startswith("censored")),
+            "n/a" if value is None else value, "n/a" if value is None else 2.0 * value,
+            r.get("reason") or "n/a", *[r.get(c, "n/a") for c in MOTION_COLUMNS], r.get("fd", "n/a"),
+        ])))
+    tsv = folder / f"{prefix}_desc-rtnf_timeseries.tsv"
+    tsv.write_text("\n".join(lines) + "\n")
+    (folder / f"{prefix}_desc-rtnf_config.toml").write_text(
+        f'[scanner]\ntr_s = 2.0\nn_volumes = {len(rows)}\n\n[protocol]\nbaseline = "rest"\n\n' + config)
+    return tsv
+
+
+def _no_feedback_rows() -> list[dict]:
+    """rest (10), regulate block 1 (6, nothing shown), rest (4), regulate block 2 (6, shown)."""
+    rows = [{"condition": "rest", "block": 0, "value": 0.3} for _ in range(10)]
+    reasons = ["waiting for baseline"] * 2 + ["censored: FD 0.9 mm > 0.5 mm", "censored: DVARS z 6.1 > 5"] * 2
+    rows += [{"condition": "regulate", "block": 1, "value": None, "reason": r} for r in reasons]
+    rows += [{"condition": "rest", "block": 2, "value": 0.3} for _ in range(4)]
+    rows += [{"condition": "regulate", "block": 3, "value": 0.6} for _ in range(6)]
+    return rows
+
+
+def test_report_warns_at_the_top_when_a_regulation_block_showed_no_feedback(tmp_path):
+    from rtnf.report import read_run, summarise, write_report
+
+    tsv = _table_run(tmp_path / "run", _no_feedback_rows())
+    s = summarise(read_run(tsv))
+    shown = s["feedback_shown"]
+    assert (shown["regulation"], shown["shown"], shown["warn"]) == (12, 6, True)
+    assert shown["silent_blocks"] == [{"number": 1, "volumes": (11, 16),
+                                       "reasons": {"censored": 4, "waiting for baseline": 2}}]
+    # null reasons grouped by kind, not one entry per distinct message
+    assert s["counts"]["feedback_na_reasons"] == {"censored": 4, "waiting for baseline": 2}
+    text = write_report(tsv, tmp_path / "report").read_text()
+    warning = re.search(r'<div class="warn" data-warning="no-feedback">(.*?)</div>', text)
+    assert warning and text.index('data-warning="no-feedback"') < text.index("<h2>Run</h2>")  # at the top
+    plain = re.sub(r"<[^>]+>", " ", warning.group(1))
+    assert "no feedback shown in regulation block 1 (volumes 11–16; censored: 4, waiting for baseline: 2)" in plain
+    assert "feedback shown for 6 of 12 regulation volumes (no value: censored: 4, waiting for baseline: 2)" in plain
+    assert _cell_text(text, "feedback n/a") == "6 (censored: 4, waiting for baseline: 2)"
+    assert _cell_text(text, "regulation volumes with feedback shown") == "6 of 12"
+
+
+def test_report_does_not_warn_about_feedback_for_a_run_without_feedback_or_with_enough(tmp_path):
+    from rtnf.report import read_run, summarise, write_report
+
+    rows = [{**r, "value": None, "reason": "no feedback in this run"} for r in _no_feedback_rows()]
+    tsv = _table_run(tmp_path / "off", rows, config="[feedback]\nroi = \"acc\"\nenabled = false\n")
+    s = summarise(read_run(tsv))["feedback_shown"]
+    assert (s["enabled"], s["warn"], s["silent_blocks"]) == (False, False, [])
+    text = write_report(tsv, tmp_path / "report_off").read_text()
+    assert 'data-warning="no-feedback"' not in text
+    assert _cell_text(text, "regulation volumes with feedback shown").startswith("no feedback in this run")
+    # One value in each regulation block and most volumes with a value: no warning.
+    rows = _no_feedback_rows()
+    for r in rows[10:15]:
+        r.update(value=0.5, reason=None)
+    tsv = _table_run(tmp_path / "enough", rows)
+    assert summarise(read_run(tsv))["feedback_shown"]["warn"] is False
+    assert 'data-warning="no-feedback"' not in write_report(tsv, tmp_path / "report_enough").read_text()
+
+
+def test_report_numbers_volumes_from_one(tmp_path):
+    from rtnf.report import write_report
+
+    text = write_report(_table_run(tmp_path / "run", _no_feedback_rows()), tmp_path / "report").read_text()
+    # regulation block rows: protocol block 2 (index 1) is volumes 11-16 for people; its baseline block is 1
+    assert re.search(r"<tr><td>2</td><td>regulate</td><td>11–16</td><td>1</td>", text)
+    assert re.search(r"<tr><td>4</td><td>regulate</td><td>21–26</td><td>3</td>", text)
+
+
+def test_report_motion_axes_in_mm_and_degrees_with_a_minimum_range_and_plain_ticks(tmp_path, monkeypatch):
+    """Sub-millimetre noise does not fill the panels; the FD threshold line is in view; no 2e-3 tick labels."""
+    import rtnf.report as report
+
+    rng = np.random.default_rng(0)
+    rows = _no_feedback_rows()
+    for r in rows:
+        r.update({c: float(x) for c, x in zip(("trans_x", "trans_y", "trans_z"), rng.normal(0, 0.004, 3))})
+        r.update({c: float(x) for c, x in zip(("rot_x", "rot_y", "rot_z"), rng.normal(0, 0.00004, 3))})
+        r["fd"] = float(abs(rng.normal(0, 0.002)))
+    tsv = _table_run(tmp_path / "run", rows, config="[quality]\nfd_threshold_mm = 0.9\n")
+    figures = []
+    new_figure = report._new_figure
+    monkeypatch.setattr(report, "_new_figure", lambda *a: figures.append(new_figure(*a)) or figures[-1])
+    run = report.read_run(tsv)
+    assert report.figure_motion(run, report.summarise(run), tmp_path / "motion.png") is not None
+    fig = figures[-1]
+    fig.canvas.draw()
+    trans, rots, fd = fig.axes[:3]
+    assert "degrees" in rots.get_ylabel() and "mm" in trans.get_ylabel()
+    for ax in (trans, rots):
+        low, high = ax.get_ylim()
+        assert low <= -1.0 and high >= 1.0
+    low, high = fd.get_ylim()
+    assert low == 0.0 and high >= 1.0 and high > 0.9  # the threshold line (0.9 mm) is in view
+    for ax in (trans, rots, fd):
+        labels = [t.get_text() for t in ax.get_yticklabels()]
+        assert labels and not any("e" in t.lower() for t in labels), labels
+        assert ax.yaxis.get_offset_text().get_text() == ""

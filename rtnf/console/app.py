@@ -19,11 +19,18 @@ For tests and scripts, the page defines ``window.rtnfConsole`` (see
 :data:`PAGE_TEMPLATE`) and names its Bokeh models: the ColumnDataSource
 ``volumes`` holds every plotted point, the Div ``status`` carries the state as
 JSON in its ``tags``, the Div ``alerts`` lists the alerts as
-``<div class="rtnf-alert" data-alert="recording|error|motion|saturation|stall|screen|rtnf">``,
+``<div class="rtnf-alert" data-alert="recording|error|no_feedback|motion|saturation|stall|screen|rtnf">``,
 the Div ``events`` lists rtnf's ``log`` messages newest first as
 ``<div class="rtnf-event level-warning" data-level="WARNING">``, and the
 ColumnDataSources ``preview_<plane>`` / ``outline_<plane>`` hold the latest
 preview as drawn (``window.rtnfConsole.preview()`` returns them as rows).
+The DataRange1d models ``motion_range_trans``, ``motion_range_rots`` and
+``motion_range_fd`` are the motion plots' y ranges.
+
+People read volume numbers 1-based: the plots' x axis is the ``volume``
+column (``index + 1``), the header says "volume N of M (acq K)" with the
+scanner's file number K, and rotations are plotted in degrees (the wire and
+the table keep radians).
 
 The preview is drawn as described in :mod:`rtnf.console.preview`: each plane
 transposed, first row at the bottom (neurological for RAS-ordered voxels), the
@@ -51,6 +58,7 @@ from bokeh.core.validation.warnings import MISSING_RENDERERS
 from bokeh.document import Document
 from bokeh.layouts import column, row
 from bokeh.models import (
+    BasicTickFormatter,
     BoxAnnotation,
     ColumnDataSource,
     DataRange1d,
@@ -59,7 +67,6 @@ from bokeh.models import (
     HoverTool,
     InlineStyleSheet,
     LinearAxis,
-    NumeralTickFormatter,
     Range1d,
     Span,
 )
@@ -74,7 +81,7 @@ from rtnf.messages import DEFAULT_ADDRESS, DEFAULT_SCREEN_ADDRESS
 
 from .link import Message, Subscriber
 from .preview import PLANES, T_THRESHOLD, Preview
-from .state import MARKS, STAGES, RunState, clock_time
+from .state import MARKS, STAGES, RunState, clock_time, volume_label
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +91,8 @@ silence(MISSING_RENDERERS, True)
 DRAIN_MS = 50  # queue -> state
 TICK_MS = 100  # state -> each open page
 PLOT_HEIGHT = 200
+# The smallest y range of the motion plots: translations (mm), rotations (degrees), framewise displacement (mm).
+MOTION_MIN_RANGE = {"trans": (-1.0, 1.0), "rots": (-1.0, 1.0), "fd": (0.0, 1.0)}
 PREVIEW_HEIGHT = 210  # pixels of each preview plane's frame (width follows the plane's aspect)
 T_LIMIT = 8.0  # the t colour scale runs from -T_LIMIT to T_LIMIT (clamped beyond)
 
@@ -289,7 +298,7 @@ class ConsolePage:
         # A new source (the columns change with the ROIs), plotted by new figures.
         self.source = ColumnDataSource(st.column_data(), name="volumes")
         n = st.n_volumes
-        self.x_range = Range1d(-0.5, n - 0.5) if n else DataRange1d()
+        self.x_range = Range1d(0.5, n + 0.5) if n else DataRange1d()  # volumes 1..n
         self._last_texts: dict[str, Any] = {}
         self._update_texts()
 
@@ -298,14 +307,14 @@ class ConsolePage:
         clean = self._figure("ROI signal, drift-cleaned (scanner units)")
         psc = self._figure("Percent signal change and feedback value", y_label="% signal change")
         for roi, color in roi_colors.items():
-            raw.line("index", f"raw_{roi}", source=self.source, color=color, line_width=2, legend_label=roi)
-            clean.line("index", f"clean_{roi}", source=self.source, color=color, line_width=2, legend_label=roi)
-            psc.line("index", f"psc_{roi}", source=self.source, color=color, line_width=2, legend_label=f"{roi} PSC")
+            raw.line("volume", f"raw_{roi}", source=self.source, color=color, line_width=2, legend_label=roi)
+            clean.line("volume", f"clean_{roi}", source=self.source, color=color, line_width=2, legend_label=roi)
+            psc.line("volume", f"psc_{roi}", source=self.source, color=color, line_width=2, legend_label=f"{roi} PSC")
         psc.extra_y_ranges = {"feedback": Range1d(-0.05, 1.05)}
         psc.add_layout(LinearAxis(y_range_name="feedback", axis_label="feedback [0, 1]"), "right")
-        psc.step("index", "feedback", source=self.source, y_range_name="feedback", mode="center", color="black",
+        psc.step("volume", "feedback", source=self.source, y_range_name="feedback", mode="center", color="black",
                  line_width=2, legend_label="feedback")
-        psc.scatter("index", "feedback", source=self.source, y_range_name="feedback", color="black", size=4)
+        psc.scatter("volume", "feedback", source=self.source, y_range_name="feedback", color="black", size=4)
         events = self._figure("Missing, late, censored and high-motion volumes", height=140)
         events.y_range = Range1d(0.5, len(MARKS) + 0.5)
         events.yaxis.ticker = FixedTicker(ticks=[y for _, y in MARKS])
@@ -313,25 +322,32 @@ class ConsolePage:
         events.ygrid.grid_line_color = None
         for (name, _), color, marker in zip(MARKS, ("#555555", "#e08a00", "#7b3fb0", "#d62728"),
                                             ("x", "triangle", "square", "circle")):
-            events.scatter("index", f"mark_{name}", source=self.source, color=color, size=10, marker=marker)
+            events.scatter("volume", f"mark_{name}", source=self.source, color=color, size=10, marker=marker)
 
-        trans = self._figure("Head motion: translations", y_label="mm")
-        rots = self._figure("Head motion: rotations", y_label="rad")
+        trans = self._figure("Head motion: translations (mm)", y_label="mm")
+        rots = self._figure("Head motion: rotations (degrees)", y_label="degrees")
         for axis, color in zip("xyz", ("#d62728", "#2ca02c", "#1f77b4")):
-            trans.line("index", f"trans_{axis}", source=self.source, color=color, line_width=2, legend_label=axis)
-            rots.line("index", f"rot_{axis}", source=self.source, color=color, line_width=2, legend_label=axis)
+            trans.line("volume", f"trans_{axis}", source=self.source, color=color, line_width=2, legend_label=axis)
+            rots.line("volume", f"rot_{axis}_deg", source=self.source, color=color, line_width=2, legend_label=axis)
         fd = self._figure(f"Framewise displacement (threshold {st.fd_threshold_mm:g} mm)", y_label="mm")
-        fd.line("index", "fd", source=self.source, color="#333333", line_width=2)
-        fd.scatter("index", "fd_high", source=self.source, color="#d62728", size=9)
+        fd.line("volume", "fd", source=self.source, color="#333333", line_width=2)
+        fd.scatter("volume", "fd_high", source=self.source, color="#d62728", size=9)
         fd.add_layout(Span(location=st.fd_threshold_mm, dimension="width", line_color="#d62728",
                            line_dash="dashed", line_width=2))
+        # Sub-millimetre noise must not look like motion: each axis shows at least MOTION_MIN_RANGE, and
+        # the FD axis always reaches above the threshold line.
+        fd_top = max(MOTION_MIN_RANGE["fd"][1], 1.15 * st.fd_threshold_mm)
+        for fig, name, (low, high) in ((trans, "trans", MOTION_MIN_RANGE["trans"]),
+                                       (rots, "rots", MOTION_MIN_RANGE["rots"]), (fd, "fd", (0.0, fd_top))):
+            fig.y_range = DataRange1d(name=f"motion_range_{name}", range_padding=0.05)
+            self._min_extent(fig, low, high)
         latency = self._figure("Latency per volume (from file detected)", y_label="ms")
         stage_columns = [c for c, _, _ in STAGES]
         stage_labels = ["read", "preprocess", "model", "publish", "screen"]
-        latency.vbar_stack(stage_columns, x="index", width=0.8, source=self.source, color=list(Set2_8[:5]),
+        latency.vbar_stack(stage_columns, x="volume", width=0.8, source=self.source, color=list(Set2_8[:5]),
                            legend_label=stage_labels)
-        latency.line("index", "e2e_ms", source=self.source, color="black", line_width=2, legend_label="end-to-end")
-        latency.scatter("index", "processing_ms", source=self.source, color="#444444", size=4,
+        latency.line("volume", "e2e_ms", source=self.source, color="black", line_width=2, legend_label="end-to-end")
+        latency.scatter("volume", "processing_ms", source=self.source, color="#444444", size=4,
                         legend_label="processing")
         latency.y_range.start = 0
 
@@ -347,7 +363,6 @@ class ConsolePage:
                 legend.border_line_alpha = 0
                 fig.center.remove(legend)
                 fig.add_layout(legend, "above")
-        rots.yaxis.formatter = NumeralTickFormatter(format="0.0000")
         self._add_blocks((raw, clean, psc, events, trans, rots, fd, latency))
 
         left = column(raw, clean, psc, events, sizing_mode="stretch_width")
@@ -429,9 +444,11 @@ class ConsolePage:
             return ('<div class="rtnf-preview empty" data-preview="none">Latest volume: no preview received yet '
                     "(three planes through the feedback ROI, with the t-map and ROI outlines).</div>")
         latest = self.state.latest()
+        n = self.state.n_volumes
         lag = ""
         if latest is not None and preview.index is not None and latest["index"] != preview.index:
-            lag = f" (latest volume {latest['index']})"
+            lag = f" (latest: volume {latest['index'] + 1})"
+        title = "Volume ?" if preview.index is None else volume_label(preview.index, n).capitalize()
         rois = "".join(f'<span class="sw" style="background:{self._roi_color(r, k)}"></span>{html.escape(r)}'
                        for k, r in enumerate(preview.rois))
         if preview.has_tmap:
@@ -440,7 +457,7 @@ class ConsolePage:
         else:
             tmap = "no t-map (whole-brain model off)"
         side = "neurological: right on the right" if preview.oriented else "neurological for RAS-ordered voxels"
-        return (f'<div class="rtnf-preview" data-preview="{preview.index}"><b>Volume {preview.index}</b>{lag} · '
+        return (f'<div class="rtnf-preview" data-preview="{preview.index}"><b>{title}</b>{lag} · '
                 f"{tmap} · ROIs {rois} · <span title=\"x = first voxel axis, y = second; see rtnf.console.preview\">"
                 f"{side}</span></div>")
 
@@ -465,12 +482,21 @@ class ConsolePage:
         fig = figure(
             title=title, height=height, sizing_mode="stretch_width", x_range=self.x_range,
             tools="xpan,xwheel_zoom,box_zoom,reset,save", toolbar_location="right",
-            x_axis_label="volume", y_axis_label=y_label,
+            x_axis_label="volume (1 = first kept volume)", y_axis_label=y_label,
         )
-        fig.add_tools(HoverTool(tooltips=[("volume", "@index"), ("condition", "@condition"), ("value", "$y{0.000}")],
+        fig.add_tools(HoverTool(tooltips=[("volume", "@volume"), ("condition", "@condition"), ("value", "$y{0.000}")],
                                 mode="mouse"))
+        fig.yaxis.formatter = BasicTickFormatter(use_scientific=False)  # 0.002, never 2.000e-3
         fig.title.text_font_size = "11pt"
         return fig
+
+    @staticmethod
+    def _min_extent(fig, low: float, high: float) -> None:
+        """Make ``fig``'s auto range include [low, high]: two invisible points, left out of the hover tool."""
+        extent = fig.scatter(x=[1, 1], y=[low, high], size=0, alpha=0, name="extent")
+        for hover in fig.select(type=HoverTool):
+            hover.renderers = [r for r in fig.renderers if r.name != "extent"]
+        extent.level = "underlay"
 
     def _add_blocks(self, figures) -> None:
         """Shade the protocol's non-baseline blocks, one color per condition."""
@@ -480,7 +506,7 @@ class ConsolePage:
             for b in st.blocks:
                 if b["condition"] == st.baseline or b["condition"] not in colors:
                     continue
-                fig.add_layout(BoxAnnotation(left=b["start"] - 0.5, right=b["stop"] - 0.5,
+                fig.add_layout(BoxAnnotation(left=b["start"] + 0.5, right=b["stop"] + 0.5,
                                              fill_color=colors[b["condition"]], fill_alpha=0.12, line_alpha=0,
                                              level="underlay"))
         self.block_colors = colors
@@ -520,13 +546,16 @@ class ConsolePage:
         alerts = st.alerts(now)
         elapsed = st.elapsed_s(now)
         volume = "–" if latest is None else f"{latest['index'] + 1}"
-        parts = [f"volume <b>{volume}</b> of <b>{n if n else '?'}</b>"]
+        parts = [f'volume <b data-volume="{volume}">{volume}</b> of <b>{n if n else "?"}</b>'
+                 + ("" if latest is None or math.isnan(latest["acquisition"]) else
+                    f' <span class="muted" title="volume number in the scanner\'s file name">'
+                    f'(acq {int(latest["acquisition"])})</span>')]
         if latest is not None:
             parts.append(f"condition <b>{html.escape(latest['condition'] or '?')}</b>")
         if block is not None:
-            parts.append(f"block {block['number'] + 1} of {len(st.blocks)} (volumes {block['start']}–{block['stop'] - 1})")
+            parts.append(f"block {block['number'] + 1} of {len(st.blocks)} (volumes {block['start'] + 1}–{block['stop']})")
         elif latest is not None and not math.isnan(latest["block"]):
-            parts.append(f"block {int(latest['block'])}")
+            parts.append(f"block {int(latest['block']) + 1}")
         parts.append(f"elapsed <b>{_fmt_duration(elapsed)}</b>")
         shading = getattr(self, "block_colors", {})
         if shading:
@@ -555,9 +584,20 @@ class ConsolePage:
         if st.expect_screen or keys["n_triggers"] or keys["n_responses"]:  # the keys come from the screen
             parts.append(f'triggers <b data-keys="triggers">{keys["n_triggers"]}</b>{trigger}')
             parts.append(f'last response <span data-keys="response">{response}</span>')
+        folders = []
+        if st.export_dir:
+            folders.append(f'watching <code data-folder="export">{html.escape(st.export_dir)}</code>')
+        if st.output_dir:
+            folders.append(f'outputs to <code data-folder="output">{html.escape(st.output_dir)}</code>')
+        waiting = ""
+        if phase == "waiting":
+            waiting = ('<br><span data-waiting="1">Waiting for the first volume' + (": " + " · ".join(folders) if folders
+                       else " (the export folder is not known until rtnf's run message arrives)") + "</span>")
+        elif folders:
+            detail += " · " + " · ".join(folders)
         text = (
             f'<div class="rtnf-status phase-{phase}" data-phase="{phase}">'
-            f'<span class="badge">{label}</span>{reason} ' + " · ".join(parts) +
+            f'<span class="badge">{label}</span>{reason} ' + " · ".join(parts) + waiting +
             f'<br><span class="muted">{detail}</span></div>'
         )
         self._set("status", self.status, "text", text)
@@ -568,6 +608,7 @@ class ConsolePage:
             "alerts": [a.key for a in alerts], "counts": counts, "fd_threshold_mm": st.fd_threshold_mm,
             "keys": keys, "n_events": st.n_events, "saturation": saturation,
             "preview_index": None if st.preview is None else st.preview.index,
+            "export_dir": st.export_dir, "output_dir": st.output_dir,
         }
         self._set("status_tags", self.status, "tags", [json.dumps(status)])
         if alerts:
@@ -607,6 +648,7 @@ def serve(
     *,
     fd_threshold_mm: float = 0.5,
     screen_timeout_s: float = 3.0,
+    rtnf_timeout_s: float = 3.0,
     allow_websocket_origin: list[str] | None = None,
     stop: threading.Event | None = None,
     on_ready: Callable[[str], None] | None = None,
@@ -631,6 +673,9 @@ def serve(
     screen_timeout_s : float
         The screen counts as silent after this many seconds without a
         heartbeat.
+    rtnf_timeout_s : float
+        rtnf counts as silent after this many seconds without a message (at
+        least three of the run message's ``heartbeat_s``).
     allow_websocket_origin : list of str, optional
         Extra ``host:port`` origins allowed to open the page (needed when the
         page is reached through another host name).
@@ -651,7 +696,7 @@ def serve(
     asyncio.set_event_loop(loop)
     io_loop = IOLoop.current()
     logging.getLogger("tornado.access").setLevel(logging.WARNING)  # one line per HTTP request otherwise
-    state = RunState(fd_threshold_mm=fd_threshold_mm, screen_timeout_s=screen_timeout_s,
+    state = RunState(fd_threshold_mm=fd_threshold_mm, screen_timeout_s=screen_timeout_s, rtnf_timeout_s=rtnf_timeout_s,
                      expect_screen=bool(screen_address), t_start=time.time())
     messages: "queue.Queue[Message]" = queue.Queue()
     subscriber = Subscriber(rtnf_address, screen_address, messages)

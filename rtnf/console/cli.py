@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 from rtnf.messages import DEFAULT_ADDRESS, DEFAULT_SCREEN_ADDRESS
 
@@ -35,9 +36,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"address the web page is served on (default {DEFAULT_HOST}: this machine only)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"HTTP port (default {DEFAULT_PORT}; 0: any free port)")
     parser.add_argument("--fd-threshold", type=float, default=0.5, metavar="MM",
-                        help="framewise displacement (mm) above which the high-motion alert is raised (default 0.5)")
+                        help="framewise displacement (mm) above which the high-motion alert is raised until the run "
+                             "says its own quality.fd_threshold_mm (default 0.5)")
     parser.add_argument("--screen-timeout", type=float, default=3.0, metavar="S",
                         help="seconds without a screen heartbeat before the silent-screen alert (default 3)")
+    parser.add_argument("--rtnf-timeout", type=float, default=3.0, metavar="S",
+                        help="seconds without a message from rtnf before the silent-rtnf alert; at least three of the "
+                             "run's publish.heartbeat_s once the run says it (default 3)")
     parser.add_argument("--allow-origin", action="append", default=[], metavar="HOST:PORT",
                         help="extra host:port the page may be opened from (when served beyond loopback); repeatable")
 
@@ -47,11 +52,27 @@ def command(
     screen_address: str | None = DEFAULT_SCREEN_ADDRESS,
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
+    fd_threshold_mm: float | None = None,
+    rtnf_timeout_s: float | None = None,
 ) -> list[str]:
-    """Command line of a console child process (``python -m rtnf.console ...``)."""
+    """Command line of a console child process (``python -m rtnf.console ...``).
+
+    ``fd_threshold_mm`` and ``rtnf_timeout_s`` (None: the console's
+    defaults) come from the session config, so that the console's limits are
+    the run's from the start, before its run message arrives.
+    """
     cmd = [sys.executable, "-m", "rtnf.console", "--address", address, "--host", host, "--port", str(port)]
     cmd += ["--no-screen"] if not screen_address else ["--screen-address", screen_address]
+    if fd_threshold_mm is not None:
+        cmd += ["--fd-threshold", repr(float(fd_threshold_mm))]
+    if rtnf_timeout_s is not None:
+        cmd += ["--rtnf-timeout", repr(float(rtnf_timeout_s))]
     return cmd
+
+
+def config_limits(cfg) -> dict[str, float]:
+    """The console's limits from a session config (:class:`rtnf.config.Config`), as :func:`spawn` takes them."""
+    return {"fd_threshold_mm": cfg.quality.fd_threshold_mm, "rtnf_timeout_s": max(3.0, 3.0 * cfg.publish.heartbeat_s)}
 
 
 def spawn(
@@ -60,20 +81,66 @@ def spawn(
     host: str = DEFAULT_HOST,
     port: int = DEFAULT_PORT,
     log_path: "str | None" = None,
+    fd_threshold_mm: float | None = None,
+    rtnf_timeout_s: float | None = None,
 ) -> subprocess.Popen:
     """Start the console as a child process (for ``rtnf run --console``).
 
     The caller stops it with ``proc.terminate()`` (SIGTERM: a clean exit)
-    after the run. Output goes to ``log_path`` when given, else it is
-    inherited.
+    when the operator closes it, after the run: the page stays served, and
+    shows the ended run, until then. Output goes to ``log_path`` when given,
+    else it is inherited. The child ignores SIGINT, so Ctrl-C in the
+    terminal reaches ``rtnf run`` alone, which ends the run first.
     """
     out = open(log_path, "w") if log_path else None
     try:
-        return subprocess.Popen(command(address, screen_address, host, port), stdout=out,
+        cmd = command(address, screen_address, host, port, fd_threshold_mm, rtnf_timeout_s)
+        return subprocess.Popen(cmd, stdout=out, preexec_fn=_ignore_sigint,
                                 stderr=subprocess.STDOUT if out else None, stdin=subprocess.DEVNULL)
     finally:
         if out is not None:
             out.close()  # the child keeps its own descriptor
+
+
+def linger(proc: subprocess.Popen, url: str, seconds: float | None = None) -> None:
+    """Keep a console child serving after the run, until the operator closes it.
+
+    Returns on Ctrl-C (SIGINT) or SIGTERM, after ``seconds`` (None: no
+    closing time), or when the child exits by itself. The caller then stops
+    the child with :func:`close`.
+    """
+    closing = threading.Event()
+    previous = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, lambda *_: closing.set())
+    until = "Ctrl-C closes it" if seconds is None else f"it closes in {seconds:g} s (Ctrl-C: now)"
+    print(f"operator console: the run is over; {url} shows it until you close the console: {until}", flush=True)
+    deadline = None if seconds is None else time.monotonic() + max(0.0, seconds)
+    try:
+        while not closing.is_set() and proc.poll() is None:
+            wait = 0.2 if deadline is None else min(0.2, deadline - time.monotonic())
+            if wait <= 0:
+                break
+            closing.wait(wait)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def close(proc: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """Stop a console child (SIGTERM: a clean exit; SIGKILL if it does not end within ``timeout_s``)."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _ignore_sigint() -> None:  # in the child, before exec: Ctrl-C is for rtnf run, which stops the console
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,7 +156,9 @@ def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, lambda *_: stop.set())
+            # An inherited "ignore" stays (rtnf run --console: Ctrl-C ends the run, and the console stays).
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                signal.signal(sig, lambda *_: stop.set())
     try:
         serve(
             args.address,
@@ -98,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
             port=args.port,
             fd_threshold_mm=args.fd_threshold,
             screen_timeout_s=args.screen_timeout,
+            rtnf_timeout_s=args.rtnf_timeout,
             allow_websocket_origin=args.allow_origin,
             stop=stop,
             on_ready=lambda url: print(f"rtnf console: {url}", flush=True),

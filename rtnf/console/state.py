@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..fidelity import SATURATION_EPS, SATURATION_WARN_FRACTION
+from ..messages import reason_kind
 from .preview import Preview, prepare
 
 MOTION_PARAMETERS: tuple[str, ...] = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+ROTATION_DEGREES: tuple[str, ...] = ("rot_x_deg", "rot_y_deg", "rot_z_deg")  # the rotations as plotted
 STAGES: tuple[tuple[str, str, str], ...] = (
     # (column, from, to): processing latency split by stage, then the screen.
     ("lat_read_ms", "t_detected", "t_read"),
@@ -45,10 +47,12 @@ LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 RECORDING_FAILED = "RECORDING FAILED"  # rtnf.record's alarm, raised until ...
 RECORDING_WORKS = "recording works again"  # ... its all-clear
 SATURATION_ALERT_MIN_VOLUMES = 10  # regulation volumes with a value before the saturation alert can fire
+NO_FEEDBACK_REASON = "no feedback in this run"  # rtnf's reason when feedback.enabled is false
+DEFAULT_LAG_S = 6.0  # feedback.hemodynamic_lag_s when the run message does not say
 
 BASE_COLUMNS: tuple[str, ...] = (
-    "index", "condition", "block", "onset_s", "feedback", "feedback_reason",
-    *MOTION_PARAMETERS, "fd", "fd_high",
+    "index", "volume", "acquisition", "condition", "block", "onset_s", "feedback", "feedback_reason",
+    *MOTION_PARAMETERS, *ROTATION_DEGREES, "fd", "fd_high",
     "missing", "censored", "late", "high_motion",
     *(c for c, _, _ in STAGES), "processing_ms", "e2e_ms",
     "t_detected", "t_published", "t_displayed", "t_received",
@@ -111,6 +115,19 @@ class LogEvent:
         return self.level in ("ERROR", "CRITICAL")
 
 
+def volume_label(index: int, n_volumes: int | None = None, acquisition: Any = None) -> str:
+    """How people read a volume number: "volume N of M (acq K)".
+
+    ``N = index + 1``: 1-based, counted from the first kept volume after the
+    dummies (the wire keeps the 0-based ``index``); ``K`` is the volume's
+    number in the scanner's file name, when known.
+    """
+    text = f"volume {index + 1}" + (f" of {n_volumes}" if n_volumes else "")
+    if isinstance(acquisition, (int, float)) and not isinstance(acquisition, bool) and math.isfinite(acquisition):
+        text += f" (acq {int(acquisition)})"
+    return text
+
+
 def clock_time(t: float) -> str:
     """``HH:MM:SS`` local time of a UNIX time."""
     return time.strftime("%H:%M:%S", time.localtime(t))
@@ -123,8 +140,8 @@ class Alert:
     Attributes
     ----------
     key : str
-        "recording", "error", "motion", "saturation", "stall", "screen" or "rtnf" (stable, used as a
-        CSS class).
+        "recording", "error", "no_feedback", "motion", "saturation", "stall", "screen" or "rtnf"
+        (stable, used as a CSS class).
     level : str
         "warning" or "error".
     text : str
@@ -143,13 +160,14 @@ class RunState:
     ----------
     fd_threshold_mm : float
         Framewise displacement above this many millimetres counts as high
-        motion (a run message's ``fd_threshold_mm`` field, if rtnf ever sends
-        one, takes precedence).
+        motion (the run message's ``fd_threshold_mm``, the session config's
+        ``quality.fd_threshold_mm``, takes precedence).
     screen_timeout_s : float
         The feedback screen counts as silent after this many seconds without
         its heartbeat.
     rtnf_timeout_s : float
-        rtnf counts as silent after this many seconds without any message.
+        rtnf counts as silent after this many seconds without any message
+        (at least three of the run message's ``heartbeat_s``).
     stall_trs : float
         While running, no volume for more than this many TRs is a stalled
         scanner.
@@ -203,7 +221,7 @@ class RunState:
             )
         self.default_fd_threshold_mm = float(fd_threshold_mm)
         self.screen_timeout_s = float(screen_timeout_s)
-        self.rtnf_timeout_s = float(rtnf_timeout_s)
+        self.default_rtnf_timeout_s = float(rtnf_timeout_s)
         self.stall_trs = float(stall_trs)
         self.motion_alert_volumes = int(motion_alert_volumes)
         self.expect_screen = expect_screen
@@ -243,6 +261,22 @@ class RunState:
         """The threshold in force: the run's own if it sends one, else the console's."""
         value = _num((self.run or {}).get("fd_threshold_mm"))
         return value if value > 0 else self.default_fd_threshold_mm
+
+    @property
+    def rtnf_timeout_s(self) -> float:
+        """Seconds without a message before rtnf counts as silent: three of its heartbeats at least."""
+        beat = _num((self.run or {}).get("heartbeat_s"))
+        return max(self.default_rtnf_timeout_s, 3.0 * beat) if beat > 0 else self.default_rtnf_timeout_s
+
+    @property
+    def export_dir(self) -> str | None:
+        """The export folder rtnf watches (from the run message), if it says."""
+        return _str((self.run or {}).get("export_dir")) or None
+
+    @property
+    def output_dir(self) -> str | None:
+        """The folder rtnf writes the run's outputs to (from the run message), if it says."""
+        return _str((self.run or {}).get("output_dir")) or None
 
     @property
     def tr_s(self) -> float | None:
@@ -436,14 +470,18 @@ class RunState:
         motion = _dict(body.get("motion"))
         fd = _num(body.get("framewise_displacement"))
         high = bool(fd > self.fd_threshold_mm)
+        acquisition = body.get("acquisition")
         row: dict[str, Any] = {
             "index": index,
+            "volume": index + 1,
+            "acquisition": acquisition if isinstance(acquisition, int) and not isinstance(acquisition, bool) else NAN,
             "condition": _str(body.get("condition")),
             "block": _num(body.get("block")),
             "onset_s": _num(body.get("onset_s")),
             "feedback": NAN,
             "feedback_reason": "",
             **{p: _num(motion.get(p)) for p in MOTION_PARAMETERS},
+            **{d: math.degrees(_num(motion.get(p))) for d, p in zip(ROTATION_DEGREES, MOTION_PARAMETERS[3:])},
             "fd": fd,
             "fd_high": fd if high else NAN,
             "missing": _flag(flags.get("missing")),
@@ -587,6 +625,85 @@ class RunState:
         return {"regulation": len(values), "top": top, "bottom": bottom, "at_end": top + bottom,
                 "fraction": (top + bottom) / len(values) if values else None}
 
+    @property
+    def feedback_enabled(self) -> bool:
+        """False when the run shows no feedback by design (``feedback.enabled = false``)."""
+        return _dict((self.run or {}).get("feedback")).get("enabled") is not False
+
+    @property
+    def intermittent(self) -> bool:
+        return _dict((self.run or {}).get("feedback")).get("kind") == "intermittent"
+
+    def regulation_feedback(self) -> dict[str, Any]:
+        """How much feedback the participant saw during regulation, so far.
+
+        Regulation blocks are the protocol's blocks of a condition other than
+        the baseline, numbered from 1 in run order. A block has *ended* once a
+        volume at or after its last one was received, or the run ended; for
+        intermittent feedback the block's window runs on by the hemodynamic
+        lag (its score comes then), and a block whose score falls after the
+        run's end is not judged. Counts come from the rows, so a feedback
+        message that came before or after its volume counts alike.
+
+        Returns
+        -------
+        dict
+            ``blocks``: per ended regulation block ``number``, ``start``,
+            ``stop`` (kept-volume indices), ``received`` (volumes of its window
+            received), ``shown`` (of them with a feedback value) and
+            ``reasons`` (kind of null reason -> count, see
+            :func:`rtnf.messages.reason_kind`); ``silent``: the numbers of the
+            ended blocks that showed nothing; ``regulation`` and ``shown``:
+            regulation volumes received and those with a value; ``reasons``
+            over all regulation volumes without a value.
+        """
+        baseline = self.baseline
+        out: dict[str, Any] = {"blocks": [], "silent": [], "regulation": 0, "shown": 0, "reasons": {}}
+        if baseline is None or not self.feedback_enabled:
+            return out
+        lag = 0
+        if self.intermittent:
+            lag_s = _num(_dict((self.run or {}).get("feedback")).get("hemodynamic_lag_s"))
+            lag = int(round((DEFAULT_LAG_S if math.isnan(lag_s) else lag_s) / (self.tr_s or 2.0)))
+        last = max(self.position) if self.position else -1
+        over = self.phase in ("ended", "aborted")
+        n = self.n_volumes
+        by_index = {r["index"]: r for r in self.rows}
+        reasons: dict[str, int] = {}
+        for r in self.rows:
+            if r["condition"] and r["condition"] != baseline:
+                out["regulation"] += 1
+                if math.isnan(r["feedback"]):
+                    kind = reason_kind(r["feedback_reason"])
+                    reasons[kind] = reasons.get(kind, 0) + 1
+                else:
+                    out["shown"] += 1
+        out["reasons"] = reasons
+        number = 0
+        for b in self.blocks:
+            if b["condition"] == baseline:
+                continue
+            number += 1
+            stop = b["stop"] + lag
+            if lag and n is not None and b["stop"] - 1 + lag >= n:
+                continue  # no score planned for this block within the run
+            rows = [by_index[i] for i in range(b["start"], stop) if i in by_index]
+            if not rows or not (last >= stop - 1 or over):
+                continue
+            if all(r["feedback_reason"] == NO_FEEDBACK_REASON for r in rows):
+                continue  # a run without feedback by design
+            shown = sum(not math.isnan(r["feedback"]) for r in rows)
+            block_reasons: dict[str, int] = {}
+            for r in rows:
+                if math.isnan(r["feedback"]):
+                    kind = reason_kind(r["feedback_reason"])
+                    block_reasons[kind] = block_reasons.get(kind, 0) + 1
+            out["blocks"].append({"number": number, "start": b["start"], "stop": b["stop"], "received": len(rows),
+                                  "shown": shown, "reasons": block_reasons})
+            if shown == 0:
+                out["silent"].append(number)
+        return out
+
     def median_ms(self, column: str) -> float | None:
         values = [r[column] for r in self.rows if not math.isnan(r[column])]
         return statistics.median(values) if values else None
@@ -612,14 +729,30 @@ class RunState:
             e = errors[-1]
             more = f" ({len(errors)} errors in the last {ERROR_ALERT_S:g} s; see the event list)" if len(errors) > 1 else ""
             out.append(Alert("error", "error", f"rtnf error at {clock_time(e.t)}: {e.message}{more}"))
+        reg = self.regulation_feedback()
+        if reg["silent"]:
+            silent = [b for b in reg["blocks"] if b["number"] in reg["silent"]]
+            where = ", ".join(f"{b['number']} (volumes {b['start'] + 1}–{b['stop']})" for b in silent)
+            summed: dict[str, int] = {}
+            for b in silent:
+                for kind, count in b["reasons"].items():
+                    summed[kind] = summed.get(kind, 0) + count
+            why = format_reasons(summed)
+            out.append(Alert(
+                "no_feedback", "error",
+                f"No feedback shown in regulation block{'s' if len(silent) > 1 else ''} {where}"
+                + (f" ({why})" if why else "") + "; "
+                f"feedback shown for {reg['shown']} of {reg['regulation']} regulation volumes so far.",
+            ))
         threshold = self.fd_threshold_mm
         recent = [r for r in self.rows[-self.motion_alert_volumes:] if r["high_motion"]]
         if recent:
             worst = max(recent, key=lambda r: r["fd"])
             out.append(Alert(
                 "motion", "error",
-                f"High motion: framewise displacement {worst['fd']:.2f} mm at volume {worst['index']} "
-                f"(threshold {threshold:g} mm); {self.counts()['high_motion']} volume(s) over threshold in this run.",
+                f"High motion: framewise displacement {worst['fd']:.2f} mm at "
+                f"{volume_label(worst['index'], self.n_volumes, worst['acquisition'])}, over the threshold of "
+                f"{threshold:g} mm; {self.counts()['high_motion']} volume(s) over threshold in this run.",
             ))
         sat = self.saturation()
         if sat["regulation"] >= SATURATION_ALERT_MIN_VOLUMES and sat["fraction"] > SATURATION_WARN_FRACTION:
@@ -639,9 +772,11 @@ class RunState:
             out.append(Alert(
                 "stall", "error",
                 f"Scanner stalled: no volume for {now - self.t_last_volume:.1f} s "
-                f"(more than {self.stall_trs:g} TRs of {tr:g} s); last volume {self.rows[-1]['index']}.",
+                f"(more than {self.stall_trs:g} TRs of {tr:g} s); last "
+                f"{volume_label(self.rows[-1]['index'], n, self.rows[-1]['acquisition'])}.",
             ))
-        if self.expect_screen:
+        # Once the run is over, or the screen said it ended, its silence is expected: no alert.
+        if self.expect_screen and self.phase not in ("ended", "aborted") and self.screen_state != "ended":
             if self.t_last_screen is None:
                 if now - self.t_start > self.screen_timeout_s:
                     out.append(Alert("screen", "error", "Feedback screen silent: no heartbeat received from it yet."))
@@ -657,3 +792,8 @@ class RunState:
             elif now - self.t_last_rtnf > self.rtnf_timeout_s:
                 out.append(Alert("rtnf", "error", f"rtnf silent: no message for {now - self.t_last_rtnf:.1f} s."))
         return out
+
+
+def format_reasons(reasons: dict[str, int]) -> str:
+    """``{"censored": 64, "waiting for baseline": 4}`` as "censored: 64, waiting for baseline: 4" (most first)."""
+    return ", ".join(f"{k}: {v}" for k, v in sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
