@@ -19,8 +19,12 @@ esac
 # Debian packages: a virtual X display and the GL/font libraries PsychoPy's
 # window needs (xvfb xauth libgl1 libglu1-mesa libegl1 libfontconfig1
 # libfreetype6); dcm2niix, the reference the DICOM tests compare against;
-# chromium, the real browser the console's tests drive (headless).
-apt_packages=(python3-venv xvfb xauth libgl1 libglu1-mesa libegl1 libfontconfig1 libfreetype6 dcm2niix chromium)
+# chromium, the real browser the console's tests drive (headless); xdotool,
+# which presses real X keys for the screen's trigger and response-key test.
+# With these and the Python extras below, only the tests of real scanner data
+# skip (with the reason) when ../shared/data is not beside the checkout.
+apt_packages=(python3-venv xvfb xauth libgl1 libglu1-mesa libegl1 libfontconfig1 libfreetype6 dcm2niix chromium
+              xdotool)
 missing=()
 for pkg in "${apt_packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

@@ -14,6 +14,7 @@ import argparse
 import logging
 import signal
 import sys
+import textwrap
 import threading
 from pathlib import Path
 
@@ -23,49 +24,110 @@ EXIT_USAGE = 2
 EXIT_RUN_FAILED = 1  # a run aborted, or ended without one usable volume
 
 
+def _command(sub, name: str, help: str, description: str, *examples: str) -> argparse.ArgumentParser:
+    """A sub-command whose ``--help`` has a one-paragraph description and examples."""
+    epilog = "\n".join(["example:" if len(examples) == 1 else "examples:"] + [f"  {e}" for e in examples])
+    return sub.add_parser(name, help=help, description=textwrap.fill(" ".join(description.split()), 79),
+                          epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _address_options(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--address`` (what the command binds to), with the old ``--publish-address`` as a hidden alias."""
+    parser.add_argument("--address", dest="publish_address", metavar="ADDRESS", help=what)
+    parser.add_argument("--publish-address", dest="publish_address", help=argparse.SUPPRESS)
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    """``--run`` and ``--set``: change the config for one run without editing the TOML."""
+    parser.add_argument("--run", type=int, metavar="N", help="run number, overriding session.run (outputs: run-N)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key, e.g. --set feedback.smoothing_alpha=0.5 (a TOML value; "
+                             "repeatable)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rtnf", description="Real-time fMRI neurofeedback.")
+    parser = argparse.ArgumentParser(
+        prog="rtnf", description="Real-time fMRI neurofeedback: `rtnf COMMAND --help` describes each command.",
+        epilog="example: rtnf check my_run.toml && rtnf run my_run.toml --run 1",
+    )
     parser.add_argument("--version", action="version", version=f"rtnf {__version__}")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run a session: watch the export folder, process, publish, record")
+    run = _command(
+        sub, "run", "run a session: watch the export folder, process, publish, record",
+        """Run one session at the scanner: watch the config's export folder, correct head motion, extract the
+        ROI signals, update the GLM, publish the feedback value to the participant's screen and record every
+        volume under output.dir (BIDS derivatives). One line per volume shows "volume N of M" (N counted from
+        1 after the dummies, the scanner's file number beside it), the condition, the feedback value or why
+        it is null, framewise displacement and latency. --run and --set change the config for this run only,
+        so the TOML is never edited between runs. Ctrl-C ends the run with every row kept; --resume
+        continues after a crash.""",
+        "rtnf run my_run.toml --run 2",
+        "rtnf run my_run.toml --run 3 --set feedback.smoothing_alpha=0.5 --set quality.fd_threshold_mm=0.9",
+    )
     run.add_argument("config", type=Path, help="session config (TOML)")
+    _run_options(run)
     run.add_argument("--export-dir", type=Path, help="override scanner.export_dir")
     run.add_argument("--output-dir", type=Path, help="override output.dir")
-    run.add_argument("--publish-address", help="override publish.address")
+    _address_options(run, "address to publish on, overriding publish.address (e.g. tcp://127.0.0.1:5555)")
     run.add_argument("--overwrite", action="store_true", help="replace earlier outputs of the same run")
     run.add_argument("--resume", action="store_true",
                      help="continue this run after a crash: rebuild the model from the export folder, keep its rows")
     run.add_argument("--console", action="store_true", help="also serve the operator console (a read-only web page)")
     run.add_argument("--console-port", type=int, default=5006, help="port of the console on 127.0.0.1 (default 5006)")
+    run.add_argument("--console-screen-address", default=None, metavar="ADDRESS",
+                     help="the feedback screen's acknowledgement address (its --ack-address), which the console "
+                          "listens to (default tcp://127.0.0.1:5556)")
+    run.add_argument("--console-no-screen", action="store_true",
+                     help="no feedback screen is used: the console does not wait for one nor alert when it is silent")
+    run.add_argument("--console-linger-s", type=float, default=None, metavar="S",
+                     help="after the run, keep the console's page (showing the ended run) this many seconds "
+                          "(default: until Ctrl-C)")
 
-    replay = sub.add_parser("replay", help="run the pipeline on recorded runs (export folders or 4D NIfTI files)")
+    replay = _command(
+        sub, "replay", "run the pipeline on recorded runs (export folders or 4D NIfTI files)",
+        """Replay recorded runs (export folders or 4D NIfTI files) through the same pipeline as `rtnf run`,
+        writing exactly the outputs a live run writes (only the timing columns differ): to compare settings
+        with --set, or to redo a run's outputs. Several sources get consecutive run numbers from session.run
+        (or --run) and run in a local process pool (--jobs) or on a Dask cluster (--dask).""",
+        "rtnf replay my_run.toml recorded/export --run 11 --set feedback.smoothing_alpha=0.5",
+        "rtnf replay my_run.toml run1.nii.gz run2.nii.gz --jobs 2",
+    )
     replay.add_argument("config", type=Path, help="session config (TOML)")
     replay.add_argument("sources", type=Path, nargs="+", help="export folder(s) or 4D NIfTI file(s) to replay")
     replay.add_argument("--pace", choices=["fast", "tr"], default="fast",
                         help="as fast as the machine allows (default) or one volume per TR")
     replay.add_argument("--speed", type=float, default=1.0, help="with --pace tr: TR divided by this")
     replay.add_argument("--output-dir", type=Path, help="override output.dir")
-    replay.add_argument("--publish-address", help="publish as a live run does (default: nowhere)")
-    replay.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config key, e.g. --set feedback.smoothing_alpha=0.5 (TOML value)")
+    _address_options(replay, "publish on this address as a live run does (default: nowhere)")
+    _run_options(replay)
     replay.add_argument("--jobs", type=int, default=1, help="replays run in parallel in a local process pool")
     replay.add_argument("--dask", metavar="ADDRESS", help="run the replays on a Dask cluster (scheduler address)")
     replay.add_argument("--overwrite", action="store_true", help="replace earlier outputs of the same runs")
 
-    check = sub.add_parser("check", help="validate a session config and print its protocol")
-    check.add_argument("config", type=Path)
+    check = _command(
+        sub, "check", "validate a session config and print its protocol",
+        """Validate a session config without running anything: every key and value, the files it names, the
+        protocol against the run's length, ROIs against scanner.reference_volume's field of view, and values
+        that cannot be meant (a drift cutoff that looks like a frequency). Prints the protocol block by block,
+        or one message naming the key, the bad value and what is allowed (exit code 2). Values that are
+        allowed but implausible (a fixed feedback range the signal can never fill) are printed as warnings
+        on stderr; the exit code stays 0.""",
+        "rtnf check my_run.toml",
+    )
+    check.add_argument("config", type=Path, help="session config (TOML)")
+    _run_options(check)
 
-    opennft = sub.add_parser(
-        "import-opennft", help="write an rtnf session config from OpenNFT settings (.ini) and protocol (.json)",
-        description="Coming from OpenNFT: write the rtnf session config (TOML) equivalent to an OpenNFT "
-        "settings file and its protocol JSON: export folder, file-name template and series number, TR, "
-        "volumes and skipped volumes, ROI masks of RoiFilesFolder, the protocol's blocks (OnOffsets, 1-based "
-        "and inclusive after the skipped volumes, become 0-based onsets and durations in volumes), the "
-        "baseline, continuous or intermittent feedback. What has no rtnf equivalent is printed and listed "
-        "as comments at the end of the file. Check the result with `rtnf check` before a session.",
-        epilog="example: rtnf import-opennft NF_PSC_cont_155.ini NF_PSC_cont_155.json -o psc_cont.toml",
+    opennft = _command(
+        sub, "import-opennft", "write an rtnf session config from OpenNFT settings (.ini) and protocol (.json)",
+        """Coming from OpenNFT: write the rtnf session config (TOML) equivalent to an OpenNFT
+        settings file and its protocol JSON: export folder, file-name template and series number, TR,
+        volumes and skipped volumes, ROI masks of RoiFilesFolder, the protocol's blocks (OnOffsets, 1-based
+        and inclusive after the skipped volumes, become 0-based onsets and durations in volumes), the
+        baseline, continuous or intermittent feedback. What has no rtnf equivalent is printed and listed
+        as comments at the end of the file. Check the result with `rtnf check` before a session.""",
+        "rtnf import-opennft NF_PSC_cont_155.ini NF_PSC_cont_155.json -o psc_cont.toml",
     )
     opennft.add_argument("settings", type=Path, help="OpenNFT settings file (.ini)")
     opennft.add_argument("protocol", type=Path, nargs="?",
@@ -73,7 +135,14 @@ def _parser() -> argparse.ArgumentParser:
     opennft.add_argument("-o", "--output", type=Path, help="config to write (default: SETTINGS with .toml)")
     opennft.add_argument("--overwrite", action="store_true", help="replace an existing output file")
 
-    demo = sub.add_parser("demo", help="a complete simulated session on this machine")
+    demo = _command(
+        sub, "demo", "a complete simulated session on this machine",
+        """A complete simulated session on this machine, as at the scanner: scanner-sim writes a synthetic run
+        with a known activation into an export folder, `rtnf run` processes it with config/demo_acc.toml (or
+        --config), the feedback screen shows the bar (under Xvfb when there is no display). At the end it
+        prints a summary checked against the simulator's ground truth and writes an HTML report.""",
+        "rtnf demo --no-screen --speed 4",
+    )
     demo.add_argument("--config", type=Path, default=None, help="session config (default: config/demo_acc.toml)")
     demo.add_argument("--output-dir", type=Path, default=Path("rtnf-demo"), help="where the demo writes (default: ./rtnf-demo)")
     demo.add_argument("--speed", type=float, default=2.0, help="simulated scanner speed-up (default 2: a TR of 2 s takes 1 s)")
@@ -83,13 +152,14 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--console", action="store_true", help="also serve the operator console during the demo")
     demo.add_argument("--console-port", type=int, default=5006, help="port of the console on 127.0.0.1 (default 5006)")
 
-    fid = sub.add_parser(
-        "fidelity", help="does a recorded run's feedback follow its ROI? correlations with the task, steps, saturation",
-        description="Measure a recorded run's feedback fidelity for one ROI: the correlation with the task regressor "
-        "of the raw ROI mean, the cleaned signal, its percent signal change and the shown value; the agreement of "
-        "the online cleaned signal with a batch analysis of the whole run; the largest step a model update made; "
-        "the fraction of regulation volumes shown at either end of the bar.",
-        epilog="example: rtnf fidelity my_run.toml out/sub-01/ses-01/func/sub-01_ses-01_task-nf_run-1_desc-rtnf_timeseries.tsv --from-volume 100",
+    fid = _command(
+        sub, "fidelity", "does a recorded run's feedback follow its ROI? correlations with the task, steps, saturation",
+        """Measure a recorded run's feedback fidelity for one ROI: the correlation with the task regressor
+        of the raw ROI mean, the cleaned signal, its percent signal change and the shown value; the agreement of
+        the online cleaned signal with a batch analysis of the whole run; the largest step a model update made;
+        the fraction of regulation volumes shown at either end of the bar.""",
+        "rtnf fidelity my_run.toml out/sub-01/ses-01/func/sub-01_ses-01_task-nf_run-1_desc-rtnf_timeseries.tsv "
+        "--from-volume 100",
     )
     fid.add_argument("config", type=Path, help="the run's session config (TOML)")
     fid.add_argument("table", type=Path, help="the run's _desc-rtnf_timeseries.tsv")
@@ -100,32 +170,79 @@ def _parser() -> argparse.ArgumentParser:
     from . import report as report_cmd  # matplotlib is imported only when a report is written
     from . import roidef as roi_cmd  # SimpleITK and nilearn are imported only when an ROI is made
 
-    roi = sub.add_parser("roi", help="define an ROI on the reference volume (mask + PNG to check)")
+    roi = _command(
+        sub, "roi", "define an ROI on the reference volume (mask + PNG to check)",
+        """Define an ROI before the session as a mask on the participant's functional grid, from a sphere in
+        the participant's scanner space (RAS mm of the functional images), a mask or atlas label in any space,
+        a region or sphere in MNI space (the MNI152 template registered to the reference volume), or the top
+        voxels of a localizer t-map. Writes the mask, a PNG of it over the reference volume to check, and
+        prints the lines to paste into the config.""",
+        "rtnf roi mni --region anterior_cingulate -r ref.nii.gz -o acc.nii.gz",
+        "rtnf roi mni --center-mm 0 30 15 --radius-mm 8 -r ref.nii.gz -o acc.nii.gz   # MNI coordinates",
+        "rtnf roi sphere --center-mm 2 41 12 --radius-mm 8 -r ref.nii.gz -o acc.nii.gz   # scanner coordinates",
+    )
     roi_cmd.add_arguments(roi)
-    lsl = sub.add_parser("lsl", help="republish feedback and volume markers on Lab Streaming Layer (EEG-fMRI)")
+    lsl = _command(
+        sub, "lsl", "republish feedback and volume markers on Lab Streaming Layer (EEG-fMRI)",
+        """Republish rtnf's feedback values and one marker per volume on Lab Streaming Layer, so that EEG-fMRI
+        set-ups record rtnf in the same XDF file as the EEG. Subscribes to rtnf's publish address (--address)
+        and runs until Ctrl-C; start it before or after `rtnf run`.""",
+        "rtnf lsl --address tcp://127.0.0.1:5555 --prefix rtnf",
+    )
     lsl_cmd.add_arguments(lsl)
-    ses = sub.add_parser("session", help="run the runs of a session file in order (localizer, feedback, transfer)")
+    ses = _command(
+        sub, "session", "run the runs of a session file in order (localizer, feedback, transfer)",
+        """Run the runs of a session file in order, for example a localizer without feedback, a feedback run
+        whose ROI is the localizer's top voxels, and a transfer run without feedback, numbering runs per task
+        into one BIDS derivatives dataset. With --replay, recorded runs stand in for the scanner.""",
+        "rtnf session my_session.toml",
+        "rtnf session my_session.toml --replay localizer/export feedback/export transfer/export",
+    )
     ses.add_argument("session_file", type=Path, help="session file (TOML) listing the runs")
     ses.add_argument("--replay", type=Path, nargs="+", metavar="SOURCE",
                      help="replay recorded runs instead of watching the scanner: one source per run, in order")
     ses.add_argument("--overwrite", action="store_true", help="replace earlier outputs of the same runs")
     from .console import cli as console_cli  # light: the web stack is imported only when serving
 
-    keys = sub.add_parser("keys", help="generate ZeroMQ CURVE keys for a screen or console on another machine")
-    keys.add_argument("folder", type=Path)
+    keys = _command(
+        sub, "keys", "generate ZeroMQ CURVE keys for a screen or console on another machine",
+        """Generate ZeroMQ CURVE keys when the feedback screen or the console runs on another machine: rtnf's
+        key pair and one per client, in FOLDER. Set publish.curve_keys = FOLDER in the config, copy each
+        client's secret key to that client only, and start the screen with --curve-keys.""",
+        "rtnf keys keys/ --client screen --client console",
+    )
+    keys.add_argument("folder", type=Path, help="where to write the keys")
     keys.add_argument("--client", action="append", default=[], help="client name (repeatable), e.g. screen, console")
-    keys.add_argument("--overwrite", action="store_true")
+    keys.add_argument("--overwrite", action="store_true", help="replace existing keys")
 
-    rep = sub.add_parser("report", help="HTML report with PNG figures for a recorded run")
+    rep = _command(
+        sub, "report", "HTML report with PNG figures for a recorded run",
+        """Write an HTML report per recorded run: ROI time courses over the blocks, feedback, motion and
+        framewise displacement, latency per stage, missing and censored volumes, percent signal change per
+        condition, regulation success per block and temporal SNR.""",
+        "rtnf report out/sub-01/ses-01/func -o reports/",
+    )
     report_cmd.add_arguments(rep)
 
-    con = sub.add_parser("console", help="live operator console: a read-only web page on loopback")
+    con = _command(
+        sub, "console", "live operator console: a read-only web page on loopback",
+        """Serve the live operator console, a read-only web page on loopback: run state, ROI signals over the
+        blocks, feedback, motion and framewise displacement, latency, the latest volume's slices, missing,
+        late and censored volumes, and alerts. It subscribes to rtnf's publish address (--address) and to the
+        feedback screen's acknowledgements; `rtnf run --console` starts it for you.""",
+        "rtnf console --address tcp://127.0.0.1:5555 --port 5006",
+    )
     console_cli.add_arguments(con)
-    bench = sub.add_parser("bench", help="latency benchmarks of the pipeline's stages")
+    bench = _command(
+        sub, "bench", "latency benchmarks of the pipeline's stages",
+        """Latency benchmarks of the pipeline's stages, printed as per-stage percentiles and memory (--json for
+        JSON). Run them on a quiet machine; speed claims come from these commands, never from tests.""",
+        "rtnf bench pipeline --volumes 100",
+    )
     bench.add_argument("--json", action="store_true", help="print results as JSON")
     stages = bench.add_subparsers(dest="stage", required=True)
     for module in _bench_stages():
-        stage = stages.add_parser(module.NAME, help=module.HELP)
+        stage = _command(stages, module.NAME, module.HELP, f"Benchmark: {module.HELP}.", f"rtnf bench {module.NAME}")
         module.add_arguments(stage)
         stage.set_defaults(bench_module=module)
     return parser
@@ -158,15 +275,27 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         out["output.dir"] = str(args.output_dir.resolve())
     if getattr(args, "publish_address", None):
         out["publish.address"] = args.publish_address
+    out |= _parse_sets(getattr(args, "sets", []))
+    if getattr(args, "run", None) is not None:
+        out["session.run"] = args.run
     return out
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from rich.console import Console
+
+    from .config import load_config, plausibility_warnings
     from .record import OutputExistsError
-    from .session import run_session
+    from .session import progress_line, run_session
 
     cfg = load_config(args.config, _overrides(args))
+    for warning in plausibility_warnings(cfg):
+        logging.getLogger("rtnf").warning("%s", warning)
+    out = Console(highlight=False, soft_wrap=True)
+
+    def show(volume: dict, feedback: dict) -> None:  # one line per volume, after it was published
+        out.print(progress_line(volume, feedback), markup=False)
+
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -174,26 +303,36 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.console:
         from .console import cli as console_cli
 
-        # A child process keeps the web server off the pipeline's GIL.
-        console = console_cli.spawn(cfg.publish.address, port=args.console_port)
+        # A child process keeps the web server off the pipeline's GIL; the run's config sets its limits.
+        screen = None if args.console_no_screen else (args.console_screen_address or console_cli.DEFAULT_SCREEN_ADDRESS)
+        console = console_cli.spawn(cfg.publish.address, screen, port=args.console_port, **console_cli.config_limits(cfg))
         print(f"operator console: http://127.0.0.1:{args.console_port}/")
     try:
         result = run_session(
-            cfg, args.config.read_text(encoding="utf-8"), overwrite=args.overwrite, stop=stop, resume=args.resume
+            cfg, args.config.read_text(encoding="utf-8"), overwrite=args.overwrite, stop=stop, resume=args.resume,
+            on_volume=show,
         )
     except (OutputExistsError, OSError) as exc:
         print(f"rtnf run: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    finally:
         if console is not None:
-            console.terminate()
-            console.wait(10)
+            console_cli.close(console)
+        return EXIT_USAGE
+    except BaseException:
+        if console is not None:
+            console_cli.close(console)
+        raise
     print(
         f"run {result.status}: {result.n_processed} volumes processed, {result.n_missing} missing; "
         f"table: {result.timeseries}"
     )
     if result.status != "ended":
         print(f"reason: {result.reason}", file=sys.stderr)
+    if console is not None:  # the page shows the ended run until the operator closes it
+        try:
+            console_cli.linger(console, f"http://127.0.0.1:{args.console_port}/", args.console_linger_s)
+        finally:
+            console_cli.close(console)
+    if result.status != "ended":
         return EXIT_RUN_FAILED
     return 0 if result.ok else EXIT_RUN_FAILED  # the run's alarm has said why, on stderr and the log topic
 
@@ -223,7 +362,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from .record import OutputExistsError
     from .replay import ReplayJob, replay_many, replay_one
 
-    base = _overrides(args) | _parse_sets(args.sets)
+    base = _overrides(args)
     cfg = load_config(args.config, base)  # fails early, with the config's message, on a bad override
     jobs = []
     for k, source in enumerate(args.sources):
@@ -250,9 +389,11 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 def _cmd_session(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from .record import OutputExistsError
     from .replay import ReplayFeeder
-    from .session import run_session
+    from .session import progress_line, run_session
     from .study_session import load_study_session, run_study_session
 
     study = load_study_session(args.session_file)
@@ -264,6 +405,10 @@ def _cmd_session(args: argparse.Namespace) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     sources = iter(args.replay or [])
+    out = Console(highlight=False, soft_wrap=True)
+
+    def show(volume: dict, feedback: dict) -> None:  # one line per volume, as `rtnf run` prints
+        out.print(progress_line(volume, feedback), markup=False)
 
     def run_one(cfg, config_path):
         factory = None
@@ -271,7 +416,7 @@ def _cmd_session(args: argparse.Namespace) -> int:
             source = next(sources).resolve()
             factory = lambda export, put: ReplayFeeder(source, export, put, 0.0, cfg.scanner.first_volume_number)  # noqa: E731
         result = run_session(cfg, config_path.read_text(encoding="utf-8"), overwrite=args.overwrite, stop=stop,
-                             feeder_factory=factory)
+                             feeder_factory=factory, on_volume=show)
         print(f"{cfg.session.task} run {cfg.session.run}: {result.status}, {result.n_processed} volumes, "
               f"{result.n_missing} missing -> {result.timeseries}")
         return result
@@ -308,15 +453,21 @@ def _cmd_import_opennft(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .config import load_config
+    from .config import load_config, plausibility_warnings
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, _overrides(args))
     protocol = cfg.make_protocol()
     print(f"{args.config}: valid")
     print(f"  run: {cfg.scanner.n_volumes} volumes ({cfg.scanner.dummy_volumes} dummies) at TR {cfg.scanner.tr_s} s")
+    # In the config's own terms: kept volumes from 0, as the protocol's onsets count them
+    # (the log and progress lines say "volume N of M" with N = this index + 1).
+    print(f"  protocol by kept-volume index from 0 (\"volume N of {cfg.n_kept_volumes}\" in the progress lines "
+          "and the log is index N-1):")
     for seg in protocol.segments():
         print(f"  volumes {seg.start:4d}-{seg.stop - 1:4d}  {seg.condition}")
     print(f"  ROIs: {', '.join(cfg.rois)}; feedback from {' + '.join(cfg.feedback.targets)}")
+    for warning in plausibility_warnings(cfg):
+        print(f"rtnf check: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -345,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``rtnf`` console script."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # numexpr (imported by pandas, which nilearn imports) logs "NumExpr defaulting to N threads" at INFO
+    # on every command that builds a design matrix: noise for the operator.
+    logging.getLogger("numexpr").setLevel(logging.WARNING)
     from .config import ConfigError
 
     try:

@@ -323,6 +323,7 @@ def _check_consistency(cfg: Config) -> None:
             f"invalid value for 'motion.reference': file not found: {cfg.motion.reference}. "
             "Allowed: \"first\" (the first kept volume) or a NIfTI file on the functional grid."
         )
+    _check_drift_cutoff(cfg)
     if cfg.model.motion_regressors and not cfg.motion.enabled:
         raise ConfigError(
             f"invalid value for 'model.motion_regressors': {cfg.model.motion_regressors} needs motion.enabled = true. "
@@ -395,6 +396,59 @@ def _check_consistency(cfg: Config) -> None:
         check_motion_reference(cfg.motion.reference, functional, f"scanner.reference_volume {sc.reference_volume}")
 
 
+def _check_drift_cutoff(cfg: Config) -> None:
+    """``model.drift_cutoff_s`` is a period: a value below a second was meant as a frequency."""
+    cutoff = cfg.model.drift_cutoff_s
+    if cutoff < 1.0:
+        raise ConfigError(
+            f"invalid value for 'model.drift_cutoff_s': {cutoff:g}. drift_cutoff_s is a period in seconds; "
+            f"{cutoff:g} looks like a frequency in Hz: did you mean {1.0 / cutoff:.0f}? "
+            "Allowed: the longest period the drift terms remove, in seconds (default 128)."
+        )
+    if cutoff < 2 * cfg.scanner.tr_s:
+        raise ConfigError(
+            f"invalid value for 'model.drift_cutoff_s': {cutoff:g} s is shorter than two TRs "
+            f"({2 * cfg.scanner.tr_s:g} s): the drift terms would remove every signal the scanner can sample. "
+            "Allowed: a period in seconds longer than the task's blocks (default 128)."
+        )
+
+
+# Typical task-related BOLD changes: about 0.5-3 % of the signal in an ROI mean.
+SCALE_WIDTH_PSC = (0.2, 20.0)
+
+
+def plausibility_warnings(cfg: Config) -> list[str]:
+    """Values that are allowed but probably not meant; ``rtnf check`` prints them, ``rtnf run`` logs them.
+
+    A fixed ``feedback.scale_range`` on percent signal change narrower than
+    0.2 % keeps the bar at one end (noise alone spans it); wider than 20 %
+    the bar hardly moves (task-related changes are about 0.5-3 %). Adaptive
+    and dynamic scaling adapt the width to the signal, so only a fixed
+    range is judged, and only for ``signal = "psc"`` (betas and t values
+    have no typical size).
+    """
+    out: list[str] = []
+    fb = cfg.feedback
+    if fb.enabled and fb.scaling == "fixed" and fb.signal == "psc":
+        lo, hi = fb.scale_range
+        width = hi - lo
+        low_w, high_w = SCALE_WIDTH_PSC
+        if width < low_w:
+            out.append(
+                f"feedback.scale_range {fb.scale_range} spans {width:g} % signal change with scaling = \"fixed\": "
+                f"noise alone (a task-related BOLD change is about 0.5-3 %) overflows it, so the bar will mostly "
+                f"sit at one end. A width between {low_w:g} and {high_w:g} % fills the bar, or use "
+                "scaling = \"adaptive\"."
+            )
+        elif width > high_w:
+            out.append(
+                f"feedback.scale_range {fb.scale_range} spans {width:g} % signal change with scaling = \"fixed\": "
+                f"a task-related BOLD change (about 0.5-3 %) can never fill it, so the bar will hardly move. "
+                f"A width between {low_w:g} and {high_w:g} % fills the bar, or use scaling = \"adaptive\"."
+            )
+    return out
+
+
 def _check_roi(name: str, roi: RoiConfig) -> None:
     key = f"rois.{name}"
     if not re.match(r"^[A-Za-z][A-Za-z0-9]*$", name):
@@ -408,7 +462,7 @@ def _check_roi(name: str, roi: RoiConfig) -> None:
     if roi.mask is None and (roi.center_mm is None or roi.radius_mm is None):
         raise ConfigError(
             f"'{key}' is incomplete. Allowed: 'mask' (a NIfTI file) or both 'center_mm' "
-            "([x, y, z] in scanner RAS mm) and 'radius_mm'."
+            "([x, y, z] in the participant's scanner space: RAS mm of the functional images) and 'radius_mm'."
         )
     if roi.mask is not None and not roi.mask.is_file():
         raise ConfigError(f"invalid value for '{key}.mask': file not found: {roi.mask}.")

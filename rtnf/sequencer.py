@@ -20,10 +20,15 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Released(Generic[T]):
-    """A volume index released in order, with its item or None when missing."""
+    """A volume index released in order, with its item or None when missing.
+
+    ``held`` is true for a volume that arrived but was held back while an
+    earlier one was awaited: the time it waited is not its own lateness.
+    """
 
     index: int
     item: T | None
+    held: bool = False
 
 
 class Sequencer(Generic[T]):
@@ -45,6 +50,7 @@ class Sequencer(Generic[T]):
         self.stop = stop
         self.missing_timeout_s = missing_timeout_s
         self._pending: dict[int, tuple[T, float]] = {}
+        self._held: set[int] = set()  # pending volumes a release had to hold back for an earlier one
 
     @property
     def pending(self) -> int:
@@ -59,11 +65,13 @@ class Sequencer(Generic[T]):
     def push(self, index: int, item: T, t_arrived: float) -> str | None:
         """Offer a volume. Returns None if accepted, else why it was refused."""
         if index >= self.stop:
-            return f"volume {index} is beyond the run's {self.stop} volumes"
+            # No volume number here: the caller names the file, and its own
+            # numbering (acquisitions from 0 here) would only confuse.
+            return f"beyond the run's {self.stop} volumes"
         if index < self.next_index:
-            return f"volume {index} arrived after the run moved past it (duplicate or too late)"
+            return "this volume arrived after the run moved past it (duplicate or too late)"
         if index in self._pending:
-            return f"volume {index} arrived twice"
+            return "this volume arrived twice"
         self._pending[index] = (item, t_arrived)
         return None
 
@@ -73,10 +81,12 @@ class Sequencer(Generic[T]):
         while not self.done:
             if self.next_index in self._pending:
                 item, _ = self._pending.pop(self.next_index)
-                out.append(Released(self.next_index, item))
+                out.append(Released(self.next_index, item, self.next_index in self._held))
+                self._held.discard(self.next_index)
             elif self._pending and now - min(t for _, t in self._pending.values()) >= self.missing_timeout_s:
                 out.append(Released(self.next_index, None))
             else:
+                self._held.update(self._pending)  # waiting for next_index, which has not come (yet)
                 break
             self.next_index += 1
         return out
@@ -99,7 +109,8 @@ class LatenessJudge:
     own pace (``TR / speed``) on a schedule from its first volume, which is
     the expectation then; a replay as fast as possible feeds every file at
     once, each waits its turn, and arrival times say nothing about lateness:
-    no volume is judged late.
+    no volume is judged late. A volume held back while a missing one was
+    awaited came on time: its wait counts from its release, not its arrival.
 
     Parameters
     ----------
@@ -119,7 +130,9 @@ class LatenessJudge:
         self._last: tuple[int, float] | None = None
         self._intervals: list[float] = []
 
-    def is_late(self, acquisition: int, t_detected: float, t_published: float) -> bool:
+    def is_late(
+        self, acquisition: int, t_detected: float, t_published: float, t_released: float | None = None
+    ) -> bool:
         """Judge one volume (call once per volume received, in release order).
 
         Parameters
@@ -128,11 +141,16 @@ class LatenessJudge:
             Acquisition index of the volume (0-based, dummies included).
         t_detected, t_published : float
             When its file was complete and when it was sent (UNIX s).
+        t_released : float, optional
+            For a volume the sequencer held back while an earlier one was
+            awaited (:attr:`Released.held`): when it was released. Its time
+            to be sent counts from then.
         """
         if self.scheduled and self.interval_s == 0:
             return False
         arrived_late = self._arrived_late(acquisition, t_detected)
-        return arrived_late or t_published - t_detected > self.interval_s
+        t_ready = t_detected if t_released is None else max(t_detected, t_released)
+        return arrived_late or t_published - t_ready > self.interval_s
 
     def _arrived_late(self, acquisition: int, t_detected: float) -> bool:
         if self._first is None:

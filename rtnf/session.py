@@ -256,8 +256,15 @@ class _RunLoop:
                 "scaling": self.cfg.feedback.scaling,
                 "scale_range": list(self.cfg.feedback.scale_range),
                 "intermittent_display_s": self.cfg.feedback.intermittent_display_s,
+                "enabled": self.cfg.feedback.enabled,
+                "hemodynamic_lag_s": self.cfg.feedback.hemodynamic_lag_s,
             },
             "instructions": dict(self.cfg.protocol.instructions),
+            # For the console: what it shows while waiting, and its limits from this config.
+            "export_dir": str(self.cfg.scanner.export_dir),
+            "output_dir": str(self.cfg.output.dir),
+            "fd_threshold_mm": self.cfg.quality.fd_threshold_mm,
+            "heartbeat_s": self.cfg.publish.heartbeat_s,
             "t": time.time(),
         }
 
@@ -278,8 +285,9 @@ class _RunLoop:
             if self._source_done and self.files.empty():
                 now = float("inf")  # a finished replay: whatever is still pending will not come
             try:
+                t_release = time.time()
                 for released in self.sequencer.release(now):
-                    self._handle(released.index, released.item)
+                    self._handle(released.index, released.item, t_release if released.held else None)
             except RoiError as exc:
                 log.error("%s", exc)
                 return "aborted", str(exc)
@@ -287,8 +295,11 @@ class _RunLoop:
                 return self._config_failed(exc)
             if self._source_done and self.files.empty() and not self.sequencer.pending:
                 if not self.sequencer.done:
-                    log.warning("the replayed series ended after volume %s of %d", self.last_index,
-                                self.processor.protocol.n_volumes)
+                    n = self.processor.protocol.n_volumes
+                    if self.last_index is None:
+                        log.warning("the replayed series ended before volume 1 of %d", n)
+                    else:
+                        log.warning("the replayed series ended after volume %d of %d", self.last_index + 1, n)
                 return "ended", None
         return "aborted", "stopped by the operator"
 
@@ -353,7 +364,16 @@ class _RunLoop:
             self._out_of_order.add(acquisition)
         self._max_seen = max(self._max_seen, acquisition)
 
-    def _handle(self, acquisition: int, arrival: Arrival | None) -> None:
+    def _label(self, index: int) -> str:
+        """The volume as people count it: "volume N of M", N from 1 at the first kept volume.
+
+        The project's one numbering for people (log, console, progress
+        lines); the wire and the table keep the 0-based ``index``, and the
+        scanner's file number is given beside it as "acq K" where useful.
+        """
+        return f"volume {index + 1} of {self.processor.protocol.n_volumes}"
+
+    def _handle(self, acquisition: int, arrival: Arrival | None, t_released: float | None = None) -> None:
         index = acquisition - self.cfg.scanner.dummy_volumes
         number = acquisition + self.cfg.scanner.first_volume_number
         if self.state == "waiting":
@@ -361,7 +381,7 @@ class _RunLoop:
         if arrival is RECORDED_MISSING:
             volume, feedback = self.processor.missing(index, number, None, None)
         elif arrival is None:
-            log.warning("volume %d (number %d) missing: a later volume arrived and it did not", index, number)
+            log.warning("%s (acq %d) missing: a later volume arrived and it did not", self._label(index), number)
             volume, feedback = self.processor.missing(index, number, None, None)
         else:
             try:
@@ -370,7 +390,7 @@ class _RunLoop:
                 raise  # the same for every volume: the run stops (see execute)
             except Exception as exc:  # a bug or a foreign file must cost one volume, never the run
                 volume, feedback = self._failed(index, number, arrival, exc)
-        self._publish_and_record(volume, feedback)
+        self._publish_and_record(volume, feedback, t_released)
 
     def _failed(
         self, index: int, number: int, arrival: Arrival, exc: Exception
@@ -383,9 +403,9 @@ class _RunLoop:
         """
         self.n_errors += 1
         reason = f"processing error: {_one_line(exc)}"
-        log.warning("volume %d (%s) could not be processed, treated as missing: %s", index, arrival.name, reason)
+        log.warning("%s (%s) could not be processed, treated as missing: %s", self._label(index), arrival.name, reason)
         if self.n_errors == 1:
-            log.debug("traceback of the first processing error (volume %d)", index, exc_info=exc)
+            log.debug("traceback of the first processing error (%s)", self._label(index), exc_info=exc)
         return self.processor.missing(index, number, arrival.name, arrival.t_detected, reason=reason)
 
     def _config_failed(self, exc: ConfigError) -> tuple[str, str]:
@@ -401,7 +421,15 @@ class _RunLoop:
         self.publisher.send("log", {"level": "ERROR", "message": message, "t": time.time()})
         return "aborted", message
 
-    def _publish_and_record(self, volume: dict[str, Any], feedback: dict[str, Any]) -> None:
+    def _publish_and_record(
+        self, volume: dict[str, Any], feedback: dict[str, Any], t_released: float | None = None
+    ) -> None:
+        """Send, record and count one volume.
+
+        ``t_released``: when the sequencer released a volume it had held back
+        while an earlier one was awaited (None otherwise); that wait does not
+        make it late.
+        """
         t_published = time.time()
         volume["timing"]["t_published"] = t_published
         feedback["t_published"] = t_published
@@ -410,9 +438,12 @@ class _RunLoop:
             flags = volume["flags"]
             acquisition = volume["index"] + self.cfg.scanner.dummy_volumes
             flags["out_of_order"] = acquisition in self._out_of_order
-            flags["late"] = flags["out_of_order"] or self.lateness.is_late(acquisition, t_detected, t_published)
+            flags["late"] = flags["out_of_order"] or self.lateness.is_late(
+                acquisition, t_detected, t_published, t_released
+            )
             if flags["late"]:
-                log.warning("volume %d arrived late%s", volume["index"], " (out of order)" if flags["out_of_order"] else "")
+                log.warning("%s (acq %s) arrived late%s", self._label(volume["index"]), volume["acquisition"],
+                            " (out of order)" if flags["out_of_order"] else "")
         row = row_from_messages(volume, feedback, self.processor.roi_names)
         if volume["flags"]["missing"]:
             self.processor.preview = None
@@ -444,8 +475,8 @@ class _RunLoop:
             if recorded.get(column) != format_cell(row.get(column)):
                 self._n_mismatch += 1
                 log.warning(
-                    "resume: volume %d's %s is %s now but was recorded as %s",
-                    row["index"], column, format_cell(row.get(column)), recorded.get(column),
+                    "resume: %s: %s is %s now but was recorded as %s",
+                    self._label(row["index"]), column, format_cell(row.get(column)), recorded.get(column),
                 )
                 return
 
@@ -479,3 +510,29 @@ def _one_line(exc: BaseException, max_chars: int = 200) -> str:
     """``Type: message`` on one line, at most ``max_chars`` characters (a table cell, a log line)."""
     text = " ".join(f"{type(exc).__name__}: {exc}".split())
     return text if len(text) <= max_chars else text[: max_chars - 3] + "..."
+
+
+def progress_line(volume: dict[str, Any], feedback: dict[str, Any]) -> str:
+    """One line about a published volume, for the operator's terminal.
+
+    "volume N of M (acq K)", the condition, the feedback value or the reason
+    it is null, framewise displacement, processing latency (file complete ->
+    published) and the volume's flags. N counts kept volumes from 1 (the
+    project's numbering for people); K is the scanner's file number.
+    """
+    n = volume.get("n_volumes")
+    label = f"volume {volume['index'] + 1:>{len(str(n)) if n else 1}}" + (f" of {n}" if n else "")
+    if volume.get("acquisition") is not None:
+        label += f" (acq {volume['acquisition']})"
+    value = feedback.get("value")
+    shown = f"{value:.2f}" if value is not None else f"— ({feedback.get('reason') or 'no value'})"
+    fd = volume.get("framewise_displacement")
+    timing = volume.get("timing") or {}
+    t_detected, t_published = timing.get("t_detected"), timing.get("t_published")
+    latency = "—" if t_detected is None or t_published is None else f"{(t_published - t_detected) * 1e3:.1f} ms"
+    flags = [name.replace("_", " ") for name, on in (volume.get("flags") or {}).items() if on and name != "missing"]
+    if n:  # columns stay aligned while the file number grows a digit
+        label = f"{label:<{len(f'volume {n} of {n} (acq {n})') + 1}}"
+    line = (f"{label}  {volume.get('condition', ''):<10} feedback {shown:<6}  "
+            f"FD {'—' if fd is None else f'{fd:.2f} mm'}  latency {latency}")
+    return line + (f"  [{', '.join(flags)}]" if flags else "")

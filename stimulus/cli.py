@@ -83,8 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
     """
     p = argparse.ArgumentParser(
         prog="rtnf-screen",
-        description="Show rtnf's feedback to the participant (PsychoPy window). The quit key "
-                    "(Esc by default) quits.",
+        description="Show rtnf's feedback to the participant (PsychoPy window): instructions, the bar or "
+                    "intermittent scores, 'Run finished' and a 'connection lost' notice when rtnf falls silent. "
+                    "It subscribes to rtnf's publish address (--address) and binds --ack-address for its "
+                    "acknowledgements ('displayed', heartbeats, keys); it may start before or after rtnf. "
+                    "The quit key (Esc by default) quits.",
+        epilog="example: rtnf-screen --config my_run.toml --fullscreen --screen 1",
     )
     p.add_argument("--config", type=Path, metavar="SESSION.toml",
                    help="session config; only its [display] table is read (options below "
@@ -111,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time for the bar to move to a new value (0.3; 0 jumps)")
     d.add_argument("--trigger-key", metavar="KEY", help="the scanner trigger's key ('5')")
     d.add_argument("--heartbeat-timeout", type=_positive, metavar="SECONDS",
-                   help="show 'connection lost' after this long without a message (3)")
+                   help="show 'connection lost' after this long without a message "
+                        "while a run is going on (3; never after the run ended)")
     d.add_argument("--max-fps", type=_positive, help="frame-rate cap (60)")
     p.add_argument("--flip-log", type=Path, metavar="PATH",
                    help="CSV with one row per flip: " + ", ".join(FLIP_LOG_COLUMNS) + "; the "

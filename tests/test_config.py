@@ -149,3 +149,54 @@ def test_cli_exits_2_with_one_message_and_no_traceback(tmp_path):
     assert "scanner.tr_s" in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "rtnf", "run", str(path)], capture_output=True, text=True)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and "scanner.tr_s" in proc.stderr
+
+
+# ---------------------------------------------------------------- implausible values (issue 16)
+
+
+def test_a_drift_cutoff_that_looks_like_a_frequency_is_refused(tmp_path):
+    msg = _error(tmp_path, BASE_CONFIG.format(extra="[model]\ndrift_cutoff_s = 0.0078"))
+    assert "drift_cutoff_s is a period in seconds; 0.0078 looks like a frequency in Hz: did you mean 128?" in msg
+    msg = _error(tmp_path, BASE_CONFIG.format(extra="[model]\ndrift_cutoff_s = 3.0"))  # TR 2 s
+    assert "'model.drift_cutoff_s': 3 s is shorter than two TRs" in msg
+    assert load_config(write_config(tmp_path, extra="[model]\ndrift_cutoff_s = 100.0")).model.drift_cutoff_s == 100.0
+
+
+def test_rtnf_check_stops_on_the_frequency_with_exit_code_2(tmp_path):
+    path = write_config(tmp_path, extra="[model]\ndrift_cutoff_s = 0.0078")
+    proc = subprocess.run([sys.executable, "-m", "rtnf", "check", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "did you mean 128?" in proc.stderr
+
+
+@pytest.mark.parametrize("scale_range, word", [("[-0.05, 0.1]", "overflows"), ("[-10.0, 30.0]", "never fill")])
+def test_rtnf_check_warns_about_a_fixed_range_the_signal_cannot_fill(tmp_path, scale_range, word):
+    from rtnf.config import plausibility_warnings
+
+    extra = f'scaling = "fixed"\nscale_range = {scale_range}\n'
+    text = BASE_CONFIG.format(extra="").replace('roi = "acc"\n', 'roi = "acc"\n' + extra)
+    path = write_config(tmp_path, text)
+    (warning,) = plausibility_warnings(load_config(path))
+    assert "feedback.scale_range" in warning and word in warning and "between 0.2 and 20 %" in warning
+    proc = subprocess.run([sys.executable, "-m", "rtnf", "check", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "rtnf check: warning: feedback.scale_range" in proc.stderr and word in proc.stderr
+    # adaptive scaling stretches the same range to the signal: nothing to warn about
+    adaptive = load_config(write_config(tmp_path, text.replace('scaling = "fixed"', 'scaling = "adaptive"')))
+    assert plausibility_warnings(adaptive) == []
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_configs_raise_no_plausibility_warning(path):
+    from rtnf.config import plausibility_warnings
+
+    assert plausibility_warnings(load_config(path)) == []
+
+
+def test_rtnf_check_stops_on_a_sphere_outside_the_reference_field_of_view(tmp_path):
+    _reference(tmp_path)
+    text = BASE_CONFIG.format(extra="").replace("dummy_volumes = 2", 'dummy_volumes = 2\nreference_volume = "ref.nii.gz"')
+    path = write_config(tmp_path, text.replace("[0.0, 30.0, 15.0]", "[0.0, 300.0, 15.0]"))
+    proc = subprocess.run([sys.executable, "-m", "rtnf", "check", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "rois.acc.center_mm" in proc.stderr and "outside the field of view" in proc.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 from pathlib import Path
 from typing import Sequence
 
@@ -36,37 +37,71 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="smallest fraction of the region inside the field of view (default 0.5)")
 
 
+def _kind(sub, name: str, help: str, description: str, *examples: str) -> argparse.ArgumentParser:
+    """A kind of ROI whose ``--help`` has a one-paragraph description and examples."""
+    epilog = "\n".join(["example:" if len(examples) == 1 else "examples:"] + [f"  {e}" for e in examples])
+    return sub.add_parser(name, help=help, description=textwrap.fill(" ".join(description.split()), 79),
+                          epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Sub-commands ``mask``, ``sphere``, ``atlas``, ``mni``, ``localizer`` of ``rtnf roi``."""
     sub = parser.add_subparsers(dest="roi_kind", required=True)
 
-    p = sub.add_parser("mask", help="a NIfTI mask or probability map in any space, resampled to the reference")
+    p = _kind(
+        sub, "mask", "a NIfTI mask or probability map in any space, resampled to the reference",
+        """Resample a NIfTI mask or probability map, in any world space its affine states, to the reference
+        volume's grid and keep the voxels above --threshold.""",
+        "rtnf roi mask insula_prob.nii.gz --interpolation linear --threshold 0.5 -r ref.nii.gz -o insula.nii.gz",
+    )
     p.add_argument("image", type=Path, help="NIfTI image with an affine")
     p.add_argument("--threshold", type=float, default=0.5, help="keep voxels above this value (default 0.5)")
     p.add_argument("--interpolation", choices=["nearest", "linear"], default="nearest",
                    help="nearest (binary masks) or linear (probability maps; default nearest)")
     _common(p)
 
-    p = sub.add_parser("sphere", help="a sphere at scanner RAS coordinates")
-    p.add_argument("--center-mm", type=float, nargs=3, required=True, metavar=("X", "Y", "Z"))
-    p.add_argument("--radius-mm", type=float, required=True)
+    p = _kind(
+        sub, "sphere", "a sphere in the participant's scanner space (RAS mm of the functional images)",
+        """A sphere at coordinates in the participant's scanner space: RAS millimetres of the functional
+        images, as a viewer shows them on the reference volume (not MNI coordinates: for those, use
+        `rtnf roi mni --center-mm`).""",
+        "rtnf roi sphere --center-mm 2 41 12 --radius-mm 8 -r ref.nii.gz -o acc.nii.gz",
+    )
+    p.add_argument("--center-mm", type=float, nargs=3, required=True, metavar=("X", "Y", "Z"),
+                   help="centre in the participant's scanner space (RAS mm of the functional images)")
+    p.add_argument("--radius-mm", type=float, required=True, help="radius in mm")
     _common(p)
 
-    p = sub.add_parser("atlas", help="labels of a label image (same world space as the reference) + table")
+    p = _kind(
+        sub, "atlas", "labels of a label image (same world space as the reference) + table",
+        """The union of labels of an integer label image that is already in the reference volume's world space
+        (for example a participant's parcellation), named through a table of index and name.""",
+        "rtnf roi atlas --labels aparc.nii.gz --table aparc.tsv --name ctx-lh-insula -r ref.nii.gz -o insula.nii.gz",
+    )
     p.add_argument("--labels", type=Path, required=True, help="integer label image (NIfTI)")
     p.add_argument("--table", type=Path, required=True, help="TSV/CSV of index,name")
     p.add_argument("--name", dest="label_names", action="append", required=True, metavar="NAME",
                    help="label name from the table (repeat for a union)")
     _common(p)
 
-    p = sub.add_parser("mni", help="a region in MNI space, via an affine registration of MNI152 to the reference")
+    p = _kind(
+        sub, "mni", "a region in MNI space, via an affine registration of MNI152 to the reference",
+        """Place an ROI given in MNI space (a built-in region, a sphere at MNI coordinates, an MNI mask or
+        atlas label) on the participant: the MNI152 template is registered to the reference volume once
+        (affine, SimpleITK), the region is carried through it onto the functional grid, and the
+        registration is saved for reuse with --transform. This is the way to use MNI coordinates: the
+        config's center_mm is in the participant's scanner space.""",
+        "rtnf roi mni --region anterior_cingulate -r ref.nii.gz -o acc.nii.gz",
+        "rtnf roi mni --center-mm 0 30 15 --radius-mm 8 -r ref.nii.gz -o acc.nii.gz --transform acc_mni.json",
+    )
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--region", choices=sorted(MNI_REGIONS), help="built-in approximate region (see docs)")
-    g.add_argument("--center-mm", type=float, nargs=3, metavar=("X", "Y", "Z"), help="MNI sphere centre (with --radius-mm)")
+    g.add_argument("--center-mm", type=float, nargs=3, metavar=("X", "Y", "Z"),
+                   help="sphere centre in MNI coordinates, mm (with --radius-mm)")
     g.add_argument("--mask", type=Path, help="a mask in MNI space")
     g.add_argument("--labels", type=Path, help="an MNI-space label image (with --table and --name)")
-    p.add_argument("--radius-mm", type=float, default=None)
-    p.add_argument("--table", type=Path, default=None)
+    p.add_argument("--radius-mm", type=float, default=None, help="sphere radius in mm (with --center-mm)")
+    p.add_argument("--table", type=Path, default=None, help="TSV/CSV of index,name (with --labels)")
     p.add_argument("--name", dest="label_names", action="append", metavar="NAME", help="label name (with --labels)")
     p.add_argument("--gm-threshold", type=float, default=0.5,
                    help="keep MNI voxels with grey-matter probability >= this (region/sphere; 0 = all; default 0.5)")
@@ -74,14 +109,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="reuse a registration JSON written earlier (default: register now and write <out>_mni.json)")
     _common(p)
 
-    p = sub.add_parser("localizer", help="threshold or top-k voxels of a localizer t-map, in a search mask")
+    p = _kind(
+        sub, "localizer", "threshold or top-k voxels of a localizer t-map, in a search mask",
+        """The voxels of a localizer t-map above --threshold, or its --top-k voxels, inside an optional search
+        mask; the t-map is given (any space) or computed here from the localizer series and its events.""",
+        "rtnf roi localizer --tmap localizer_tmap.nii.gz --top-k 50 --search-mask acc.nii.gz -r ref.nii.gz -o acc_top50.nii.gz",
+        "rtnf roi localizer --series loc/export --events loc_events.tsv --tr-s 2 --top-k 50 -r ref.nii.gz -o top50.nii.gz",
+    )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--tmap", type=Path, help="t-map (NIfTI, any space)")
     src.add_argument("--series", type=Path, help="compute the t-map from this localizer series (4D NIfTI or folder)")
     p.add_argument("--events", type=Path, help="BIDS events.tsv of the series (with --series)")
     p.add_argument("--tr-s", type=float, help="TR of the series in seconds (with --series)")
     p.add_argument("--volumes", default=None, help="volumes to use, 1-based inclusive, e.g. 1-39 (default all)")
-    p.add_argument("--drift-cutoff-s", type=float, default=128.0)
+    p.add_argument("--drift-cutoff-s", type=float, default=128.0,
+                   help="longest period the cosine drift terms remove, in seconds (default 128)")
     sel = p.add_mutually_exclusive_group(required=True)
     sel.add_argument("--threshold", type=float, help="keep voxels with t >= T")
     sel.add_argument("--top-k", type=int, help="keep the K voxels with the largest t")
