@@ -76,9 +76,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="continue this run after a crash: rebuild the model from the export folder, keep its rows")
     run.add_argument("--console", action="store_true", help="also serve the operator console (a read-only web page)")
     run.add_argument("--console-port", type=int, default=5006, help="port of the console on 127.0.0.1 (default 5006)")
-    run.add_argument("--console-screen-address", default=None, metavar="ADDRESS",
-                     help="the feedback screen's acknowledgement address (its --ack-address), which the console "
-                          "listens to (default tcp://127.0.0.1:5556)")
+    run.add_argument("--ack-address", dest="console_screen_address", default=None, metavar="ADDRESS",
+                     help="the feedback screen's acknowledgement address (rtnf-screen --ack-address), which the "
+                          "console listens to (default tcp://127.0.0.1:5556)")
+    run.add_argument("--console-screen-address", dest="console_screen_address", help=argparse.SUPPRESS)  # old name
     run.add_argument("--console-no-screen", action="store_true",
                      help="no feedback screen is used: the console does not wait for one nor alert when it is silent")
     run.add_argument("--console-linger-s", type=float, default=None, metavar="S",
@@ -461,10 +462,10 @@ def _cmd_check(args: argparse.Namespace) -> int:
     print(f"  run: {cfg.scanner.n_volumes} volumes ({cfg.scanner.dummy_volumes} dummies) at TR {cfg.scanner.tr_s} s")
     # In the config's own terms: kept volumes from 0, as the protocol's onsets count them
     # (the log and progress lines say "volume N of M" with N = this index + 1).
-    print(f"  protocol by kept-volume index from 0 (\"volume N of {cfg.n_kept_volumes}\" in the progress lines "
-          "and the log is index N-1):")
+    print(f"  protocol, volumes counted from 1 at the first kept volume (as the progress lines, the log, "
+          f"the console and the report count them; {cfg.n_kept_volumes} kept):")
     for seg in protocol.segments():
-        print(f"  volumes {seg.start:4d}-{seg.stop - 1:4d}  {seg.condition}")
+        print(f"  volumes {seg.start + 1:4d}-{seg.stop:4d}  {seg.condition}")
     print(f"  ROIs: {', '.join(cfg.rois)}; feedback from {' + '.join(cfg.feedback.targets)}")
     for warning in plausibility_warnings(cfg):
         print(f"rtnf check: warning: {warning}", file=sys.stderr)

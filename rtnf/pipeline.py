@@ -86,7 +86,7 @@ class VolumeProcessor:
         try:
             volume = arrival.load()
         except VolumeReadError as exc:
-            log.warning("volume %d unreadable, treated as missing: %s", index, exc)
+            log.warning("%s unreadable, treated as missing: %s", self._label(index), exc)
             return self.missing(index, acquisition, name, t_detected, reason="unreadable file")
         t_read = time.time()
         self.received = volume
@@ -96,8 +96,8 @@ class VolumeProcessor:
             self._fit_extras(volume)
         elif not volume.grid.same_as(self.grid):
             log.warning(
-                "volume %d (%s) has shape %s, expected %s (or a different affine); treated as missing",
-                index, name, volume.data.shape, self.grid.shape,
+                "%s (%s) has shape %s, expected %s (or a different affine); treated as missing",
+                self._label(index), name, volume.data.shape, self.grid.shape,
             )
             return self.missing(index, acquisition, name, t_detected, reason="wrong matrix or geometry")
         pre = self.preprocessor.run(volume)
@@ -142,14 +142,18 @@ class VolumeProcessor:
             volume_body["flags"]["censored"] = q.censored
         return volume_body, feedback_body
 
+    def _label(self, index: int) -> str:
+        """The volume as people count it (see rtnf.messages): "volume N of M", N from 1."""
+        return f"volume {index + 1} of {self.protocol.n_volumes}"
+
     def _say_trust(self, index: int) -> None:
         """Log once when the whole-brain model becomes reduced by left-out volumes, and once when it recovers."""
         note = self.wholebrain.trust_note(index)
         if note != self._trust_note:
             if note is not None:
-                log.warning("volume %d: %s", index, note)
+                log.warning("%s: %s", self._label(index), note)
             elif self._trust_note is not None:
-                log.info("volume %d: whole-brain t-map from the full model again", index)
+                log.info("%s: whole-brain t-map from the full model again", self._label(index))
             self._trust_note = note
 
     @property

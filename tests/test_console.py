@@ -941,7 +941,7 @@ def test_rtnf_run_passes_the_screen_address_and_the_configs_limits_and_keeps_the
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         code = cli.main(["run", str(cfg_path), "--console", "--console-port", "7123",
-                         "--console-screen-address", "tcp://10.0.0.5:6000", "--console-linger-s", "30"])
+                         "--ack-address", "tcp://10.0.0.5:6000", "--console-linger-s", "30"])
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
@@ -954,7 +954,7 @@ def test_rtnf_run_passes_the_screen_address_and_the_configs_limits_and_keeps_the
     # The child's command line carries them.
     cmd = console_cli.command("tcp://127.0.0.1:6000", "tcp://10.0.0.5:6000", port=7123, fd_threshold_mm=0.7,
                               rtnf_timeout_s=6.0)
-    assert cmd[cmd.index("--screen-address") + 1] == "tcp://10.0.0.5:6000"
+    assert cmd[cmd.index("--ack-address") + 1] == "tcp://10.0.0.5:6000"
     assert cmd[cmd.index("--fd-threshold") + 1] == "0.7" and cmd[cmd.index("--rtnf-timeout") + 1] == "6.0"
 
 

@@ -138,7 +138,7 @@ def test_opennft_settings_and_protocol_become_an_equivalent_config(tmp_path):
 
     check = _cli("check", str(out))
     assert check.returncode == 0, check.stderr
-    assert "volumes   10-  19  NFBREG" in check.stdout
+    assert "volumes   11-  20  NFBREG" in check.stdout  # OpenNFT's 1-based [11, 20], as rtnf check counts too
 
 
 def test_older_protocol_format_and_an_explicit_first_file_name(tmp_path):

@@ -28,8 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the console's options to ``parser``."""
     parser.add_argument("--address", default=DEFAULT_ADDRESS,
                         help=f"rtnf's publish address (default {DEFAULT_ADDRESS})")
-    parser.add_argument("--screen-address", "--ack-address", dest="screen_address", default=DEFAULT_SCREEN_ADDRESS,
+    parser.add_argument("--ack-address", dest="screen_address", default=DEFAULT_SCREEN_ADDRESS,
                         help=f"the feedback screen's acknowledgement address (default {DEFAULT_SCREEN_ADDRESS})")
+    parser.add_argument("--screen-address", dest="screen_address", help=argparse.SUPPRESS)  # the old name
     parser.add_argument("--no-screen", action="store_true",
                         help="no feedback screen is used: do not listen for it nor alert when it is silent")
     parser.add_argument("--host", default=DEFAULT_HOST,
@@ -62,7 +63,7 @@ def command(
     the run's from the start, before its run message arrives.
     """
     cmd = [sys.executable, "-m", "rtnf.console", "--address", address, "--host", host, "--port", str(port)]
-    cmd += ["--no-screen"] if not screen_address else ["--screen-address", screen_address]
+    cmd += ["--no-screen"] if not screen_address else ["--ack-address", screen_address]
     if fd_threshold_mm is not None:
         cmd += ["--fd-threshold", repr(float(fd_threshold_mm))]
     if rtnf_timeout_s is not None:
