@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..nifti import VolumeReadError
+from ..nifti import VolumeReadError, open_regular
 
 with warnings.catch_warnings():  # nibabel warns on import that its DICOM readers are "experimental"
     warnings.simplefilter("ignore", UserWarning)
@@ -84,6 +84,15 @@ class DicomInfo:
         it looks readable.
     sop_uid, instance_number
         Identity of the file, used to recognise duplicates.
+    n_temporal : int or None
+        NumberOfTemporalPositions (slice files), to check the slice count against.
+    volume_from_instance : bool
+        The volume number is derived from InstanceNumber and the slice count
+        (no TemporalPositionIdentifier, not Siemens): derived again when the
+        count is corrected or configured.
+    note : str or None
+        Why ``n_slices`` differs from a header count (an implausible
+        ImagesInAcquisition, the configured ``scanner.slices_per_volume``).
     """
 
     path: Path
@@ -100,6 +109,9 @@ class DicomInfo:
     problem: str | None = None
     sop_uid: str | None = None
     instance_number: int | None = None
+    n_temporal: int | None = None
+    volume_from_instance: bool = False
+    note: str | None = None
 
     @property
     def usable(self) -> bool:
@@ -107,12 +119,28 @@ class DicomInfo:
         return self.complete and self.problem is None
 
 
-def open_bytes(path: Path) -> BinaryIO:
-    """Open a file for reading; ``*.gz`` files are decompressed (into memory)."""
+#: Largest size a ``*.gz`` DICOM file may decompress to (bytes): a gzip bomb stops there.
+MAX_GZ_BYTES = 512 << 20
+
+
+def open_bytes(path: Path, max_bytes: int = MAX_GZ_BYTES) -> BinaryIO:
+    """Open a regular file for reading; ``*.gz`` files are decompressed (into memory, at most ``max_bytes``).
+
+    Raises
+    ------
+    OSError
+        Not a regular file (:class:`rtnf.nifti.NotRegularFileError`), or unreadable.
+    DicomReadError
+        A ``*.gz`` file that decompresses to more than ``max_bytes``.
+    """
+    f = open_regular(path)
     if path.name.endswith(".gz"):
-        with gzip.open(path, "rb") as f:
-            return io.BytesIO(f.read())
-    return open(path, "rb")
+        with f, gzip.GzipFile(fileobj=f, mode="rb") as g:
+            data = g.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise DicomReadError(f"{path}: decompresses to more than {max_bytes} bytes (a gzip bomb?); not read")
+        return io.BytesIO(data)
+    return f
 
 
 def dcmread(path: Path, stop_before_pixels: bool = False) -> Any:

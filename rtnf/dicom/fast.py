@@ -28,8 +28,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..nifti import open_regular
 from ..volume import Volume
-from ._common import acquisition_time, dicomwrappers
+from ._common import DicomReadError, acquisition_time, dicomwrappers
 from .reader import read_volume
 
 # tag (group, element) -> allowed VRs; geometry / value elements of the signature
@@ -129,7 +130,11 @@ class SeriesReader:
         path = Path(path)
         header = None
         if not path.name.endswith(".gz"):
-            buf = path.read_bytes()
+            try:
+                with open_regular(path) as f:  # never blocks on a FIFO put in the file's place
+                    buf = f.read()
+            except OSError as exc:
+                raise DicomReadError(f"{path}: cannot open ({exc})") from exc
             header = scan_header(buf)
         if header is not None and header.pixel_offset + header.pixel_length <= len(buf):
             recipe = self._recipes.get(header.signature)

@@ -14,6 +14,7 @@ header's dynamic scan number.
 
 from __future__ import annotations
 
+import io
 import re
 import time
 import warnings
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..nifti import open_regular
 from ..volume import Volume
 from ._common import DicomInfo, DicomReadError
 
@@ -38,7 +40,7 @@ def _rec_path(par: Path) -> Path | None:
 def _header(par: Path):
     from nibabel import parrec
 
-    with open(par, "rt", encoding="latin-1") as f, warnings.catch_warnings():
+    with io.TextIOWrapper(open_regular(par), encoding="latin-1") as f, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         general, image_defs = parrec.parse_PAR_header(f)
     return general, image_defs

@@ -162,7 +162,9 @@ def header_fields(ds: Any, path: Path) -> dict[str, Any]:
     instance = as_int(ds.get("InstanceNumber"))
     acq_number = as_int(ds.get("AcquisitionNumber"))
     shape: tuple[int, ...] | None = (rows, cols) if rows and cols else None
-    n_slices = volume = position = None
+    n_slices = volume = position = note = None
+    from_instance = False
+    n_temporal = as_int(ds.get("NumberOfTemporalPositions"))
     if kind == "mosaic":
         n_slices = as_int(csareader.get_n_mosaic(csa)) if csa is not None else None
         if shape and n_slices:
@@ -185,17 +187,18 @@ def header_fields(ds: Any, path: Path) -> dict[str, Any]:
             position = float(np.dot(pos, slice_normal(orient)))
         else:
             problem = problem or f"{path}: no ImagePositionPatient/ImageOrientationPatient: no slice geometry"
-        n_slices = _slice_n_slices(ds)
+        n_slices, note = _slice_n_slices(ds, n_temporal)
         tpi = as_int(ds.get("TemporalPositionIdentifier"))
         manufacturer = (as_str(ds.get("Manufacturer")) or "").upper()
         if tpi is not None:
             volume = tpi
         elif "SIEMENS" in manufacturer and acq_number is not None:
             volume = acq_number
-        elif n_slices and instance is not None and instance >= 1:
-            volume = (instance - 1) // n_slices + 1
         else:
-            volume = acq_number
+            # GE numbers images volume after volume: with a slice count (the header's now, or a
+            # configured one later, see with_slice_count) the volume comes from InstanceNumber.
+            from_instance = instance is not None and instance >= 1
+            volume = (instance - 1) // n_slices + 1 if n_slices and from_instance else acq_number
     return dict(
         kind=kind,
         series_number=as_int(ds.get("SeriesNumber")),
@@ -209,17 +212,65 @@ def header_fields(ds: Any, path: Path) -> dict[str, Any]:
         sop_uid=as_str(ds.get("SOPInstanceUID")),
         instance_number=instance,
         problem=problem,
+        n_temporal=n_temporal,
+        volume_from_instance=from_instance,
+        note=note,
     )
 
 
-def _slice_n_slices(ds: Any) -> int | None:
+_MAX_PLAUSIBLE_SLICES = 512  # slices of one volume of a multi-volume 2D series; more means a series count
+
+
+def _slice_n_slices(ds: Any, n_temporal: int | None = None) -> tuple[int | None, str | None]:
+    """Slices per volume of a slice file, and a note when a header count was judged implausible.
+
+    ImagesInAcquisition first, then GE LocationsInAcquisition, then Philips
+    NumberOfSlicesMR. Some GE versions (Signa HDxt) set ImagesInAcquisition
+    to the file count of the whole series: when it is a multiple of
+    LocationsInAcquisition (slices x temporal positions, or a count larger
+    than the slice locations), the locations are the slice count; without
+    locations, a count above ``_MAX_PLAUSIBLE_SLICES`` that is a multiple of
+    NumberOfTemporalPositions (> 1) is divided by it. Otherwise only the
+    configured ``scanner.slices_per_volume`` can tell (see
+    :func:`with_slice_count`).
+    """
+    counts = []
     for key in ("ImagesInAcquisition", (0x0021, 0x104F), (0x2001, 0x1018)):
         elem = ds.get(key)
         value = getattr(elem, "value", elem)
         n = as_int(value) if not isinstance(value, bytes) else None
-        if n and n > 0:
-            return n
-    return None
+        counts.append(n if n and n > 0 else None)
+    images, locations, philips = counts
+    other = locations or philips
+    if images and other and images != other and images % other == 0:
+        per = images // other
+        what = (f"{other} slices x {per} temporal positions" if n_temporal in (None, per)
+                else f"{per} x the {other} slice locations")
+        return other, (f"ImagesInAcquisition {images} = {what}: it counts the whole series, not one volume; "
+                       f"{other} slices per volume used")
+    if (images and not other and n_temporal and n_temporal > 1 and images > _MAX_PLAUSIBLE_SLICES
+            and images % n_temporal == 0):
+        per = images // n_temporal
+        return per, (f"ImagesInAcquisition {images} = {per} slices x {n_temporal} temporal positions "
+                     f"(NumberOfTemporalPositions): it counts the whole series, not one volume; "
+                     f"{per} slices per volume used")
+    for n in counts:
+        if n:
+            return n, None
+    return None, None
+
+
+def with_slice_count(info: DicomInfo, n_slices: int, why: str) -> DicomInfo:
+    """``info`` with ``n_slices`` slices per volume, its volume number derived again when it came from
+    InstanceNumber and the old count, and ``why`` as its note when the count changed."""
+    import dataclasses
+
+    if info.n_slices == n_slices:
+        return info
+    volume = info.volume_number
+    if info.volume_from_instance and info.instance_number is not None and info.instance_number >= 1:
+        volume = (info.instance_number - 1) // n_slices + 1
+    return dataclasses.replace(info, n_slices=n_slices, volume_number=volume, note=why)
 
 
 def _enhanced_n_slices(ds: Any) -> int | None:
