@@ -51,7 +51,10 @@ def _format_error(err: Any, root: type[BaseModel], prefix: str) -> str:
     if err["type"] == "missing":
         return f"missing key '{key}' (required)."
     value = err.get("input")
-    shown = f"{value!r} ({type(value).__name__})" if not isinstance(value, dict) else "a table"
+    shown = repr(value)
+    if len(shown) > 80:  # a hostile or mistaken 900 kB text: say how long, not all of it
+        shown = f"{shown[:60]}... ({len(value) if hasattr(value, '__len__') else len(shown)} characters)"
+    shown = f"{shown} ({type(value).__name__})" if not isinstance(value, dict) else "a table"
     return f"invalid value for '{key}': {shown}. {err['msg']}."
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import textwrap
@@ -72,13 +73,17 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--output-dir", type=Path, help="override output.dir")
     _address_options(run, "address to publish on, overriding publish.address (e.g. tcp://127.0.0.1:5555)")
     run.add_argument("--overwrite", action="store_true", help="replace earlier outputs of the same run")
+    run.add_argument("--create-export-dir", action="store_true",
+                     help="create scanner.export_dir when it is missing (by default a missing export folder is an "
+                          "error: an unmounted share must not silently become a local folder)")
     run.add_argument("--resume", action="store_true",
                      help="continue this run after a crash: rebuild the model from the export folder, keep its rows")
     run.add_argument("--console", action="store_true", help="also serve the operator console (a read-only web page)")
     run.add_argument("--console-port", type=int, default=5006, help="port of the console on 127.0.0.1 (default 5006)")
     run.add_argument("--ack-address", dest="console_screen_address", default=None, metavar="ADDRESS",
-                     help="the feedback screen's acknowledgement address (rtnf-screen --ack-address), which the "
-                          "console listens to (default tcp://127.0.0.1:5556)")
+                     help="the feedback screen's acknowledgement address (rtnf-screen --ack-address): rtnf records "
+                          "what the screen showed and the keys pressed from there, and the console listens to it "
+                          "(overrides publish.screen_address, default tcp://127.0.0.1:5556)")
     run.add_argument("--console-screen-address", dest="console_screen_address", help=argparse.SUPPRESS)  # old name
     run.add_argument("--console-no-screen", action="store_true",
                      help="no feedback screen is used: the console does not wait for one nor alert when it is silent")
@@ -100,7 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--pace", choices=["fast", "tr"], default="fast",
                         help="as fast as the machine allows (default) or one volume per TR")
     replay.add_argument("--speed", type=float, default=1.0, help="with --pace tr: TR divided by this")
-    replay.add_argument("--output-dir", type=Path, help="override output.dir")
+    replay.add_argument("--output-dir", type=Path,
+                        help="override output.dir; the replay writes into its folder replay[-<--set overrides>] there")
     _address_options(replay, "publish on this address as a live run does (default: nowhere)")
     _run_options(replay)
     replay.add_argument("--jobs", type=int, default=1, help="replays run in parallel in a local process pool")
@@ -276,10 +282,29 @@ def _overrides(args: argparse.Namespace) -> dict[str, object]:
         out["output.dir"] = str(args.output_dir.resolve())
     if getattr(args, "publish_address", None):
         out["publish.address"] = args.publish_address
+    if getattr(args, "console_screen_address", None):  # --ack-address: rtnf records the screen's events from there
+        out["publish.screen_address"] = args.console_screen_address
     out |= _parse_sets(getattr(args, "sets", []))
     if getattr(args, "run", None) is not None:
         out["session.run"] = args.run
     return out
+
+
+def _ensure_export_dir(folder: Path, create: bool) -> None:
+    """A missing export folder is a config error unless the operator asked for it to be created."""
+    from .config import ConfigError
+
+    if folder.is_dir():
+        return
+    if not create:
+        raise ConfigError(
+            f"invalid value for 'scanner.export_dir': {folder} does not exist (is the share mounted?). "
+            "Allowed: an existing folder, or pass --create-export-dir to create it."
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"invalid value for 'scanner.export_dir': cannot create {folder}: {exc.strerror}.") from None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -290,6 +315,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .session import progress_line, run_session
 
     cfg = load_config(args.config, _overrides(args))
+    _ensure_export_dir(cfg.scanner.export_dir, args.create_export_dir)
     for warning in plausibility_warnings(cfg):
         logging.getLogger("rtnf").warning("%s", warning)
     out = Console(highlight=False, soft_wrap=True)
@@ -305,7 +331,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         from .console import cli as console_cli
 
         # A child process keeps the web server off the pipeline's GIL; the run's config sets its limits.
-        screen = None if args.console_no_screen else (args.console_screen_address or console_cli.DEFAULT_SCREEN_ADDRESS)
+        screen = None if args.console_no_screen else (args.console_screen_address or cfg.publish.screen_address)
         console = console_cli.spawn(cfg.publish.address, screen, port=args.console_port, **console_cli.config_limits(cfg))
         print(f"operator console: http://127.0.0.1:{args.console_port}/")
     try:
@@ -361,16 +387,17 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     from .config import load_config
     from .record import OutputExistsError
-    from .replay import ReplayJob, replay_many, replay_one
+    from .replay import ReplayJob, replay_label, replay_many, replay_one
 
     base = _overrides(args)
+    label = replay_label(_parse_sets(args.sets))  # its own folder under output.dir, named by the --set overrides
     cfg = load_config(args.config, base)  # fails early, with the config's message, on a bad override
     jobs = []
     for k, source in enumerate(args.sources):
         overrides = dict(base)
         if len(args.sources) > 1:
             overrides["session.run"] = cfg.session.run + k  # one run number per replayed source
-        jobs.append(ReplayJob(args.config, source.resolve(), overrides, args.pace, args.speed, args.overwrite))
+        jobs.append(ReplayJob(args.config, source.resolve(), overrides, args.pace, args.speed, args.overwrite, label))
     console = Console()
     try:
         if len(jobs) == 1 and not args.dask:
@@ -503,47 +530,60 @@ def main(argv: list[str] | None = None) -> int:
     from .config import ConfigError
 
     try:
-        if args.command == "run":
-            return _cmd_run(args)
-        if args.command == "check":
-            return _cmd_check(args)
-        if args.command == "import-opennft":
-            return _cmd_import_opennft(args)
-        if args.command == "fidelity":
-            return _cmd_fidelity(args)
-        if args.command == "bench":
-            return _cmd_bench(args)
-        if args.command == "replay":
-            return _cmd_replay(args)
-        if args.command == "roi":
-            from . import roidef as roi_cmd
-
-            return roi_cmd.run(args)
-        if args.command == "lsl":
-            from . import lsl as lsl_cmd
-
-            return lsl_cmd.run(args)
-        if args.command == "session":
-            return _cmd_session(args)
-        if args.command == "keys":
-            from .keys import main as keys_main
-
-            argv = [str(args.folder)] + [a for c in args.client for a in ("--client", c)]
-            return keys_main(argv + (["--overwrite"] if args.overwrite else []))
-        if args.command == "report":
-            from . import report as report_cmd
-
-            return report_cmd.run(args)
-        if args.command == "console":
-            from .console import cli as console_cli
-
-            return console_cli.run(args)
-        from .demo import run_demo
-
-        return run_demo(args)
+        code = _dispatch(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at the interpreter's exit
+        return code
     except ConfigError as exc:
         print(f"rtnf {args.command}: config error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:
+        # The reader went away (`rtnf check cfg | head -1`): exit quietly, as the Python docs recommend,
+        # pointing stdout at devnull so the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command."""
+    if args.command == "run":
+        return _cmd_run(args)
+    if args.command == "check":
+        return _cmd_check(args)
+    if args.command == "import-opennft":
+        return _cmd_import_opennft(args)
+    if args.command == "fidelity":
+        return _cmd_fidelity(args)
+    if args.command == "bench":
+        return _cmd_bench(args)
+    if args.command == "replay":
+        return _cmd_replay(args)
+    if args.command == "roi":
+        from . import roidef as roi_cmd
+
+        return roi_cmd.run(args)
+    if args.command == "lsl":
+        from . import lsl as lsl_cmd
+
+        return lsl_cmd.run(args)
+    if args.command == "session":
+        return _cmd_session(args)
+    if args.command == "keys":
+        from .keys import main as keys_main
+
+        argv = [str(args.folder)] + [a for c in args.client for a in ("--client", c)]
+        return keys_main(argv + (["--overwrite"] if args.overwrite else []))
+    if args.command == "report":
+        from . import report as report_cmd
+
+        return report_cmd.run(args)
+    if args.command == "console":
+        from .console import cli as console_cli
+
+        return console_cli.run(args)
+    from .demo import run_demo
+
+    return run_demo(args)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ._validation import format_validation_error
 from .display import DisplayConfig
-from .messages import DEFAULT_ADDRESS
+from .messages import DEFAULT_ADDRESS, DEFAULT_SCREEN_ADDRESS
+from .pubsocket import is_loopback
 from .protocol import Block, Protocol, ProtocolError
 
 LABEL = r"^[A-Za-z0-9]+$"  # BIDS labels: alphanumeric only
+# Generous but finite bounds: a value outside them is a typo, never a run (issue 15).
+MAX_LABEL = 64
+MAX_VOLUMES = 100_000
+MAX_SECONDS = 86_400.0  # one day, for onsets and durations
+MAX_MM = 10_000.0
 # TOML has no path type: paths are strings, converted (the only non-strict field).
 FilePath = Annotated[Path, Field(strict=False)]
 
@@ -38,10 +44,10 @@ class _Model(BaseModel):
 class SessionConfig(_Model):
     """BIDS labels of the run."""
 
-    subject: Annotated[str, Field(pattern=LABEL)]
-    session: Annotated[str, Field(pattern=LABEL)] = "01"
-    task: Annotated[str, Field(pattern=LABEL)] = "nf"
-    run: Annotated[int, Field(ge=1)] = 1
+    subject: Annotated[str, Field(pattern=LABEL, max_length=MAX_LABEL)]
+    session: Annotated[str, Field(pattern=LABEL, max_length=MAX_LABEL)] = "01"
+    task: Annotated[str, Field(pattern=LABEL, max_length=MAX_LABEL)] = "nf"
+    run: Annotated[int, Field(ge=1, le=9999)] = 1
 
 
 class ScannerConfig(_Model):
@@ -50,67 +56,72 @@ class ScannerConfig(_Model):
     export_dir: FilePath
     format: Literal["auto", "nifti", "dicom", "parrec"] = "auto"
     tr_s: Annotated[float, Field(gt=0, le=60)]
-    n_volumes: Annotated[int, Field(ge=1)]
-    dummy_volumes: Annotated[int, Field(ge=0)] = 0
+    n_volumes: Annotated[int, Field(ge=1, le=MAX_VOLUMES)]
+    dummy_volumes: Annotated[int, Field(ge=0, le=MAX_VOLUMES)] = 0
     # File names: a regular expression or a template such as
     # "001_{series:06d}_{volume:06d}.dcm"; the volume number comes from the
     # 'volume' group/field, else from the header (DICOM) or the last number in
     # a NIfTI file's name. Without either, every non-hidden file is considered.
     filename_regex: Optional[str] = None
     filename_template: Optional[str] = None
-    first_volume_number: Annotated[int, Field(ge=0)] = 1
+    first_volume_number: Annotated[int, Field(ge=0, le=10**9)] = 1
     # Series selection: this series number, else the first series that starts
     # after the run does (with expected_matrix when given); others are logged once.
-    series_number: Optional[Annotated[int, Field(ge=0)]] = None
-    expected_matrix: Optional[Annotated[list[Annotated[int, Field(ge=1)]], Field(min_length=2, max_length=3)]] = None
-    slices_per_volume: Optional[Annotated[int, Field(ge=1)]] = None
+    series_number: Optional[Annotated[int, Field(ge=0, le=10**9)]] = None
+    expected_matrix: Optional[Annotated[list[Annotated[int, Field(ge=1, le=4096)]], Field(min_length=2, max_length=3)]] = None
+    slices_per_volume: Optional[Annotated[int, Field(ge=1, le=4096)]] = None
     watch: Literal["inotify", "polling"] = "inotify"
     poll_interval_s: Annotated[float, Field(gt=0, le=5)] = 0.05
     # A file that stays incomplete this long with a constant size is logged once and dropped.
-    stale_after_s: Annotated[float, Field(gt=0)] = 5.0
-    missing_timeout_s: Optional[Annotated[float, Field(gt=0)]] = None
+    stale_after_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    missing_timeout_s: Optional[Annotated[float, Field(gt=0, le=3600)]] = None
     reference_volume: Optional[FilePath] = None
 
 
+# Bounded like the screen's checks of the wire (stimulus/link.py): names and texts the screen shows.
+ConditionName = Annotated[str, Field(min_length=1, max_length=64)]
+InstructionText = Annotated[str, Field(max_length=200)]
+
+
 class BlockConfig(_Model):
-    condition: str
-    onset: Annotated[float, Field(ge=0)]
-    duration: Annotated[float, Field(gt=0)]
+    condition: ConditionName
+    onset: Annotated[float, Field(ge=0, le=MAX_SECONDS)]
+    duration: Annotated[float, Field(gt=0, le=MAX_SECONDS)]
 
 
 class PatternStep(_Model):
-    condition: str
-    duration: Annotated[float, Field(gt=0)]
+    condition: ConditionName
+    duration: Annotated[float, Field(gt=0, le=MAX_SECONDS)]
 
 
 class PatternConfig(_Model):
     """A sequence of blocks repeated ``repeat`` times from ``onset``."""
 
     steps: Annotated[list[PatternStep], Field(min_length=1)]
-    repeat: Annotated[int, Field(ge=1)] = 1
-    onset: Annotated[float, Field(ge=0)] = 0.0
+    repeat: Annotated[int, Field(ge=1, le=MAX_VOLUMES)] = 1
+    onset: Annotated[float, Field(ge=0, le=MAX_SECONDS)] = 0.0
 
 
 class ProtocolConfig(_Model):
     units: Literal["volumes", "seconds"] = "volumes"
-    baseline: str
-    conditions: Optional[list[str]] = None
+    baseline: ConditionName
+    conditions: Optional[Annotated[list[ConditionName], Field(max_length=64)]] = None
     blocks: list[BlockConfig] = []
     pattern: Optional[PatternConfig] = None
-    instructions: dict[str, str] = {}
+    instructions: dict[str, InstructionText] = {}
 
 
 class RoiConfig(_Model):
     """A sphere (``center_mm`` and ``radius_mm``) or a NIfTI ``mask``."""
 
-    center_mm: Optional[Annotated[list[float], Field(min_length=3, max_length=3)]] = None
+    center_mm: Optional[Annotated[list[Annotated[float, Field(ge=-MAX_MM, le=MAX_MM)]], Field(min_length=3, max_length=3)]] = None
     radius_mm: Optional[Annotated[float, Field(gt=0, le=50)]] = None
     mask: Optional[FilePath] = None
 
 
 class ModelConfig(_Model):
     hrf: Literal["spm", "spm + derivative", "glover"] = "spm"
-    drift_cutoff_s: Annotated[float, Field(gt=0)] = 128.0
+    drift_cutoff_s: Annotated[float, Field(gt=0, le=MAX_SECONDS)] = 128.0
     # Motion parameters as nuisance regressors: 6, 12 (with derivatives) or 24 (and squares).
     motion_regressors: Literal[0, 6, 12, 24] = 0
     # Fit every brain voxel too: betas and a t-map of `contrast` after every volume.
@@ -133,8 +144,8 @@ class MotionConfig(_Model):
 class QualityConfig(_Model):
     """Per-volume quality checks and what the feedback does for a censored volume."""
 
-    fd_threshold_mm: Annotated[float, Field(gt=0)] = 0.5
-    spike_z: Annotated[float, Field(gt=0)] = 5.0
+    fd_threshold_mm: Annotated[float, Field(gt=0, le=100)] = 0.5
+    spike_z: Annotated[float, Field(gt=0, le=1000)] = 5.0
     censor_action: Literal["hold", "null", "keep"] = "hold"
 
 
@@ -148,13 +159,13 @@ class FeedbackConfig(_Model):
     reference_roi: Optional[str] = None
     signal: Literal["psc", "beta", "t"] = "psc"
     baseline: Literal["block", "running"] = "block"
-    running_baseline_s: Annotated[float, Field(gt=0)] = 30.0
-    window_s: Annotated[float, Field(gt=0)] = 30.0
+    running_baseline_s: Annotated[float, Field(gt=0, le=MAX_SECONDS)] = 30.0
+    window_s: Annotated[float, Field(gt=0, le=MAX_SECONDS)] = 30.0
     kind: Literal["continuous", "intermittent"] = "continuous"
     hemodynamic_lag_s: Annotated[float, Field(ge=0, le=20)] = 6.0
-    intermittent_display_s: Annotated[float, Field(gt=0)] = 4.0
+    intermittent_display_s: Annotated[float, Field(gt=0, le=3600)] = 4.0
     despike: bool = False
-    despike_threshold: Annotated[float, Field(gt=0)] = 3.0
+    despike_threshold: Annotated[float, Field(gt=0, le=1000)] = 3.0
     smoothing_alpha: Optional[Annotated[float, Field(gt=0, le=1)]] = None
     # "adaptive": scale_range stretched or shrunk to the participant's own signal
     # (see rtnf.feedback.AdaptiveScaler); "fixed": scale_range as it is;
@@ -162,8 +173,8 @@ class FeedbackConfig(_Model):
     scaling: Literal["adaptive", "fixed", "dynamic"] = "adaptive"
     # Signal values (percent, beta or t) shown as an empty and a full bar, clipped outside
     # (with adaptive scaling: before the range adapts, and where zero sits on the bar).
-    scale_range: Annotated[list[float], Field(min_length=2, max_length=2)] = [-1.0, 2.0]
-    min_baseline_volumes: Annotated[int, Field(ge=1)] = 3
+    scale_range: Annotated[list[Annotated[float, Field(ge=-1e6, le=1e6)]], Field(min_length=2, max_length=2)] = [-1.0, 2.0]
+    min_baseline_volumes: Annotated[int, Field(ge=1, le=MAX_VOLUMES)] = 3
     sham_from: Optional[FilePath] = None
 
     @property
@@ -179,12 +190,21 @@ class PublishConfig(_Model):
     preview: bool = True
     # A folder made by `rtnf keys`: ZeroMQ CURVE encryption and client authentication.
     curve_keys: Optional[FilePath] = None
+    # The feedback screen's acknowledgement address (`rtnf-screen --ack-address`): rtnf subscribes to it
+    # and records what the participant saw and pressed (displayed, keys) with the run's outputs.
+    screen_address: str = DEFAULT_SCREEN_ADDRESS
+    # CURVE keys for that subscription when the screen uses --ack-curve-keys: a folder holding the
+    # screen's public key (rtnf.key) and this client's secret key (operator.key_secret).
+    screen_curve_keys: Optional[FilePath] = None
 
 
 class OutputConfig(_Model):
     dir: FilePath
     # Keep every received volume in the run's 4D NIfTI (desc-rtnf_bold.nii), as received.
     save_volumes: bool = True
+    # How the scanner's file names appear in the table, messages and logs: "as_is", or "hash" (the volume
+    # number and a short salted hash: for sites whose exported files are named after the patient).
+    file_names: Literal["as_is", "hash"] = "as_is"
 
 
 class Config(_Model):
@@ -282,7 +302,8 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     rois = {name: roi.model_copy(update={"mask": resolve(roi.mask)}) for name, roi in cfg.rois.items()}
     output = cfg.output.model_copy(update={"dir": resolve(cfg.output.dir)})
     feedback = cfg.feedback.model_copy(update={"sham_from": resolve(cfg.feedback.sham_from)})
-    publish = cfg.publish.model_copy(update={"curve_keys": resolve(cfg.publish.curve_keys)})
+    publish = cfg.publish.model_copy(update={"curve_keys": resolve(cfg.publish.curve_keys),
+                                             "screen_curve_keys": resolve(cfg.publish.screen_curve_keys)})
     motion = cfg.motion
     if motion.reference != "first":
         motion = motion.model_copy(update={"reference": resolve(Path(motion.reference))})
@@ -294,6 +315,13 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
 
 def _check_consistency(cfg: Config) -> None:
     sc = cfg.scanner
+    out_dir, export_dir = cfg.output.dir, sc.export_dir
+    if out_dir is not None and export_dir is not None and (out_dir == export_dir or export_dir in out_dir.parents):
+        raise ConfigError(
+            f"invalid value for 'output.dir': {out_dir} is {'' if out_dir == export_dir else 'inside '}"
+            f"scanner.export_dir ({export_dir}): rtnf would watch its own outputs as scanner files. "
+            "Allowed: a folder outside the export folder."
+        )
     if sc.dummy_volumes >= sc.n_volumes:
         raise ConfigError(
             f"invalid value for 'scanner.dummy_volumes': {sc.dummy_volumes}. "
@@ -335,6 +363,7 @@ def _check_consistency(cfg: Config) -> None:
         )
     for name, roi in cfg.rois.items():
         _check_roi(name, roi)
+    _check_files(cfg)
     fb = cfg.feedback
     for name in fb.targets + ([fb.reference_roi] if fb.reference_roi else []):
         if name not in cfg.rois:
@@ -360,6 +389,17 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(
             f"invalid value for 'publish.curve_keys': {cfg.publish.curve_keys} has no rtnf.key_secret. "
             "Allowed: a folder made by `rtnf keys FOLDER`."
+        )
+    if cfg.publish.screen_curve_keys is not None and not (cfg.publish.screen_curve_keys / "rtnf.key").is_file():
+        raise ConfigError(
+            f"invalid value for 'publish.screen_curve_keys': {cfg.publish.screen_curve_keys} has no rtnf.key "
+            "(the screen's public key). Allowed: a folder made by `rtnf keys FOLDER --client operator` on the "
+            "screen's machine, with operator.key_secret."
+        )
+    if not cfg.publish.screen_address.startswith(("tcp://", "ipc://")):
+        raise ConfigError(
+            f"invalid value for 'publish.screen_address': {cfg.publish.screen_address!r}. "
+            "Allowed: a ZeroMQ address such as 'tcp://127.0.0.1:5556'."
         )
     if not cfg.publish.address.startswith(("tcp://", "ipc://", "inproc://")):
         raise ConfigError(
@@ -428,6 +468,13 @@ def plausibility_warnings(cfg: Config) -> list[str]:
     have no typical size).
     """
     out: list[str] = []
+    if not is_loopback(cfg.publish.address) and cfg.publish.curve_keys is None:
+        out.append(
+            f"publish.address {cfg.publish.address!r} is reachable from other machines and publish.curve_keys "
+            "is not set: anyone on that network can read the run's data (ROI signals, motion, feedback, "
+            "slices of the brain) unencrypted and connect to rtnf. Set publish.curve_keys (`rtnf keys FOLDER`) "
+            "or bind to 127.0.0.1."
+        )
     fb = cfg.feedback
     if fb.enabled and fb.scaling == "fixed" and fb.signal == "psc":
         lo, hi = fb.scale_range
@@ -447,6 +494,88 @@ def plausibility_warnings(cfg: Config) -> list[str]:
                 f"A width between {low_w:g} and {high_w:g} % fills the bar, or use scaling = \"adaptive\"."
             )
     return out
+
+
+# Output folders never go to the kernel's pseudo-filesystems.
+_FORBIDDEN_ROOTS = (Path("/proc"), Path("/sys"), Path("/dev"))
+
+
+def _check_files(cfg: Config) -> None:
+    """Every file and folder checked as the run will use it, so a bad one fails here and not at volume 1."""
+    sc = cfg.scanner
+    if sc.export_dir.exists() and not sc.export_dir.is_dir():
+        raise ConfigError(
+            f"invalid value for 'scanner.export_dir': {sc.export_dir} is a file. "
+            "Allowed: the folder the scanner exports volumes into."
+        )
+    _check_output_dir(cfg.output.dir)
+    if sc.reference_volume is not None:
+        _check_nifti("scanner.reference_volume", sc.reference_volume, "a 3-D NIfTI image of the functional grid")
+    if cfg.motion.reference != "first":
+        _check_nifti("motion.reference", Path(cfg.motion.reference),
+                     "\"first\" (the first kept volume) or a 3-D NIfTI file on the functional grid")
+    for name, roi in cfg.rois.items():
+        if roi.mask is not None:
+            _check_nifti(f"rois.{name}.mask", roi.mask, "a 3-D NIfTI mask", read_data=True)
+    if cfg.feedback.sham_from is not None:
+        _check_sham(cfg.feedback.sham_from)
+
+
+def _check_output_dir(folder: Path) -> None:
+    key = "output.dir"
+    allowed = "Allowed: a folder rtnf can create and write, outside /proc, /sys and /dev."
+    if any(folder == root or root in folder.parents for root in _FORBIDDEN_ROOTS):
+        raise ConfigError(f"invalid value for '{key}': {folder} is on a system pseudo-filesystem. {allowed}")
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file" if existing == folder else f"lies under a file ({existing})"
+        raise ConfigError(f"invalid value for '{key}': {folder} {what}. {allowed}")
+    import os
+
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"invalid value for '{key}': {existing} is not writable. {allowed}")
+
+
+def _check_nifti(key: str, path: Path, allowed: str, read_data: bool = False) -> None:
+    import nibabel as nib
+    import numpy as np
+
+    if not path.is_file():
+        raise ConfigError(f"invalid value for '{key}': file not found: {path}. Allowed: {allowed}.")
+    try:
+        img = nib.load(path)
+        shape = tuple(int(n) for n in img.shape)
+        if read_data:
+            np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types on foreign or truncated files; all mean the same here
+        reason = " ".join(str(exc).split())[:200]
+        raise ConfigError(
+            f"invalid value for '{key}': {path} is not a readable NIfTI image ({reason}). Allowed: {allowed}."
+        ) from None
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise ConfigError(f"invalid value for '{key}': {path} is an image of shape {shape}. Allowed: {allowed}.")
+
+
+def _check_sham(path: Path) -> None:
+    from .feedback import read_sham_series
+
+    key = "feedback.sham_from"
+    allowed = "Allowed: a recorded run's desc-rtnf_timeseries.tsv (with a feedback_value column)."
+    if not path.is_file():
+        raise ConfigError(f"invalid value for '{key}': file not found: {path}. {allowed}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            header = f.readline().rstrip("\r\n").split("\t")
+        if "feedback_value" not in header:
+            raise ValueError("no 'feedback_value' column")
+        read_sham_series(path)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError) as exc:
+        reason = " ".join(str(getattr(exc, "strerror", None) or exc).split())[:200]
+        raise ConfigError(f"invalid value for '{key}': {path} is not a recorded table ({reason}). {allowed}") from None
 
 
 def _check_roi(name: str, roi: RoiConfig) -> None:

@@ -316,7 +316,8 @@ def run_demo(args: argparse.Namespace) -> int:
         procs.start(
             "rtnf",
             [sys.executable, "-m", "rtnf", "run", str(config_path), "--export-dir", str(export),
-             "--output-dir", str(outputs), "--publish-address", address],
+             "--output-dir", str(outputs), "--publish-address", address,
+             *([] if args.no_screen else ["--set", f'publish.screen_address="{ack_address}"'])],
             logs,
         )
         _wait_ready(listener, procs, args.no_screen)

@@ -151,7 +151,7 @@ class BarDisplay(_Model):
     glide_s: Annotated[float, Field(ge=0.0, le=2.0)] = 0.3
     """Time in seconds for the bar to move to a new value (0: jump)."""
     easing: Literal["ease-out", "linear"] = "ease-out"
-    null_text: str = "…"
+    null_text: StateText = "…"
     """Quiet indicator under the bar when a volume has no value (the bar holds)."""
     null_colour: Colour = (130, 130, 130)
 
@@ -160,18 +160,18 @@ class ScoreDisplay(_Model):
     """The intermittent score screen, shown for ``feedback`` messages of kind "intermittent"."""
 
     duration_s: Annotated[float, Field(gt=0.0, le=60.0)] = 2.0
-    text: str = "{score}"
+    text: StateText = "{score}"
     """Format string; ``{score}`` is the value times ``scale`` rounded to an
     integer, ``{value}`` the value in [0, 1]."""
-    scale: Annotated[float, Field(gt=0)] = 100.0
+    scale: Annotated[float, Field(gt=0, le=1e6)] = 100.0
     colour: Colour = (255, 255, 255)
     height_frac: Annotated[float, Field(gt=0.01, le=0.5)] = 0.15
-    reward_text: str = ""
+    reward_text: StateText = ""
     """Shown under the score when the value reaches ``reward_threshold`` (empty:
     never). A ``reward`` string in the feedback message overrides it."""
     reward_threshold: Level = 0.5
     reward_colour: Colour = (255, 215, 0)
-    null_text: str = "No score for this block"
+    null_text: StateText = "No score for this block"
     """Shown instead of the score when the intermittent value is null."""
 
 
@@ -205,7 +205,7 @@ class ConditionDisplay(_Model):
 
     view: Optional[Literal["bar", "fixation", "text"]] = None
     """Default: "fixation" for the run's baseline condition, "bar" for the others."""
-    instruction: Optional[str] = None
+    instruction: Optional[StateText] = None
     """Default: the run message's instruction for the condition, else its name."""
     colour: Optional[Colour] = None
     """Colour of the instruction. Default: ``texts.colour``."""
@@ -238,7 +238,7 @@ class DisplayConfig(_Model):
     mirror: bool = False
     """Mirror the whole image left-right (projection seen through a mirror)."""
     background: Colour = (0, 0, 0)
-    font: str = ""
+    font: Annotated[str, Field(max_length=200)] = ""
     """Font name for all texts; empty: PsychoPy's default."""
     text_height_frac: Annotated[float, Field(gt=0.01, le=0.3)] = 0.045
     max_fps: Annotated[float, Field(gt=0, le=500)] = 60.0
@@ -249,7 +249,7 @@ class DisplayConfig(_Model):
     score: ScoreDisplay = ScoreDisplay()
     fixation: FixationDisplay = FixationDisplay()
     texts: TextsDisplay = TextsDisplay()
-    conditions: dict[str, ConditionDisplay] = {}
+    conditions: Annotated[dict[Annotated[str, Field(max_length=64)], ConditionDisplay], Field(max_length=64)] = {}
     keys: KeysDisplay = KeysDisplay()
 
     def condition(self, name: str | None) -> ConditionDisplay:

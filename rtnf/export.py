@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .filenames import file_label, redact
 from .nifti import MAX_VOLUME_BYTES, VolumeReadError, read_nifti
 from .nifti import judge as nifti_judge
 from .volume import Volume
@@ -133,7 +134,8 @@ class Arrival:
     @property
     def name(self) -> str:
         """A short name for logs and the recorded table."""
-        return self.paths[0].name if len(self.paths) == 1 else f"{self.paths[0].name} (+{len(self.paths) - 1} slices)"
+        first = file_label(self.paths[0].name, self.number)
+        return first if len(self.paths) == 1 else f"{first} (+{len(self.paths) - 1} slices)"
 
 
 def template_to_regex(template: str) -> str:
@@ -278,7 +280,7 @@ class ExportReader:
                 except (OSError, RuntimeError):  # a symlink loop
                     beside = False
                 if not beside:
-                    self._report_once(f"rec-outside:{rec}", f"{rec.name} resolves outside the folder of {par.name}; "
+                    self._report_once(f"rec-outside:{rec}", f"{file_label(rec.name)} resolves outside the folder of {file_label(par.name)}; "
                                       "refused (never read)")
                 return beside
         return True
@@ -290,13 +292,13 @@ class ExportReader:
         self.warnings.flush(due_only=True)  # summaries of floods that have gone quiet
         path = probe.path
         if isinstance(probe, Refused):
-            self._report_once(f"refused:{path}", f"{path.name} set aside: {probe.reason}",
+            self._report_once(f"refused:{path}", f"{file_label(path.name)} set aside: {redact(str(probe.reason), path)}",
                               kind="refused", summary="files set aside (not read)")
             return []
         if probe.format == "nifti":
             number = self._number_from_name(path)
             if number is None:
-                self._report_once(f"name:{path.name}", f"{path.name}: no volume number in the file name; skipped",
+                self._report_once(f"name:{path.name}", f"{file_label(path.name)}: no volume number in the file name; skipped",
                                   kind="no-number", summary="files without a volume number in the name skipped")
                 return []
             series = self._series_from_name(path)
@@ -308,7 +310,7 @@ class ExportReader:
             return [Arrival(number, [path], t_detected, series, lambda: read_nifti(path, bound))]
         info = probe.info
         if info.problem is not None:
-            self._report_once(f"problem:{path}", f"{path.name}: {info.problem}; skipped",
+            self._report_once(f"problem:{path}", f"{file_label(path.name)}: {redact(str(info.problem), path)}; skipped",
                               kind="problem", summary="unreadable or unsupported files skipped")
             return []
         series = str(info.series_number) if info.series_number is not None else info.series_uid
@@ -320,7 +322,7 @@ class ExportReader:
             return self._accept_slice(probe, t_detected, series)
         number = name_number if name_number is not None else info.volume_number
         if number is None:
-            self._report_once(f"number:{path}", f"{path.name}: no volume number in the name or header; skipped",
+            self._report_once(f"number:{path}", f"{file_label(path.name)}: no volume number in the name or header; skipped",
                               kind="no-number", summary="files without a volume number skipped")
             return []
         if info.kind == "parrec":
@@ -349,7 +351,7 @@ class ExportReader:
             return []
         number = self._assembler.last_released  # with a learned count, the volume before this slice's
         if number is None:
-            self._report_once(f"number:{probe.path}", f"{probe.path.name}: slice without a volume number; skipped",
+            self._report_once(f"number:{probe.path}", f"{file_label(probe.path.name)}: slice without a volume number; skipped",
                               kind="no-number", summary="slices without a volume number skipped")
             return []
         paths = list(paths)

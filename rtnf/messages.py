@@ -2,7 +2,10 @@
 
 Every message body is a UTF-8 JSON object with a ``schema`` field
 (``"rtnf.<topic>/1"``) and the ``run_id``. Receivers ignore fields they do not
-know. Nothing is ever pickled, and message sizes are bounded.
+know. Nothing is ever pickled, and message sizes are bounded; so are numbers
+(integers of at most :data:`MAX_INT_DIGITS` digits, finite floats: no NaN,
+Infinity or 1e400) and nesting (:data:`MAX_DEPTH`). Clients bound the fields
+they use (the screen: ``stimulus.link``).
 
 This module imports only the standard library so that clients (the feedback
 screen, the console, third-party tools) can use it without the processing
@@ -67,6 +70,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 TOPICS: tuple[str, ...] = ("run", "volume", "feedback", "heartbeat", "displayed", "log", "keys", "preview")
@@ -76,8 +80,62 @@ DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"
 DEFAULT_SCREEN_ADDRESS = "tcp://127.0.0.1:5556"
 
 
+MAX_INT_DIGITS = 18
+"""Integers on the wire have at most this many digits (an index of 10**400 - 1 is refused)."""
+MAX_DEPTH = 32
+"""Objects and arrays nest at most this deep in a message."""
+
+
 class MessageError(ValueError):
     """A message that cannot be decoded or does not follow the protocol."""
+
+
+def _no_constant(name: str) -> float:
+    raise MessageError(f"{name} is not JSON (numbers must be finite)")
+
+
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+# An integer token (not the fraction or exponent of a float) longer than MAX_INT_DIGITS.
+_LONG_INT = re.compile(rb"(?<![0-9.eE+])(?<![eE]-)[0-9]{%d,}(?![0-9.eE])" % (MAX_INT_DIGITS + 1))
+# A float with an exponent of three digits or more: Python reads 1e400 as infinity.
+_BIG_EXPONENT = re.compile(rb"(?<![0-9.])-?[0-9.]+[eE]\+?[0-9]{3,}")  # one try per token: linear time
+
+
+def _check_shape(topic: str, data: bytes) -> None:
+    """Refuse numbers of more than MAX_INT_DIGITS digits and nesting deeper than MAX_DEPTH (outside strings).
+
+    Floats as JSON encoders write them have at most 17 significant digits.
+    """
+    outside = _JSON_STRING.sub(b"", data)
+    long_number = _LONG_INT.search(outside)
+    if long_number is not None:
+        raise MessageError(f"{topic} message is not acceptable: an integer of {len(long_number.group())} digits "
+                           f"(at most {MAX_INT_DIGITS})")
+    for match in _BIG_EXPONENT.finditer(outside):
+        try:
+            finite = math.isfinite(float(match.group()))
+        except ValueError:
+            continue  # not a number: json.loads says so
+        if not finite:
+            raise MessageError(f"{topic} message is not acceptable: {match.group()[:40]!r} is not a finite number")
+    if _depth(outside) > MAX_DEPTH:
+        raise MessageError(f"{topic} message is not acceptable: it nests deeper than {MAX_DEPTH} levels")
+
+
+def _depth(outside: bytes) -> int:
+    """Deepest nesting of objects and arrays (stops counting past MAX_DEPTH); strings already removed."""
+    depth = deepest = 0
+    for byte in outside.translate(None, _NOT_BRACKETS):
+        if byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > deepest:
+                deepest = depth
+                if deepest > MAX_DEPTH:
+                    break
+        else:
+            depth -= 1
+    return deepest
 
 
 def reason_kind(reason: str | None) -> str:
@@ -179,10 +237,17 @@ def decode(frames: list[bytes]) -> tuple[str, dict[str, Any]]:
         raise MessageError(f"unknown topic {topic[:40]!r}; allowed topics are {TOPICS}")
     if len(data) > MAX_MESSAGE_BYTES:
         raise MessageError(f"{topic} message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    data = bytes(data)
     try:
-        body = json.loads(bytes(data).decode("utf-8"))
-    except (ValueError, RecursionError) as exc:  # also int('1' * 5000): "Exceeds the limit (4300 digits)"
+        body = json.loads(data.decode("utf-8"), parse_constant=_no_constant)
+    except MessageError as exc:
+        raise MessageError(f"{topic} message is not acceptable: {exc}") from None
+    except RecursionError:
+        raise MessageError(f"{topic} message is not acceptable: it nests deeper than {MAX_DEPTH} levels") from None
+    except ValueError as exc:  # also int('1' * 5000): "Exceeds the limit (4300 digits)"
         raise MessageError(f"{topic} message is not UTF-8 JSON: {exc}") from exc
+    # Only on valid JSON: its strings are well formed, so stripping them takes linear time.
+    _check_shape(topic, data)
     if not isinstance(body, dict):
         raise MessageError(f"{topic} message is not a JSON object")
     schema = body.get("schema")

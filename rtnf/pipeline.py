@@ -22,6 +22,7 @@ from .preprocess import Preprocessor
 from .roi_model import RoiModel
 from .wholebrain import WholeBrainModel, preview_body, slice_indices
 from .export import Arrival
+from .filenames import redact
 from .nifti import VolumeReadError
 from .protocol import Protocol
 from .rois import make_roi
@@ -86,7 +87,7 @@ class VolumeProcessor:
         try:
             volume = arrival.load()
         except VolumeReadError as exc:
-            log.warning("%s unreadable, treated as missing: %s", self._label(index), exc)
+            log.warning("%s unreadable, treated as missing: %s", self._label(index), redact(str(exc), *arrival.paths))
             return self.missing(index, acquisition, name, t_detected, reason="unreadable file")
         t_read = time.time()
         self.received = volume

@@ -12,7 +12,8 @@ from typing import Any
 
 import zmq
 
-from .messages import MAX_MESSAGE_BYTES, encode
+from .messages import encode
+from .pubsocket import BoundedPub
 
 log = logging.getLogger(__name__)
 
@@ -38,17 +39,17 @@ class Publisher:
         self.address = address
         self.run_id = run_id
         self._ctx = zmq.Context()
-        self._sock = self._ctx.socket(zmq.PUB)
+        # An XPUB that takes only the protocol's topics as subscriptions, disconnects a peer that
+        # sends a long one, and queues at most ``hwm`` messages per subscriber (issue 15).
+        self._pub = BoundedPub(self._ctx, sndhwm=hwm)
+        self._sock = self._pub.sock
         self._curve = None
         if curve_keys is not None:
             from .keys import CurveServer
 
             # Only subscribers whose public keys are in <curve_keys>/authorized receive anything.
             self._curve = CurveServer(self._ctx, curve_keys)
-            self._curve.apply(self._sock)
-        self._sock.setsockopt(zmq.SNDHWM, hwm)
-        # Subscribers send subscription frames: bound them too.
-        self._sock.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+            self._pub.use_curve(self._curve)
         self._sock.setsockopt(zmq.LINGER, 2000)  # let the final messages leave at close
         try:
             self._sock.bind(address)
@@ -62,7 +63,10 @@ class Publisher:
 
     def send(self, topic: str, body: dict[str, Any]) -> None:
         """Encode and send one message (never blocks)."""
-        self._sock.send_multipart(encode(topic, self.run_id, body), flags=zmq.NOBLOCK)
+        try:
+            self._pub.send_multipart(encode(topic, self.run_id, body), flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # every subscriber is at its high-water mark (an XPUB says so; a PUB dropped silently)
 
     def heartbeat(self, state: str, last_index: int | None, n_volumes: int) -> None:
         """Send a heartbeat with the run state and the last processed index."""

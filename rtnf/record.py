@@ -169,7 +169,8 @@ def _sidecar(roi_names: list[str], cfg: Config) -> dict[str, Any]:
         ),
     ):
         side[field] = {"Units": "s", "Description": t["Description"] + when + "."}
-    side["file"] = {"Description": "Name of the volume's file in the export folder."}
+    side["file"] = {"Description": "Name of the volume's file in the export folder (with output.file_names = "
+                                   "\"hash\": its volume number and a short salted hash of the name)."}
     return side
 
 
@@ -231,7 +232,8 @@ class RunRecorder:
         elif self.timeseries_path.exists() and not overwrite:
             raise OutputExistsError(
                 f"outputs of this run exist already: {self.timeseries_path}. "
-                "Use another session.run, another output.dir, or --overwrite."
+                "Use --resume to continue this run after a crash, --overwrite to replace it, "
+                "or another session.run or output.dir."
             )
         self.dir.mkdir(parents=True, exist_ok=True)
         _write_dataset_description(cfg.output.dir)
@@ -256,8 +258,15 @@ class RunRecorder:
                 ]
         self._write_provenance()
         self._tr_s = cfg.scanner.tr_s
+        self._n_dummies = cfg.scanner.dummy_volumes
         self._bold_count: int | None = None  # volumes in the 4D file so far
-        self._bold_failed = False
+        self._bold_failed = False  # a write failed and the volumes since wait in _bold_unsaved
+        # Volumes not yet in the 4D file because writes fail (full or read-only disk), by index; written
+        # in order once writes work again. Bounded: beyond MAX_UNSAVED_BYTES the oldest is given up and
+        # listed in the file's sidecar ("volumes_not_saved"), its place in the file left as zeros.
+        self._bold_unsaved: dict[int, tuple[Any, Any]] = {}
+        self._bold_lost: set[int] = set()
+        self._bold_sidecar_lost: list[int] | None = None  # what the sidecar on disk says was lost
         self._pending: list[str] = []  # rows not yet on disk (the output folder failing)
         self._failing = False
         if not (resume and self.recorded):
@@ -353,31 +362,100 @@ class RunRecorder:
         when the next one comes. After each volume the header's time
         dimension is updated, so the file is a valid NIfTI of the volumes so
         far even after a crash, and a resumed run appends to it. A write that
-        fails (full disk) is undone, and saving stops for the rest of the run
-        (logged once): the space is the table's first.
+        fails (full or read-only disk) is undone (logged once); the volume and
+        the ones after it wait in memory (bounded, :attr:`MAX_UNSAVED_BYTES`)
+        and are written in order once writes work again. While table rows
+        wait too, the volumes wait: the space is the table's first. Volumes
+        given up (memory bound, or the disk still failing at the end) are
+        listed in the file's sidecar as ``volumes_not_saved``.
         """
-        import nibabel as nib
         import numpy as np
 
+        path = self._path(".nii", "desc-rtnf_bold")
+        data = np.array(data, dtype="<f4")  # a copy: it may wait in memory for the disk
+        self._bold_unsaved[index] = (data, affine)
+        self._bound_unsaved()
+        if self._pending:
+            return  # the table's rows wait for the disk: they get the space first
+        try:
+            for i in sorted(self._bold_unsaved):
+                self._write_bold(path, i, *self._bold_unsaved[i])
+                del self._bold_unsaved[i]
+            if self._bold_lost != set(self._bold_sidecar_lost or ()):
+                self._write_bold_sidecar()
+        except OSError as exc:
+            if not self._bold_failed:
+                log.error("cannot save received volumes to %s (%s); keeping them in memory until writes work "
+                          "again", path, exc.strerror or exc)
+                self._bold_failed = True
+            return
         if self._bold_failed:
+            self._bold_failed = False
+            log.warning("received volumes saved to %s again (%d volumes in the file%s)", path, self._bold_count,
+                        f"; {len(self._bold_lost)} given up, listed in its sidecar" if self._bold_lost else "")
+
+    # Memory kept for volumes the disk refused: about 400 volumes of 64 x 64 x 40.
+    MAX_UNSAVED_BYTES = 256 * 2**20
+
+    def _bound_unsaved(self) -> None:
+        total = sum(d.nbytes for d, _ in self._bold_unsaved.values())
+        while total > self.MAX_UNSAVED_BYTES and len(self._bold_unsaved) > 1:
+            oldest = min(self._bold_unsaved)
+            total -= self._bold_unsaved.pop(oldest)[0].nbytes
+            self._bold_lost.add(oldest)
+
+    def _write_bold(self, path: Path, index: int, data, affine) -> None:
+        """Append volume ``index`` (and zeros for the ones before it that are not in the file)."""
+        import numpy as np
+
+        if self._bold_count is None:
+            self._bold_count = self._open_bold(path, data, affine)
+        if index < self._bold_count:
+            return  # saved before a crash; a resumed run processes it again
+        gap = index - self._bold_count
+        _append_whole(path, bytes(gap * data.nbytes) + np.asfortranarray(data).tobytes(order="F"))
+        self._bold_count = index + 1
+        with open(path, "r+b") as f:  # dim[4]: the number of volumes in the file
+            f.seek(48)
+            f.write(np.array([self._bold_count], dtype="<i2").tobytes())
+
+    def _bold_side(self) -> dict[str, Any]:
+        side = {
+            "RepetitionTime": self._tr_s,
+            "dummies_removed": True,
+            "n_dummy_volumes": self._n_dummies,
+            "Description": "Volumes rtnf received, kept volumes only (the first dummy volumes of the run are not "
+            "in this file; volume i is row i of the timeseries table). A volume that never arrived is all zeros, "
+            "and so is one listed in volumes_not_saved (received, but the disk refused it for too long).",
+        }
+        lost = sorted(self._bold_lost | set(self._bold_unsaved))
+        if lost:
+            side["volumes_not_saved"] = lost
+        return side
+
+    def _write_bold_sidecar(self) -> None:
+        side = self._bold_side()
+        self._path(".json", "desc-rtnf_bold").write_text(json.dumps(side, indent=2))
+        self._bold_sidecar_lost = side.get("volumes_not_saved", [])
+
+    def _finish_bold(self) -> None:
+        """At the end of the run: one more try for the volumes in memory, else list them as not saved."""
+        if not self._bold_unsaved and self._bold_lost == set(self._bold_sidecar_lost or ()):
             return
         path = self._path(".nii", "desc-rtnf_bold")
-        data = np.asarray(data, dtype="<f4")
         try:
-            if self._bold_count is None:
-                self._bold_count = self._open_bold(path, data, affine)
-            if index < self._bold_count:
-                return  # saved before a crash; a resumed run processes it again
-            gap = index - self._bold_count
-            _append_whole(path, bytes(gap * data.nbytes) + np.asfortranarray(data).tobytes(order="F"))
-            self._bold_count = index + 1
-            with open(path, "r+b") as f:  # dim[4]: the number of volumes in the file
-                f.seek(48)
-                f.write(np.array([self._bold_count], dtype="<i2").tobytes())
+            for i in sorted(self._bold_unsaved):
+                self._write_bold(path, i, *self._bold_unsaved[i])
+                del self._bold_unsaved[i]
+        except OSError:
+            pass
+        if self._bold_unsaved or self._bold_lost:
+            log.error("%d received volumes are not in %s (listed in its sidecar as volumes_not_saved)",
+                      len(self._bold_unsaved) + len(self._bold_lost), path)
+        try:
+            self._write_bold_sidecar()
         except OSError as exc:
-            log.error("cannot save received volumes to %s (%s); no more volumes are saved in this run, "
-                      "the table comes first", path, exc.strerror or exc)
-            self._bold_failed = True
+            log.error("cannot write %s: %s", self._path(".json", "desc-rtnf_bold"), exc.strerror or exc)
 
     def _open_bold(self, path: Path, data, affine) -> int:
         """Volumes already in the file (resumed run), or 0 after writing a new header."""
@@ -396,6 +474,9 @@ class RunRecorder:
         header.set_xyzt_units("mm", "sec")
         header["pixdim"][4] = self._tr_s
         header.set_data_offset(352)
+        # A replay of this file must know the dummies are gone (its first volume is acquisition n_dummies):
+        # the sidecar first, so a header on disk always has one.
+        self._write_bold_sidecar()
         path.write_bytes(header.binaryblock + b"\0" * (352 - header.sizeof_hdr))
         return 0
 
@@ -412,18 +493,36 @@ class RunRecorder:
         self._log.write(f"{time.time()!r}\t{level}\t{format_cell(message)}\n")
         self._log.flush()
 
-    def close(self, status: str) -> None:
-        """Close the files and record how the run ended ("ended" or "aborted")."""
-        if self._pending:
-            self._write_pending()
-        if self._pending:
-            log.error("%d rows could not be written to %s: the output folder still fails", len(self._pending),
-                      self.timeseries_path)
+    def finalise(self, status: str) -> None:
+        """Write the rows still in memory, then the provenance with how the run ended ("ended" or "aborted").
+
+        Never raises: each failure is logged (the run's event log, the log
+        topic, stderr) and the next step still runs. The event log stays open
+        for what the end of the run still reports; :meth:`close` closes it.
+        """
+        try:
+            if self._pending:
+                self._write_pending()
+            if self._pending:
+                log.error("%d rows could not be written to %s: the output folder still fails", len(self._pending),
+                          self.timeseries_path)
+        except Exception as exc:  # noqa: BLE001 - the provenance still comes
+            log.error("cannot write the rows kept in memory to %s: %s", self.timeseries_path, exc)
+        try:
+            self._finish_bold()
+        except Exception as exc:  # noqa: BLE001
+            log.error("cannot finish the received volumes' file: %s", exc)
         self.provenance.update({"finished": time.time(), "status": status, "n_rows": self.n_rows - len(self._pending)})
         try:
             self._write_provenance()
-        except OSError as exc:
-            log.error("cannot write the provenance file: %s", exc)
+        except Exception as exc:  # noqa: BLE001
+            log.error("cannot write the provenance file %s: %s", self._path(".json", "desc-rtnf_provenance"), exc)
+        self._finalised = True
+
+    def close(self, status: str) -> None:
+        """Close the files and record how the run ended ("ended" or "aborted")."""
+        if not getattr(self, "_finalised", False):
+            self.finalise(status)
         try:
             self._log.close()
         except OSError as exc:

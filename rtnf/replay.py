@@ -94,6 +94,7 @@ class ReplayFeeder:
         if len(img.shape) != 4:
             raise ValueError(f"{self.source}: expected a 4D NIfTI (x, y, z, time), got shape {img.shape}")
         affine = np.asarray(img.affine, dtype=np.float64)
+        first = self.first_volume_number + dummies_removed(self.source)
         t0 = time.time()
         for i in range(img.shape[3]):
             if not self._wait_until(t0 + i * self.pace_s):
@@ -103,7 +104,7 @@ class ReplayFeeder:
                 data = np.asarray(img.dataobj[..., i], dtype=np.float32)
                 return Volume(data=data, affine=affine, t_acquired=None, path=self.source)
 
-            self.put(Arrival(i + self.first_volume_number, [self.source], time.time(), None, load))
+            self.put(Arrival(i + first, [self.source], time.time(), None, load))
 
     def _feed_folder(self) -> None:
         paths = sorted(p for p in self.source.iterdir() if p.is_file() and self.export.matches(p))
@@ -125,6 +126,66 @@ class ReplayFeeder:
                 self.put((probe, time.time()))
 
 
+def sidecar_of(nifti: Path) -> Path:
+    """The JSON sidecar beside a NIfTI file (``run_bold.nii.gz`` -> ``run_bold.json``)."""
+    name = nifti.name
+    for ext in (".nii.gz", ".nii"):
+        if name.endswith(ext):
+            return nifti.with_name(name[: -len(ext)] + ".json")
+    return nifti.with_suffix(".json")
+
+
+def dummies_removed(nifti: Path) -> int:
+    """Dummy volumes already taken out of a 4D NIfTI, as its sidecar says (rtnf's own ``desc-rtnf_bold.nii``).
+
+    A scanner's run file holds its dummies (0 here); rtnf's 4D file holds the
+    kept volumes only, and its sidecar says ``"dummies_removed": true`` with
+    ``"n_dummy_volumes"``: its first volume is then acquisition
+    ``n_dummy_volumes`` and the replay numbers it so.
+    """
+    import json
+
+    path = sidecar_of(Path(nifti))
+    if not path.is_file():
+        return 0
+    try:
+        side = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        log.warning("replay: cannot read %s (%s); the volumes are taken to include the dummies", path, exc)
+        return 0
+    if not side.get("dummies_removed"):
+        return 0
+    n = side.get("n_dummy_volumes", 0)
+    if isinstance(n, int) and n > 0:
+        log.info("replay: %s holds kept volumes only (%d dummy volumes removed, per %s)", nifti.name, n, path.name)
+        return n
+    return 0
+
+
+def replay_label(sets: dict[str, Any]) -> str:
+    """The replay's derivatives folder name: ``replay``, or ``replay-<key>-<value>+...`` for its ``--set`` overrides."""
+    import hashlib
+    import re
+
+    if not sets:
+        return "replay"
+    parts = [re.sub(r"[^A-Za-z0-9._-]", "", f"{key}-{value}") for key, value in sorted(sets.items())]
+    label = "replay-" + "+".join(parts)
+    if len(label) > 120:  # keep the folder name usable; the copied config lists them all
+        digest = hashlib.sha1(label.encode()).hexdigest()[:8]
+        label = label[:111] + "-" + digest
+    return label
+
+
+def _overrides_comment(overrides: dict[str, Any]) -> str:
+    """TOML comment lines naming the overrides a replay used, for the copied config."""
+    if not overrides:
+        return ""
+    lines = ["", "# rtnf replay: applied on top of this file (--set, --run, --output-dir, --export-dir):"]
+    lines += [f"# {key} = {value!r}" for key, value in sorted(overrides.items())]
+    return "\n".join(lines) + "\n"
+
+
 def _volume_key(path: Path, probe: Any) -> Any:
     info = getattr(probe, "info", None)
     number = getattr(info, "volume_number", None)
@@ -141,6 +202,9 @@ class ReplayJob:
     pace: str = "fast"  # "fast" or "tr"
     speed: float = 1.0
     overwrite: bool = False
+    # Derivatives folder under output.dir that the replay writes into, never the live run's record
+    # (see replay_label); empty: output.dir itself.
+    label: str = "replay"
 
 
 def replay_one(job: ReplayJob, on_volume: Callable[[dict, dict], None] | None = None) -> dict[str, Any]:
@@ -151,6 +215,9 @@ def replay_one(job: ReplayJob, on_volume: Callable[[dict, dict], None] | None = 
     overrides = dict(job.overrides)
     overrides.setdefault("publish.address", f"inproc://rtnf-replay-{uuid.uuid4().hex}")
     cfg = load_config(job.config, overrides)
+    if job.label:  # a folder of its own: a replay never writes into a live run's record
+        overrides["output.dir"] = str(Path(cfg.output.dir) / job.label)
+        cfg = load_config(job.config, overrides)
     pace_s = cfg.scanner.tr_s / job.speed if job.pace == "tr" else 0.0
     source = Path(job.source)
 
@@ -159,7 +226,7 @@ def replay_one(job: ReplayJob, on_volume: Callable[[dict, dict], None] | None = 
 
     t0 = time.perf_counter()
     result = run_session(
-        cfg, Path(job.config).read_text(encoding="utf-8"), overwrite=job.overwrite,
+        cfg, Path(job.config).read_text(encoding="utf-8") + _overrides_comment(job.overrides), overwrite=job.overwrite,
         feeder_factory=feeder, on_volume=on_volume,
     )
     return {

@@ -21,10 +21,12 @@ from threadpoolctl import threadpool_limits
 
 from .config import Config, ConfigError
 from .export import Arrival, ExportReader, Probe
+from .filenames import file_label, redact, set_file_names
 from .pipeline import VolumeProcessor
 from .publish import Publisher
 from .record import RecorderLogHandler, RunRecorder, bids_prefix, format_cell, row_from_messages
 from .rois import RoiError
+from .runlock import run_lock
 from .sequencer import LatenessJudge, Sequencer
 from .watcher import VolumeWatcher
 
@@ -113,34 +115,54 @@ def run_session(
         outputs closed before the error is raised, once, never per volume.
     """
     stop = stop or threading.Event()
+    set_file_names(cfg.output.file_names)  # before any thread that names files starts
     run_id = make_run_id(cfg)
     processor = VolumeProcessor(cfg)
-    recorder = RunRecorder(
-        cfg, config_text, processor.protocol, processor.roi_names, run_id, overwrite=overwrite, resume=resume
-    )
+    # The lock, then the address, then the outputs: a second run started by mistake fails on the held
+    # lock (naming its holder) or on a taken port before it touches the live run's files.
+    lock = run_lock(cfg).acquire()
+    publisher = None
+    try:
+        publisher = Publisher(cfg.publish.address, run_id, curve_keys=cfg.publish.curve_keys)
+        recorder = RunRecorder(
+            cfg, config_text, processor.protocol, processor.roi_names, run_id, overwrite=overwrite, resume=resume
+        )
+    except BaseException:
+        if publisher is not None:
+            publisher.close()
+        lock.release()
+        raise
     handler = RecorderLogHandler(recorder)
     alerts: queue.Queue[logging.LogRecord] = queue.Queue(maxsize=1000)
     forward = _QueueHandler(alerts)
     for h in (handler, forward):
         logging.getLogger("rtnf").addHandler(h)
-    publisher = Publisher(cfg.publish.address, run_id, curve_keys=cfg.publish.curve_keys)
-    files: queue.Queue[Any] = queue.Queue()
-    replay = feeder_factory is not None
-    export = ExportReader(cfg.scanner, t_start=time.time(), accept_old=replay or resume)
-    if replay:
-        watcher = feeder_factory(export, files.put)
-    else:
-        watcher = VolumeWatcher(
-            cfg.scanner.export_dir,
-            export.matches,
-            export.check,
-            lambda path, t, probe: files.put((probe, t)),
-            mode=cfg.scanner.watch,
-            poll_interval_s=cfg.scanner.poll_interval_s,
-            stale_after_s=cfg.scanner.stale_after_s,
-        )
-    pace_s = getattr(watcher, "pace_s", None) if replay else None
-    loop = _RunLoop(cfg, run_id, processor, publisher, recorder, files, export, stop, alerts, on_volume, pace_s)
+    try:  # until the run loop exists, a failure here must not leave the outputs locked
+        files: queue.Queue[Any] = queue.Queue()
+        replay = feeder_factory is not None
+        export = ExportReader(cfg.scanner, t_start=time.time(), accept_old=replay or resume)
+        if replay:
+            watcher = feeder_factory(export, files.put)
+        else:
+            watcher = VolumeWatcher(
+                cfg.scanner.export_dir,
+                export.matches,
+                export.check,
+                lambda path, t, probe: files.put((probe, t)),
+                mode=cfg.scanner.watch,
+                poll_interval_s=cfg.scanner.poll_interval_s,
+                stale_after_s=cfg.scanner.stale_after_s,
+            )
+        pace_s = getattr(watcher, "pace_s", None) if replay else None
+        loop = _RunLoop(cfg, run_id, processor, publisher, recorder, files, export, stop, alerts, on_volume, pace_s)
+    except BaseException:
+        for h in (handler, forward):
+            logging.getLogger("rtnf").removeHandler(h)
+        publisher.close()
+        recorder.close("aborted")
+        lock.release()
+        raise
+    loop.screen = _screen_record(cfg, recorder, run_id, resume)
     status, reason = "aborted", "interrupted"
     try:
         if replay:
@@ -153,19 +175,65 @@ def run_session(
         with threadpool_limits(1):
             status, reason = loop.execute()
     finally:
-        watcher.stop()
-        reason = loop.finish(status, reason)
-        publisher.close()
-        for h in (handler, forward):
-            logging.getLogger("rtnf").removeHandler(h)
-        if processor.wholebrain is not None and processor.wholebrain.t_map is not None:
-            recorder.save_statmap(processor.wholebrain.t_volume(), processor.grid.affine)
-        elif processor.wholebrain is not None:
-            recorder.log_event("WARNING", "no whole-brain t-map saved: too few volumes entered the model")
-        recorder.close(status)
+        # The end of the run writes what it can in order of value, reports each failure (event log,
+        # log topic, stderr) and goes on: rows and provenance, then the maps; then tells subscribers.
+        reason = _end_run(watcher, loop, processor, publisher, recorder, lock, (handler, forward), status, reason)
     if loop.config_error is not None:
         raise loop.config_error
     return RunResult(status, run_id, loop.n_processed, loop.n_missing, recorder.timeseries_path, reason, loop.n_errors)
+
+
+def _end_run(watcher, loop, processor, publisher, recorder, lock, handlers, status, reason):
+    """Stop the run's parts and write its last outputs; each step runs even when one before it failed."""
+
+    def step(what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as exc:  # noqa: BLE001 - the next output is still worth writing
+            log.error("end of run: %s failed (%s); the run's other outputs are still written", what, _one_line(exc))
+            return None
+
+    def statmap() -> None:
+        wholebrain = processor.wholebrain
+        if wholebrain is None:
+            return
+        if wholebrain.t_map is None:
+            recorder.log_event("WARNING", "no whole-brain t-map saved: too few volumes entered the model")
+            return
+        recorder.save_statmap(wholebrain.t_volume(), processor.grid.affine)
+
+    step("stopping the watcher", watcher.stop)
+    # Volumes that never completed, and the last counts of aggregated warnings, are logged while
+    # the handlers still forward to the event log and the wire.
+    step("reporting unfinished volumes", loop.export.close)
+    step("writing the rows and the provenance", lambda: recorder.finalise(status))
+    step("saving the whole-brain t-map", statmap)
+    if loop.screen is not None:
+        step("recording the feedback screen's events", lambda: loop.screen.finish(loop.last_index))
+    try:
+        reason = loop.finish(status, reason)
+    except Exception as exc:  # noqa: BLE001
+        log.error("end of run: announcing the end of the run failed (%s)", _one_line(exc))
+    step("closing the publisher", publisher.close)
+    for h in handlers:
+        logging.getLogger("rtnf").removeHandler(h)
+    step("closing the event log", lambda: recorder.close(status))
+    lock.release()
+    return reason
+
+
+def _screen_record(cfg: Config, recorder: RunRecorder, run_id: str, resume: bool) -> "ScreenRecord | None":
+    """Record what the screen acknowledges (displayed, keys) with the run; a failure only warns."""
+    from .screen_record import ScreenRecord
+
+    keys = cfg.publish.screen_curve_keys
+    try:
+        return ScreenRecord(recorder.dir, recorder.prefix, run_id, cfg.publish.screen_address,
+                            curve=None if keys is None else (str(keys), "operator"), resume=resume)
+    except Exception as exc:  # noqa: BLE001 - the run goes on without the screen's events
+        log.warning("the feedback screen's acknowledgements (%s) are not recorded: %s",
+                    cfg.publish.screen_address, _one_line(exc))
+        return None
 
 
 class _QueueHandler(logging.Handler):
@@ -210,6 +278,7 @@ class _RunLoop:
         self.stop = stop
         self.alerts = alerts
         self.on_volume = on_volume
+        self.screen: Any = None  # ScreenRecord: the screen's acknowledgements, written at each beat
         self._source_done = False
         # Rows of a resumed run: these volumes are processed again but not sent or recorded twice.
         self.recorded: dict[int, dict[str, str]] = dict(recorder.recorded)
@@ -331,6 +400,16 @@ class _RunLoop:
 
     def _beat(self) -> None:
         self._forward_alerts()
+        if self.screen is not None:
+            try:
+                self.screen.drain()
+            except Exception as exc:  # noqa: BLE001 - the screen's events never stop the run
+                log.error("cannot write the feedback screen's events (%s); no longer recording them", _one_line(exc))
+                screen, self.screen = self.screen, None
+                try:
+                    screen.finish(None, grace_s=0.0)  # stops the listener thread and closes the file
+                except Exception:  # noqa: BLE001 - already reported
+                    pass
         now = time.time()
         if now >= self._next_beat:
             self.publisher.heartbeat(self.state, self.last_index, self.processor.protocol.n_volumes)
@@ -344,7 +423,7 @@ class _RunLoop:
         try:
             arrivals = self.export.accept(probe, t_detected)
         except Exception:  # a foreign file must cost itself, never the run
-            log.exception("%s could not be sorted into the run; skipped", probe.path.name)
+            log.exception("%s could not be sorted into the run; skipped", file_label(probe.path.name))
             return
         for arrival in arrivals:
             self._push(arrival)
@@ -403,7 +482,8 @@ class _RunLoop:
         """
         self.n_errors += 1
         reason = f"processing error: {_one_line(exc)}"
-        log.warning("%s (%s) could not be processed, treated as missing: %s", self._label(index), arrival.name, reason)
+        log.warning("%s (%s) could not be processed, treated as missing: %s", self._label(index), arrival.name,
+                    redact(str(reason), *arrival.paths))
         if self.n_errors == 1:
             log.debug("traceback of the first processing error (%s)", self._label(index), exc_info=exc)
         return self.processor.missing(index, number, arrival.name, arrival.t_detected, reason=reason)
@@ -498,6 +578,9 @@ class _RunLoop:
         if self._missing_reasons:
             top, count = self._missing_reasons.most_common(1)[0]
             why = f"{self.n_missing} volumes missing, {count} of them with the reason: {top}"
+        elif unfinished := self.export.unfinished():
+            more = f", and {len(unfinished) - 1} more" if len(unfinished) > 1 else ""
+            why = f"no volume of the run completed ({unfinished[0]}{more})"
         else:
             why = "no volume of the run arrived"
         reason = f"no usable volume: {why}"

@@ -47,6 +47,7 @@ from watchdog.observers.polling import PollingObserver
 
 from ._checks import check_positive, check_value
 from .export import RepeatedWarnings
+from .filenames import file_label, redact
 from .nifti import file_kind
 
 log = logging.getLogger(__name__)
@@ -259,7 +260,7 @@ class VolumeWatcher(FileSystemEventHandler):
             self._incomplete.pop(path, None)
             if reason and path not in self._warned_aside:
                 self._warned_aside.add(path)
-                self.warnings.warn("aside", f"{path.name} set aside: {reason}", "files set aside (not read)",
+                self.warnings.warn("aside", f"{file_label(path.name)} set aside: {reason}", "files set aside (not read)",
                                    first=10)
             self._aside[path] = signature
             return None
@@ -285,7 +286,7 @@ class VolumeWatcher(FileSystemEventHandler):
             real, inside = path, False
         if not inside and path not in self._outside:
             self._outside.add(path)
-            self.warnings.warn("outside", f"{path.name} resolves to {real}, outside the export folder {self.folder}; "
+            self.warnings.warn("outside", f"{file_label(path.name)} resolves to {redact(str(real), real)}, outside the export folder {self.folder}; "
                                "refused (never read)", "files resolving outside the export folder refused", first=10)
         return inside
 
@@ -302,7 +303,8 @@ class VolumeWatcher(FileSystemEventHandler):
                 if path in self._rewritten:
                     return
                 self._rewritten.add(path)
-            log.warning("%s was written again after it was read (duplicate export); the new copy is ignored", path.name)
+            log.warning("%s was written again after it was read (duplicate export); the new copy is ignored",
+                        file_label(path.name))
 
     # ------------------------------------------------------------------ housekeeping
 
@@ -346,7 +348,7 @@ class VolumeWatcher(FileSystemEventHandler):
                     self._stale.add(path)
                     self.warnings.warn(
                         "stale",
-                        f"{path.name} has stayed incomplete for {now - entry[1]:.0f} s at {entry[0]} bytes "
+                        f"{file_label(path.name)} has stayed incomplete for {now - entry[1]:.0f} s at {entry[0]} bytes "
                         "(truncated, corrupt or not a volume); skipped unless it changes",
                         "files stayed incomplete and were skipped (truncated, corrupt or not a volume)",
                     )

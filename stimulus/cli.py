@@ -103,6 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ack-address", default=DEFAULT_SCREEN_ADDRESS,
                    help="address to bind for 'displayed' and heartbeat messages "
                         "(default: %(default)s)")
+    p.add_argument("--ack-curve-keys", default=None, metavar="FOLDER",
+                   help="acknowledgements crossing a network: CURVE keys made on this machine by "
+                        "`rtnf keys FOLDER --client operator --client console`; only the authorized clients "
+                        "(rtnf run with publish.screen_curve_keys, the console) receive them")
     d = p.add_argument_group("display (override [display] of --config)")
     d.add_argument("--size", type=_size, metavar="WxH", help="window size in pixels (1024x768)")
     d.add_argument("--fullscreen", action="store_true", default=None, help="full-screen window")
@@ -296,10 +300,17 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         link = FeedbackLink(args.address, args.ack_address, cfg.heartbeat_timeout_s,
-                            curve_keys=args.curve_keys, curve_client=args.curve_client)
+                            curve_keys=args.curve_keys, curve_client=args.curve_client,
+                            ack_curve_keys=args.ack_curve_keys)
     except RuntimeError as exc:
         logger.error("%s", exc)
         return 2
+    from rtnf.pubsocket import is_loopback
+
+    if not is_loopback(args.ack_address) and args.ack_curve_keys is None:
+        logger.warning("--ack-address %r is reachable from other machines and --ack-curve-keys is not set: "
+                       "anyone on that network can read what the participant sees and presses, unencrypted. "
+                       "Set --ack-curve-keys or bind to 127.0.0.1.", args.ack_address)
     stop = _StopFlag()
     previous = _install_signal_handlers(stop)
     flip_log = FlipLog(args.flip_log)
@@ -483,7 +494,16 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    return run(args)
+    try:
+        code = run(args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not at the interpreter's exit
+        return code
+    except BrokenPipeError:
+        # The reader of stdout went away (`rtnf-screen ... | head`): exit quietly, pointing stdout at
+        # devnull so the interpreter's final flush does not fail again (as the Python docs recommend).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
 if __name__ == "__main__":

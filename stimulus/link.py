@@ -19,6 +19,7 @@ from typing import Any
 import zmq
 
 from rtnf import messages
+from rtnf.pubsocket import BoundedPub
 from rtnf.subscription import Received, Subscription
 from rtnf.messages import (
     DEFAULT_ADDRESS,
@@ -39,6 +40,17 @@ in :data:`rtnf.messages.TOPICS` (see :meth:`FeedbackLink.send_key`)."""
 VALUE_TOLERANCE = 1e-6
 """Values this far outside [0, 1] are float round-off and are clipped;
 anything further out is a protocol error, not something to draw."""
+MAX_INDEX = 10_000_000
+"""Largest volume index or count accepted (a run has a few thousand at most):
+an index of 10**400 - 1 would make the screen ignore the rest of the run."""
+MAX_TEXT = 200
+"""Longest text shown to the participant (instructions, reward), as the
+display config's texts: a 900 kB reward text froze the screen for 16.8 s."""
+MAX_NAME = 64
+"""Longest condition name, run id or key name."""
+MAX_CONDITIONS = 64
+MAX_ABS_NUMBER = 1e9
+"""Largest magnitude of a number the screen uses (TR, scale, seconds)."""
 
 
 # --------------------------------------------------------------------------- #
@@ -54,12 +66,12 @@ def _fail(topic: str, key: str, expected: str, got: Any) -> MessageError:
     )
 
 
-def _opt_int(body: dict[str, Any], topic: str, key: str, minimum: int = 0) -> int | None:
+def _opt_int(body: dict[str, Any], topic: str, key: str, minimum: int = 0, maximum: int = MAX_INDEX) -> int | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _fail(topic, key, f"an integer >= {minimum} or null", value)
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise _fail(topic, key, f"an integer in [{minimum}, {maximum}] or null", value)
     return value
 
 
@@ -67,17 +79,18 @@ def _opt_number(body: dict[str, Any], topic: str, key: str) -> float | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _fail(topic, key, "a finite number or null", value)
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or abs(value) > MAX_ABS_NUMBER):
+        raise _fail(topic, key, f"a finite number of magnitude <= {MAX_ABS_NUMBER:g} or null", value)
     return float(value)
 
 
-def _opt_str(body: dict[str, Any], topic: str, key: str) -> str | None:
+def _opt_str(body: dict[str, Any], topic: str, key: str, max_len: int = MAX_TEXT) -> str | None:
     value = body.get(key)
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise _fail(topic, key, "a string or null", value)
+    if not isinstance(value, str) or len(value) > max_len:
+        raise _fail(topic, key, f"a string of at most {max_len} characters or null", value)
     return value
 
 
@@ -93,8 +106,8 @@ def _run_id(body: dict[str, Any], topic: str) -> str | None:
     value = body.get("run_id")
     if value is None or value == "":
         return None
-    if not isinstance(value, str):
-        raise _fail(topic, "run_id", "a string", value)
+    if not isinstance(value, str) or len(value) > 2 * MAX_NAME:
+        raise _fail(topic, "run_id", f"a string of at most {2 * MAX_NAME} characters", value)
     return value
 
 
@@ -352,14 +365,14 @@ class ScreenState:
         index = _opt_int(body, "feedback", "index")
         if index is None:
             raise _fail("feedback", "index", "an integer >= 0", None)
-        condition = _opt_str(body, "feedback", "condition")
+        condition = _opt_str(body, "feedback", "condition", MAX_NAME)
         value = _opt_number(body, "feedback", "value")
         if value is not None:
             if not -VALUE_TOLERANCE <= value <= 1.0 + VALUE_TOLERANCE:
                 raise _fail("feedback", "value", "a number in [0, 1] or null", value)
             value = min(max(value, 0.0), 1.0)
         reason = body.get("reason")
-        reason = reason if isinstance(reason, str) else None
+        reason = reason[:MAX_TEXT] if isinstance(reason, str) else None
         kind = body.get("kind")
         kind = "continuous" if kind is None else _choice(body, "feedback", "kind", FEEDBACK_KINDS)
         reward = _opt_str(body, "feedback", "reward")
@@ -400,20 +413,24 @@ class ScreenState:
 
 def _parse_run_info(body: dict[str, Any]) -> RunInfo:
     conditions = body.get("conditions") or []
-    if not isinstance(conditions, list) or not all(isinstance(c, str) for c in conditions):
-        raise _fail("run", "conditions", "a list of strings", conditions)
-    instructions = body.get("instructions") or {}
-    if not isinstance(instructions, dict) or not all(
-        isinstance(v, str) for v in instructions.values()
+    if not isinstance(conditions, list) or len(conditions) > MAX_CONDITIONS or not all(
+        isinstance(c, str) and len(c) <= MAX_NAME for c in conditions
     ):
-        raise _fail("run", "instructions", "an object mapping condition to text", instructions)
-    baseline = _opt_str(body, "run", "baseline")
+        raise _fail("run", "conditions", f"a list of at most {MAX_CONDITIONS} names of at most {MAX_NAME} "
+                    "characters", conditions)
+    instructions = body.get("instructions") or {}
+    if not isinstance(instructions, dict) or len(instructions) > MAX_CONDITIONS or not all(
+        isinstance(v, str) and len(v) <= MAX_TEXT and len(k) <= MAX_NAME for k, v in instructions.items()
+    ):
+        raise _fail("run", "instructions", f"an object mapping condition to a text of at most {MAX_TEXT} "
+                    "characters", instructions)
+    baseline = _opt_str(body, "run", "baseline", MAX_NAME)
     scale_psc = None
     feedback_kind = None
     settings = body.get("feedback")
     if isinstance(settings, dict):
         kind = settings.get("kind")
-        feedback_kind = kind if isinstance(kind, str) else None
+        feedback_kind = kind if kind in FEEDBACK_KINDS else None
         # The 0 % marker needs a fixed percent-signal-change scale (rtnf's
         # feedback.scale_range with signal "psc"; older messages: scale_psc).
         scale = settings.get("scale_psc")
@@ -424,6 +441,7 @@ def _parse_run_info(body: dict[str, Any]) -> RunInfo:
         if scale is not None:
             if not (isinstance(scale, list) and len(scale) == 2 and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                and abs(v) <= MAX_ABS_NUMBER
                 for v in scale
             )):
                 raise _fail("run", "feedback.scale_range", "[low, high] numbers or null", scale)
@@ -460,6 +478,12 @@ class FeedbackLink:
     max_batch : int
         At most this many messages are taken per :meth:`poll`, so that a
         flood cannot keep the screen from drawing.
+    curve_keys, curve_client : str, optional
+        CURVE keys (``rtnf keys``) for the subscription to rtnf, and this client's name.
+    ack_curve_keys : str, optional
+        A key folder made by ``rtnf keys`` whose server key this screen's
+        acknowledgement socket uses: only the clients in its ``authorized/``
+        folder (rtnf, the console) receive acknowledgements.
 
     Attributes
     ----------
@@ -478,6 +502,7 @@ class FeedbackLink:
         max_batch: int = 1000,
         curve_keys: "str | None" = None,
         curve_client: str = "screen",
+        ack_curve_keys: "str | None" = None,
     ) -> None:
         self.address = address
         self.ack_address = ack_address
@@ -485,13 +510,22 @@ class FeedbackLink:
         self.max_batch = int(max_batch)
         self._n_rejected = 0  # decoded, but refused by the screen's state
         self._context = zmq.Context()
-        self._pub = self._context.socket(zmq.PUB)
-        self._pub.setsockopt(zmq.LINGER, 0)
+        # The acknowledgement socket: an XPUB that takes only the protocol's topics as
+        # subscriptions and disconnects a peer sending a long one (a subscription flood grew
+        # a plain PUB to 13.4 GB), with a send high-water mark (issue 15).
+        self._pub = BoundedPub(self._context, sndhwm=1000)
+        self._curve_server = None
         try:
             # Bounded size, reconnection after a dropped link (an oversized message makes
             # libzmq drop it for good), CURVE when rtnf is on another machine.
             curve = (curve_keys, curve_client) if curve_keys is not None else None
             self._sub = Subscription(self._context, address, SUBSCRIBED_TOPICS, "rtnf", rcvhwm, curve)
+            if ack_curve_keys is not None:
+                # Only the clients authorized in that key folder (rtnf, the console) receive acknowledgements.
+                from rtnf.keys import CurveServer
+
+                self._curve_server = CurveServer(self._context, ack_curve_keys)
+                self._pub.use_curve(self._curve_server)
             self._pub.bind(ack_address)
         except zmq.ZMQError as exc:
             self.close()
@@ -522,6 +556,7 @@ class FeedbackLink:
             ``(topic, body, t_received)`` for each valid message, in order.
         """
         ready = dict(self._poller.poll(max(0, int(timeout_ms))))
+        self._pub.service()  # subscriptions to the acknowledgements take effect every frame, not at the next send
         return self._sub.receive(ready, self.max_batch)
 
     def receive(self, timeout_ms: float) -> list[Received]:
@@ -631,6 +666,9 @@ class FeedbackLink:
             sub.close()
         if not self._pub.closed:
             self._pub.close(linger=0)
+        if getattr(self, "_curve_server", None) is not None:
+            self._curve_server.stop()
+            self._curve_server = None
         if not self._context.closed:
             self._context.term()
 

@@ -41,6 +41,13 @@ def write_config(folder: Path, text: str | None = None, extra: str = "", name: s
     return path
 
 
+def replay_func_dir(cfg, label: str = "replay") -> Path:
+    """Folder of a run's files written by ``rtnf replay`` (its own derivatives folder ``<output.dir>/<label>``)."""
+    from rtnf.record import func_dir
+
+    return Path(cfg.output.dir) / label / Path(func_dir(cfg)).relative_to(cfg.output.dir)
+
+
 def run_processes(
     tmp_path: Path,
     config_text: str,
@@ -76,7 +83,9 @@ def run_processes(
     try:
         if with_screen:
             procs.start("screen", screen_command(address, ack_address, tmp_path, exit_after_end_s=1.0), logs)
-        procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--publish-address", address], logs)
+        screen_set = ["--set", f'publish.screen_address="{ack_address}"'] if with_screen else []
+        procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--create-export-dir", "--publish-address", address,
+                             *screen_set], logs)
         _wait_ready(listener, procs, no_screen=not with_screen)
         procs.start(
             "scanner_sim",

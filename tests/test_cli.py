@@ -138,7 +138,7 @@ def test_run_takes_run_and_set_prints_a_progress_line_per_volume_and_no_numexpr(
     listener = Listener([address])
     out, err = open(tmp_path / "rtnf.out", "w"), open(tmp_path / "rtnf.err", "w")
     rtnf = subprocess.Popen(
-        [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--address", address, "--run", "3",
+        [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--create-export-dir", "--address", address, "--run", "3",
          "--set", "feedback.smoothing_alpha=0.5"],
         stdout=out, stderr=err, stdin=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )

@@ -731,7 +731,7 @@ def test_console_page_plots_a_real_session(browser, tmp_path):
     procs = Processes()
     console = ConsoleProcess(address, None, logs)
     try:
-        procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--publish-address", address], logs)
+        procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--create-export-dir", "--publish-address", address], logs)
         _wait_ready(listener, procs, no_screen=True)
         procs.start("scanner_sim", [sys.executable, "-m", "scanner_sim", "synth", str(spec_path), "--export-dir",
                                     str(cfg.scanner.export_dir), "--truth-dir", str(tmp_path / "truth"),
@@ -940,7 +940,7 @@ def test_rtnf_run_passes_the_screen_address_and_the_configs_limits_and_keeps_the
         "ended", "r", 24, 0, tmp_path / "x.tsv"))
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        code = cli.main(["run", str(cfg_path), "--console", "--console-port", "7123",
+        code = cli.main(["run", str(cfg_path), "--create-export-dir", "--console", "--console-port", "7123",
                          "--ack-address", "tcp://10.0.0.5:6000", "--console-linger-s", "30"])
     finally:
         for sig, handler in handlers.items():
@@ -1037,7 +1037,7 @@ def test_console_outlives_rtnf_run_and_shows_the_ended_run(browser, tmp_path):
     console_pids: list[int] = []
     try:
         # A screen address where no screen listens: "screen silent" is true during the run, not after it.
-        rtnf = procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--publish-address", address,
+        rtnf = procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--create-export-dir", "--publish-address", address,
                                     "--console", "--console-port", str(port), "--console-screen-address",
                                     screen_address, "--console-linger-s", "120"], logs)
         _wait_ready(listener, procs, no_screen=True)

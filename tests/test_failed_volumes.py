@@ -27,7 +27,7 @@ from rtnf.pipeline import VolumeProcessor
 from rtnf.record import bids_prefix, func_dir
 from rtnf.replay import ReplayFeeder
 from rtnf.session import NO_USABLE_VOLUME, run_session
-from tests.helpers import synthetic_run_4d, write_config
+from tests.helpers import replay_func_dir, synthetic_run_4d, write_config
 
 N = 14  # 2 dummies + 12 kept volumes
 CONFIG = """
@@ -67,12 +67,14 @@ def run4d(tmp_path_factory) -> tuple[Path, np.ndarray, np.ndarray]:
     return path, data, affine
 
 
-def _table(cfg) -> list[dict[str, str]]:
-    return read_tsv(func_dir(cfg) / f"{bids_prefix(cfg)}_desc-rtnf_timeseries.tsv")
+def _table(cfg, replayed: bool = False) -> list[dict[str, str]]:
+    folder = replay_func_dir(cfg) if replayed else func_dir(cfg)
+    return read_tsv(folder / f"{bids_prefix(cfg)}_desc-rtnf_timeseries.tsv")
 
 
-def _event_log(cfg) -> str:
-    return (func_dir(cfg) / f"{bids_prefix(cfg)}_desc-rtnf_log.tsv").read_text()
+def _event_log(cfg, replayed: bool = False) -> str:
+    folder = replay_func_dir(cfg) if replayed else func_dir(cfg)
+    return (folder / f"{bids_prefix(cfg)}_desc-rtnf_log.tsv").read_text()
 
 
 def _replay(cfg_path: Path, source: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -133,10 +135,10 @@ def test_replay_in_which_every_volume_fails_exits_1_with_one_alarm(tmp_path, run
     assert len(failures) == N - 2 and all(BLANK_REASON in line for line in failures)  # one line per volume
     assert "ended, 0 volumes, 12 missing" in proc.stdout
     cfg = load_config(cfg_path)
-    rows = _table(cfg)
+    rows = _table(cfg, replayed=True)
     assert len(rows) == N - 2
     assert all(r["missing"] == "1" and r["feedback_reason"].startswith(BLANK_REASON) for r in rows)
-    assert "NO USABLE VOLUME" in _event_log(cfg)
+    assert "NO USABLE VOLUME" in _event_log(cfg, replayed=True)
 
 
 def test_replay_of_a_folder_without_one_readable_volume_exits_1(tmp_path):
@@ -149,7 +151,7 @@ def test_replay_of_a_folder_without_one_readable_volume_exits_1(tmp_path):
     assert proc.returncode == 1, proc.stdout + proc.stderr
     _assert_no_usable_volume(proc.stderr)
     assert "no volume of the run arrived" in proc.stderr
-    assert _table(load_config(cfg_path)) == []
+    assert _table(load_config(cfg_path), replayed=True) == []
 
 
 def _write_volumes(export: Path, data: np.ndarray, affine: np.ndarray) -> None:
@@ -170,7 +172,7 @@ def _live_run(tmp_path: Path, extra: str, data: np.ndarray, affine: np.ndarray):
     listener = Listener([address])
     stderr_path = tmp_path / "rtnf.err"
     with open(stderr_path, "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "rtnf", "run", str(cfg_path), "--publish-address", address],
+        proc = subprocess.Popen([sys.executable, "-m", "rtnf", "run", str(cfg_path), "--create-export-dir", "--publish-address", address],
                                 stdout=subprocess.DEVNULL, stderr=err)
     try:
         listener.wait_for(lambda topic, body: topic == "heartbeat", 90, "rtnf's first heartbeat")

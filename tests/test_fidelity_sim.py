@@ -89,7 +89,7 @@ def _judge(f, online_offline: float = 0.95) -> None:
 def realistic_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("realistic")
     base = root / "base.toml"
-    base.write_text(SYNTH_CONFIG.format(task="base", feedback="", model="", out=root / "unused"))
+    base.write_text(SYNTH_CONFIG.format(task="base", feedback="", model="", out=root / "base_out"))
     spec = sim_spec(load_config(base), amplitude_pct=1.5, seed=3)
     # Spec keys beat the preset: let the preset set the thermal noise too.
     g = generate_run(spec, root / "run", noise_preset="realistic", noise_pct=None)

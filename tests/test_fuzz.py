@@ -75,9 +75,12 @@ def test_decode_hostile_payloads(payload):
 
 
 def test_decode_round_trip_still_works():
-    frames = encode("feedback", "r1", {"index": 3, "value": 0.25, "big": 10**40})
+    frames = encode("feedback", "r1", {"index": 3, "value": 0.25, "big": 10**18 - 1, "huge": 1e300})
     topic, body = decode(frames)
-    assert (topic, body["index"], body["value"], body["big"]) == ("feedback", 3, 0.25, 10**40)
+    assert (topic, body["index"], body["value"], body["big"], body["huge"]) == ("feedback", 3, 0.25, 10**18 - 1, 1e300)
+    # issue 15: integers beyond 18 digits are not part of the protocol (an index of 10**400 - 1 stalled the screen)
+    with pytest.raises(MessageError, match="digits"):
+        decode(encode("feedback", "r1", {"index": 10**40}))
 
 
 # --------------------------------------------------------------------------- simulator files

@@ -19,10 +19,10 @@ import pytest
 
 from rtnf.config import ConfigError, load_config
 from rtnf.demo import read_tsv
-from rtnf.record import bids_prefix, func_dir
+from rtnf.record import bids_prefix
 from rtnf.reference import check_motion_reference, load_motion_reference
 from rtnf.volume import Grid
-from tests.helpers import synthetic_run_4d, write_config
+from tests.helpers import replay_func_dir, synthetic_run_4d, write_config
 
 N = 14  # 2 dummies + 12 kept volumes
 CONFIG = """
@@ -185,8 +185,8 @@ def _rtnf(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "rtnf", *args], capture_output=True, text=True, timeout=timeout)
 
 
-def _table(cfg) -> list[dict[str, str]]:
-    return read_tsv(func_dir(cfg) / f"{bids_prefix(cfg)}_desc-rtnf_timeseries.tsv")
+def _table(cfg) -> list[dict[str, str]]:  # a replay's
+    return read_tsv(replay_func_dir(cfg) / f"{bids_prefix(cfg)}_desc-rtnf_timeseries.tsv")
 
 
 def _config(folder: Path, reference: str, reference_volume: str | None = None) -> Path:
@@ -248,5 +248,5 @@ def test_replay_with_a_reference_on_another_grid_stops_at_the_first_volume(tmp_p
     assert "could not be processed" not in proc.stderr
     cfg = load_config(cfg_path)
     assert _table(cfg) == []  # nothing processed, nothing recorded as if it had been
-    log = (func_dir(cfg) / f"{bids_prefix(cfg)}_desc-rtnf_log.tsv").read_text()
+    log = (replay_func_dir(cfg) / f"{bids_prefix(cfg)}_desc-rtnf_log.tsv").read_text()
     assert "motion.reference" in log and "ERROR" in log

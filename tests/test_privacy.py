@@ -114,7 +114,7 @@ def live_run(tmp_path: Path, config_text: str, sim_command: list[str], timeout_s
     logs = tmp_path / "logs"
     logs.mkdir(exist_ok=True)
     try:
-        procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--publish-address", address], logs)
+        procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--create-export-dir", "--publish-address", address], logs)
         _wait_ready(listener, procs, no_screen=True)
         procs.start("scanner_sim", [sys.executable, "-m", "scanner_sim", *sim_command,
                                     "--export-dir", str(cfg.scanner.export_dir), "--truth-dir", str(tmp_path / "truth")],
@@ -247,3 +247,29 @@ def test_reading_invalid_identifying_values_warns_nothing_about_them(tmp_path, c
     text += repr(info)
     for secret in ("secretname", "hospital of secrets", "1970-01-0", "secret"):
         assert secret not in text.lower(), text
+
+
+def test_file_names_with_the_patient_name_never_leak_with_hashed_file_names(tmp_path):
+    """Issue 15 point 16: some sites name exported files after the patient. With ``[output] file_names = "hash"``
+    the table's file column, the volume messages, the log topic, rtnf's log and every output show the volume
+    number and a salted hash instead: no trace of the name anywhere."""
+    from tests.helpers import synthetic_run_4d
+
+    synthetic_run_4d(tmp_path / "series.nii", 16)
+    text = CONFIG.format(tr_s=2.0, n=16, dummies=2, block=6, repeat=1, center="[0.0, 30.0, 15.0]",
+                         scanner_extra="") + 'file_names = "hash"\n'
+    # faults make the watcher, the sequencer and the log topic talk about files
+    cfg, listener, logs = live_run(tmp_path, text, [
+        "replay", str(tmp_path / "series.nii"), "--speed", "8", "--filename-template", "Doe^Janette_{volume:04d}.nii",
+        "--drop", "7", "--duplicate", "9",
+    ])
+    exported = [p.name for p in Path(cfg.scanner.export_dir).iterdir()]
+    assert exported and all("Janette" in n for n in exported), exported  # the inputs do carry the name
+    values = identifying_values({"PatientName": "Doe^Janette"})
+    outputs = [p for p in Path(cfg.output.dir).rglob("*") if p.is_file()]
+    rtnf_logs = [p for p in logs.iterdir() if p.is_file() and not p.name.startswith("scanner_sim")]
+    leaks = find_leaks(values, outputs + rtnf_logs, listener.messages)
+    assert not leaks, "the patient's name leaked through file names:\n" + "\n".join(leaks[:20])
+    files = [b["file"] for t, b in listener.messages if t == "volume" and not b["flags"]["missing"]]
+    assert files and all(f.startswith("vol-") and len(f) == len("vol-000001_") + 8 for f in files), files
+    assert any(t == "log" for t, _ in listener.messages), "the faults produced no log message to search"

@@ -61,7 +61,7 @@ def test_studyforrest_replay_finds_the_visual_activation(tmp_path):
         capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    func = out / "sub-forrest" / "ses-01" / "func"
+    func = out / "replay" / "sub-forrest" / "ses-01" / "func"
     rows = read_tsv(func / "sub-forrest_ses-01_task-localizer_run-1_desc-rtnf_timeseries.tsv")
     assert [int(r["index"]) for r in rows] == list(range(78))
     assert all(r["missing"] == "0" for r in rows)
@@ -143,7 +143,7 @@ def test_mixed_series_folder_takes_the_configured_series(tmp_path):
         proc = subprocess.run([sys.executable, "-m", "rtnf", "replay", str(cfg), str(mixed)],
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        rows = read_tsv(out / "sub-pyneal" / "ses-01" / "func" / "sub-pyneal_ses-01_task-rest_run-1_desc-rtnf_timeseries.tsv")
+        rows = read_tsv(out / "replay" / "sub-pyneal" / "ses-01" / "func" / "sub-pyneal_ses-01_task-rest_run-1_desc-rtnf_timeseries.tsv")
         assert [int(r["index"]) for r in rows] == list(range(60))
         assert all(r["missing"] == "0" for r in rows)
         assert all(r["file"].startswith("001_000013_") for r in rows)

@@ -48,7 +48,9 @@ TIMING = {"t_acquired", "t_detected", "t_read", "t_preprocessed", "t_modelled", 
 
 
 def _table(cfg, output_dir: Path | None = None) -> list[dict[str, str]]:
-    root = func_dir(cfg) if output_dir is None else output_dir / Path(func_dir(cfg)).relative_to(cfg.output.dir)
+    """The live run's table, or a replay's under ``output_dir`` (in its own folder ``replay``)."""
+    rel = Path(func_dir(cfg)).relative_to(cfg.output.dir)
+    root = func_dir(cfg) if output_dir is None else output_dir / "replay" / rel
     return read_tsv(root / f"{bids_prefix(cfg)}_desc-rtnf_timeseries.tsv")
 
 
@@ -101,7 +103,7 @@ def test_parallel_replays_with_overrides(tmp_path):
     export = cfg.scanner.export_dir
     proc = _replay(cfg_path, [export, export], tmp_path / "par", "--jobs", "2", "--set", "feedback.smoothing_alpha=0.5")
     assert proc.returncode == 0, proc.stderr
-    func = tmp_path / "par" / "sub-replay" / "ses-01" / "func"
+    func = tmp_path / "par" / "replay-feedback.smoothing_alpha-0.5" / "sub-replay" / "ses-01" / "func"
     run1 = read_tsv(func / "sub-replay_ses-01_task-nf_run-1_desc-rtnf_timeseries.tsv")
     run2 = read_tsv(func / "sub-replay_ses-01_task-nf_run-2_desc-rtnf_timeseries.tsv")
     _same_values(run1, run2)
@@ -121,7 +123,7 @@ def test_killed_run_resumes_with_every_volume_once_and_the_same_values(tmp_path)
     logs = tmp_path / "logs"
     logs.mkdir()
     listener = Listener([address])
-    run_cmd = [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--publish-address", address]
+    run_cmd = [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--create-export-dir", "--publish-address", address]
     try:
         procs.start("rtnf", run_cmd, logs)
         _wait_ready(listener, procs, no_screen=True)
@@ -169,6 +171,6 @@ def test_replays_on_a_local_dask_cluster(tmp_path):
         results = replay_many(jobs, dask_address=cluster.scheduler_address)
     assert [r["status"] for r in results] == ["ended", "ended"]
     live = _table(cfg)
-    func = tmp_path / "dask" / "sub-replay" / "ses-01" / "func"
+    func = tmp_path / "dask" / "replay" / "sub-replay" / "ses-01" / "func"
     for k in (1, 2):
         _same_values(live, read_tsv(func / f"sub-replay_ses-01_task-nf_run-{k}_desc-rtnf_timeseries.tsv"))

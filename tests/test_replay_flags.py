@@ -10,9 +10,9 @@ import pytest
 from rtnf.config import load_config
 from rtnf.demo import read_tsv, sim_spec, write_toml
 from rtnf.protocol import Block, Protocol, ProtocolError
-from rtnf.record import bids_prefix, func_dir
+from rtnf.record import bids_prefix
 from rtnf.sequencer import LatenessJudge
-from tests.helpers import write_config
+from tests.helpers import replay_func_dir, write_config
 
 N = 42
 # A short TR: an unpaced replay's volumes all arrive at once and wait their
@@ -61,7 +61,7 @@ def test_an_unpaced_replay_flags_no_volume_late(tmp_path):
         capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
-    rows = read_tsv(func_dir(cfg) / f"{bids_prefix(cfg)}_desc-rtnf_timeseries.tsv")
+    rows = read_tsv(replay_func_dir(cfg) / f"{bids_prefix(cfg)}_desc-rtnf_timeseries.tsv")
     assert len(rows) == N - 2 and not any(r["missing"] == "1" for r in rows)
     assert sum(r["late"] == "1" for r in rows) == 0
 

@@ -84,7 +84,7 @@ def simulate_run(tmp_path: Path, n_volumes: int = N_VOLUMES, speed: float = 16.0
     logs = tmp_path / "logs"
     logs.mkdir(exist_ok=True)
     try:
-        procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--publish-address", address], logs)
+        procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--create-export-dir", "--publish-address", address], logs)
         _wait_ready(listener, procs, no_screen=True)
         procs.start(
             "scanner_sim",

@@ -310,7 +310,8 @@ def test_link_publishes_heartbeat_and_displayed(pub):
         try:
             deadline = time.time() + 5
             got = {}
-            while "displayed" not in got and time.time() < deadline:
+            # (an XPUB applies a new subscription at its next call: keep going until both arrived)
+            while not {"displayed", "heartbeat"} <= set(got) and time.time() < deadline:
                 link.send_heartbeat("waiting", last_index=None)
                 link.send_displayed(index=3, value=None, condition="rest", state="running",
                                     t_received=1.0, t_displayed=2.0)

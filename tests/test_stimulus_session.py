@@ -57,7 +57,7 @@ def test_screen_started_after_rtnf_and_reconnecting_after_a_restart(tmp_path):
             cfg_path = write_config(tmp_path, CONFIG.format(run=run), name=f"run{run}.toml")
             cfg = load_config(cfg_path, {"publish.address": address})
             write_toml(sim_spec(cfg, seed=run), tmp_path / f"spec{run}.toml")
-            procs.start(f"rtnf{run}", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--publish-address",
+            procs.start(f"rtnf{run}", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--create-export-dir", "--publish-address",
                                        address], logs)
             if run == 1:  # the screen joins after rtnf is up
                 listener.wait_for(lambda t, b: t == "heartbeat" and b.get("source") == "rtnf", 60, "rtnf")

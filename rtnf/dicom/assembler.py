@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from .._checks import check_positive
+from ..filenames import file_label, redact
 from ._common import DicomInfo
 from .probe import with_slice_count
 
@@ -75,7 +76,7 @@ class SliceAssembler:
     def _ignore(self, path: Path, reason: str, kind: str = "ignored") -> None:
         self.ignored.append((path, reason))
         if self.report is not None:
-            self.report(kind, f"ignored {path.name}: {reason}")
+            self.report(kind, f"ignored {file_label(path.name)}: {redact(str(reason), path)}")
         else:
             log.warning("ignored %s: %s", path, reason)
 
@@ -134,7 +135,8 @@ class SliceAssembler:
                             "if every volume does this, the slice count is wrong for this series ("
                             f"{'check' if self.n_slices else 'set'} scanner.slices_per_volume)")
                 self._ignore(path, f"duplicate slice at {position} mm of volume {key[1]} "
-                                   f"(already have {pending.slices[position].name}){hint}", kind=f"duplicate:{series}")
+                                   f"(already have {file_label(pending.slices[position].name)}){hint}",
+                             kind=f"duplicate:{series}")
             return released
         pending.slices[position] = path
         expected = self._expected(series, info)

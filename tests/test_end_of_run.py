@@ -1,0 +1,64 @@
+"""Issue 15: an output failure at the end of a run loses nothing else: rows, provenance, then maps, each reported."""
+
+from __future__ import annotations
+
+import json
+
+from rtnf.config import load_config
+from rtnf.demo import read_tsv
+from rtnf.record import bids_prefix, func_dir
+from tests.helpers import run_processes, write_config
+
+N = 24
+CONFIG = f"""
+[session]
+subject = "end"
+task = "nf"
+
+[scanner]
+export_dir = "export"
+tr_s = 2.0
+n_volumes = {N}
+
+[protocol]
+baseline = "rest"
+pattern = {{ steps = [{{ condition = "rest", duration = 6 }}, {{ condition = "regulate", duration = 6 }}], repeat = 2 }}
+
+[rois.acc]
+center_mm = [0.0, 30.0, 15.0]
+radius_mm = 8.0
+
+[feedback]
+roi = "acc"
+
+[model]
+whole_brain = true
+
+[publish]
+preview = false
+
+[output]
+dir = "outputs"
+"""
+
+
+def test_statmap_that_cannot_be_saved_loses_no_row_and_is_reported(tmp_path):
+    cfg = load_config(write_config(tmp_path, CONFIG))
+    func, prefix = func_dir(cfg), bids_prefix(cfg)
+    # a real failure of the last write: the statmap's path is taken by a folder
+    statmap = func / f"{prefix}_desc-rtnf_stat-t_statmap.nii.gz"
+    statmap.mkdir(parents=True)
+    cfg, listener = run_processes(tmp_path, CONFIG, speed=8.0)  # asserts exit code 0
+
+    rows = read_tsv(func / f"{prefix}_desc-rtnf_timeseries.tsv")
+    assert [int(r["index"]) for r in rows] == list(range(N))
+    provenance = json.loads((func / f"{prefix}_desc-rtnf_provenance.json").read_text())
+    assert provenance["status"] == "ended" and provenance["n_rows"] == N
+    assert (func / f"{prefix}_events.tsv").exists()
+    # reported: the run's event log, the log topic and stderr
+    log_text = (func / f"{prefix}_desc-rtnf_log.tsv").read_text()
+    assert "t-map failed" in log_text, log_text
+    assert any("t-map failed" in b["message"] for b in listener.of("log"))
+    assert "t-map failed" in (tmp_path / "logs" / "rtnf.log").read_text()
+    # the subscribers still learnt that the run ended
+    assert [b["event"] for b in listener.of("run") if b.get("event") in ("end", "abort")] == ["end"]
