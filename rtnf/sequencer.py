@@ -102,15 +102,28 @@ class Sequencer(Generic[T]):
 class LatenessJudge:
     """Whether each volume came late, judged against the pace volumes are fed at.
 
-    Live, volumes come one TR apart by the scanner's clock: a volume is late
-    when it arrives well after the time the previous ones predict (the median
-    of recent intervals, so no clock needs to agree with the scanner's), or
-    when it waited longer than one TR to be sent. A replay feeds files at its
-    own pace (``TR / speed``) on a schedule from its first volume, which is
-    the expectation then; a replay as fast as possible feeds every file at
-    once, each waits its turn, and arrival times say nothing about lateness:
-    no volume is judged late. A volume held back while a missing one was
-    awaited came on time: its wait counts from its release, not its arrival.
+    Live, the scanner acquires one volume every TR by its own clock, which
+    nothing stalls: acquisition ``k`` is expected at ``k * TR + offset``,
+    where ``offset`` is the smallest ``t_detected_j - j * TR`` seen so far
+    (the earliest-arriving volume defines "on time", so a late first volume
+    or a backlog does not shift the expectation). A volume is late when it
+    arrives more than :attr:`LATE_AFTER_TR` of a TR (at least
+    :attr:`MIN_LATE_S`) after its expected arrival -- so every volume of a
+    backlog (rtnf stopped or stalled, the export held up) is late even when
+    each was sent a few ms after rtnf saw it -- or when it waited longer
+    than one TR to be sent. ``t_detected`` stays the time rtnf saw the file.
+    When the header gives the acquisition time (``Volume.t_acquired``, e.g.
+    DICOM AcquisitionTime, scanner-sim's NIfTI ``descrip``), that is the
+    scanner's clock instead: the offset between it and ours is the smallest
+    ``t_detected - t_acquired`` seen so far, a volume is late when its own
+    exceeds that by the same margin, and the TR in the margin is the pace of
+    the acquisition times when faster (a simulation played at ``speed``).
+    A replay feeds files at its own pace (``TR / speed``) on a schedule from
+    its first volume, which is the expectation then; a replay as fast as
+    possible feeds every file at once, each waits its turn, and arrival
+    times say nothing about lateness: no volume is judged late. A volume
+    held back while a missing one was awaited came on time: its wait counts
+    from its release, not its arrival.
 
     Parameters
     ----------
@@ -122,16 +135,29 @@ class LatenessJudge:
     """
 
     SLACK_S = 0.05  # scheduling jitter of the threads that stamp arrivals
+    # Live: late when more than half a TR behind the scanner's clock (the
+    # next volume is then nearer than this one's slot), but never for less
+    # than 0.3 s -- export, file-system and polling jitter at short TRs.
+    LATE_AFTER_TR = 0.5
+    MIN_LATE_S = 0.3
 
     def __init__(self, tr_s: float, pace_s: float | None = None) -> None:
+        self.tr_s = tr_s
         self.interval_s = tr_s if pace_s is None else pace_s
         self.scheduled = pace_s is not None
         self._first: tuple[int, float] | None = None
-        self._last: tuple[int, float] | None = None
-        self._intervals: list[float] = []
+        self._offset: float | None = None  # live: smallest t_detected - acquisition * TR so far
+        self._lag: float | None = None  # live: smallest t_detected - t_acquired so far
+        self._last_acquired: tuple[int, float] | None = None
+        self._steps: list[float] = []  # recent t_acquired steps per acquisition (the scanner's pace)
 
     def is_late(
-        self, acquisition: int, t_detected: float, t_published: float, t_released: float | None = None
+        self,
+        acquisition: int,
+        t_detected: float,
+        t_published: float,
+        t_released: float | None = None,
+        t_acquired: float | None = None,
     ) -> bool:
         """Judge one volume (call once per volume received, in release order).
 
@@ -145,31 +171,55 @@ class LatenessJudge:
             For a volume the sequencer held back while an earlier one was
             awaited (:attr:`Released.held`): when it was released. Its time
             to be sent counts from then.
+        t_acquired : float, optional
+            Its acquisition time by the scanner's clock (``Volume.t_acquired``),
+            when its header gives one; used by live runs (see the class).
         """
         if self.scheduled and self.interval_s == 0:
             return False
-        arrived_late = self._arrived_late(acquisition, t_detected)
+        arrived_late = self._arrived_late(acquisition, t_detected, t_acquired)
         t_ready = t_detected if t_released is None else max(t_detected, t_released)
         return arrived_late or t_published - t_ready > self.interval_s
 
-    def _arrived_late(self, acquisition: int, t_detected: float) -> bool:
+    def _late_after(self, interval_s: float) -> float:
+        return max(self.LATE_AFTER_TR * interval_s, self.MIN_LATE_S)
+
+    def _arrived_late(self, acquisition: int, t_detected: float, t_acquired: float | None = None) -> bool:
         if self._first is None:
             self._first = (acquisition, t_detected)
         if self.scheduled:
             first_acq, first_t = self._first
             expected = first_t + (acquisition - first_acq) * self.interval_s
             return t_detected > expected + 0.5 * self.interval_s + self.SLACK_S
-        # Live: a dropped volume does not make the next one late, the
-        # prediction counts the volumes in between.
-        late = False
-        if self._last is not None:
-            last_acq, last_t = self._last
-            steps = acquisition - last_acq
-            if steps > 0:
-                if len(self._intervals) >= 3:
-                    usual = sorted(self._intervals)[len(self._intervals) // 2]
-                    late = t_detected > last_t + usual * steps + 0.5 * usual + self.SLACK_S
-                self._intervals = (self._intervals + [(t_detected - last_t) / steps])[-10:]
-        if self._last is None or t_detected > self._last[1]:
-            self._last = (acquisition, t_detected)
-        return late
+        if t_acquired is not None and self._by_scanner_clock(acquisition, t_acquired):
+            # The header's acquisition time: late when it took longer from
+            # acquisition to arrival than the quickest volume so far.
+            lag = t_detected - t_acquired
+            if self._lag is None or lag < self._lag:
+                self._lag = lag
+            pace = sorted(self._steps)[len(self._steps) // 2] if self._steps else self.tr_s
+            return lag - self._lag > self._late_after(min(pace, self.tr_s))
+        # Against the TR: acquisition k is due at k * TR + offset. A dropped
+        # volume does not make the next one late: this counts acquisitions.
+        offset = t_detected - acquisition * self.tr_s
+        if self._offset is None or offset < self._offset:
+            self._offset = offset
+        expected = acquisition * self.tr_s + self._offset
+        return t_detected - expected > self._late_after(self.tr_s)
+
+    def _by_scanner_clock(self, acquisition: int, t_acquired: float) -> bool:
+        """Book-keep the scanner's pace; False when ``t_acquired`` cannot be trusted.
+
+        Acquisition times must go forward with the acquisitions, by no more
+        than an hour a volume (a clock set back or a day boundary of a
+        time-of-day stamp): otherwise the TR rule judges the volume.
+        """
+        last = self._last_acquired
+        if last is not None and acquisition != last[0]:
+            step = (t_acquired - last[1]) / (acquisition - last[0])
+            if not 0 < step < 3600:
+                return False
+            self._steps = (self._steps + [step])[-10:]
+        if last is None or acquisition > last[0]:
+            self._last_acquired = (acquisition, t_acquired)
+        return True

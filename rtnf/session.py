@@ -519,7 +519,7 @@ class _RunLoop:
             acquisition = volume["index"] + self.cfg.scanner.dummy_volumes
             flags["out_of_order"] = acquisition in self._out_of_order
             flags["late"] = flags["out_of_order"] or self.lateness.is_late(
-                acquisition, t_detected, t_published, t_released
+                acquisition, t_detected, t_published, t_released, volume["timing"].get("t_acquired")
             )
             if flags["late"]:
                 log.warning("%s (acq %s) arrived late%s", self._label(volume["index"]), volume["acquisition"],

@@ -1057,7 +1057,11 @@ def test_console_outlives_rtnf_run_and_shows_the_ended_run(browser, tmp_path):
         assert status["phase"] == "waiting" and status["fd_threshold_mm"] == 0.7
         assert (status["export_dir"], status["output_dir"]) == (str(cfg.scanner.export_dir), str(cfg.output.dir))
         assert page.page.locator('[data-folder="export"]').inner_text() == str(cfg.scanner.export_dir)
-        run = next(b for t, b in listener.poll(0.1) + [("run", r) for r in listener.of("run")] if t == "run")
+        # rtnf repeats its run message every RUN_REPEAT_S while waiting: wait for one, never race it.
+        runs, deadline = [], time.time() + 15
+        while not runs and time.time() < deadline:
+            runs = [b for t, b in listener.poll(0.5) if t == "run"] + listener.of("run")
+        run = runs[0]
         assert run["export_dir"] == str(cfg.scanner.export_dir) and run["fd_threshold_mm"] == 0.7
 
         procs.start("scanner_sim", [sys.executable, "-m", "scanner_sim", "synth", str(tmp_path / "spec.toml"),

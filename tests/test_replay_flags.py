@@ -103,12 +103,12 @@ def test_a_config_with_a_sliver_block_at_the_end_loads_without_it(tmp_path):
 
 
 def test_lateness_is_judged_against_the_pace_volumes_are_fed_at():
-    # Live (TR 2 s): on time, then one volume 3 s late; a dropped volume does not make the next late.
+    # Live (TR 2 s): on time, then one volume 3 s late; a dropped volume (7) does not make the next late.
     live = LatenessJudge(2.0)
-    times = [100.0 + 2.0 * k for k in range(6)] + [100.0 + 2.0 * 6 + 3.0, 100.0 + 2.0 * 8 + 3.0]
+    times = [100.0 + 2.0 * k for k in range(6)] + [100.0 + 2.0 * 6 + 3.0, 100.0 + 2.0 * 8]
     acqs = [0, 1, 2, 3, 4, 5, 6, 8]
     assert [live.is_late(a, t, t + 0.01) for a, t in zip(acqs, times)] == [False] * 6 + [True, False]
-    assert live.is_late(9, 100.0 + 2.0 * 9 + 3.0, 100.0 + 2.0 * 9 + 3.0 + 2.5)  # waited longer than a TR
+    assert live.is_late(9, 100.0 + 2.0 * 9, 100.0 + 2.0 * 9 + 2.5)  # on time, but waited longer than a TR
 
     # A replay at 4x speed: volumes 0.5 s apart; judged against 0.5 s, not the config's 2 s.
     paced = LatenessJudge(2.0, pace_s=0.5)

@@ -136,8 +136,8 @@ def test_outputs_form_a_bids_derivatives_dataset(tmp_path):
     func = root / "sub-07" / "ses-02" / "func"
     entity = r"sub-07_ses-02_task-[a-zA-Z0-9]+_run-[0-9]+"
     allowed = re.compile(
-        entity + r"_(events\.tsv|desc-rtnf_(timeseries\.(tsv|json)|bold\.nii|config\.toml|provenance\.json|log\.tsv"
-        r"|stat-t_statmap\.nii\.gz)|desc-[a-zA-Z0-9]+_mask\.nii\.gz)$"
+        entity + r"_(events\.tsv|desc-rtnf_(timeseries\.(tsv|json)|bold\.(nii|json)|config\.toml|provenance\.json"
+        r"|log\.tsv|stat-t_statmap\.nii\.gz)|desc-screen_events\.(tsv|json)|desc-[a-zA-Z0-9]+_mask\.nii\.gz)$"
     )
     names = sorted(p.name for p in func.iterdir())
     assert all(allowed.match(n) for n in names), [n for n in names if not allowed.match(n)]

@@ -191,7 +191,9 @@ for name in sys.argv[2:]:
         read = str(exc)
     out[path.name] = {"check": type(probe).__name__, "reason": getattr(probe, "reason", ""), "t_check": t_check,
                       "read": read}
-out["maxrss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across exec, so it would report the RSS of the
+# pytest process that started this one (1.6 GB late in a full run), not this process's own peak.
+out["maxrss_mb"] = int(open("/proc/self/status").read().split("VmHWM:")[1].split()[0]) / 1024
 print(json.dumps(out))
 """
 

@@ -118,8 +118,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     listener = Listener([address])
     t0 = time.time()
     try:
-        procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--publish-address", address,
-                             "--overwrite"], logs)
+        procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--address", address,
+                             "--overwrite", "--create-export-dir"], logs)
         _wait_ready(listener, procs, no_screen=True)
         procs.start("scanner_sim", [sys.executable, "-m", "scanner_sim", "synth", str(spec_path), "--export-dir",
                                     str(cfg.scanner.export_dir), "--truth-dir", str(folder / "truth"),
