@@ -30,10 +30,7 @@ from .motion import MOTION_COLUMNS, motion_regressors
 from .protocol import Protocol
 from .roi_model import RoiModel
 
-# A shown value this close to 0 or 1 is at the end of the bar.
-SATURATION_EPS = 1e-3
-# More than this fraction of regulation volumes at an end of the bar: the console alerts, the report warns.
-SATURATION_WARN_FRACTION = 0.20
+from .messages import SATURATION_EPS, SATURATION_WARN_FRACTION  # noqa: F401 (the bar's ends, defined on the wire)
 
 
 @dataclass(frozen=True)

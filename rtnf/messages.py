@@ -138,6 +138,26 @@ def _depth(outside: bytes) -> int:
     return deepest
 
 
+# A shown feedback value this close to 0 or 1 is at the end of the bar (saturated) ...
+SATURATION_EPS = 1e-3
+# ... and more than this fraction of a run's regulation volumes there is an alarm (console, report).
+SATURATION_WARN_FRACTION = 0.20
+
+
+def volume_label(index: int, n_volumes: int | None = None, acquisition: Any = None) -> str:
+    """How people read a volume number: "volume N of M (acq K)".
+
+    ``N = index + 1``: 1-based, counted from the first kept volume after the
+    dummies (the wire and the tables keep the 0-based ``index``); ``K`` is the
+    volume's number in the scanner's file name, when known. The log, the
+    terminal, the console and the report all count this way.
+    """
+    text = f"volume {index + 1}" + (f" of {n_volumes}" if n_volumes else "")
+    if isinstance(acquisition, (int, float)) and not isinstance(acquisition, bool) and math.isfinite(acquisition):
+        text += f" (acq {int(acquisition)})"
+    return text
+
+
 def reason_kind(reason: str | None) -> str:
     """The kind of a null feedback value's ``reason``, for counting reasons.
 

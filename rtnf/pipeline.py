@@ -23,6 +23,7 @@ from .roi_model import RoiModel
 from .wholebrain import WholeBrainModel, preview_body, slice_indices
 from .export import Arrival
 from .filenames import redact
+from .messages import volume_label
 from .nifti import VolumeReadError
 from .protocol import Protocol
 from .rois import make_roi
@@ -144,8 +145,8 @@ class VolumeProcessor:
         return volume_body, feedback_body
 
     def _label(self, index: int) -> str:
-        """The volume as people count it (see rtnf.messages): "volume N of M", N from 1."""
-        return f"volume {index + 1} of {self.protocol.n_volumes}"
+        """The volume as people count it (:func:`rtnf.messages.volume_label`)."""
+        return volume_label(index, self.protocol.n_volumes)
 
     def _say_trust(self, index: int) -> None:
         """Log once when the whole-brain model becomes reduced by left-out volumes, and once when it recovers."""

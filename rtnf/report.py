@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from .fidelity import SATURATION_EPS, SATURATION_WARN_FRACTION
+from .messages import SATURATION_EPS, SATURATION_WARN_FRACTION
 from .messages import reason_kind
 from .motion import MOTION_COLUMNS
 

@@ -22,6 +22,7 @@ from threadpoolctl import threadpool_limits
 from .config import Config, ConfigError
 from .export import Arrival, ExportReader, Probe
 from .filenames import file_label, redact, set_file_names
+from .messages import volume_label
 from .pipeline import VolumeProcessor
 from .publish import Publisher
 from .record import RecorderLogHandler, RunRecorder, bids_prefix, format_cell, row_from_messages
@@ -444,13 +445,8 @@ class _RunLoop:
         self._max_seen = max(self._max_seen, acquisition)
 
     def _label(self, index: int) -> str:
-        """The volume as people count it: "volume N of M", N from 1 at the first kept volume.
-
-        The project's one numbering for people (log, console, progress
-        lines); the wire and the table keep the 0-based ``index``, and the
-        scanner's file number is given beside it as "acq K" where useful.
-        """
-        return f"volume {index + 1} of {self.processor.protocol.n_volumes}"
+        """The volume as people count it (:func:`rtnf.messages.volume_label`)."""
+        return volume_label(index, self.processor.protocol.n_volumes)
 
     def _handle(self, acquisition: int, arrival: Arrival | None, t_released: float | None = None) -> None:
         index = acquisition - self.cfg.scanner.dummy_volumes
@@ -604,6 +600,7 @@ def progress_line(volume: dict[str, Any], feedback: dict[str, Any]) -> str:
     project's numbering for people); K is the scanner's file number.
     """
     n = volume.get("n_volumes")
+    # The numbering of rtnf.messages.volume_label, its number right-aligned so the columns line up.
     label = f"volume {volume['index'] + 1:>{len(str(n)) if n else 1}}" + (f" of {n}" if n else "")
     if volume.get("acquisition") is not None:
         label += f" (acq {volume['acquisition']})"

@@ -81,7 +81,8 @@ from rtnf.messages import DEFAULT_ADDRESS, DEFAULT_SCREEN_ADDRESS
 
 from .link import Message, Subscriber
 from .preview import PLANES, T_THRESHOLD, Preview
-from .state import MARKS, STAGES, RunState, clock_time, volume_label
+from ..messages import volume_label
+from .state import MARKS, STAGES, RunState, clock_time
 
 log = logging.getLogger(__name__)
 

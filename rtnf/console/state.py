@@ -23,8 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from ..fidelity import SATURATION_EPS, SATURATION_WARN_FRACTION
-from ..messages import reason_kind
+from ..messages import SATURATION_EPS, SATURATION_WARN_FRACTION, reason_kind, volume_label
 from .preview import Preview, prepare
 
 MOTION_PARAMETERS: tuple[str, ...] = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
@@ -114,18 +113,6 @@ class LogEvent:
     def is_error(self) -> bool:
         return self.level in ("ERROR", "CRITICAL")
 
-
-def volume_label(index: int, n_volumes: int | None = None, acquisition: Any = None) -> str:
-    """How people read a volume number: "volume N of M (acq K)".
-
-    ``N = index + 1``: 1-based, counted from the first kept volume after the
-    dummies (the wire keeps the 0-based ``index``); ``K`` is the volume's
-    number in the scanner's file name, when known.
-    """
-    text = f"volume {index + 1}" + (f" of {n_volumes}" if n_volumes else "")
-    if isinstance(acquisition, (int, float)) and not isinstance(acquisition, bool) and math.isfinite(acquisition):
-        text += f" (acq {int(acquisition)})"
-    return text
 
 
 def clock_time(t: float) -> str:
@@ -604,7 +591,7 @@ class RunState:
         Regulation volumes are the rows whose condition is known and not the
         run's baseline (from the ``run`` message) and whose feedback value is
         not null; a value is at the end of the bar when it is within
-        :data:`rtnf.fidelity.SATURATION_EPS` of 0 or 1. Computed from the rows,
+        :data:`rtnf.messages.SATURATION_EPS` of 0 or 1. Computed from the rows,
         so a feedback message that came before or after its volume counts alike.
 
         Returns
