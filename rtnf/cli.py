@@ -512,11 +512,30 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"rtnf fidelity: cannot read {args.table}: {exc.strerror}", file=sys.stderr)
         return 2
+    except UnicodeDecodeError:
+        print(f"rtnf fidelity: {args.table} is not a text table (not UTF-8)", file=sys.stderr)
+        return 2
     if args.roi is not None and args.roi not in cfg.rois:
         print(f"rtnf fidelity: no ROI {args.roi!r} in {args.config} (ROIs: {', '.join(cfg.rois)})", file=sys.stderr)
         return 2
-    figures = assess(cfg, rows, args.roi, args.from_volume)
-    print(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in figures.as_dict().items()}, indent=2))
+    if args.from_volume < 0:
+        print(f"rtnf fidelity: --from-volume must be >= 0, got {args.from_volume}", file=sys.stderr)
+        return 2
+    roi = args.roi or cfg.feedback.targets[0]
+    needed = {"index", f"{roi}_raw", f"{roi}_clean", f"{roi}_psc", "feedback_value"}
+    missing = sorted(needed - set(rows[0] if rows else ()))
+    if missing:
+        print(f"rtnf fidelity: {args.table} is not this config's rtnf timeseries table: no column "
+              f"{', '.join(missing)}", file=sys.stderr)
+        return 2
+    try:
+        figures = assess(cfg, rows, roi, args.from_volume)
+    except ValueError as exc:  # a cell that is not a number, an index that is not an integer
+        print(f"rtnf fidelity: {args.table} has a cell that is not a number ({exc})", file=sys.stderr)
+        return 2
+    # NaN (nothing to evaluate) as null: the output stays valid JSON.
+    print(json.dumps({k: (None if v != v else round(v, 4)) if isinstance(v, float) else v
+                      for k, v in figures.as_dict().items()}, indent=2))
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import configparser
 import json
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path, PureWindowsPath
@@ -229,9 +230,12 @@ def _number(settings: dict[str, str], key: str, default: float | None = None) ->
             raise OpenNFTError(f"no value for {key}")
         return default
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise OpenNFTError(f"{key} = {text!r} is not a number") from None
+    if not math.isfinite(value):  # nan, inf, 1e400: never a count or a time
+        raise OpenNFTError(f"{key} = {text!r} is not a finite number")
+    return value
 
 
 def _label(text: str) -> str:

@@ -18,7 +18,7 @@ from .config import Config
 from .design import Design, make_design
 from .feedback import FeedbackComputer, FeedbackValue
 from .motion import motion_regressors
-from .preprocess import Preprocessor
+from .preprocess import NonFiniteVolume, Preprocessor
 from .roi_model import RoiModel
 from .wholebrain import WholeBrainModel, preview_body, slice_indices
 from .export import Arrival
@@ -91,6 +91,14 @@ class VolumeProcessor:
             log.warning("%s unreadable, treated as missing: %s", self._label(index), redact(str(exc), *arrival.paths))
             return self.missing(index, acquisition, name, t_detected, reason="unreadable file")
         t_read = time.time()
+        if self.grid is None:
+            n_bad = int(volume.data.size - np.count_nonzero(np.isfinite(volume.data)))
+            if n_bad:
+                # The first usable volume becomes the run's reference (realignment, the value that
+                # replaces a bad voxel later): one with NaN or infinite voxels must not be it.
+                log.warning("%s (%s): %d non-finite voxels in what would be the run's reference volume; treated "
+                            "as missing, the next volume becomes the reference", self._label(index), name, n_bad)
+                return self.missing(index, acquisition, name, t_detected, reason="non-finite voxels in the first volume")
         self.received = volume
         if self.grid is None:
             self.preprocessor.fit(volume)
@@ -102,7 +110,12 @@ class VolumeProcessor:
                 self._label(index), name, volume.data.shape, self.grid.shape,
             )
             return self.missing(index, acquisition, name, t_detected, reason="wrong matrix or geometry")
-        pre = self.preprocessor.run(volume)
+        try:
+            pre = self.preprocessor.run(volume)
+        except NonFiniteVolume as exc:
+            log.warning("%s: %s; treated as missing", self._label(index), exc)
+            self.received = None
+            return self.missing(index, acquisition, name, t_detected, reason="no finite voxel")
         t_preprocessed = time.time()
         censored = pre.quality is not None and pre.quality.censored
         regressors = None

@@ -24,6 +24,10 @@ from .volume import Grid, Volume
 log = logging.getLogger(__name__)
 
 
+class NonFiniteVolume(ValueError):
+    """A volume without one finite voxel: nothing in it can be used."""
+
+
 @dataclass(frozen=True)
 class Preprocessed:
     """One volume after preprocessing.
@@ -150,6 +154,8 @@ class Preprocessor:
         n_bad = int(bad.sum())
         if n_bad == 0:
             return volume, 0
+        if n_bad == bad.size:
+            raise NonFiniteVolume(f"{volume.path.name}: no finite voxel (all NaN or infinite)")
         self._n_nonfinite_volumes += 1
         k = self._n_nonfinite_volumes
         if k <= 3 or k % 50 == 0:  # said, but never a flood
