@@ -19,7 +19,7 @@ import textwrap
 import threading
 from pathlib import Path
 
-from . import __version__
+from rtnf import __version__
 
 EXIT_USAGE = 2
 EXIT_RUN_FAILED = 1  # a run aborted, or ended without one usable volume
@@ -173,9 +173,9 @@ def _parser() -> argparse.ArgumentParser:
     fid.add_argument("--roi", help="ROI name (default: the first feedback ROI)")
     fid.add_argument("--from-volume", type=int, default=0, help="evaluate kept volumes from this index on (default 0)")
 
-    from . import lsl as lsl_cmd  # pylsl is imported only when the bridge starts
-    from . import report as report_cmd  # matplotlib is imported only when a report is written
-    from . import roidef as roi_cmd  # SimpleITK and nilearn are imported only when an ROI is made
+    from .apps import lsl as lsl_cmd  # pylsl is imported only when the bridge starts
+    from .apps import report as report_cmd  # matplotlib is imported only when a report is written
+    from .apps import roidef as roi_cmd  # SimpleITK and nilearn are imported only when an ROI is made
 
     roi = _command(
         sub, "roi", "define an ROI on the reference volume (mask + PNG to check)",
@@ -209,7 +209,7 @@ def _parser() -> argparse.ArgumentParser:
     ses.add_argument("--replay", type=Path, nargs="+", metavar="SOURCE",
                      help="replay recorded runs instead of watching the scanner: one source per run, in order")
     ses.add_argument("--overwrite", action="store_true", help="replace earlier outputs of the same runs")
-    from .console import cli as console_cli  # light: the web stack is imported only when serving
+    from rtnf.apps.console import cli as console_cli  # light: the web stack is imported only when serving
 
     keys = _command(
         sub, "keys", "generate ZeroMQ CURVE keys for a screen or console on another machine",
@@ -258,9 +258,9 @@ def _parser() -> argparse.ArgumentParser:
 def _bench_stages() -> list:
     import importlib
 
-    from .bench import STAGES
+    from rtnf.apps.bench import STAGES
 
-    return [importlib.import_module(f"rtnf.bench.{name}") for name in STAGES]
+    return [importlib.import_module(f"rtnf.apps.bench.{name}") for name in STAGES]
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
@@ -311,8 +311,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from .config import load_config, plausibility_warnings
-    from .record import OutputExistsError
-    from .session import progress_line, run_session
+    from rtnf.run.record import OutputExistsError
+    from rtnf.run.session import progress_line, run_session
 
     cfg = load_config(args.config, _overrides(args))
     _ensure_export_dir(cfg.scanner.export_dir, args.create_export_dir)
@@ -328,7 +328,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     console = None
     if args.console:
-        from .console import cli as console_cli
+        from rtnf.apps.console import cli as console_cli
 
         # A child process keeps the web server off the pipeline's GIL; the run's config sets its limits.
         screen = None if args.console_no_screen else (args.console_screen_address or cfg.publish.screen_address)
@@ -386,8 +386,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .config import load_config
-    from .record import OutputExistsError
-    from .replay import ReplayJob, replay_label, replay_many, replay_one
+    from rtnf.run.record import OutputExistsError
+    from rtnf.apps.replay import ReplayJob, replay_label, replay_many, replay_one
 
     base = _overrides(args)
     label = replay_label(_parse_sets(args.sets))  # its own folder under output.dir, named by the --set overrides
@@ -419,10 +419,10 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 def _cmd_session(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from .record import OutputExistsError
-    from .replay import ReplayFeeder
-    from .session import progress_line, run_session
-    from .study_session import load_study_session, run_study_session
+    from rtnf.run.record import OutputExistsError
+    from rtnf.apps.replay import ReplayFeeder
+    from rtnf.run.session import progress_line, run_session
+    from rtnf.run.study_session import load_study_session, run_study_session
 
     study = load_study_session(args.session_file)
     if args.replay is not None and len(args.replay) != len(study.runs):
@@ -459,7 +459,7 @@ def _cmd_session(args: argparse.Namespace) -> int:
 
 def _cmd_import_opennft(args: argparse.Namespace) -> int:
     from .config import ConfigError, load_config
-    from .opennft import OpenNFTError, import_opennft
+    from rtnf.apps.opennft import OpenNFTError, import_opennft
 
     out = args.output or args.settings.with_suffix(".toml")
     try:
@@ -503,8 +503,8 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
     import json
 
     from .config import load_config
-    from .demo import read_tsv
-    from .fidelity import assess
+    from rtnf.apps.demo import read_tsv
+    from rtnf.apps.fidelity import assess
 
     cfg = load_config(args.config)
     try:
@@ -578,29 +578,29 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "replay":
         return _cmd_replay(args)
     if args.command == "roi":
-        from . import roidef as roi_cmd
+        from .apps import roidef as roi_cmd
 
         return roi_cmd.run(args)
     if args.command == "lsl":
-        from . import lsl as lsl_cmd
+        from .apps import lsl as lsl_cmd
 
         return lsl_cmd.run(args)
     if args.command == "session":
         return _cmd_session(args)
     if args.command == "keys":
-        from .keys import main as keys_main
+        from rtnf.wire.keys import main as keys_main
 
         argv = [str(args.folder)] + [a for c in args.client for a in ("--client", c)]
         return keys_main(argv + (["--overwrite"] if args.overwrite else []))
     if args.command == "report":
-        from . import report as report_cmd
+        from .apps import report as report_cmd
 
         return report_cmd.run(args)
     if args.command == "console":
-        from .console import cli as console_cli
+        from rtnf.apps.console import cli as console_cli
 
         return console_cli.run(args)
-    from .demo import run_demo
+    from rtnf.apps.demo import run_demo
 
     return run_demo(args)
 

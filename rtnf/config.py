@@ -17,11 +17,11 @@ from typing import Annotated, Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ._validation import format_validation_error
-from .display import DisplayConfig
-from .messages import DEFAULT_ADDRESS, DEFAULT_SCREEN_ADDRESS
-from .pubsocket import is_loopback
-from .protocol import Block, Protocol, ProtocolError
+from .wire._validation import format_validation_error
+from rtnf.wire.display import DisplayConfig
+from rtnf.wire.messages import DEFAULT_ADDRESS, DEFAULT_SCREEN_ADDRESS
+from rtnf.wire.pubsocket import is_loopback
+from rtnf.analysis.protocol import Block, Protocol, ProtocolError
 
 LABEL = r"^[A-Za-z0-9]+$"  # BIDS labels: alphanumeric only
 # Generous but finite bounds: a value outside them is a typo, never a run (issue 15).
@@ -131,10 +131,10 @@ class ModelConfig(_Model):
 
 
 class MotionConfig(_Model):
-    """Rigid-body realignment of every volume (see :mod:`rtnf.motion`)."""
+    """Rigid-body realignment of every volume (see :mod:`rtnf.analysis.motion`)."""
 
     enabled: bool = True
-    # "first": the first kept volume; or a NIfTI on the functional grid, in any voxel order (rtnf.reference).
+    # "first": the first kept volume; or a NIfTI on the functional grid, in any voxel order (rtnf.analysis.reference).
     reference: Literal["first"] | FilePath = "first"
     sigma_vox: Annotated[float, Field(ge=0, le=5)] = 1.0
     # Gaussian smoothing of the realigned data before ROI sampling (0: none).
@@ -150,7 +150,7 @@ class QualityConfig(_Model):
 
 
 class FeedbackConfig(_Model):
-    """How ROI values become the value on the screen (see :mod:`rtnf.feedback`)."""
+    """How ROI values become the value on the screen (see :mod:`rtnf.analysis.feedback`)."""
 
     # false: a localizer or transfer run; everything is computed and recorded, nothing is shown.
     enabled: bool = True
@@ -168,7 +168,7 @@ class FeedbackConfig(_Model):
     despike_threshold: Annotated[float, Field(gt=0, le=1000)] = 3.0
     smoothing_alpha: Optional[Annotated[float, Field(gt=0, le=1)]] = None
     # "adaptive": scale_range stretched or shrunk to the participant's own signal
-    # (see rtnf.feedback.AdaptiveScaler); "fixed": scale_range as it is;
+    # (see rtnf.analysis.feedback.AdaptiveScaler); "fixed": scale_range as it is;
     # "dynamic": the range of the values seen so far.
     scaling: Literal["adaptive", "fixed", "dynamic"] = "adaptive"
     # Signal values (percent, beta or t) shown as an empty and a full bar, clipped outside
@@ -228,7 +228,7 @@ class Config(_Model):
         return self.scanner.n_volumes - self.scanner.dummy_volumes
 
     def make_protocol(self) -> Protocol:
-        """Lay the protocol out on the run (see :mod:`rtnf.protocol`)."""
+        """Lay the protocol out on the run (see :mod:`rtnf.analysis.protocol`)."""
         return _make_protocol(self)
 
 
@@ -340,7 +340,7 @@ def _check_consistency(cfg: Config) -> None:
                 f"expression ({exc})."
             ) from None
     if sc.filename_template is not None:
-        from .export import template_to_regex
+        from rtnf.scanner.export import template_to_regex
 
         try:
             template_to_regex(sc.filename_template)
@@ -419,7 +419,7 @@ def _check_consistency(cfg: Config) -> None:
             )
     if sc.reference_volume is not None:
         # Imported here: nibabel is only needed when a reference is given.
-        from .rois import RoiError, load_grid, make_roi
+        from rtnf.analysis.rois import RoiError, load_grid, make_roi
 
         grid = load_grid(sc.reference_volume)
         for name, roi in cfg.rois.items():
@@ -429,8 +429,8 @@ def _check_consistency(cfg: Config) -> None:
                 raise ConfigError(f"{exc} (field of view from scanner.reference_volume)") from None
     if cfg.motion.enabled and cfg.motion.reference != "first":
         # The header now; the grid too when scanner.reference_volume gives it, else at the first volume.
-        from .reference import check_motion_reference
-        from .rois import load_grid
+        from rtnf.analysis.reference import check_motion_reference
+        from rtnf.analysis.rois import load_grid
 
         functional = None if sc.reference_volume is None else load_grid(sc.reference_volume)
         check_motion_reference(cfg.motion.reference, functional, f"scanner.reference_volume {sc.reference_volume}")
@@ -561,7 +561,7 @@ def _check_nifti(key: str, path: Path, allowed: str, read_data: bool = False) ->
 
 
 def _check_sham(path: Path) -> None:
-    from .feedback import read_sham_series
+    from rtnf.analysis.feedback import read_sham_series
 
     key = "feedback.sham_from"
     allowed = "Allowed: a recorded run's desc-rtnf_timeseries.tsv (with a feedback_value column)."

@@ -11,7 +11,7 @@ geometry
 scene
     What to draw (view, texts, colours, the bar's glide) from a
     :class:`~stimulus.link.ScreenState` and the ``[display]`` config
-    (:mod:`rtnf.display`); no PsychoPy.
+    (:mod:`rtnf.wire.display`); no PsychoPy.
 screen
     The PsychoPy window that draws a :class:`~stimulus.scene.Scene`.
 timing

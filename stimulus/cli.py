@@ -23,8 +23,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO, Any
 
-from rtnf.display import DisplayConfig, DisplayConfigError, load_display, parse_display
-from rtnf.messages import DEFAULT_ADDRESS, DEFAULT_SCREEN_ADDRESS
+from rtnf.wire.display import DisplayConfig, DisplayConfigError, load_display, parse_display
+from rtnf.wire.messages import DEFAULT_ADDRESS, DEFAULT_SCREEN_ADDRESS
 from stimulus.link import FeedbackLink, ScreenState
 from stimulus.scene import Scene, SceneMaker
 from stimulus.timing import latency_summary, write_summary
@@ -305,7 +305,7 @@ def run(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         logger.error("%s", exc)
         return 2
-    from rtnf.pubsocket import is_loopback
+    from rtnf.wire.pubsocket import is_loopback
 
     if not is_loopback(args.ack_address) and args.ack_curve_keys is None:
         logger.warning("--ack-address %r is reachable from other machines and --ack-curve-keys is not set: "

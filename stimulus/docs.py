@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rtnf.display import DisplayConfig, parse_display
-from rtnf.messages import schema_for
+from rtnf.wire.display import DisplayConfig, parse_display
+from rtnf.wire.messages import schema_for
 from stimulus.link import ScreenState
 from stimulus.scene import Scene, SceneMaker
 

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from rtnf.display import BarDisplay, DisplayConfig
+from rtnf.wire.display import BarDisplay, DisplayConfig
 
 RGB = tuple[int, int, int]
 
-# Defaults of the [display] table (rtnf.display), named for the tests.
+# Defaults of the [display] table (rtnf.wire.display), named for the tests.
 _DEFAULT = DisplayConfig()
 BACKGROUND: RGB = _DEFAULT.background
 BAR_BG: RGB = _DEFAULT.bar.background

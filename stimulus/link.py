@@ -18,10 +18,10 @@ from typing import Any
 
 import zmq
 
-from rtnf import messages
-from rtnf.pubsocket import BoundedPub
-from rtnf.subscription import Received, Subscription
-from rtnf.messages import (
+from rtnf.wire import messages
+from rtnf.wire.pubsocket import BoundedPub
+from rtnf.wire.subscription import Received, Subscription
+from rtnf.wire.messages import (
     DEFAULT_ADDRESS,
     DEFAULT_SCREEN_ADDRESS,
     MessageError,
@@ -36,7 +36,7 @@ RUN_EVENTS: tuple[str, ...] = ("start", "end", "abort")
 FEEDBACK_KINDS: tuple[str, ...] = ("continuous", "intermittent")
 KEYS_TOPIC = "keys"
 """Topic for key presses, published only once rtnf's wire protocol lists it
-in :data:`rtnf.messages.TOPICS` (see :meth:`FeedbackLink.send_key`)."""
+in :data:`rtnf.wire.messages.TOPICS` (see :meth:`FeedbackLink.send_key`)."""
 VALUE_TOLERANCE = 1e-6
 """Values this far outside [0, 1] are float round-off and are clipped;
 anything further out is a protocol error, not something to draw."""
@@ -320,7 +320,7 @@ class ScreenState:
         topic : str
             "run", "feedback" or "heartbeat"; other topics are ignored.
         body : dict
-            Decoded message (see :mod:`rtnf.messages`). Unknown fields are
+            Decoded message (see :mod:`rtnf.wire.messages`). Unknown fields are
             ignored.
         t_received : float
             ``time.time()`` when the message was received.
@@ -522,7 +522,7 @@ class FeedbackLink:
             self._sub = Subscription(self._context, address, SUBSCRIBED_TOPICS, "rtnf", rcvhwm, curve)
             if ack_curve_keys is not None:
                 # Only the clients authorized in that key folder (rtnf, the console) receive acknowledgements.
-                from rtnf.keys import CurveServer
+                from rtnf.wire.keys import CurveServer
 
                 self._curve_server = CurveServer(self._context, ack_curve_keys)
                 self._pub.use_curve(self._curve_server)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rtnf.display import RGB, DisplayConfig
+from rtnf.wire.display import RGB, DisplayConfig
 from stimulus.link import ScreenState
 
 VIEWS = ("waiting", "get_ready", "ended", "score", "bar", "fixation", "text")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from psychopy import core, event, visual
 
-from rtnf.display import RGB, DisplayConfig
+from rtnf.wire.display import RGB, DisplayConfig
 from stimulus.geometry import (  # noqa: F401  (re-exported for users of the screen)
     BACKGROUND,
     BAR_BG,

@@ -43,7 +43,7 @@ def write_config(folder: Path, text: str | None = None, extra: str = "", name: s
 
 def replay_func_dir(cfg, label: str = "replay") -> Path:
     """Folder of a run's files written by ``rtnf replay`` (its own derivatives folder ``<output.dir>/<label>``)."""
-    from rtnf.record import func_dir
+    from rtnf.run.record import func_dir
 
     return Path(cfg.output.dir) / label / Path(func_dir(cfg)).relative_to(cfg.output.dir)
 
@@ -67,7 +67,7 @@ def run_processes(
     import time
 
     from rtnf.config import load_config
-    from rtnf.demo import Listener, Processes, _wait_ready, free_address, screen_command, sim_spec, write_toml
+    from rtnf.apps.demo import Listener, Processes, _wait_ready, free_address, screen_command, sim_spec, write_toml
 
     address, ack_address = free_address(), free_address()
     cfg_path = write_config(tmp_path, config_text)

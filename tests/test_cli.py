@@ -14,9 +14,9 @@ import pytest
 
 from rtnf.cli import _parser
 from rtnf.config import load_config
-from rtnf.demo import Listener, free_address, read_tsv, sim_spec, write_toml
-from rtnf.record import bids_prefix, func_dir
-from rtnf.session import progress_line
+from rtnf.apps.demo import Listener, free_address, read_tsv, sim_spec, write_toml
+from rtnf.run.record import bids_prefix, func_dir
+from rtnf.run.session import progress_line
 from tests.conftest import CONFIG_DIR
 from tests.helpers import BASE_CONFIG, write_config
 

@@ -1,6 +1,6 @@
 """The operator console: its run state (pure Python) and the live page in a real headless Chromium.
 
-The browser tests start the console as its own process (``python -m rtnf.console``), feed it
+The browser tests start the console as its own process (``python -m rtnf.apps.console``), feed it
 either a scripted run published by the test (motion, a high-motion volume, missing / late /
 censored volumes, screen acknowledgements and key presses, log warnings and errors, volume
 previews, a stall) or a real session (``rtnf run`` with ``scanner-sim`` and the whole-brain
@@ -24,11 +24,11 @@ import numpy as np
 import pytest
 import zmq
 
-from rtnf.console.preview import PLANES, T_THRESHOLD, outline, prepare
-from rtnf.console.state import EVENTS_MAX, MOTION_PARAMETERS, RunState
-from rtnf.demo import Listener, Processes, _wait_ready, free_address, sim_spec, write_toml
-from rtnf.messages import encode
-from rtnf.wholebrain import preview_body, slice_indices
+from rtnf.apps.console.preview import PLANES, T_THRESHOLD, outline, prepare
+from rtnf.apps.console.state import EVENTS_MAX, MOTION_PARAMETERS, RunState
+from rtnf.apps.demo import Listener, Processes, _wait_ready, free_address, sim_spec, write_toml
+from rtnf.wire.messages import encode
+from rtnf.analysis.wholebrain import preview_body, slice_indices
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -163,7 +163,7 @@ PREVIEW_SHAPE = (20, 24, 16)  # i, j, k: every plane has a different shape, so a
 
 
 def synthetic_preview(index: int, whole_brain: bool = True, seed: int = 0) -> dict:
-    """A ``preview`` body built by rtnf.wholebrain.preview_body from a synthetic head, t-map and two ROIs."""
+    """A ``preview`` body built by rtnf.analysis.wholebrain.preview_body from a synthetic head, t-map and two ROIs."""
     rng = np.random.default_rng(seed)
     x, y, z = np.indices(PREVIEW_SHAPE)
     head = 1000 * np.exp(-(((x - 10) / 8) ** 2 + ((y - 12) / 10) ** 2 + ((z - 8) / 7) ** 2)) + rng.normal(0, 20, PREVIEW_SHAPE)
@@ -205,7 +205,7 @@ def assert_preview_drawn(drawn: dict, body: dict) -> None:
             all((a is None and b is None) or (a is not None and b is not None and abs(a - b) < 1e-5) for a, b in zip(ra, rb))
             for ra, rb in zip(got["tmap"], want["tmap"])), name
         assert sorted(got["outlines"]) == sorted(want["masks"])
-        from rtnf.console.preview import PLANE_AXES
+        from rtnf.apps.console.preview import PLANE_AXES
 
         a0, a1 = PLANE_AXES[name]
         voxel = body.get("voxel_mm") or [1.0, 1.0, 1.0]  # outlines are drawn in mm when the voxel size is known
@@ -418,7 +418,7 @@ def _feed(state: RunState, index: int, condition: str, value: float | None, feed
 
 
 def test_state_counts_feedback_at_the_bars_ends_and_alerts_above_a_fifth():
-    from rtnf.fidelity import SATURATION_EPS
+    from rtnf.apps.fidelity import SATURATION_EPS
 
     state = RunState(t_start=0.0, expect_screen=False)
     state.handle("rtnf", "run", {"run_id": "r", "event": "start", "tr_s": 1.0, "n_volumes": 60, "baseline": "rest",
@@ -462,7 +462,7 @@ def test_state_counts_no_regulation_volume_without_the_baseline():
 def test_console_command_line():
     import argparse
 
-    from rtnf.console import cli
+    from rtnf.apps.console import cli
 
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)
@@ -470,10 +470,10 @@ def test_console_command_line():
     assert (args.host, args.port, args.fd_threshold) == ("127.0.0.1", 5006, 0.5)
     assert parser.parse_args(["--ack-address", "tcp://127.0.0.1:7001"]).screen_address == "tcp://127.0.0.1:7001"
     cmd = cli.command("tcp://127.0.0.1:6000", None, port=7000)
-    assert cmd[1:3] == ["-m", "rtnf.console"] and "--no-screen" in cmd and "7000" in cmd
+    assert cmd[1:3] == ["-m", "rtnf.apps.console"] and "--no-screen" in cmd and "7000" in cmd
 
     # The package and its command line import no web stack: `rtnf` stays light.
-    code = "import sys, rtnf.console, rtnf.console.cli; sys.exit('bokeh' in sys.modules or 'tornado' in sys.modules)"
+    code = "import sys, rtnf.apps.console, rtnf.apps.console.cli; sys.exit('bokeh' in sys.modules or 'tornado' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -491,11 +491,11 @@ def browser():
 
 
 class ConsoleProcess:
-    """``python -m rtnf.console`` as a child process, stopped at the end."""
+    """``python -m rtnf.apps.console`` as a child process, stopped at the end."""
 
     def __init__(self, address: str, screen_address: str | None, log_dir: Path) -> None:
-        from rtnf.console.app import free_port
-        from rtnf.console.cli import command
+        from rtnf.apps.console.app import free_port
+        from rtnf.apps.console.cli import command
 
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
@@ -879,7 +879,7 @@ def test_console_page_numbers_volumes_from_one_and_plots_motion_in_mm_and_degree
     from bokeh.document import Document
     from bokeh.models import BasicTickFormatter, DataRange1d, Plot, Span
 
-    from rtnf.console.app import MOTION_MIN_RANGE, ConsolePage
+    from rtnf.apps.console.app import MOTION_MIN_RANGE, ConsolePage
 
     state = RunState(t_start=0.0, expect_screen=False)
     _start(state, 0.0, fd_threshold_mm=1.5, export_dir="/scanner/export", output_dir="/data/out")
@@ -919,10 +919,10 @@ def test_rtnf_run_passes_the_screen_address_and_the_configs_limits_and_keeps_the
     """`rtnf run --console`: the console gets the screen's address and the config's limits, and outlives the run."""
     import signal
 
-    import rtnf.session
+    import rtnf.run.session
     from rtnf import cli
-    from rtnf.console import cli as console_cli
-    from rtnf.session import RunResult
+    from rtnf.apps.console import cli as console_cli
+    from rtnf.run.session import RunResult
 
     cfg_path = tmp_path / "session.toml"
     cfg_path.write_text(SESSION_CONFIG.format().replace('[feedback]', '[quality]\nfd_threshold_mm = 0.7\n\n[publish]\n'
@@ -936,7 +936,7 @@ def test_rtnf_run_passes_the_screen_address_and_the_configs_limits_and_keeps_the
     monkeypatch.setattr(console_cli, "spawn", lambda *a, **k: calls.append(("spawn", a, k)) or FakeConsole())
     monkeypatch.setattr(console_cli, "linger", lambda proc, url, seconds: calls.append(("linger", url, seconds)))
     monkeypatch.setattr(console_cli, "close", lambda proc, *a: calls.append(("close",)))
-    monkeypatch.setattr(rtnf.session, "run_session", lambda *a, **k: calls.append(("run",)) or RunResult(
+    monkeypatch.setattr(rtnf.run.session, "run_session", lambda *a, **k: calls.append(("run",)) or RunResult(
         "ended", "r", 24, 0, tmp_path / "x.tsv"))
     handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -959,7 +959,7 @@ def test_rtnf_run_passes_the_screen_address_and_the_configs_limits_and_keeps_the
 
 
 def test_console_linger_waits_for_the_closing_time_or_the_child():
-    from rtnf.console import cli as console_cli
+    from rtnf.apps.console import cli as console_cli
 
     proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
@@ -1022,7 +1022,7 @@ def test_console_outlives_rtnf_run_and_shows_the_ended_run(browser, tmp_path):
     import signal
 
     from rtnf.config import load_config
-    from rtnf.console.app import free_port
+    from rtnf.apps.console.app import free_port
 
     address, screen_address, port = free_address(), free_address(), free_port()
     url = f"http://127.0.0.1:{port}/"

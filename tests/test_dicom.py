@@ -1,4 +1,4 @@
-"""rtnf.dicom on real scanner files: every variant gives dcm2niix's volume, or a clear error."""
+"""rtnf.scanner.dicom on real scanner files: every variant gives dcm2niix's volume, or a clear error."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from rtnf.dicom import DicomReadError, SliceAssembler, UnsupportedDicomError, probe, read_volume, read_volumes
-from rtnf.nifti import VolumeReadError
+from rtnf.scanner.dicom import DicomReadError, SliceAssembler, UnsupportedDicomError, read_volume, read_volumes
+from rtnf.scanner.dicom import probe
+from rtnf.scanner.nifti import VolumeReadError
 from tests.conftest import requires_shared_data
 from tests.test_dicom_support import (
     FORREST,
@@ -132,7 +133,7 @@ def test_header_only_mosaic_is_incomplete():
 def test_multivolume_enhanced_needs_read_volumes():
     f = ZOO / "philips_enhanced_multiframe" / "IM_0027_fMAP.dcm"
     assert len(read_volumes(f)) == 2
-    with pytest.raises(DicomReadError, match=r"IM_0027_fMAP\.dcm: holds 2 volumes; use rtnf\.dicom\.read_volumes"):
+    with pytest.raises(DicomReadError, match=r"IM_0027_fMAP\.dcm: holds 2 volumes; use rtnf\.scanner\.dicom\.read_volumes"):
         read_volume(f)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtnf.dicom import DicomReadError, SeriesReader, read_volume
+from rtnf.scanner.dicom import DicomReadError, SeriesReader, read_volume
 from tests.conftest import requires_shared_data
 from tests.test_dicom_support import PARTIAL, PYNEAL, ZOO
 

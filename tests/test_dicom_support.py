@@ -24,7 +24,7 @@ def _sorted_by_number(folder: Path, pattern: str = "*") -> list[Path]:
 
 def forrest_volume(volume: int = 1) -> list[Path]:
     """The 35 studyforrest slice files of one temporal position (by header)."""
-    from rtnf.dicom import probe
+    from rtnf.scanner.dicom import probe
 
     return [p for p in sorted(FORREST.iterdir()) if probe(p).volume_number == volume]
 

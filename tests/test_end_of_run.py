@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 from rtnf.config import load_config
-from rtnf.demo import read_tsv
-from rtnf.record import bids_prefix, func_dir
+from rtnf.apps.demo import read_tsv
+from rtnf.run.record import bids_prefix, func_dir
 from tests.helpers import run_processes, write_config
 
 N = 24

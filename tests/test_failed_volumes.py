@@ -22,11 +22,11 @@ import numpy as np
 import pytest
 
 from rtnf.config import load_config
-from rtnf.demo import Listener, free_address, read_tsv
-from rtnf.pipeline import VolumeProcessor
-from rtnf.record import bids_prefix, func_dir
-from rtnf.replay import ReplayFeeder
-from rtnf.session import NO_USABLE_VOLUME, run_session
+from rtnf.apps.demo import Listener, free_address, read_tsv
+from rtnf.run.pipeline import VolumeProcessor
+from rtnf.run.record import bids_prefix, func_dir
+from rtnf.apps.replay import ReplayFeeder
+from rtnf.run.session import NO_USABLE_VOLUME, run_session
 from tests.helpers import replay_func_dir, synthetic_run_4d, write_config
 
 N = 14  # 2 dummies + 12 kept volumes

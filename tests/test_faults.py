@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from rtnf.demo import read_tsv
-from rtnf.record import bids_prefix, func_dir
+from rtnf.apps.demo import read_tsv
+from rtnf.run.record import bids_prefix, func_dir
 from tests.helpers import run_processes
 
 N = 40

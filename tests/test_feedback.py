@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from rtnf.config import FeedbackConfig
-from rtnf.design import make_design
-from rtnf.feedback import DynamicScaler, ExponentialSmoother, FeedbackComputer, KalmanDespiker, scale
-from rtnf.protocol import Block, Protocol
-from rtnf.roi_model import RoiModel, RoiValues
+from rtnf.analysis.design import make_design
+from rtnf.analysis.feedback import DynamicScaler, ExponentialSmoother, FeedbackComputer, KalmanDespiker, scale
+from rtnf.analysis.protocol import Block, Protocol
+from rtnf.analysis.roi_model import RoiModel, RoiValues
 
 
 def _protocol(n=80, tr=2.0) -> Protocol:
@@ -148,8 +148,8 @@ def test_sham_replays_a_recorded_series(tmp_path):
 
 def test_differential_feedback_tracks_the_truth_in_a_simulated_run():
     """Two ROIs, activation only in the target: target minus reference follows the truth, ~0 at rest."""
-    from rtnf.rois import SphereROI
-    from rtnf.volume import Grid
+    from rtnf.analysis.rois import SphereROI
+    from rtnf.scanner.volume import Grid
     from scanner_sim.spec import RunSpec
     from scanner_sim.synth import SyntheticRun
 

@@ -5,7 +5,7 @@ trials from the stimulus logs) is replayed once to get its volumes; an ROI
 is defined as a functional localizer on the run's first half (the 50 voxels
 of highest t); the run is then replayed with that ROI, with the default
 config and with motion regressors and despiking, and the second half is
-judged against the task (see :mod:`rtnf.fidelity`). Skipped without
+judged against the task (see :mod:`rtnf.apps.fidelity`). Skipped without
 ../shared/data.
 """
 
@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 
 from rtnf.config import load_config
-from rtnf.demo import read_tsv
-from rtnf.fidelity import assess
+from rtnf.apps.demo import read_tsv
+from rtnf.apps.fidelity import assess
 from tests.conftest import SHARED_DATA, requires_shared_data
 
 TR_S = 2.0

@@ -6,7 +6,7 @@ drift, cardiac and respiratory fluctuations, spontaneous grey-matter
 fluctuations, motion with motion-correlated signal) on the demo's ACC
 protocol; and a real task-free Siemens series with a known activation added
 (noise exactly real). Each is replayed through rtnf and judged as the real
-runs are (:mod:`rtnf.fidelity`), and against the simulator's true activation.
+runs are (:mod:`rtnf.apps.fidelity`), and against the simulator's true activation.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from rtnf.config import load_config
-from rtnf.demo import read_tsv, sim_spec
-from rtnf.fidelity import assess
+from rtnf.apps.demo import read_tsv, sim_spec
+from rtnf.apps.fidelity import assess
 from scanner_sim.generate import generate_run
 from tests.conftest import SHARED_DATA, requires_shared_data
 
@@ -122,7 +122,7 @@ def test_feedback_follows_the_region_under_realistic_noise(realistic_run, varian
 @pytest.mark.slow
 def test_feedback_follows_a_known_activation_in_real_noise(tmp_path):
     """A real task-free Siemens run (60 volumes, TR 1 s) plus a 2 % activation of known time course."""
-    from rtnf.dicom import read_volume
+    from rtnf.scanner.dicom import read_volume
 
     series = SHARED_DATA / "pyneal-series" / "siemens-prisma-e11-mosaic"
     first = read_volume([series / "001_000013_000001.dcm"])

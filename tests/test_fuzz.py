@@ -5,7 +5,7 @@ Only rtnf's documented errors may escape (``MessageError`` from the decoder,
 ``is_complete`` never raise) and no example may hang (each runs under a
 wall-clock limit). The suite runs a few hundred examples; set
 ``RTNF_FUZZ_SCALE`` (a multiplier, e.g. 20) for more, or run the longer
-command ``python -m rtnf.fuzz --minutes 5``.
+command ``python -m tests.fuzz --minutes 5``.
 """
 
 from __future__ import annotations
@@ -20,10 +20,11 @@ pytest.importorskip("hypothesis", reason="hypothesis is a dev dependency (pip in
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 
-from rtnf import fuzz  # noqa: E402
-from rtnf.dicom import DicomReadError, probe, read_volume  # noqa: E402
-from rtnf.messages import MAX_MESSAGE_BYTES, MessageError, decode, encode  # noqa: E402
-from rtnf.nifti import IncompleteFileError, VolumeReadError, is_complete, read_nifti  # noqa: E402
+from tests import fuzz  # noqa: E402
+from rtnf.scanner.dicom import DicomReadError, read_volume  # noqa: E402
+from rtnf.scanner.dicom import probe
+from rtnf.wire.messages import MAX_MESSAGE_BYTES, MessageError, decode, encode  # noqa: E402
+from rtnf.scanner.nifti import IncompleteFileError, VolumeReadError, is_complete, read_nifti  # noqa: E402
 from tests.conftest import SHARED_DATA, requires_shared_data  # noqa: E402
 
 SCALE = float(os.environ.get("RTNF_FUZZ_SCALE", "1"))

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 from rtnf.config import load_config
-from rtnf.demo import read_tsv
-from rtnf.export import ExportReader
-from rtnf.nifti import VolumeReadError
+from rtnf.apps.demo import read_tsv
+from rtnf.scanner.export import ExportReader
+from rtnf.scanner.nifti import VolumeReadError
 from tests.conftest import requires_shared_data
 from tests.test_dicom_support import PYNEAL, ge_pyneal_volume
 
@@ -136,7 +136,7 @@ def test_series_count_checked_against_temporal_positions_alone(tmp_path):
     more slices than one volume has) is read as the series count: 18 slices, volume numbers from 1 to 60."""
     import pydicom
 
-    from rtnf.dicom import probe
+    from rtnf.scanner.dicom import probe
 
     infos = []
     for k, f in enumerate((ge_pyneal_volume(1)[0], ge_pyneal_volume(2)[0], ge_pyneal_volume(60)[17])):

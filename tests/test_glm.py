@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtnf.design import make_design
-from rtnf.roi_model import RoiModel
-from rtnf.glm import IncrementalGLM
-from rtnf.protocol import Block, Protocol
+from rtnf.analysis.design import make_design
+from rtnf.analysis.roi_model import RoiModel
+from rtnf.analysis.glm import IncrementalGLM
+from rtnf.analysis.protocol import Block, Protocol
 
 N = 200
 
@@ -68,8 +68,8 @@ def test_incremental_equals_lstsq_at_every_volume(hrf):
 
 
 def test_whole_brain_model_size_grows_with_the_run_and_never_fits_garbage():
-    from rtnf.volume import Grid
-    from rtnf.wholebrain import MIN_DOF, WholeBrainModel
+    from rtnf.scanner.volume import Grid
+    from rtnf.analysis.wholebrain import MIN_DOF, WholeBrainModel
 
     protocol = _protocol()
     design = make_design(protocol, "spm", 128.0)
@@ -90,9 +90,9 @@ def test_whole_brain_model_size_grows_with_the_run_and_never_fits_garbage():
 
 def test_whole_brain_t_map_is_withheld_when_censoring_leaves_too_few_volumes():
     """A run that kept 14 volumes must not show the t values of a near-saturated 8-column fit."""
-    from rtnf.design import motion_regressors
-    from rtnf.volume import Grid
-    from rtnf.wholebrain import WholeBrainModel
+    from rtnf.analysis.design import motion_regressors
+    from rtnf.scanner.volume import Grid
+    from rtnf.analysis.wholebrain import WholeBrainModel
 
     protocol = _protocol(136)
     design = make_design(protocol, "spm", 128.0, n_motion=6)
@@ -131,8 +131,8 @@ def test_ridge_coefficients_equal_batch_ridge_at_every_volume():
 def test_roi_model_cleaned_signal_has_no_step_where_terms_used_to_enter():
     """Drift and motion terms are in the model from the start: the cleaned value of a volume never
     jumps when the elapsed time resolves a drift (64 s, 128 s, ...) or motion becomes estimable."""
-    from rtnf.design import motion_regressors
-    from rtnf.roi_model import RoiModel
+    from rtnf.analysis.design import motion_regressors
+    from rtnf.analysis.roi_model import RoiModel
 
     n = 150
     protocol = _protocol(n)
@@ -181,7 +181,7 @@ def test_exact_fit_recovers_coefficients():
 
 
 def test_baseline_periods_follow_the_hemodynamic_lag():
-    from rtnf.roi_model import baseline_segments
+    from rtnf.analysis.roi_model import baseline_segments
 
     protocol = _protocol()  # TR 2 s: regulate volumes 10-19, 30-39, ...
     segments = baseline_segments(make_design(protocol, "spm", 128.0))
@@ -195,7 +195,7 @@ def test_baseline_periods_follow_the_hemodynamic_lag():
 
 def test_percent_signal_change_recovers_a_known_response_through_drift():
     """With drift on top, the PSC equals that of the drift-free signal against the same baseline."""
-    from rtnf.roi_model import baseline_segments
+    from rtnf.analysis.roi_model import baseline_segments
 
     protocol = _protocol()
     design = make_design(protocol, "spm", 128.0)
@@ -212,7 +212,7 @@ def test_percent_signal_change_recovers_a_known_response_through_drift():
         base = signal[start : min(stop, i + 1)].mean()
         expected[i] = 100 * (signal[i] - base) / base
     late = slice(N // 2, N)  # once the drift terms are resolved by the run
-    # The drift terms' prior (rtnf.roi_model.prior_precision) removes a slow drift only as the
+    # The drift terms' prior (rtnf.analysis.roi_model.prior_precision) removes a slow drift only as the
     # run resolves it: the price of a cleaned signal without transients is a residual of up
     # to 0.2 % here (0.03 % with ordinary least squares, whose terms jumped in on real runs) ...
     np.testing.assert_allclose(psc[late], expected[late], atol=0.2)
@@ -229,7 +229,7 @@ def test_percent_signal_change_recovers_a_known_response_through_drift():
 
 
 def test_whole_brain_and_roi_estimates_with_motion_equal_lstsq_at_every_volume():
-    from rtnf.design import motion_regressors
+    from rtnf.analysis.design import motion_regressors
 
     n, voxels = 300, 400
     protocol = _protocol(n)

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from rtnf.config import load_config
-from rtnf.demo import read_tsv
-from rtnf.export import Arrival
-from rtnf.sequencer import LatenessJudge, Sequencer
-from rtnf.session import END_OF_SOURCE, run_session
-from rtnf.volume import Volume
+from rtnf.apps.demo import read_tsv
+from rtnf.scanner.export import Arrival
+from rtnf.scanner.sequencer import LatenessJudge, Sequencer
+from rtnf.run.session import END_OF_SOURCE, run_session
+from rtnf.scanner.volume import Volume
 from tests.helpers import synthetic_run_4d, write_config
 
 

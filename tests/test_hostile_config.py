@@ -128,7 +128,7 @@ def test_run_refuses_a_missing_export_dir_unless_asked_to_create_it(tmp_path):
 
 def test_the_message_for_existing_outputs_names_resume(tmp_path):
     from rtnf.config import load_config
-    from rtnf.record import OutputExistsError, RunRecorder, func_dir, bids_prefix
+    from rtnf.run.record import OutputExistsError, RunRecorder, func_dir, bids_prefix
 
     cfg = load_config(write_config(tmp_path, _base()))
     folder = func_dir(cfg)

@@ -18,12 +18,12 @@ import time
 import pytest
 import zmq
 
-from rtnf.messages import decode
+from rtnf.wire.messages import decode
 from tests.conftest import ROOT
 
 
 def _free_address() -> str:
-    from rtnf.demo import free_address
+    from rtnf.apps.demo import free_address
 
     return free_address()
 
@@ -94,13 +94,13 @@ def _rss_kb(pid: int) -> int:
 
 PUBLISHERS = {
     "rtnf": """
-        from rtnf.publish import Publisher
+        from rtnf.run.publish import Publisher
         pub = Publisher(ADDRESS, "run-h")
         beat = lambda: pub.heartbeat("waiting", None, 10)
     """,
     "screen": """
         from stimulus.link import FeedbackLink
-        from rtnf.demo import free_address
+        from rtnf.apps.demo import free_address
         link = FeedbackLink(free_address(), ADDRESS)
         beat = lambda: (link.send_heartbeat("waiting"), link.poll(0))
     """,
@@ -160,7 +160,7 @@ def test_subscription_flood_keeps_publisher_memory_bounded(which):
 
 
 def test_bounded_pub_takes_only_protocol_topics():
-    from rtnf.pubsocket import BoundedPub
+    from rtnf.wire.pubsocket import BoundedPub
 
     ctx = zmq.Context()
     pub = BoundedPub(ctx)
@@ -251,8 +251,8 @@ def test_run_warns_at_start_when_binding_beyond_loopback_without_curve(tmp_path)
 
 
 def test_screen_acknowledgements_with_curve_reach_only_authorized_clients(tmp_path):
-    from rtnf.keys import generate_keys
-    from rtnf.subscription import Subscription
+    from rtnf.wire.keys import generate_keys
+    from rtnf.wire.subscription import Subscription
     from stimulus.link import FeedbackLink
 
     keys = tmp_path / "screen-keys"
@@ -296,14 +296,14 @@ def test_screen_acknowledgements_with_curve_reach_only_authorized_clients(tmp_pa
     (b'{"schema":"rtnf.feedback/1","x":' + b'[{"a":' * 40 + b"1" + b"}]" * 40 + b"}", "nests deeper"),
 ])
 def test_decoder_refuses_unbounded_numbers_and_nesting(data, match):
-    from rtnf.messages import MessageError
+    from rtnf.wire.messages import MessageError
 
     with pytest.raises(MessageError, match=match):
         decode([b"feedback", data])
 
 
 def test_decoder_keeps_real_numbers_and_text():
-    from rtnf.messages import encode
+    from rtnf.wire.messages import encode
 
     body = {"index": 10**18 - 1, "v": 0.00013391237170920338, "w": -2.5e-300, "big": 1.7e308,
             "s": "[" * 100 + "1" * 40}
@@ -382,12 +382,12 @@ def test_check_refuses_unbounded_display_and_protocol_texts(tmp_path, extra, key
 
 
 def test_every_publisher_is_a_bounded_xpub():
-    """rtnf's publisher and the screen's acknowledgement socket go through rtnf.pubsocket.BoundedPub."""
+    """rtnf's publisher and the screen's acknowledgement socket go through rtnf.wire.pubsocket.BoundedPub."""
     import re
 
     plain = re.compile(r"socket\(\s*zmq\.(X?PUB)\b")
     hits = [str(p.relative_to(ROOT)) for pkg in ("rtnf", "stimulus", "scanner_sim") for p in (ROOT / pkg).rglob("*.py")
             if p.name != "pubsocket.py" and plain.search(p.read_text())]
     assert not hits, hits
-    for path in ("rtnf/publish.py", "stimulus/link.py"):
+    for path in ("rtnf/run/publish.py", "stimulus/link.py"):
         assert "BoundedPub(" in (ROOT / path).read_text(), path

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 
-from rtnf.sequencer import LatenessJudge
+from rtnf.scanner.sequencer import LatenessJudge
 
 TR = 1.0
 T0 = 1000.0
@@ -139,19 +139,19 @@ def test_volumes_that_came_while_rtnf_was_stopped_are_late(tmp_path, monkeypatch
     import threading
     import time
 
-    import rtnf.demo
-    from rtnf.demo import read_tsv
-    from rtnf.record import bids_prefix, func_dir
+    import rtnf.apps.demo
+    from rtnf.apps.demo import read_tsv
+    from rtnf.run.record import bids_prefix, func_dir
     from tests.helpers import run_processes
 
     started: dict = {}
-    start = rtnf.demo.Processes.start
+    start = rtnf.apps.demo.Processes.start
 
     def capture(self, name, cmd, log_dir):
         started[name] = proc = start(self, name, cmd, log_dir)
         return proc
 
-    monkeypatch.setattr(rtnf.demo.Processes, "start", capture)
+    monkeypatch.setattr(rtnf.apps.demo.Processes, "start", capture)
     stall: dict = {}
 
     def stop_rtnf() -> None:

@@ -21,8 +21,8 @@ import uuid
 import pytest
 import zmq
 
-from rtnf import lsl as rtnf_lsl
-from rtnf.messages import encode
+from rtnf.apps import lsl as rtnf_lsl
+from rtnf.wire.messages import encode
 
 LSL_API_CFG = """\
 [ports]
@@ -201,8 +201,8 @@ def test_lsl_timestamp_falls_back_to_receipt_time_when_the_publication_time_is_u
 
 
 def test_rtnf_lsl_command_forwards_a_real_run(pylsl, tmp_path, monkeypatch):
-    """`python -m rtnf.lsl` beside a real `rtnf run` + scanner-sim: every published feedback value arrives."""
-    from rtnf import demo
+    """`python -m rtnf.apps.lsl` beside a real `rtnf run` + scanner-sim: every published feedback value arrives."""
+    from rtnf.apps import demo
     from tests.helpers import run_processes
 
     address = demo.free_address()
@@ -213,7 +213,7 @@ def test_rtnf_lsl_command_forwards_a_real_run(pylsl, tmp_path, monkeypatch):
     log_path = tmp_path / "lsl.log"
     with open(log_path, "w") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "rtnf.lsl", "--address", address, "--source-id", source_id],
+            [sys.executable, "-m", "rtnf.apps.lsl", "--address", address, "--source-id", source_id],
             stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=os.environ.copy(),
         )
     inlets = []

@@ -7,7 +7,7 @@ import json
 import pytest
 import zmq
 
-from rtnf.messages import MAX_MESSAGE_BYTES, MessageError, decode, encode
+from rtnf.wire.messages import MAX_MESSAGE_BYTES, MessageError, decode, encode
 
 
 def test_round_trip_adds_schema_and_run_id():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from rtnf.demo import read_tsv
+from rtnf.apps.demo import read_tsv
 from tests.helpers import synthetic_run_4d, write_config
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rtnf.motion import MOTION_COLUMNS, Realigner, motion_regressors, rigid_matrix, rigid_params
-from rtnf.quality import QualityMonitor, framewise_displacement
+from rtnf.analysis.motion import MOTION_COLUMNS, Realigner, motion_regressors, rigid_matrix, rigid_params
+from rtnf.analysis.quality import QualityMonitor, framewise_displacement
 from scanner_sim import synth
 from scanner_sim.spec import RunSpec
 from scanner_sim.synth import SyntheticRun, apply_motion
@@ -189,7 +189,7 @@ def test_reset_starts_a_new_run(moving_run):
 
 # --------------------------------------------------------------------------- real data vs SimpleITK
 def _sitk_agreement(vols: list[np.ndarray], affine: np.ndarray, every: int) -> tuple[float, float, float, float]:
-    from rtnf.bench.motion import sitk_rigid
+    from rtnf.apps.bench.motion import sitk_rigid
 
     realigner = Realigner().fit(vols[0], affine)
     est = np.array([realigner.estimate(v) for v in vols])
@@ -202,7 +202,7 @@ def _sitk_agreement(vols: list[np.ndarray], affine: np.ndarray, every: int) -> t
 def test_sitk_reference_is_expressed_in_the_simulator_convention(moving_run):
     """The SimpleITK wrapper (LPS, fixed->moving) reports the simulator's truth."""
     pytest.importorskip("SimpleITK", reason="SimpleITK is a test-only reference (pip install SimpleITK)")
-    from rtnf.bench.motion import sitk_rigid
+    from rtnf.apps.bench.motion import sitk_rigid
 
     run, vols, truth = moving_run
     mask = Realigner().fit(vols[0], run.affine).mask_

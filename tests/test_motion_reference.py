@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from rtnf.config import ConfigError, load_config
-from rtnf.demo import read_tsv
-from rtnf.record import bids_prefix
-from rtnf.reference import check_motion_reference, load_motion_reference
-from rtnf.volume import Grid
+from rtnf.apps.demo import read_tsv
+from rtnf.run.record import bids_prefix
+from rtnf.analysis.reference import check_motion_reference, load_motion_reference
+from rtnf.scanner.volume import Grid
 from tests.helpers import replay_func_dir, synthetic_run_4d, write_config
 
 N = 14  # 2 dummies + 12 kept volumes

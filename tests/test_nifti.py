@@ -7,7 +7,7 @@ import gzip
 import numpy as np
 import pytest
 
-from rtnf.nifti import VolumeReadError, is_complete, read_nifti
+from rtnf.scanner.nifti import VolumeReadError, is_complete, read_nifti
 from scanner_sim.writer import to_nifti_bytes
 
 

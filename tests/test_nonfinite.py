@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from rtnf.demo import read_tsv
+from rtnf.apps.demo import read_tsv
 from tests.helpers import synthetic_run_4d, write_config
 
 

@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 
 from rtnf.config import load_config
-from rtnf.opennft import import_opennft
+from rtnf.apps.opennft import import_opennft
 
 # Modelled on OpenNFT's opennft/configs/NF_PSC_int_155.ini (paths made local).
 SETTINGS = """[General]

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from rtnf.config import load_config
-from rtnf.demo import Listener, Processes, _wait_ready, free_address, read_tsv, sim_spec, write_toml
-from rtnf.record import bids_prefix, func_dir
+from rtnf.apps.demo import Listener, Processes, _wait_ready, free_address, read_tsv, sim_spec, write_toml
+from rtnf.run.record import bids_prefix, func_dir
 from tests.helpers import write_config
 
 N = 40
@@ -119,7 +119,7 @@ def _fill(path: Path) -> None:
 
 
 def _recorder(tmp_path: Path, outputs: Path):
-    from rtnf.record import RunRecorder
+    from rtnf.run.record import RunRecorder
 
     cfg = load_config(write_config(tmp_path, CONFIG), {"output.dir": str(outputs)})
     return RunRecorder(cfg, CONFIG, cfg.make_protocol(), ["acc"], "r"), cfg
@@ -171,7 +171,7 @@ def test_received_volumes_the_disk_never_took_are_listed(tmp_path, small_disk, m
     import nibabel as nib
     import numpy as np
 
-    from rtnf.record import RunRecorder
+    from rtnf.run.record import RunRecorder
 
     # 8 KiB volumes: larger than the slack of the file's last tmpfs page, so a full disk refuses each one
     monkeypatch.setattr(RunRecorder, "MAX_UNSAVED_BYTES", 5 * 8192)  # five volumes

@@ -104,7 +104,7 @@ def find_leaks(values: dict[str, set[bytes]], files: list[Path], messages: list[
 def live_run(tmp_path: Path, config_text: str, sim_command: list[str], timeout_s: float = 180.0):
     """``rtnf run`` plus one scanner_sim command (synth or replay) as real processes; return (cfg, listener, logs)."""
     from rtnf.config import load_config
-    from rtnf.demo import Listener, Processes, _wait_ready, free_address
+    from rtnf.apps.demo import Listener, Processes, _wait_ready, free_address
 
     address = free_address()
     cfg_path = write_config(tmp_path, config_text)
@@ -151,7 +151,7 @@ def _assert_no_leak(cfg, listener, logs: Path, values: dict[str, set[bytes]]) ->
 def test_fake_patient_of_simulated_mosaic_never_leaks(tmp_path):
     """scanner_sim's Siemens mosaic files carry FAKE_PATIENT; none of it reaches outputs, logs or messages."""
     from rtnf.config import load_config
-    from rtnf.demo import sim_spec, write_toml
+    from rtnf.apps.demo import sim_spec, write_toml
     from scanner_sim.dicom_writer import FAKE_PATIENT
 
     text = CONFIG.format(tr_s=2.0, n=16, dummies=2, block=6, repeat=1, center="[0.0, 30.0, 15.0]", scanner_extra="")
@@ -213,9 +213,10 @@ def test_reading_invalid_identifying_values_warns_nothing_about_them(tmp_path, c
     import pydicom
     from pydicom import config as pydicom_config
 
-    pytest.importorskip("hypothesis", reason="rtnf.fuzz (the seed files) needs hypothesis, a dev dependency")
-    from rtnf import fuzz
-    from rtnf.dicom import SeriesReader, probe, read_volume
+    pytest.importorskip("hypothesis", reason="tests.fuzz (the seed files) needs hypothesis, a dev dependency")
+    from tests import fuzz
+    from rtnf.scanner.dicom import SeriesReader, read_volume
+    from rtnf.scanner.dicom import probe
 
     seed = {s.name: s for s in fuzz.sim_seeds()}["sim_mosaic.dcm"]
     old = pydicom_config.settings.writing_validation_mode

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rtnf.quality import QualityMonitor, dvars, fd_step, framewise_displacement, global_signal, robust_z
+from rtnf.analysis.quality import QualityMonitor, dvars, fd_step, framewise_displacement, global_signal, robust_z
 
 
 def test_framewise_displacement_by_hand():
@@ -61,7 +61,7 @@ def test_monitor_flags_fd_and_keeps_o1_state():
 
 
 def test_monitor_flags_a_simulated_intensity_spike():
-    from rtnf.motion import Realigner
+    from rtnf.analysis.motion import Realigner
     from scanner_sim.spec import RunSpec
     from scanner_sim.synth import SyntheticRun
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from rtnf.demo import read_tsv
+from rtnf.apps.demo import read_tsv
 from tests.conftest import SHARED_DATA, requires_shared_data
 
 FORREST = SHARED_DATA / "studyforrest-localizer"
@@ -83,7 +83,7 @@ def test_studyforrest_replay_finds_the_visual_activation(tmp_path):
     # the report of the real run: every figure written and not blank
     from PIL import Image
 
-    from rtnf.report import write_report
+    from rtnf.apps.report import write_report
 
     html = write_report(func / "sub-forrest_ses-01_task-localizer_run-1_desc-rtnf_timeseries.tsv", tmp_path / "report")
     pngs = sorted(html.parent.glob("*.png"))
@@ -128,7 +128,7 @@ def test_mixed_series_folder_takes_the_configured_series(tmp_path):
     """A folder with the Siemens mosaic run (series 13, 64x64x18) and another series (2, 64x64x36)."""
     import shutil
 
-    from rtnf.dicom import read_volume
+    from rtnf.scanner.dicom import read_volume
 
     mixed = tmp_path / "export"
     mixed.mkdir()

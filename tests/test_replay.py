@@ -13,8 +13,8 @@ import nibabel as nib
 import numpy as np
 
 from rtnf.config import load_config
-from rtnf.demo import Listener, Processes, _wait_ready, free_address, read_tsv, sim_spec, write_toml
-from rtnf.record import bids_prefix, func_dir
+from rtnf.apps.demo import Listener, Processes, _wait_ready, free_address, read_tsv, sim_spec, write_toml
+from rtnf.run.record import bids_prefix, func_dir
 from tests.helpers import run_processes, write_config
 
 N = 30
@@ -158,7 +158,7 @@ def test_replays_on_a_local_dask_cluster(tmp_path):
     import pytest
 
     distributed = pytest.importorskip("distributed", reason="dask's distributed package (extra 'cluster')")
-    from rtnf.replay import ReplayJob, replay_many
+    from rtnf.apps.replay import ReplayJob, replay_many
 
     cfg, _ = run_processes(tmp_path, CONFIG, speed=8.0)
     cfg_path = tmp_path / "session.toml"

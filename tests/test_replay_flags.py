@@ -8,10 +8,10 @@ import sys
 import pytest
 
 from rtnf.config import load_config
-from rtnf.demo import read_tsv, sim_spec, write_toml
-from rtnf.protocol import Block, Protocol, ProtocolError
-from rtnf.record import bids_prefix
-from rtnf.sequencer import LatenessJudge
+from rtnf.apps.demo import read_tsv, sim_spec, write_toml
+from rtnf.analysis.protocol import Block, Protocol, ProtocolError
+from rtnf.run.record import bids_prefix
+from rtnf.scanner.sequencer import LatenessJudge
 from tests.helpers import replay_func_dir, write_config
 
 N = 42

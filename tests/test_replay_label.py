@@ -7,8 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from rtnf.demo import read_tsv
-from rtnf.record import bids_prefix, func_dir
+from rtnf.apps.demo import read_tsv
+from rtnf.run.record import bids_prefix, func_dir
 from tests.helpers import run_processes
 from tests.test_replay import CONFIG, N, _same_values
 

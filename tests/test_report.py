@@ -65,8 +65,8 @@ def simulate_run(tmp_path: Path, n_volumes: int = N_VOLUMES, speed: float = 16.0
     Like ``tests.helpers.run_processes``, with head motion, a spike and faults in the simulator's spec.
     """
     from rtnf.config import load_config
-    from rtnf.demo import Listener, Processes, _wait_ready, free_address, sim_spec, write_toml
-    from rtnf.record import bids_prefix, func_dir
+    from rtnf.apps.demo import Listener, Processes, _wait_ready, free_address, sim_spec, write_toml
+    from rtnf.run.record import bids_prefix, func_dir
 
     address = free_address()
     cfg_path = tmp_path / "session.toml"
@@ -183,7 +183,7 @@ def _cell_text(html_text: str, label: str) -> str:
 
 
 def test_report_of_a_simulated_run(recorded, tmp_path):
-    from rtnf.report import read_run, summarise, write_report
+    from rtnf.apps.report import read_run, summarise, write_report
 
     out = write_report(recorded, tmp_path / "report")
     assert out.exists() and out.suffix == ".html" and out.parent == tmp_path / "report"
@@ -261,8 +261,8 @@ def test_report_of_a_simulated_run(recorded, tmp_path):
 
 
 def test_report_of_a_run_with_motion_correction_off(recorded, tmp_path):
-    from rtnf.motion import MOTION_COLUMNS
-    from rtnf.report import write_report
+    from rtnf.analysis.motion import MOTION_COLUMNS
+    from rtnf.apps.report import write_report
 
     def no_motion(r):
         for c in (*MOTION_COLUMNS, "framewise_displacement"):
@@ -276,7 +276,7 @@ def test_report_of_a_run_with_motion_correction_off(recorded, tmp_path):
 
 
 def test_report_of_an_aborted_run_that_crashed_mid_line(recorded, tmp_path):
-    from rtnf.report import read_run, summarise, write_report
+    from rtnf.apps.report import read_run, summarise, write_report
 
     tsv = _variant(recorded, tmp_path / "run", keep_rows=13, partial_line=True, provenance={"status": "aborted"})
     run = read_run(tsv)
@@ -292,7 +292,7 @@ def test_report_of_an_aborted_run_that_crashed_mid_line(recorded, tmp_path):
 
 def test_report_of_a_bare_table_without_siblings(recorded, tmp_path):
     """Only the table: defaults stand for the config, blocks come from the condition column."""
-    from rtnf.report import read_run, summarise, write_report
+    from rtnf.apps.report import read_run, summarise, write_report
 
     tsv = _variant(recorded, tmp_path / "run", siblings=False)
     run = read_run(tsv)
@@ -306,7 +306,7 @@ def test_report_of_a_bare_table_without_siblings(recorded, tmp_path):
 def test_command_line(recorded, tmp_path, capsys):
     import argparse
 
-    from rtnf.report import add_arguments, default_output_dir, run
+    from rtnf.apps.report import add_arguments, default_output_dir, run
 
     parser = argparse.ArgumentParser()
     add_arguments(parser)
@@ -352,8 +352,8 @@ def _small_run(folder: Path, regulate_values: list[float | None]) -> Path:
 
 def test_report_counts_feedback_at_the_bars_ends(tmp_path):
     """5 of 10 regulation volumes at an end of the bar (4 full, 1 empty): counted, and warned about at the top."""
-    from rtnf.fidelity import SATURATION_EPS
-    from rtnf.report import read_run, summarise, write_report
+    from rtnf.apps.fidelity import SATURATION_EPS
+    from rtnf.apps.report import read_run, summarise, write_report
 
     # the baseline's empty bar, the missing volume (no value) and 0.998 (just inside the bar) are not counted
     regulate = [1.0, 1.0, 1.0, 1 - SATURATION_EPS / 2, 0.0, 0.5, 0.998, 0.4, 0.7, 0.3, None]
@@ -370,7 +370,7 @@ def test_report_counts_feedback_at_the_bars_ends(tmp_path):
 
 
 def test_report_does_not_warn_at_or_below_a_fifth_at_the_bars_ends(tmp_path):
-    from rtnf.report import read_run, summarise, write_report
+    from rtnf.apps.report import read_run, summarise, write_report
 
     tsv = _small_run(tmp_path / "run", [1.0, 0.0, 0.5, 0.6, 0.4, 0.7, 0.3, 0.2, 0.8, 0.55])  # 2 of 10: 20 %
     s = summarise(read_run(tsv))["saturation"]
@@ -385,7 +385,7 @@ def test_report_does_not_warn_at_or_below_a_fifth_at_the_bars_ends(tmp_path):
 
 def _table_run(folder: Path, rows: list[dict], config: str = "") -> Path:
     """A hand-written run from rows of (condition, block, feedback_value, feedback_reason[, motion columns])."""
-    from rtnf.motion import MOTION_COLUMNS
+    from rtnf.analysis.motion import MOTION_COLUMNS
 
     folder.mkdir(parents=True)
     prefix = "sub-nofb_task-nf_run-1"
@@ -417,7 +417,7 @@ def _no_feedback_rows() -> list[dict]:
 
 
 def test_report_warns_at_the_top_when_a_regulation_block_showed_no_feedback(tmp_path):
-    from rtnf.report import read_run, summarise, write_report
+    from rtnf.apps.report import read_run, summarise, write_report
 
     tsv = _table_run(tmp_path / "run", _no_feedback_rows())
     s = summarise(read_run(tsv))
@@ -438,7 +438,7 @@ def test_report_warns_at_the_top_when_a_regulation_block_showed_no_feedback(tmp_
 
 
 def test_report_does_not_warn_about_feedback_for_a_run_without_feedback_or_with_enough(tmp_path):
-    from rtnf.report import read_run, summarise, write_report
+    from rtnf.apps.report import read_run, summarise, write_report
 
     rows = [{**r, "value": None, "reason": "no feedback in this run"} for r in _no_feedback_rows()]
     tsv = _table_run(tmp_path / "off", rows, config="[feedback]\nroi = \"acc\"\nenabled = false\n")
@@ -457,7 +457,7 @@ def test_report_does_not_warn_about_feedback_for_a_run_without_feedback_or_with_
 
 
 def test_report_numbers_volumes_from_one(tmp_path):
-    from rtnf.report import write_report
+    from rtnf.apps.report import write_report
 
     text = write_report(_table_run(tmp_path / "run", _no_feedback_rows()), tmp_path / "report").read_text()
     # regulation block rows: protocol block 2 (index 1) is volumes 11-16 for people; its baseline block is 1
@@ -467,7 +467,7 @@ def test_report_numbers_volumes_from_one(tmp_path):
 
 def test_report_motion_axes_in_mm_and_degrees_with_a_minimum_range_and_plain_ticks(tmp_path, monkeypatch):
     """Sub-millimetre noise does not fill the panels; the FD threshold line is in view; no 2e-3 tick labels."""
-    import rtnf.report as report
+    import rtnf.apps.report as report
 
     rng = np.random.default_rng(0)
     rows = _no_feedback_rows()

@@ -1,4 +1,4 @@
-"""ROI definition (rtnf.roidef): hand-computed voxels, simulator ground truth and real data."""
+"""ROI definition (rtnf.apps.roidef): hand-computed voxels, simulator ground truth and real data."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from rtnf import roidef
-from rtnf.rois import SphereROI
-from rtnf.roidef import RoiDefError
-from rtnf.volume import Grid
+from rtnf.apps import roidef
+from rtnf.analysis.rois import SphereROI
+from rtnf.apps.roidef import RoiDefError
+from rtnf.scanner.volume import Grid
 from tests.conftest import SHARED_DATA, requires_shared_data
 
 FORREST = SHARED_DATA / "studyforrest-localizer"
@@ -223,8 +223,8 @@ def test_localizer_tmap_recovers_simulated_activation():
     rng = np.random.default_rng(0)
     n, tr = 60, 2.0
     blocks = [(10.0, 20.0), (50.0, 20.0), (90.0, 20.0)]
-    from rtnf.design import make_design
-    from rtnf.protocol import Block, Protocol
+    from rtnf.analysis.design import make_design
+    from rtnf.analysis.protocol import Block, Protocol
 
     design = make_design(Protocol(tuple(Block("task", a, d) for a, d in blocks), "rest", ("rest", "task"), tr, n))
     data = 100 + rng.normal(0, 1, (8, 8, 8, n)).astype(np.float32)
@@ -314,7 +314,7 @@ def test_cli_mni_reuses_a_saved_registration(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def forrest():
     """The 78 studyforrest volumes and their slice files (read once per module: 2730 files)."""
-    from rtnf.dicom import read_volume
+    from rtnf.scanner.dicom import read_volume
 
     groups = roidef._dicom_groups(roidef._folder_files(FORREST / "dicom"))
     keys = sorted(groups, key=lambda k: k[1])
@@ -325,9 +325,9 @@ def forrest():
 @requires_shared_data("studyforrest-localizer")
 def test_studyforrest_localizer_roi_predicts_second_half(forrest, tmp_path):
     """Issue 5's acceptance test: top-50 ROI from volumes 1-39, r >= 0.7 on volumes 40-78."""
-    from rtnf.design import make_design
-    from rtnf.glm import IncrementalGLM
-    from rtnf.protocol import Block, Protocol
+    from rtnf.analysis.design import make_design
+    from rtnf.analysis.glm import IncrementalGLM
+    from rtnf.analysis.protocol import Block, Protocol
 
     data, affine, _ = forrest
     assert data.shape == (80, 80, 35, 78)

@@ -6,8 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from rtnf.rois import MaskROI, RoiError, SphereROI
-from rtnf.volume import Grid
+from rtnf.analysis.rois import MaskROI, RoiError, SphereROI
+from rtnf.scanner.volume import Grid
 
 
 def _rotation(axis: int, angle: float) -> np.ndarray:

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from rtnf.config import load_config
-from rtnf.demo import Listener, Processes, _wait_ready, free_address, read_tsv, sim_spec, write_toml
-from rtnf.record import bids_prefix, func_dir
-from rtnf.runlock import run_lock
+from rtnf.apps.demo import Listener, Processes, _wait_ready, free_address, read_tsv, sim_spec, write_toml
+from rtnf.run.record import bids_prefix, func_dir
+from rtnf.run.runlock import run_lock
 from tests.helpers import synthetic_run_4d, write_config
 
 N = 24

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import json
 
-from rtnf.record import bids_prefix, func_dir
+from rtnf.run.record import bids_prefix, func_dir
 from tests.conftest import requires_display
 from tests.helpers import run_processes
 
@@ -71,10 +71,10 @@ def test_screen_record_writes_keys_triggers_and_only_this_runs_events(tmp_path):
 
     import zmq
 
-    from rtnf.demo import free_address
-    from rtnf.messages import encode
-    from rtnf.pubsocket import BoundedPub
-    from rtnf.screen_record import ScreenRecord
+    from rtnf.apps.demo import free_address
+    from rtnf.wire.messages import encode
+    from rtnf.wire.pubsocket import BoundedPub
+    from rtnf.run.screen_record import ScreenRecord
 
     address = free_address()
     ctx = zmq.Context()

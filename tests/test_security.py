@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import zmq
 
-from rtnf import messages
+from rtnf.wire import messages
 from rtnf.config import load_config
-from rtnf.messages import MAX_MESSAGE_BYTES, MessageError, decode, encode
+from rtnf.wire.messages import MAX_MESSAGE_BYTES, MessageError, decode, encode
 from tests.conftest import CONFIG_DIR, ROOT
 from tests.helpers import write_config
 
@@ -34,7 +34,7 @@ def _host(address: str) -> str:
 
 
 def _free_address() -> str:
-    from rtnf.demo import free_address
+    from rtnf.apps.demo import free_address
 
     return free_address()
 
@@ -56,8 +56,8 @@ def test_example_configs_publish_on_loopback(path):
 
 
 def test_screen_and_console_defaults_are_loopback():
-    from rtnf.console import app as console_app
-    from rtnf.console import cli as console_cli
+    from rtnf.apps.console import app as console_app
+    from rtnf.apps.console import cli as console_cli
     from stimulus import cli as stimulus_cli
     from stimulus.link import FeedbackLink
 
@@ -86,7 +86,7 @@ def test_no_wildcard_bind_in_the_sources():
 
 
 def test_publisher_binds_where_configured_and_only_there():
-    from rtnf.publish import Publisher
+    from rtnf.run.publish import Publisher
 
     address = _free_address()
     pub = Publisher(address, "run")
@@ -149,7 +149,7 @@ def test_feedback_screen_link_survives_an_oversized_message(raw_pub):
 
 
 def test_console_subscriber_survives_an_oversized_message(raw_pub):
-    from rtnf.console.link import Subscriber
+    from rtnf.apps.console.link import Subscriber
 
     pub, address = raw_pub
     out: queue.Queue = queue.Queue()
@@ -193,7 +193,7 @@ def test_no_pickle_or_eval_anywhere():
 
 
 def test_every_socket_receive_goes_through_the_json_decoder():
-    """Every place that reads a ZeroMQ message decodes it as JSON (rtnf.messages.decode), never anything else."""
+    """Every place that reads a ZeroMQ message decodes it as JSON (rtnf.wire.messages.decode), never anything else."""
     receive = re.compile(r"\.recv(_multipart|_json|_string)?\(")
     for pkg in PACKAGES:
         for p in sorted((ROOT / pkg).rglob("*.py")):
@@ -214,14 +214,14 @@ def _nifti_bytes() -> bytes:
 
 
 def _watch(folder: Path, seconds: float = 0.8):
-    from rtnf.watcher import VolumeWatcher
+    from rtnf.scanner.watcher import VolumeWatcher
 
     checked: list[Path] = []
     handed: list[Path] = []
 
     def check(path: Path):
         checked.append(path)
-        from rtnf.nifti import is_complete
+        from rtnf.scanner.nifti import is_complete
 
         return is_complete(path) or None
 
@@ -243,7 +243,7 @@ def test_symlink_out_of_the_export_folder_is_never_read(tmp_path, caplog):
     (export / "vol_0004.nii").symlink_to(tmp_path / "export" / ".." / "outside" / "secret_0001.nii")
     (export / "loop_0005.nii").symlink_to(export / "loop_0005.nii")
     watcher, checked, handed = _watch(export)
-    with caplog.at_level(logging.WARNING, logger="rtnf.watcher"):
+    with caplog.at_level(logging.WARNING, logger="rtnf.scanner.watcher"):
         watcher.start()
         try:
             (export / "vol_0006.nii").symlink_to(secret)  # appears during the run
@@ -259,7 +259,7 @@ def test_symlink_out_of_the_export_folder_is_never_read(tmp_path, caplog):
 
 
 def test_par_with_rec_symlinked_outside_is_refused(tmp_path, caplog):
-    from rtnf.export import ExportReader
+    from rtnf.scanner.export import ExportReader
 
     cfg = load_config(write_config(tmp_path))
     reader = ExportReader(cfg.scanner, t_start=time.time())
@@ -269,7 +269,7 @@ def test_par_with_rec_symlinked_outside_is_refused(tmp_path, caplog):
     par = tmp_path / "Dump-0000.par"
     par.write_text("# not read\n")
     par.with_suffix(".rec").symlink_to(outside)
-    with caplog.at_level(logging.WARNING, logger="rtnf.export"):
+    with caplog.at_level(logging.WARNING, logger="rtnf.scanner.export"):
         assert reader.check(par) is None
         assert reader.check(par) is None
     assert len([r for r in caplog.records if "resolves outside" in r.getMessage()]) == 1
@@ -278,7 +278,7 @@ def test_par_with_rec_symlinked_outside_is_refused(tmp_path, caplog):
 @pytest.mark.skipif(not (ROOT.parent / "shared" / "data" / "dicom-zoo" / "philips_parrec").is_dir(),
                     reason="real PAR/REC dump not found in ../shared/data")
 def test_par_with_rec_beside_still_reads(tmp_path):
-    from rtnf.export import ExportReader
+    from rtnf.scanner.export import ExportReader
 
     src = ROOT.parent / "shared" / "data" / "dicom-zoo" / "philips_parrec"
     for name in ("Dump-0000.par", "Dump-0000.rec"):
@@ -296,7 +296,7 @@ curve = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq built without CU
 
 @curve
 def test_curve_pub_sub_only_authorized_clients_receive(tmp_path):
-    from rtnf.keys import CurveServer, generate_keys, secure_client
+    from rtnf.wire.keys import CurveServer, generate_keys, secure_client
 
     keys = generate_keys(tmp_path / "keys", ["screen"])
     other = generate_keys(tmp_path / "other", ["screen"])  # a client the server does not know
@@ -344,7 +344,7 @@ def test_curve_pub_sub_only_authorized_clients_receive(tmp_path):
 
 @curve
 def test_keys_command(tmp_path, capsys):
-    from rtnf.keys import main
+    from rtnf.wire.keys import main
 
     assert main([str(tmp_path / "k"), "--client", "screen"]) == 0
     assert (tmp_path / "k" / "rtnf.key_secret").is_file() and (tmp_path / "k" / "authorized" / "screen.key").is_file()
@@ -356,9 +356,9 @@ def test_curve_publisher_and_screen_link(tmp_path):
     """rtnf's Publisher with publish.curve_keys, the screen's link with its key: received; without: nothing."""
     import time
 
-    from rtnf.demo import free_address
-    from rtnf.keys import generate_keys
-    from rtnf.publish import Publisher
+    from rtnf.apps.demo import free_address
+    from rtnf.wire.keys import generate_keys
+    from rtnf.run.publish import Publisher
     from stimulus.link import FeedbackLink
 
     keys = tmp_path / "keys"
@@ -386,8 +386,8 @@ def test_curve_publisher_and_screen_link(tmp_path):
 
 
 def test_every_client_subscribes_through_the_one_size_bounded_subscription():
-    """The screen, the console, the LSL bridge and the demo listener share rtnf.subscription."""
+    """The screen, the console, the LSL bridge and the demo listener share rtnf.wire.subscription."""
     root = Path(__file__).resolve().parent.parent
-    for path in ("stimulus/link.py", "rtnf/console/link.py", "rtnf/lsl.py", "rtnf/demo.py"):
+    for path in ("stimulus/link.py", "rtnf/apps/console/link.py", "rtnf/apps/lsl.py", "rtnf/apps/demo.py"):
         text = (root / path).read_text()
         assert "Subscription(" in text and "zmq.SUB" not in text, path

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rtnf.sequencer import Sequencer
+from rtnf.scanner.sequencer import Sequencer
 
 
 def test_releases_in_order_when_files_arrive_out_of_order():

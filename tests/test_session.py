@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from rtnf.config import load_config
-from rtnf.demo import read_tsv
-from rtnf.record import bids_prefix, format_cell, func_dir, row_from_messages, timeseries_columns
+from rtnf.apps.demo import read_tsv
+from rtnf.run.record import bids_prefix, format_cell, func_dir, row_from_messages, timeseries_columns
 from tests.conftest import requires_display
 from tests.helpers import run_processes
 

@@ -382,8 +382,8 @@ def test_real_noise_output_is_real_volume_plus_known_activation():
 @requires_shared_data("pyneal-series/siemens-prisma-e11-mosaic")
 @pytest.mark.parametrize("fmt", ["siemens-mosaic", "nifti"])
 def test_real_noise_files_keep_the_real_geometry(tmp_path, fmt):
-    from rtnf.dicom.reader import read_volume
-    from rtnf.nifti import read_nifti
+    from rtnf.scanner.dicom.reader import read_volume
+    from rtnf.scanner.nifti import read_nifti
 
     g = generate_run({"noise_from": str(PRISMA), "noise_from_skip": 2, "n_volumes": 20, "format": fmt,
                       "blocks": PRISMA_BLOCKS, "regions": [PRISMA_ROI]}, tmp_path)
@@ -448,7 +448,7 @@ def test_cli_noise_from_replaces_synthetic_noise(tmp_path, capsys):
 @requires_shared_data("pyneal-series/ge-mr750-slices")
 def test_real_series_reader_stacks_slice_files_like_rtnf():
     # one DICOM per slice (GE): stacked along the slice normal, on the grid rtnf reads
-    from rtnf.dicom.reader import read_volume
+    from rtnf.scanner.dicom.reader import read_volume
 
     from scanner_sim.realnoise import probe_series, read_series
 

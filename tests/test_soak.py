@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from rtnf.bench import soak
+from rtnf.apps.bench import soak
 
 
 def test_short_soak_loses_nothing(tmp_path):

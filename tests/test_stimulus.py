@@ -10,7 +10,7 @@ import time
 import pytest
 import zmq
 
-from rtnf.messages import MAX_MESSAGE_BYTES, encode, schema_for
+from rtnf.wire.messages import MAX_MESSAGE_BYTES, encode, schema_for
 from stimulus import xvfb
 from stimulus.cli import build_parser, display_config
 from stimulus.geometry import BAR_HEIGHT_FRAC, BAR_WIDTH_PX, bar_geometry
@@ -158,7 +158,7 @@ def test_run_started_by_its_start_message_or_heartbeat():
 
 
 def test_get_ready_text_is_validated_like_the_other_texts():
-    from rtnf.display import MAX_STATE_TEXT, DisplayConfigError, parse_display
+    from rtnf.wire.display import MAX_STATE_TEXT, DisplayConfigError, parse_display
 
     assert parse_display({}).texts.get_ready == "Get ready"
     assert parse_display({"texts": {"get_ready": "Keep still"}}).texts.get_ready == "Keep still"

@@ -1,4 +1,4 @@
-"""The [display] table (rtnf.display), scenes and glide, latency summary, key publishing: no display needed."""
+"""The [display] table (rtnf.wire.display), scenes and glide, latency summary, key publishing: no display needed."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import zmq
 
-import rtnf.messages
-from rtnf.display import DisplayConfig, DisplayConfigError, load_display, parse_display
-from rtnf.messages import decode, schema_for
+import rtnf.wire.messages
+from rtnf.wire.display import DisplayConfig, DisplayConfigError, load_display, parse_display
+from rtnf.wire.messages import decode, schema_for
 from stimulus.cli import FLIP_LOG_COLUMNS, build_parser, display_config
 from stimulus.link import FeedbackLink, MessageError, ScreenState
 from stimulus.scene import Glide, SceneMaker, ease
@@ -202,9 +202,9 @@ def test_latency_summary_from_flip_log(tmp_path):
 # --------------------------------------------------------------------------- #
 def test_keys_are_published_once_the_protocol_has_the_topic(monkeypatch):
     with FeedbackLink("tcp://127.0.0.1:1", "tcp://127.0.0.1:0") as link:
-        if "keys" not in rtnf.messages.TOPICS:
+        if "keys" not in rtnf.wire.messages.TOPICS:
             assert not link.send_key(key="5", role="trigger", t_key=1.0)
-    monkeypatch.setattr(rtnf.messages, "TOPICS", (*rtnf.messages.TOPICS, "keys"))
+    monkeypatch.setattr(rtnf.wire.messages, "TOPICS", (*rtnf.wire.messages.TOPICS, "keys"))
     with FeedbackLink("tcp://127.0.0.1:1", "tcp://127.0.0.1:0") as link:
         endpoint = link._pub.getsockopt(zmq.LAST_ENDPOINT).decode()
         sub = link._context.socket(zmq.SUB)

@@ -16,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from rtnf.display import parse_display
+from rtnf.wire.display import parse_display
 from stimulus.docs import DOC_DISPLAY, SHOTS, T0, Shot, fb, message
 from stimulus.geometry import (
     BAR_BG,
@@ -283,7 +283,7 @@ def heartbeat(t: float, state: str, last_index: int | None = None):
                    n_volumes=100)
 
 
-# What rtnf publishes when a run ends (rtnf/session.py, _RunLoop.finish): the
+# What rtnf publishes when a run ends (rtnf/run/session.py, _RunLoop.finish): the
 # run message "end" (last volume) or "abort" with the reason "stopped by the
 # operator" (Ctrl-C), then a heartbeat with state "ended"; then it is quiet.
 ENDS = {

@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 import zmq
 
-from rtnf.messages import MAX_MESSAGE_BYTES, encode, schema_for
+from rtnf.wire.messages import MAX_MESSAGE_BYTES, encode, schema_for
 from stimulus.geometry import (
     BAR_BG,
     BAR_FILL,
@@ -380,7 +380,7 @@ def test_normal_end_shows_no_connection_lost(tmp_path, xdisplay, event, reason):
     try:
         rtnf.wait_up(proc)
         rtnf.start_run_and_show(0, 0.4)
-        # rtnf/session.py, _RunLoop.finish: the run message, then a heartbeat "ended".
+        # rtnf/run/session.py, _RunLoop.finish: the run message, then a heartbeat "ended".
         rtnf.send("run", **{**START, "event": event, "reason": reason})
         rtnf.heartbeat("ended")
         rtnf.wait_for(screen_beat(lambda b: b["state"] == "ended"))

@@ -8,7 +8,7 @@ import sys
 import time
 
 from rtnf.config import load_config
-from rtnf.demo import Listener, Processes, _wait_ready, free_address, screen_command, sim_spec, write_toml
+from rtnf.apps.demo import Listener, Processes, _wait_ready, free_address, screen_command, sim_spec, write_toml
 from tests.conftest import requires_display
 from tests.helpers import write_config
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from rtnf.config import ConfigError
-from rtnf.demo import read_tsv, sim_spec, write_toml
-from rtnf.study_session import load_study_session
+from rtnf.apps.demo import read_tsv, sim_spec, write_toml
+from rtnf.run.study_session import load_study_session
 
 RUN = """
 [session]

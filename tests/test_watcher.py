@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from rtnf.nifti import IncompleteFileError, is_complete, read_nifti
-from rtnf.watcher import VolumeWatcher
+from rtnf.scanner.nifti import IncompleteFileError, is_complete, read_nifti
+from rtnf.scanner.watcher import VolumeWatcher
 
 
 def _nifti_watcher(folder: Path, on_ready, **kwargs) -> VolumeWatcher:
@@ -21,7 +21,7 @@ from scanner_sim.spec import RunSpec
 from scanner_sim.synth import SyntheticRun
 from scanner_sim.writer import ScannerWriter
 
-from rtnf.demo import read_tsv
+from rtnf.apps.demo import read_tsv
 
 
 def _spec(n: int) -> RunSpec:

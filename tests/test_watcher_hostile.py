@@ -23,9 +23,9 @@ import numpy as np
 import pytest
 
 from rtnf.config import load_config
-from rtnf.demo import read_tsv
-from rtnf.export import ExportReader
-from rtnf.watcher import VolumeWatcher
+from rtnf.apps.demo import read_tsv
+from rtnf.scanner.export import ExportReader
+from rtnf.scanner.watcher import VolumeWatcher
 from tests.helpers import run_processes, write_config
 
 N = 14  # acquisitions of the small runs below (2 dummies)
@@ -172,8 +172,8 @@ _BOMB_PROBE = r"""
 import json, resource, sys, time
 from pathlib import Path
 from rtnf.config import load_config
-from rtnf.export import ExportReader
-from rtnf.nifti import VolumeReadError, read_nifti
+from rtnf.scanner.export import ExportReader
+from rtnf.scanner.nifti import VolumeReadError, read_nifti
 
 cfg = load_config(Path(sys.argv[1]))
 reader = ExportReader(cfg.scanner, t_start=0.0, accept_old=True)

@@ -1,0 +1,121 @@
+"""ROI definition before a run: ``rtnf roi <kind> ...``.
+
+Every kind puts a region on the participant's *reference volume* (the
+functional grid the run will use) and returns an :class:`RoiDefinition`: a
+boolean mask on that grid, its voxel count, volume and centre of mass, and
+the fraction of the region that lies inside the field of view. The command
+line writes the mask as NIfTI (``uint8``, the reference's affine) and a PNG of
+its outline over the reference for the operator to check; the mask then goes
+into the session config as ``[rois.<name>] mask = "..."``.
+
+==============  ==============================================================
+``mask``        a NIfTI in any space with an affine, resampled to the grid
+                (nearest neighbour, or linear + threshold for probability maps)
+``sphere``      a sphere at scanner RAS millimetres (same voxels as
+                :class:`rtnf.analysis.rois.SphereROI`)
+``atlas``       labels of a label image in any space + its table
+``mni``         a region defined in MNI152 space (built-in approximations of
+                anterior cingulate, insula, ...; an MNI sphere; an MNI-space
+                mask or atlas) brought to the reference by an affine
+                registration of the MNI152 template to the reference volume
+                (SimpleITK, once, before the run)
+``localizer``   a threshold or the top k voxels of a t-map from a localizer
+                run, inside a search mask; :func:`localizer_tmap` computes the
+                t-map from a series and its events with rtnf's GLM
+==============  ==============================================================
+
+Regions that are empty, or whose larger part falls outside the field of view
+(less than ``min_coverage``, default 0.5), raise :class:`RoiDefError`; its
+message names the parameter to change. The command line prints that message
+and exits with code 2.
+
+Built-in MNI regions are *approximations*, not atlas labels: nilearn's package
+data holds only the MNI152 templates and masks (no network, so no
+Harvard-Oxford), so each region is an ellipsoid in MNI millimetres placed on
+the structure from standard coordinates, intersected with the MNI152
+grey-matter probability map (>= ``gm_threshold``). For a real atlas region,
+pass an MNI-space atlas with ``rtnf roi mni --labels ... --table ... --name``.
+"""
+
+from ._common import (  # noqa: F401 (the package's API, and helpers the tests use)
+    DEFAULT_MIN_COVERAGE,
+    RoiDefError,
+    RoiDefinition,
+    _check_coverage,
+    _check_not_empty,
+    _coverage,
+    _fov_text,
+    _load_image,
+    _resample,
+    _voxel_world,
+)
+from .cli import (  # noqa: F401 (the package's API, and helpers the tests use)
+    KINDS,
+    _build,
+    _common,
+    _stem,
+    add_arguments,
+    main,
+    run,
+)
+from .localizer import (  # noqa: F401 (the package's API, and helpers the tests use)
+    blocks_from_events,
+    epi_mask,
+    localizer_roi,
+    localizer_tmap,
+)
+from .mni import (  # noqa: F401 (the package's API, and helpers the tests use)
+    _LPS,
+    MNI_REGIONS,
+    REGISTRATION_PARAMETERS,
+    MniRegion,
+    MniRegistration,
+    _mni_grid_world,
+    _sitk_matrix,
+    _to_sitk,
+    mni_region_image,
+    mni_roi,
+    register_mni,
+)
+from .output import (  # noqa: F401 (the package's API, and helpers the tests use)
+    plot_roi,
+    save_mask,
+)
+from .reference import (  # noqa: F401 (the package's API, and helpers the tests use)
+    _dicom_groups,
+    _folder_files,
+    _is_nifti,
+    load_reference,
+    load_series,
+)
+from .regions import (  # noqa: F401 (the package's API, and helpers the tests use)
+    _select_labels,
+    atlas_roi,
+    mask_from_image,
+    read_label_table,
+    sphere_roi,
+)
+
+__all__ = [
+    "RoiDefError",
+    "RoiDefinition",
+    "MniRegion",
+    "MNI_REGIONS",
+    "MniRegistration",
+    "load_reference",
+    "load_series",
+    "mask_from_image",
+    "sphere_roi",
+    "atlas_roi",
+    "read_label_table",
+    "register_mni",
+    "mni_roi",
+    "mni_region_image",
+    "localizer_tmap",
+    "localizer_roi",
+    "blocks_from_events",
+    "save_mask",
+    "plot_roi",
+    "add_arguments",
+    "run",
+]

@@ -1,7 +1,0 @@
-"""``python -m rtnf.console``: the console without the ``rtnf`` command."""
-
-import sys
-
-from .cli import main
-
-sys.exit(main())

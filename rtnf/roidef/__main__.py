@@ -1,7 +1,0 @@
-"""``python -m rtnf.roidef``: same as ``rtnf roi``."""
-
-import sys
-
-from .cli import main
-
-sys.exit(main())

@@ -1,0 +1,272 @@
+"""Per-volume processing: file -> ROI signals -> incremental GLM -> feedback.
+
+:class:`VolumeProcessor` turns one volume's file into the bodies of its
+``volume`` and ``feedback`` messages (all fields but ``t_published``, which
+the sender stamps). It holds the run's model state and nothing else: no
+sockets, no files, no threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import numpy as np
+
+from rtnf.config import Config
+from rtnf.analysis.design import Design, make_design
+from rtnf.analysis.feedback import FeedbackComputer, FeedbackValue
+from rtnf.analysis.motion import motion_regressors
+from rtnf.analysis.preprocess import NonFiniteVolume, Preprocessor
+from rtnf.analysis.roi_model import RoiModel
+from rtnf.analysis.wholebrain import WholeBrainModel, preview_body, slice_indices
+from rtnf.scanner.export import Arrival
+from .filenames import redact
+from rtnf.wire.messages import volume_label
+from rtnf.scanner.nifti import VolumeReadError
+from rtnf.analysis.protocol import Protocol
+from rtnf.analysis.rois import make_roi
+from rtnf.scanner.volume import Grid
+
+log = logging.getLogger(__name__)
+
+
+class VolumeProcessor:
+    """The model state of one run and the steps applied to each volume.
+
+    Parameters
+    ----------
+    cfg : Config
+        Session config.
+    protocol : Protocol, optional
+        Defaults to ``cfg.make_protocol()``.
+    design : Design, optional
+        Defaults to the design built from the protocol and ``cfg.model``.
+    """
+
+    def __init__(self, cfg: Config, protocol: Protocol | None = None, design: Design | None = None) -> None:
+        self.cfg = cfg
+        self.protocol = protocol or cfg.make_protocol()
+        self.design = design or make_design(
+            self.protocol, cfg.model.hrf, cfg.model.drift_cutoff_s, cfg.model.motion_regressors
+        )
+        self.labels = self.protocol.labels()
+        self.block_of = np.empty(self.protocol.n_volumes, dtype=int)
+        for seg in self.protocol.segments():
+            self.block_of[seg.start : seg.stop] = seg.number
+        self.rois = [make_roi(name, roi_cfg) for name, roi_cfg in cfg.rois.items()]
+        self.roi_names = [roi.name for roi in self.rois]
+        fb = cfg.feedback
+        running = int(round(fb.running_baseline_s / self.protocol.tr_s)) if fb.baseline == "running" else None
+        self.model = RoiModel(
+            self.design, self.protocol, len(self.rois), cfg.model.drift_cutoff_s, fb.min_baseline_volumes, running
+        )
+        self.feedback = FeedbackComputer(fb, self.roi_names, self.protocol)
+        self.preprocessor = Preprocessor(self.rois, cfg.motion, cfg.quality, sample_brain=cfg.model.whole_brain)
+        self.grid: Grid | None = None
+        self._previous_motion: np.ndarray | None = None
+        self._last_value: float | None = None  # last uncensored feedback value, for censor_action "hold"
+        self.wholebrain: WholeBrainModel | None = None
+        self._trust_note: str | None = None  # why the whole-brain model is reduced, as last logged
+        self._preview_index: int | None = None  # volume whose preview is still to be built
+        self.preview = None  # the latest volume's preview, taken by the sender (see the property)
+        self.received: Any = None  # the latest volume as read, for the recorder
+        self._planes: dict[str, np.ndarray] | None = None
+        self._roi_masks: dict[str, np.ndarray] = {}
+        self._preview_scale = 1.0
+
+    def process(self, index: int, acquisition: int, arrival: Arrival) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Process kept volume ``index``, read through ``arrival.load()``.
+
+        Returns the ``volume`` and ``feedback`` message bodies. A file that
+        cannot be read, or whose grid differs from the run's, is logged and
+        treated as a missing volume: the run goes on.
+        """
+        t_detected = arrival.t_detected
+        name = arrival.name
+        try:
+            volume = arrival.load()
+        except VolumeReadError as exc:
+            log.warning("%s unreadable, treated as missing: %s", self._label(index), redact(str(exc), *arrival.paths))
+            return self.missing(index, acquisition, name, t_detected, reason="unreadable file")
+        t_read = time.time()
+        if self.grid is None:
+            n_bad = int(volume.data.size - np.count_nonzero(np.isfinite(volume.data)))
+            if n_bad:
+                # The first usable volume becomes the run's reference (realignment, the value that
+                # replaces a bad voxel later): one with NaN or infinite voxels must not be it.
+                log.warning("%s (%s): %d non-finite voxels in what would be the run's reference volume; treated "
+                            "as missing, the next volume becomes the reference", self._label(index), name, n_bad)
+                return self.missing(index, acquisition, name, t_detected, reason="non-finite voxels in the first volume")
+        self.received = volume
+        if self.grid is None:
+            self.preprocessor.fit(volume)
+            self.grid = volume.grid
+            self._fit_extras(volume)
+        elif not volume.grid.same_as(self.grid):
+            log.warning(
+                "%s (%s) has shape %s, expected %s (or a different affine); treated as missing",
+                self._label(index), name, volume.data.shape, self.grid.shape,
+            )
+            return self.missing(index, acquisition, name, t_detected, reason="wrong matrix or geometry")
+        try:
+            pre = self.preprocessor.run(volume)
+        except NonFiniteVolume as exc:
+            log.warning("%s: %s; treated as missing", self._label(index), exc)
+            self.received = None
+            return self.missing(index, acquisition, name, t_detected, reason="no finite voxel")
+        t_preprocessed = time.time()
+        censored = pre.quality is not None and pre.quality.censored
+        regressors = None
+        if self.cfg.model.motion_regressors:
+            regressors = motion_regressors(pre.motion, self._previous_motion, self.cfg.model.motion_regressors)
+        self._previous_motion = pre.motion
+        # A censored volume is shown to the operator but kept out of the model.
+        values = self.model.update(index, pre.raw, regressors, include=not censored)
+        fb = self._censor(self.feedback.step(index, values, self.model), pre.quality)
+        if self.wholebrain is not None:
+            if not censored:
+                self.wholebrain.update(index, pre.brain)
+            self._say_trust(index)
+        t_modelled = time.time()
+        if self._planes is not None:
+            # Built when the sender asks for it, after the feedback and volume messages have
+            # left: the console's preview costs 15-40 ms and must not delay the participant.
+            self._preview_index = index
+        timing = {
+            "t_acquired": volume.t_acquired,
+            "t_detected": t_detected,
+            "t_read": t_read,
+            "t_preprocessed": t_preprocessed,
+            "t_modelled": t_modelled,
+            "t_published": None,
+        }
+        rois = {name: {"raw": v.raw, "clean": v.clean, "psc": v.psc} for name, v in zip(self.roi_names, values)}
+        volume_body, feedback_body = self._bodies(index, acquisition, name, rois, timing, fb, missing=False)
+        if pre.quality is not None:
+            q = pre.quality
+            volume_body["motion"] = pre.motion_dict()
+            volume_body["framewise_displacement"] = q.framewise_displacement
+            volume_body["quality"] = {
+                "dvars": q.dvars,
+                "global_signal": q.global_signal,
+                "spike": q.spike,
+                "reasons": list(q.reasons),
+            }
+            volume_body["flags"]["censored"] = q.censored
+        return volume_body, feedback_body
+
+    def _label(self, index: int) -> str:
+        """The volume as people count it (:func:`rtnf.wire.messages.volume_label`)."""
+        return volume_label(index, self.protocol.n_volumes)
+
+    def _say_trust(self, index: int) -> None:
+        """Log once when the whole-brain model becomes reduced by left-out volumes, and once when it recovers."""
+        note = self.wholebrain.trust_note(index)
+        if note != self._trust_note:
+            if note is not None:
+                log.warning("%s: %s", self._label(index), note)
+            elif self._trust_note is not None:
+                log.info("%s: whole-brain t-map from the full model again", self._label(index))
+            self._trust_note = note
+
+    @property
+    def preview(self) -> dict[str, Any] | None:
+        """The latest volume's ``preview`` body, built on first access (None when there is none)."""
+        if self._preview_index is not None and self._planes is not None:
+            index, self._preview_index = self._preview_index, None
+            image = {name: self.preprocessor.values_at(idx.reshape(-1)).reshape(idx.shape) for name, idx in self._planes.items()}
+            t_volume = self.wholebrain.t_volume() if self.wholebrain is not None else None
+            self._preview = preview_body(
+                index, self._planes, image, t_volume, self._roi_masks, self._preview_scale, self.grid
+            )
+        return self._preview
+
+    @preview.setter
+    def preview(self, body: dict[str, Any] | None) -> None:
+        self._preview_index = None
+        self._preview = body
+
+    def _fit_extras(self, first: Any) -> None:
+        """Whole-brain model and preview planes, set up on the first volume."""
+        grid = first.grid
+        if self.cfg.model.whole_brain:
+            contrast = self.cfg.model.contrast or self.protocol.task_conditions[0]
+            column = self.design.names.index(contrast)
+            self.wholebrain = WholeBrainModel(
+                self.design, self.preprocessor.brain_indices, grid, column, self.protocol.tr_s, self.cfg.model.drift_cutoff_s
+            )
+            log.info("whole-brain model: %d voxels, t-map of %s", self.preprocessor.brain_indices.size, contrast)
+        if self.cfg.publish.preview:
+            target = self.rois[self.roi_names.index(self.cfg.feedback.targets[0])]
+            ijk = np.array(np.unravel_index(target.indices_, grid.shape)).mean(axis=1).round().astype(int)
+            self._planes = slice_indices(grid, tuple(ijk))
+            self._roi_masks = {roi.name: roi.mask(grid) for roi in self.rois}
+            self._preview_scale = float(np.percentile(first.data, 99.5)) or 1.0
+
+    def _censor(self, fb: FeedbackValue, quality) -> FeedbackValue:
+        """Apply quality.censor_action to the feedback of a censored volume."""
+        if not self.cfg.feedback.enabled:
+            return fb  # nothing is shown in this run anyway
+        if quality is None or not quality.censored:
+            if fb.value is not None:
+                self._last_value = fb.value
+            return fb
+        action = self.cfg.quality.censor_action
+        reasons = ", ".join(quality.reasons)
+        if action == "keep":
+            return fb
+        if action == "hold" and self._last_value is not None:
+            return FeedbackValue(self._last_value, None, fb.signal, fb.kind, fb.display_s)
+        return FeedbackValue(None, f"censored: {reasons}", fb.signal, fb.kind, fb.display_s)
+
+    def missing(
+        self, index: int, acquisition: int | None, name: str | None, t_detected: float | None, reason: str = "missing volume"
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Message bodies for a volume that never arrived or could not be used."""
+        self.preprocessor.skip()
+        self.received = None
+        timing = {"t_acquired": None, "t_detected": t_detected, "t_read": None, "t_preprocessed": None,
+                  "t_modelled": None, "t_published": None}
+        rois = {name: {"raw": None, "clean": None, "psc": None} for name in self.roi_names}
+        fb = FeedbackValue(None, reason, kind=self.cfg.feedback.kind)
+        return self._bodies(index, acquisition, name, rois, timing, fb, missing=True)
+
+    def _bodies(
+        self,
+        index: int,
+        acquisition: int | None,
+        file: str | None,
+        rois: dict[str, dict[str, float | None]],
+        timing: dict[str, float | None],
+        fb: FeedbackValue,
+        missing: bool,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        condition = self.labels[index]
+        volume = {
+            "index": index,
+            "acquisition": acquisition,
+            "n_volumes": self.protocol.n_volumes,
+            "onset_s": index * self.protocol.tr_s,
+            "condition": condition,
+            "block": int(self.block_of[index]),
+            "rois": rois,
+            "motion": None,
+            "framewise_displacement": None,
+            "quality": None,
+            "flags": {"missing": missing, "censored": False, "late": False, "out_of_order": False},
+            "timing": timing,
+            "file": file,
+        }
+        feedback = {
+            "index": index,
+            "condition": condition,
+            "value": fb.value,
+            "reason": fb.reason,
+            "kind": fb.kind,
+            "signal": fb.signal,
+            "display_s": fb.display_s,
+            "t_published": None,
+        }
+        return volume, feedback
