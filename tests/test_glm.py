@@ -98,8 +98,8 @@ def test_whole_brain_t_map_is_withheld_when_censoring_leaves_too_few_volumes():
     design = make_design(protocol, "spm", 128.0, n_motion=6)
     rng = np.random.default_rng(2)
     motion = np.cumsum(rng.normal(scale=0.3, size=(136, 6)), axis=0)
-    for t in range(136):
-        design.set_motion(t, motion_regressors(motion[t], motion[t - 1] if t else None, 6))
+    design = design.with_motion(np.array([motion_regressors(motion[t], motion[t - 1] if t else None, 6)
+                                          for t in range(136)]))
     model = WholeBrainModel(design, np.arange(5), Grid((5, 1, 1), np.eye(4)), 0, protocol.tr_s, 128.0)
     kept = np.sort(rng.choice(np.arange(8, 136), size=14, replace=False))
     for t in kept:
@@ -237,8 +237,8 @@ def test_whole_brain_and_roi_estimates_with_motion_equal_lstsq_at_every_volume()
     assert design.names[:8] == ("regulate", "constant", "trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
     rng = np.random.default_rng(7)
     motion = np.cumsum(rng.normal(scale=0.05, size=(n, 6)), axis=0)
-    for t in range(n):
-        design.set_motion(t, motion_regressors(motion[t], motion[t - 1] if t else None, 6))
+    design = design.with_motion(np.array([motion_regressors(motion[t], motion[t - 1] if t else None, 6)
+                                          for t in range(n)]))
     X = design.matrix
     beta = rng.normal(size=(X.shape[1], voxels))
     beta[1] = 1000.0

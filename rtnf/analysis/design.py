@@ -5,7 +5,8 @@ cosine drift terms up to the cutoff and a constant are known before the first
 volume and built with nilearn's ``make_first_level_design_matrix``, so that
 rtnf's model is the one batch analyses use. Motion regressors (6 or 24, with
 fMRIPrep's names) are known only as each volume is realigned: their columns
-are filled row by row with :func:`motion_regressors`.
+are filled row by row with :func:`motion_regressors`, by each model in its own
+copy (:class:`DesignRows`): the design itself is read-only and shared.
 
 Column order: task, constant, motion, drifts. The incremental QR then holds
 every nested model "task + constant [+ motion] [+ first k drifts]" at once.
@@ -29,7 +30,8 @@ class Design:
     ----------
     matrix : ndarray, shape (n_volumes, n_regressors)
         One row per kept volume.
-        Motion columns hold NaN until :meth:`set_motion` fills a row.
+        Read-only. Motion columns hold NaN: each model fills them in its own
+        :class:`DesignRows` as volumes are realigned.
     names : tuple of str
         Column names: task conditions (and ``<condition>_derivative``),
         ``constant``, motion (``trans_x`` ... ``rot_z_derivative1_power2``),
@@ -54,9 +56,18 @@ class Design:
         """Motion and drift columns: what 'cleaning' a signal removes."""
         return np.concatenate([self.motion_columns, self.drift_columns])
 
-    def set_motion(self, index: int, values: np.ndarray) -> None:
-        """Fill the motion columns of row ``index`` (from :func:`motion_regressors`)."""
-        self.matrix[index, self.motion_columns] = values
+    def with_motion(self, motion: np.ndarray) -> "Design":
+        """The design with every motion row filled (a batch analysis, a test).
+
+        Parameters
+        ----------
+        motion : ndarray, shape (n_volumes, n_motion)
+            Rows of :func:`motion_regressors`, one per kept volume.
+        """
+        matrix = np.array(self.matrix)
+        matrix[:, self.motion_columns] = motion
+        matrix.flags.writeable = False
+        return Design(matrix=matrix, names=self.names)
 
     @property
     def n_core(self) -> int:
@@ -67,6 +78,43 @@ class Design:
     def n_regressors(self) -> int:
         """Number of columns."""
         return self.matrix.shape[1]
+
+
+class DesignRows:
+    """One model's own copy of the design, whose motion columns it fills as volumes are realigned.
+
+    The ROI model and the whole-brain model each hold one, so neither depends
+    on the other having seen a volume first.
+
+    Parameters
+    ----------
+    design : Design
+        The run's design (not modified).
+    """
+
+    def __init__(self, design: Design) -> None:
+        self.design = design
+        self.matrix = np.array(design.matrix)  # a writable copy
+        self._motion = design.motion_columns
+
+    def row(self, index: int, motion: np.ndarray | None = None) -> np.ndarray:
+        """Row ``index`` of the design, its motion columns set from ``motion`` first.
+
+        Parameters
+        ----------
+        index : int
+            Kept-volume index.
+        motion : ndarray, optional
+            This volume's motion regressors (:func:`motion_regressors`);
+            required when the design has motion columns it does not fill
+            itself (:meth:`Design.with_motion`).
+        """
+        if self._motion.size:
+            if motion is not None:
+                self.matrix[index, self._motion] = motion
+            elif np.isnan(self.matrix[index, self._motion]).any():
+                raise ValueError("the design has motion columns: pass this volume's motion regressors")
+        return self.matrix[index]
 
 
 def motion_names(n_motion: int) -> tuple[str, ...]:
@@ -129,4 +177,5 @@ def make_design(
     motion = np.full((protocol.n_volumes, len(motion_names(n_motion))), np.nan)
     matrix = np.hstack([known[:, :n_core], motion, known[:, n_core:]])
     names = tuple(str(c) for c in task) + ("constant",) + motion_names(n_motion) + tuple(drifts)
+    matrix.flags.writeable = False  # shared by the models: each fills motion in its own DesignRows
     return Design(matrix=matrix, names=names)

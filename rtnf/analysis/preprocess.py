@@ -10,6 +10,7 @@ measures framewise displacement, DVARS, the global signal and spikes.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,6 +41,7 @@ class Preprocessed:
     quality: QualityRow | None
     brain: np.ndarray | None = None  # realigned values at every brain voxel (when asked for)
     n_nonfinite: int = 0  # NaN or infinite voxels of the volume as read, replaced (see Preprocessor.run)
+    realign_s: float = 0.0  # seconds spent estimating motion (a stage of rtnf bench pipeline)
 
     def motion_dict(self) -> dict[str, float] | None:
         """Motion with fMRIPrep's names, or None."""
@@ -175,7 +177,9 @@ class Preprocessor:
             raw = np.array([roi.transform(data) for roi in self.rois])
             brain = data.reshape(-1)[self.brain_indices] if self.sample_brain else None
             return Preprocessed(raw, None, None, brain, n_bad)
+        t0 = time.perf_counter()
         params = self.realigner.estimate(volume.data)
+        realign_s = time.perf_counter() - t0
         self._last = (data, params)
         raw = np.array([self.realigner.sample(data, params, roi.indices_).mean() for roi in self.rois])
         brain = None
@@ -190,7 +194,7 @@ class Preprocessor:
         quality = self.monitor.update(params, quality_values)
         if not self.realigner.result_.converged:
             log.warning("realignment did not converge for %s", volume.path.name)
-        return Preprocessed(raw, params, quality, brain, n_bad)
+        return Preprocessed(raw, params, quality, brain, n_bad, realign_s)
 
     def skip(self) -> None:
         """Note a missing volume."""

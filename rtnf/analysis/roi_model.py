@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .design import Design
+from .design import Design, DesignRows
 from .glm import IncrementalGLM
 from .protocol import Protocol
 
@@ -72,13 +72,13 @@ class RoiModel:
         running_baseline_volumes: int | None = None,
     ) -> None:
         self.design = design
+        self._rows = DesignRows(design)  # this model's own motion rows
         self.tr_s = protocol.tr_s
         self.drift_cutoff_s = drift_cutoff_s
         self.glm = IncrementalGLM(design.n_regressors, n_rois)
         self._prior = prior_precision(design)
         self.min_baseline_volumes = min_baseline_volumes
         self._nuisance = design.nuisance_columns
-        self._motion = design.motion_columns
         self._drift = design.drift_columns
         self._raw = np.full((protocol.n_volumes, n_rois), np.nan)
         self._baseline_segments = baseline_segments(design)
@@ -110,13 +110,10 @@ class RoiModel:
         raw = np.asarray(raw, dtype=np.float64)
         if not np.all(np.isfinite(raw)):
             include = False  # a non-finite value would spoil the fit for the rest of the run
-        if self._motion.size:
-            if motion is None:
-                raise ValueError("the design has motion columns: pass this volume's motion regressors")
-            self.design.set_motion(index, motion)
+        row = self._rows.row(index, motion)
         if include:
             self._raw[index] = raw
-            self.glm.update(self.design.matrix[index], raw)
+            self.glm.update(row, raw)
         clean_rows = self._clean_rows = self._cleaner(index)
         if include:
             clean = clean_rows(np.array([index]))[0]
@@ -150,7 +147,7 @@ class RoiModel:
             return lambda rows: self._raw[rows]
         fade = PRIOR_FADE_VOLUMES / (PRIOR_FADE_VOLUMES + self.glm.n_obs)
         beta = self.glm.ridge_coefficients(self._prior * fade)[cols]
-        return lambda rows: self._raw[rows] - self.design.matrix[np.ix_(rows, cols)] @ beta
+        return lambda rows: self._raw[rows] - self._rows.matrix[np.ix_(rows, cols)] @ beta
 
     def _baseline_mean(self, index: int, clean_rows) -> np.ndarray | None:
         """Mean cleaned signal over the most recent baseline period with enough volumes seen."""
@@ -186,7 +183,7 @@ class RoiModel:
         """
         rows = np.arange(max(0, index - window + 1), index + 1)
         rows = rows[~np.isnan(self._raw[rows]).any(axis=1)]
-        x = self.design.matrix[rows, 0]
+        x = self._rows.matrix[rows, 0]
         if rows.size < 4 or np.ptp(x) < 1e-6 * max(1.0, np.abs(x).max()):
             return None
         X = np.column_stack([x, np.ones(rows.size)])

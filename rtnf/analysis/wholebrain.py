@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .design import Design
+from .design import Design, DesignRows
 from .glm import IncrementalGLM
 from rtnf.scanner.volume import Grid
 
@@ -28,7 +28,7 @@ class WholeBrainModel:
     Parameters
     ----------
     design : Design
-        The run's design (the same object the ROI model fills with motion).
+        The run's design (motion rows are filled in this model's own copy).
     brain_indices : ndarray of int
         Flat indices of the brain-mask voxels on the functional grid.
     grid : Grid
@@ -42,6 +42,7 @@ class WholeBrainModel:
         tr_s: float = 2.0, drift_cutoff_s: float = 128.0,
     ) -> None:
         self.design = design
+        self._rows = DesignRows(design)
         self.tr_s = tr_s
         self.drift_cutoff_s = drift_cutoff_s
         self.brain_indices = np.asarray(brain_indices)
@@ -52,9 +53,12 @@ class WholeBrainModel:
         self.t_map: np.ndarray | None = None  # flat over brain voxels, latest
         self.effect: np.ndarray | None = None
 
-    def update(self, index: int, values: np.ndarray) -> None:
-        """Add volume ``index``'s brain-voxel values; refresh the t-map of the largest trustworthy model."""
-        self.glm.update(self.design.matrix[index], values)
+    def update(self, index: int, values: np.ndarray, motion: np.ndarray | None = None) -> None:
+        """Add volume ``index``'s brain-voxel values; refresh the t-map of the largest trustworthy model.
+
+        ``motion``: this volume's motion regressors, required when the design has motion columns.
+        """
+        self.glm.update(self._rows.row(index, motion), values)
         n_columns = self.model_size(index)
         self.n_columns = n_columns
         if n_columns > self.contrast_column:

@@ -194,7 +194,7 @@ def assess(cfg: Config, rows: list[dict[str, str]], roi: str | None = None, firs
 
     design = make_design(protocol, cfg.model.hrf, cfg.model.drift_cutoff_s, cfg.model.motion_regressors)
     if motion is not None:
-        design.matrix[:, design.motion_columns] = motion
+        design = design.with_motion(motion)
     task = task_regressor(design)
     offline = offline_clean(raw, design, fitted)
     steps = model_steps(cfg, protocol, raw, motion, fitted)

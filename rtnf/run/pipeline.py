@@ -1,16 +1,19 @@
 """Per-volume processing: file -> ROI signals -> incremental GLM -> feedback.
 
-:class:`VolumeProcessor` turns one volume's file into the bodies of its
-``volume`` and ``feedback`` messages (all fields but ``t_published``, which
-the sender stamps). It holds the run's model state and nothing else: no
-sockets, no files, no threads.
+:class:`VolumeProcessor` turns one volume's file into one :class:`VolumeResult`:
+the bodies of its ``volume`` and ``feedback`` messages (complete but for the
+run loop's stamps: ``t_published`` and the ``late``/``out_of_order`` flags),
+the image as received, the console's preview (built on demand) and the time
+each stage took. It holds the run's model state and nothing else: no sockets,
+no files, no threads.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 
@@ -18,11 +21,11 @@ from rtnf.config import Config
 from rtnf.analysis.design import Design, make_design
 from rtnf.analysis.feedback import FeedbackComputer, FeedbackValue
 from rtnf.analysis.motion import motion_regressors
-from rtnf.analysis.preprocess import NonFiniteVolume, Preprocessor
+from rtnf.analysis.preprocess import NonFiniteVolume, Preprocessed, Preprocessor
 from rtnf.analysis.roi_model import RoiModel
 from rtnf.analysis.wholebrain import WholeBrainModel, preview_body, slice_indices
 from rtnf.scanner.export import Arrival
-from .filenames import redact
+from rtnf.scanner.filenames import redact
 from rtnf.wire.messages import volume_label
 from rtnf.scanner.nifti import VolumeReadError
 from rtnf.analysis.protocol import Protocol
@@ -30,6 +33,60 @@ from rtnf.analysis.rois import make_roi
 from rtnf.scanner.volume import Grid
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class VolumeResult:
+    """What processing one volume gives the run loop.
+
+    Attributes
+    ----------
+    volume, feedback : dict
+        Bodies of the ``volume`` and ``feedback`` messages
+        (:mod:`rtnf.wire.messages`), complete but for what :meth:`stamp` sets.
+    received : Volume or None
+        The volume as read (for ``output.save_volumes``); None when missing.
+    stage_s : dict of str to float
+        Seconds per stage of this volume (``decode``, ``realign``, ``glm``,
+        ``feedback``, ``wholebrain``; ``preview`` once built), for
+        ``rtnf bench pipeline``.
+    """
+
+    volume: dict[str, Any]
+    feedback: dict[str, Any]
+    received: Any = None
+    stage_s: dict[str, float] = field(default_factory=dict)
+    _build_preview: Callable[[], dict[str, Any]] | None = None
+    _preview: dict[str, Any] | None = None
+
+    @property
+    def index(self) -> int:
+        """Kept-volume index (0-based)."""
+        return self.volume["index"]
+
+    @property
+    def missing(self) -> bool:
+        """Whether the volume never arrived or could not be used."""
+        return bool(self.volume["flags"]["missing"])
+
+    def stamp(self, t_published: float, late: bool = False, out_of_order: bool = False) -> None:
+        """Set what only the run loop knows: when it sends the messages (s, epoch) and whether the volume was late."""
+        self.volume["timing"]["t_published"] = t_published
+        self.feedback["t_published"] = t_published
+        self.volume["flags"]["late"] = late
+        self.volume["flags"]["out_of_order"] = out_of_order
+
+    def preview(self) -> dict[str, Any] | None:
+        """The ``preview`` body for the console, built on the first call (None when there is none).
+
+        Call it before the next volume is processed: it reads the processor's latest realigned volume.
+        Built after the feedback has left, because it costs 15-40 ms the participant must not wait for.
+        """
+        if self._build_preview is not None:
+            t0 = time.perf_counter()
+            self._preview, self._build_preview = self._build_preview(), None
+            self.stage_s["preview"] = time.perf_counter() - t0
+        return self._preview
 
 
 class VolumeProcessor:
@@ -69,27 +126,25 @@ class VolumeProcessor:
         self._last_value: float | None = None  # last uncensored feedback value, for censor_action "hold"
         self.wholebrain: WholeBrainModel | None = None
         self._trust_note: str | None = None  # why the whole-brain model is reduced, as last logged
-        self._preview_index: int | None = None  # volume whose preview is still to be built
-        self.preview = None  # the latest volume's preview, taken by the sender (see the property)
-        self.received: Any = None  # the latest volume as read, for the recorder
         self._planes: dict[str, np.ndarray] | None = None
         self._roi_masks: dict[str, np.ndarray] = {}
         self._preview_scale = 1.0
 
-    def process(self, index: int, acquisition: int, arrival: Arrival) -> tuple[dict[str, Any], dict[str, Any]]:
+    def process(self, index: int, acquisition: int, arrival: Arrival) -> VolumeResult:
         """Process kept volume ``index``, read through ``arrival.load()``.
 
-        Returns the ``volume`` and ``feedback`` message bodies. A file that
-        cannot be read, or whose grid differs from the run's, is logged and
-        treated as a missing volume: the run goes on.
+        A file that cannot be read, or whose grid differs from the run's, is
+        logged and treated as a missing volume: the run goes on.
         """
         t_detected = arrival.t_detected
         name = arrival.name
+        t0 = time.perf_counter()
         try:
             volume = arrival.load()
         except VolumeReadError as exc:
             log.warning("%s unreadable, treated as missing: %s", self._label(index), redact(str(exc), *arrival.paths))
             return self.missing(index, acquisition, name, t_detected, reason="unreadable file")
+        stage_s = {"decode": time.perf_counter() - t0}
         t_read = time.time()
         if self.grid is None:
             n_bad = int(volume.data.size - np.count_nonzero(np.isfinite(volume.data)))
@@ -99,8 +154,6 @@ class VolumeProcessor:
                 log.warning("%s (%s): %d non-finite voxels in what would be the run's reference volume; treated "
                             "as missing, the next volume becomes the reference", self._label(index), name, n_bad)
                 return self.missing(index, acquisition, name, t_detected, reason="non-finite voxels in the first volume")
-        self.received = volume
-        if self.grid is None:
             self.preprocessor.fit(volume)
             self.grid = volume.grid
             self._fit_extras(volume)
@@ -114,8 +167,8 @@ class VolumeProcessor:
             pre = self.preprocessor.run(volume)
         except NonFiniteVolume as exc:
             log.warning("%s: %s; treated as missing", self._label(index), exc)
-            self.received = None
             return self.missing(index, acquisition, name, t_detected, reason="no finite voxel")
+        stage_s["realign"] = pre.realign_s
         t_preprocessed = time.time()
         censored = pre.quality is not None and pre.quality.censored
         regressors = None
@@ -123,17 +176,18 @@ class VolumeProcessor:
             regressors = motion_regressors(pre.motion, self._previous_motion, self.cfg.model.motion_regressors)
         self._previous_motion = pre.motion
         # A censored volume is shown to the operator but kept out of the model.
+        t0 = time.perf_counter()
         values = self.model.update(index, pre.raw, regressors, include=not censored)
+        t1 = time.perf_counter()
         fb = self._censor(self.feedback.step(index, values, self.model), pre.quality)
+        t2 = time.perf_counter()
+        stage_s.update(glm=t1 - t0, feedback=t2 - t1)
         if self.wholebrain is not None:
             if not censored:
-                self.wholebrain.update(index, pre.brain)
+                self.wholebrain.update(index, pre.brain, regressors)
             self._say_trust(index)
+            stage_s["wholebrain"] = time.perf_counter() - t2
         t_modelled = time.time()
-        if self._planes is not None:
-            # Built when the sender asks for it, after the feedback and volume messages have
-            # left: the console's preview costs 15-40 ms and must not delay the participant.
-            self._preview_index = index
         timing = {
             "t_acquired": volume.t_acquired,
             "t_detected": t_detected,
@@ -143,19 +197,10 @@ class VolumeProcessor:
             "t_published": None,
         }
         rois = {name: {"raw": v.raw, "clean": v.clean, "psc": v.psc} for name, v in zip(self.roi_names, values)}
-        volume_body, feedback_body = self._bodies(index, acquisition, name, rois, timing, fb, missing=False)
-        if pre.quality is not None:
-            q = pre.quality
-            volume_body["motion"] = pre.motion_dict()
-            volume_body["framewise_displacement"] = q.framewise_displacement
-            volume_body["quality"] = {
-                "dvars": q.dvars,
-                "global_signal": q.global_signal,
-                "spike": q.spike,
-                "reasons": list(q.reasons),
-            }
-            volume_body["flags"]["censored"] = q.censored
-        return volume_body, feedback_body
+        body, feedback = self._bodies(index, acquisition, name, rois, timing, fb, missing=False, pre=pre)
+        # The console's preview is built when the run loop asks, after the feedback has left.
+        preview = (lambda: self._preview_body(index)) if self._planes is not None else None
+        return VolumeResult(body, feedback, volume, stage_s, preview)
 
     def _label(self, index: int) -> str:
         """The volume as people count it (:func:`rtnf.wire.messages.volume_label`)."""
@@ -171,22 +216,11 @@ class VolumeProcessor:
                 log.info("%s: whole-brain t-map from the full model again", self._label(index))
             self._trust_note = note
 
-    @property
-    def preview(self) -> dict[str, Any] | None:
-        """The latest volume's ``preview`` body, built on first access (None when there is none)."""
-        if self._preview_index is not None and self._planes is not None:
-            index, self._preview_index = self._preview_index, None
-            image = {name: self.preprocessor.values_at(idx.reshape(-1)).reshape(idx.shape) for name, idx in self._planes.items()}
-            t_volume = self.wholebrain.t_volume() if self.wholebrain is not None else None
-            self._preview = preview_body(
-                index, self._planes, image, t_volume, self._roi_masks, self._preview_scale, self.grid
-            )
-        return self._preview
-
-    @preview.setter
-    def preview(self, body: dict[str, Any] | None) -> None:
-        self._preview_index = None
-        self._preview = body
+    def _preview_body(self, index: int) -> dict[str, Any]:
+        """The console's ``preview`` body of the latest volume (``index``)."""
+        image = {name: self.preprocessor.values_at(idx.reshape(-1)).reshape(idx.shape) for name, idx in self._planes.items()}
+        t_volume = self.wholebrain.t_volume() if self.wholebrain is not None else None
+        return preview_body(index, self._planes, image, t_volume, self._roi_masks, self._preview_scale, self.grid)
 
     def _fit_extras(self, first: Any) -> None:
         """Whole-brain model and preview planes, set up on the first volume."""
@@ -223,15 +257,14 @@ class VolumeProcessor:
 
     def missing(
         self, index: int, acquisition: int | None, name: str | None, t_detected: float | None, reason: str = "missing volume"
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Message bodies for a volume that never arrived or could not be used."""
+    ) -> VolumeResult:
+        """The result of a volume that never arrived or could not be used."""
         self.preprocessor.skip()
-        self.received = None
         timing = {"t_acquired": None, "t_detected": t_detected, "t_read": None, "t_preprocessed": None,
                   "t_modelled": None, "t_published": None}
         rois = {name: {"raw": None, "clean": None, "psc": None} for name in self.roi_names}
         fb = FeedbackValue(None, reason, kind=self.cfg.feedback.kind)
-        return self._bodies(index, acquisition, name, rois, timing, fb, missing=True)
+        return VolumeResult(*self._bodies(index, acquisition, name, rois, timing, fb, missing=True))
 
     def _bodies(
         self,
@@ -242,8 +275,11 @@ class VolumeProcessor:
         timing: dict[str, float | None],
         fb: FeedbackValue,
         missing: bool,
+        pre: Preprocessed | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The ``volume`` and ``feedback`` bodies: the one place they are built."""
         condition = self.labels[index]
+        q = pre.quality if pre is not None else None
         volume = {
             "index": index,
             "acquisition": acquisition,
@@ -252,10 +288,13 @@ class VolumeProcessor:
             "condition": condition,
             "block": int(self.block_of[index]),
             "rois": rois,
-            "motion": None,
-            "framewise_displacement": None,
-            "quality": None,
-            "flags": {"missing": missing, "censored": False, "late": False, "out_of_order": False},
+            "motion": pre.motion_dict() if q is not None else None,
+            "framewise_displacement": q.framewise_displacement if q is not None else None,
+            "quality": None if q is None else {
+                "dvars": q.dvars, "global_signal": q.global_signal, "spike": q.spike, "reasons": list(q.reasons),
+            },
+            "flags": {"missing": missing, "censored": bool(q is not None and q.censored), "late": False,
+                      "out_of_order": False},
             "timing": timing,
             "file": file,
         }

@@ -30,23 +30,13 @@ from typing import Any, TextIO
 from rtnf.config import Config
 from rtnf.analysis.motion import MOTION_COLUMNS
 from rtnf.analysis.protocol import Protocol
+from . import outputs
+from .outputs import bids_prefix, func_dir  # noqa: F401 (the recorder's users name files with them)
 
 log = logging.getLogger(__name__)
 
 TIMING_FIELDS = ("t_acquired", "t_detected", "t_read", "t_preprocessed", "t_modelled", "t_published")
 NA = "n/a"
-
-
-def bids_prefix(cfg: Config) -> str:
-    """``sub-<s>_ses-<s>_task-<t>_run-<n>`` for the configured run."""
-    s = cfg.session
-    return f"sub-{s.subject}_ses-{s.session}_task-{s.task}_run-{s.run}"
-
-
-def func_dir(cfg: Config) -> Path:
-    """Folder of the run's files."""
-    s = cfg.session
-    return cfg.output.dir / f"sub-{s.subject}" / f"ses-{s.session}" / "func"
 
 
 def timeseries_columns(roi_names: list[str]) -> list[str]:
@@ -225,7 +215,7 @@ class RunRecorder:
         self.prefix = bids_prefix(cfg)
         self.roi_names = roi_names
         self.columns = timeseries_columns(roi_names)
-        self.timeseries_path = self.dir / f"{self.prefix}_desc-rtnf_timeseries.tsv"
+        self.timeseries_path = self._path(outputs.TIMESERIES)
         self.recorded: dict[int, dict[str, str]] = {}
         if resume:
             self.recorded = self._recover()
@@ -237,8 +227,8 @@ class RunRecorder:
             )
         self.dir.mkdir(parents=True, exist_ok=True)
         _write_dataset_description(cfg.output.dir)
-        self._path(".json", "desc-rtnf_timeseries").write_text(json.dumps(_sidecar(roi_names, cfg), indent=2))
-        self._path(".toml", "desc-rtnf_config").write_text(config_text)
+        self._path(outputs.TIMESERIES_SIDECAR).write_text(json.dumps(_sidecar(roi_names, cfg), indent=2))
+        self._path(outputs.CONFIG).write_text(config_text)
         self._write_events(protocol)
         self.provenance = {
             "run_id": run_id,
@@ -250,7 +240,7 @@ class RunRecorder:
             "config": cfg.model_dump(mode="json"),
         }
         if resume:
-            previous = self._path(".json", "desc-rtnf_provenance")
+            previous = self._path(outputs.PROVENANCE)
             if previous.exists():
                 earlier = json.loads(previous.read_text())
                 self.provenance["resumed"] = earlier.get("resumed", []) + [
@@ -271,7 +261,7 @@ class RunRecorder:
         self._failing = False
         if not (resume and self.recorded):
             self.timeseries_path.write_text("\t".join(self.columns) + "\n", encoding="utf-8")
-        log_path = self._path(".tsv", "desc-rtnf_log")
+        log_path = self._path(outputs.LOG)
         appending = resume and log_path.exists()
         self._log: TextIO = open(log_path, "a" if appending else "w", encoding="utf-8")
         if not appending:
@@ -299,18 +289,19 @@ class RunRecorder:
         rows = [dict(zip(header, line.split("\t"))) for line in lines[1:]]
         return {int(r["index"]): r for r in rows if len(r) == len(header)}
 
-    def _path(self, ext: str, suffix: str) -> Path:
-        return self.dir / f"{self.prefix}_{suffix}{ext}"
+    def _path(self, name: str) -> Path:
+        """Path of the output ``name`` (a constant of :mod:`rtnf.run.outputs`)."""
+        return self.dir / f"{self.prefix}_{name}"
 
     def _write_events(self, protocol: Protocol) -> None:
         lines = ["onset\tduration\ttrial_type"]
         for seg in protocol.segments():
             onset = seg.start * protocol.tr_s
             lines.append(f"{onset:g}\t{(seg.stop - seg.start) * protocol.tr_s:g}\t{seg.condition}")
-        self._path(".tsv", "events").write_text("\n".join(lines) + "\n")
+        self._path(outputs.EVENTS).write_text("\n".join(lines) + "\n")
 
     def _write_provenance(self) -> None:
-        self._path(".json", "desc-rtnf_provenance").write_text(json.dumps(self.provenance, indent=2))
+        self._path(outputs.PROVENANCE).write_text(json.dumps(self.provenance, indent=2))
 
     def write_row(self, row: dict[str, Any]) -> None:
         """Append one volume's row and hand it to the operating system.
@@ -371,7 +362,7 @@ class RunRecorder:
         """
         import numpy as np
 
-        path = self._path(".nii", "desc-rtnf_bold")
+        path = self._path(outputs.BOLD)
         data = np.array(data, dtype="<f4")  # a copy: it may wait in memory for the disk
         self._bold_unsaved[index] = (data, affine)
         self._bound_unsaved()
@@ -435,14 +426,14 @@ class RunRecorder:
 
     def _write_bold_sidecar(self) -> None:
         side = self._bold_side()
-        self._path(".json", "desc-rtnf_bold").write_text(json.dumps(side, indent=2))
+        self._path(outputs.BOLD_SIDECAR).write_text(json.dumps(side, indent=2))
         self._bold_sidecar_lost = side.get("volumes_not_saved", [])
 
     def _finish_bold(self) -> None:
         """At the end of the run: one more try for the volumes in memory, else list them as not saved."""
         if not self._bold_unsaved and self._bold_lost == set(self._bold_sidecar_lost or ()):
             return
-        path = self._path(".nii", "desc-rtnf_bold")
+        path = self._path(outputs.BOLD)
         try:
             for i in sorted(self._bold_unsaved):
                 self._write_bold(path, i, *self._bold_unsaved[i])
@@ -455,7 +446,7 @@ class RunRecorder:
         try:
             self._write_bold_sidecar()
         except OSError as exc:
-            log.error("cannot write %s: %s", self._path(".json", "desc-rtnf_bold"), exc.strerror or exc)
+            log.error("cannot write %s: %s", self._path(outputs.BOLD_SIDECAR), exc.strerror or exc)
 
     def _open_bold(self, path: Path, data, affine) -> int:
         """Volumes already in the file (resumed run), or 0 after writing a new header."""
@@ -484,7 +475,7 @@ class RunRecorder:
         """The run's final whole-brain t-map as ``desc-rtnf_stat-t_statmap.nii.gz``."""
         import nibabel as nib
 
-        path = self._path(".nii.gz", "desc-rtnf_stat-t_statmap")
+        path = self._path(outputs.STATMAP)
         nib.save(nib.Nifti1Image(t_volume, affine), path)
         return path
 
@@ -516,7 +507,7 @@ class RunRecorder:
         try:
             self._write_provenance()
         except Exception as exc:  # noqa: BLE001
-            log.error("cannot write the provenance file %s: %s", self._path(".json", "desc-rtnf_provenance"), exc)
+            log.error("cannot write the provenance file %s: %s", self._path(outputs.PROVENANCE), exc)
         self._finalised = True
 
     def close(self, status: str) -> None:

@@ -29,6 +29,7 @@ from typing import Any
 import zmq
 
 from rtnf.wire.subscription import Received, Subscription
+from . import outputs
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +139,8 @@ class ScreenRecord:
     def __init__(self, folder: Path, prefix: str, run_id: str, address: str,
                  curve: tuple[str, str] | None = None, resume: bool = False) -> None:
         self.run_id = run_id
-        self.path = folder / f"{prefix}_desc-screen_events.tsv"
-        self.sidecar_path = folder / f"{prefix}_desc-screen_events.json"
+        self.path = folder / f"{prefix}_{outputs.SCREEN_EVENTS}"
+        self.sidecar_path = folder / f"{prefix}_{outputs.SCREEN_EVENTS_SIDECAR}"
         self.address = address
         self.t_start = time.time()
         self._appending = resume and self.path.exists() and self.sidecar_path.exists()

@@ -21,9 +21,9 @@ from threadpoolctl import threadpool_limits
 
 from rtnf.config import Config, ConfigError
 from rtnf.scanner.export import Arrival, ExportReader, Probe
-from .filenames import file_label, redact, set_file_names
+from rtnf.scanner.filenames import file_label, redact, set_file_names
 from rtnf.wire.messages import volume_label
-from .pipeline import VolumeProcessor
+from .pipeline import VolumeProcessor, VolumeResult
 from .publish import Publisher
 from .record import RecorderLogHandler, RunRecorder, bids_prefix, format_cell, row_from_messages
 from rtnf.analysis.rois import RoiError
@@ -57,6 +57,29 @@ class RunResult:
         return self.status == "ended" and self.n_processed > 0
 
 
+@dataclass(frozen=True)
+class RunParts:
+    """What a run is made of, each built by the run from the config.
+
+    The defaults are rtnf's own; ``rtnf bench pipeline`` passes instrumented
+    subclasses, a test may pass its own.
+
+    Attributes
+    ----------
+    processor : callable
+        ``processor(cfg)`` -> :class:`~rtnf.run.pipeline.VolumeProcessor`.
+    publisher : callable
+        ``publisher(address, run_id, curve_keys=...)`` -> :class:`~rtnf.run.publish.Publisher`.
+    recorder : callable
+        ``recorder(cfg, config_text, protocol, roi_names, run_id, overwrite=..., resume=...)`` ->
+        :class:`~rtnf.run.record.RunRecorder`.
+    """
+
+    processor: Callable[..., VolumeProcessor] = VolumeProcessor
+    publisher: Callable[..., Publisher] = Publisher
+    recorder: Callable[..., RunRecorder] = RunRecorder
+
+
 def make_run_id(cfg: Config) -> str:
     """``<bids prefix>_<UTC time>_<random>``: unique, readable, sortable."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -71,6 +94,7 @@ def run_session(
     feeder_factory: "Callable[[ExportReader, Callable[[Any], None]], Any] | None" = None,
     resume: bool = False,
     on_volume: "Callable[[dict[str, Any], dict[str, Any]], None] | None" = None,
+    parts: RunParts = RunParts(),
 ) -> RunResult:
     """Run one session until its last volume, or until ``stop`` is set.
 
@@ -100,6 +124,8 @@ def run_session(
     on_volume : callable, optional
         Called with the volume and feedback bodies of each volume published
         (progress display).
+    parts : RunParts
+        The processor, publisher and recorder to build (rtnf's by default).
 
     Returns
     -------
@@ -118,14 +144,14 @@ def run_session(
     stop = stop or threading.Event()
     set_file_names(cfg.output.file_names)  # before any thread that names files starts
     run_id = make_run_id(cfg)
-    processor = VolumeProcessor(cfg)
+    processor = parts.processor(cfg)
     # The lock, then the address, then the outputs: a second run started by mistake fails on the held
     # lock (naming its holder) or on a taken port before it touches the live run's files.
     lock = run_lock(cfg).acquire()
     publisher = None
     try:
-        publisher = Publisher(cfg.publish.address, run_id, curve_keys=cfg.publish.curve_keys)
-        recorder = RunRecorder(
+        publisher = parts.publisher(cfg.publish.address, run_id, curve_keys=cfg.publish.curve_keys)
+        recorder = parts.recorder(
             cfg, config_text, processor.protocol, processor.roi_names, run_id, overwrite=overwrite, resume=resume
         )
     except BaseException:
@@ -454,23 +480,21 @@ class _RunLoop:
         if self.state == "waiting":
             self.state = "running"
         if arrival is RECORDED_MISSING:
-            volume, feedback = self.processor.missing(index, number, None, None)
+            result = self.processor.missing(index, number, None, None)
         elif arrival is None:
             log.warning("%s (acq %d) missing: a later volume arrived and it did not", self._label(index), number)
-            volume, feedback = self.processor.missing(index, number, None, None)
+            result = self.processor.missing(index, number, None, None)
         else:
             try:
-                volume, feedback = self.processor.process(index, number, arrival)
+                result = self.processor.process(index, number, arrival)
             except (RoiError, ConfigError):
                 raise  # the same for every volume: the run stops (see execute)
             except Exception as exc:  # a bug or a foreign file must cost one volume, never the run
-                volume, feedback = self._failed(index, number, arrival, exc)
-        self._publish_and_record(volume, feedback, t_released)
+                result = self._failed(index, number, arrival, exc)
+        self._publish_and_record(result, t_released)
 
-    def _failed(
-        self, index: int, number: int, arrival: Arrival, exc: Exception
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Message bodies of a volume whose processing raised: missing, with a one-line reason.
+    def _failed(self, index: int, number: int, arrival: Arrival, exc: Exception) -> VolumeResult:
+        """The result of a volume whose processing raised: missing, with a one-line reason.
 
         One warning line per volume and no traceback: a failure that repeats
         for every volume must not bury the operator's terminal and console.
@@ -497,33 +521,29 @@ class _RunLoop:
         self.publisher.send("log", {"level": "ERROR", "message": message, "t": time.time()})
         return "aborted", message
 
-    def _publish_and_record(
-        self, volume: dict[str, Any], feedback: dict[str, Any], t_released: float | None = None
-    ) -> None:
-        """Send, record and count one volume.
+    def _publish_and_record(self, result: VolumeResult, t_released: float | None = None) -> None:
+        """Stamp, send, record and count one volume.
 
         ``t_released``: when the sequencer released a volume it had held back
         while an earlier one was awaited (None otherwise); that wait does not
         make it late.
         """
+        volume, feedback = result.volume, result.feedback
         t_published = time.time()
-        volume["timing"]["t_published"] = t_published
-        feedback["t_published"] = t_published
+        late = out_of_order = False
         t_detected = volume["timing"]["t_detected"]
-        if t_detected is not None and not volume["flags"]["missing"]:
-            flags = volume["flags"]
-            acquisition = volume["index"] + self.cfg.scanner.dummy_volumes
-            flags["out_of_order"] = acquisition in self._out_of_order
-            flags["late"] = flags["out_of_order"] or self.lateness.is_late(
+        if t_detected is not None and not result.missing:
+            acquisition = result.index + self.cfg.scanner.dummy_volumes
+            out_of_order = acquisition in self._out_of_order
+            late = out_of_order or self.lateness.is_late(
                 acquisition, t_detected, t_published, t_released, volume["timing"].get("t_acquired")
             )
-            if flags["late"]:
-                log.warning("%s (acq %s) arrived late%s", self._label(volume["index"]), volume["acquisition"],
-                            " (out of order)" if flags["out_of_order"] else "")
+            if late:
+                log.warning("%s (acq %s) arrived late%s", self._label(result.index), volume["acquisition"],
+                            " (out of order)" if out_of_order else "")
+        result.stamp(t_published, late, out_of_order)
         row = row_from_messages(volume, feedback, self.processor.roi_names)
-        if volume["flags"]["missing"]:
-            self.processor.preview = None
-        if volume["index"] in self.recorded:
+        if result.index in self.recorded:
             self._check_recorded(row)
         else:
             # The participant's value first: it is what the run is for.
@@ -532,13 +552,14 @@ class _RunLoop:
             self.recorder.write_row(row)
             if self.on_volume is not None:
                 self.on_volume(volume, feedback)
-            if self.processor.preview is not None:
-                self.publisher.send("preview", self.processor.preview)
-        received = self.processor.received
-        if self.cfg.output.save_volumes and received is not None and not volume["flags"]["missing"]:
-            self.recorder.save_volume(volume["index"], received.data, received.affine, self.processor.protocol.n_volumes)
-        self.last_index = volume["index"]
-        if volume["flags"]["missing"]:
+            preview = result.preview()
+            if preview is not None:
+                self.publisher.send("preview", preview)
+        if self.cfg.output.save_volumes and result.received is not None:
+            received = result.received
+            self.recorder.save_volume(result.index, received.data, received.affine, self.processor.protocol.n_volumes)
+        self.last_index = result.index
+        if result.missing:
             self.n_missing += 1
             self._missing_reasons[feedback["reason"] or "missing volume"] += 1
         else:

@@ -176,10 +176,11 @@ def _localizer_roi(spec: dict[str, Any], earlier: list[Config]) -> dict[str, Any
     import nibabel as nib
     import numpy as np
 
-    from .record import bids_prefix, func_dir
+    from . import outputs
+    from .outputs import output_path
 
     source = earlier[int(spec["run"]) - 1]
-    stat = func_dir(source) / f"{bids_prefix(source)}_desc-rtnf_stat-t_statmap.nii.gz"
+    stat = output_path(source, outputs.STATMAP)
     if not stat.is_file():
         raise ConfigError(
             f"roi_from_localizer: run {spec['run']} left no t-map ({stat}); set [model] whole_brain = true in its config"
@@ -202,7 +203,7 @@ def _localizer_roi(spec: dict[str, Any], earlier: list[Config]) -> dict[str, Any
         mask = mask.reshape(t.shape)
     if not mask.any():
         raise ConfigError(f"roi_from_localizer: no voxel of run {spec['run']}'s t-map passes {spec}")
-    out = func_dir(source) / f"{bids_prefix(source)}_desc-{spec['roi']}localizer_mask.nii.gz"
+    out = output_path(source, outputs.localizer_mask(spec["roi"]))
     nib.save(nib.Nifti1Image(mask.astype(np.uint8), img.affine), out)
     log.info("localizer ROI %s: %d voxels from %s", spec["roi"], int(mask.sum()), stat.name)
     return {f"rois.{spec['roi']}": {"mask": str(out)}}

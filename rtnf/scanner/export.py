@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from rtnf.run.filenames import file_label, redact
+from rtnf.scanner.filenames import file_label, redact
 from .nifti import MAX_VOLUME_BYTES, VolumeReadError, read_nifti
 from .nifti import judge as nifti_judge
 from .volume import Volume

@@ -47,7 +47,7 @@ from watchdog.observers.polling import PollingObserver
 
 from rtnf._checks import check_positive, check_value
 from .export import RepeatedWarnings
-from rtnf.run.filenames import file_label, redact
+from rtnf.scanner.filenames import file_label, redact
 from .nifti import file_kind
 
 log = logging.getLogger(__name__)

@@ -126,8 +126,6 @@ def _toml_value(v: Any) -> str:
 
 
 def _config_text(case: dict[str, Any], export_dir: Path, output_dir: Path, address: str) -> str:
-    from rtnf.config import ModelConfig, PublishConfig
-
     n = case["n_volumes"]
     block = max(1, min(int(round(20.0 / case["tr_s"])), n // 4))  # 20 s blocks, at least two pairs
     repeat = max(1, n // (2 * block))  # volumes after the last block belong to the baseline
@@ -150,25 +148,9 @@ def _config_text(case: dict[str, Any], export_dir: Path, output_dir: Path, addre
     lines += ["[model]"] + [f"{k} = {_toml_value(v)}" for k, v in model.items()]
     lines += ["", "[motion]", "enabled = true", f"fwhm_mm = {case['fwhm_mm']!r}", ""]
     lines += ["[feedback]", f'roi = "{next(iter(case["rois"]))}"', "", "[publish]", f'address = "{address}"']
-    if "preview" in PublishConfig.model_fields:
-        lines.append(f"preview = {_toml_value(case['preview'])}")
+    lines.append(f"preview = {_toml_value(case['preview'])}")
     lines += ["", "[output]", f'dir = "{output_dir}"', ""]
-    del ModelConfig  # imported to fail early on an incompatible config module
     return "\n".join(lines)
-
-
-def whole_brain_supported() -> bool:
-    """Whether this rtnf's config has ``model.whole_brain``."""
-    from rtnf.config import ModelConfig
-
-    return "whole_brain" in ModelConfig.model_fields
-
-
-def preview_supported() -> bool:
-    """Whether this rtnf's config has ``publish.preview``."""
-    from rtnf.config import PublishConfig
-
-    return "preview" in PublishConfig.model_fields
 
 
 # --------------------------------------------------------------------------- producer process
@@ -225,32 +207,6 @@ def _producer_main(job: dict[str, Any], ready: Any, go: Any) -> None:
 
 
 # --------------------------------------------------------------------------- pipeline process
-class _Probes:
-    """perf_counter sums per volume, keyed by probe name; moved to a row after each volume."""
-
-    def __init__(self) -> None:
-        self.current: dict[str, float] = {}
-
-    def add(self, name: str, seconds: float) -> None:
-        self.current[name] = self.current.get(name, 0.0) + seconds
-
-    def take(self) -> dict[str, float]:
-        out, self.current = self.current, {}
-        return out
-
-
-def _timed(probes: _Probes, name: str, fn: Any) -> Any:
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        t0 = time.perf_counter()
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            probes.add(name, time.perf_counter() - t0)
-
-    wrapper.__wrapped__ = fn  # type: ignore[attr-defined]
-    return wrapper
-
-
 def _rss_mb() -> float:
     with open("/proc/self/statm") as fh:
         return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
@@ -262,62 +218,55 @@ def _volume_row(volume: dict[str, Any], probes: dict[str, float]) -> dict[str, A
             "timing": dict(volume["timing"]), "probes": probes, "rss_mb": _rss_mb()}
 
 
-def _install_probes(probes: _Probes, started: Any, rows: list[dict[str, Any]]) -> None:
-    """Wrap the pipeline's steps with perf_counter probes (this process only)."""
-    from rtnf.run import pipeline
-    from rtnf.run import session
-    from rtnf.analysis.feedback import FeedbackComputer
-    from rtnf.analysis.motion import Realigner
-    from rtnf.analysis.roi_model import RoiModel
+def _instrumented_parts(started: Any, rows: list[dict[str, Any]]) -> Any:
+    """rtnf's own run parts, subclassed to time the sends and the row writes (this process only).
 
-    Realigner.estimate = _timed(probes, "realign", Realigner.estimate)
-    RoiModel.update = _timed(probes, "glm", RoiModel.update)
-    FeedbackComputer.step = _timed(probes, "feedback", FeedbackComputer.step)
-    try:
-        from rtnf.analysis.wholebrain import WholeBrainModel
+    The processing stages come from each volume's :attr:`~rtnf.run.pipeline.VolumeResult.stage_s`
+    (the preview's time is added there when the run loop builds it, after the row is taken).
+    """
+    from rtnf.run.pipeline import VolumeProcessor
+    from rtnf.run.publish import Publisher
+    from rtnf.run.record import RunRecorder
+    from rtnf.run.session import RunParts
 
-        WholeBrainModel.update = _timed(probes, "wholebrain", WholeBrainModel.update)
-    except ImportError:
-        pass
-    if hasattr(pipeline, "preview_body"):
-        pipeline.preview_body = _timed(probes, "preview", pipeline.preview_body)
+    results: list[Any] = []  # the latest volume's result, until its volume message is sent
+    sends = {"send": 0.0}
 
-    base_processor = session.VolumeProcessor
-
-    class Processor(base_processor):  # type: ignore[misc, valid-type]
+    class Processor(VolumeProcessor):
         def process(self, index, acquisition, arrival):  # noqa: D102
-            arrival.load = _timed(probes, "decode", arrival.load)
-            return super().process(index, acquisition, arrival)
+            result = super().process(index, acquisition, arrival)
+            results[:] = [result]
+            return result
 
-    base_publisher = session.Publisher
+        def missing(self, *args, **kwargs):  # noqa: D102
+            result = super().missing(*args, **kwargs)
+            results[:] = [result]
+            return result
 
-    class Publisher(base_publisher):  # type: ignore[misc, valid-type]
+    class TimedPublisher(Publisher):
         def send(self, topic, body):  # noqa: D102
             t0 = time.perf_counter()
             super().send(topic, body)
             dt = time.perf_counter() - t0
             if topic == "feedback":
-                probes.add("send", dt)
+                sends["send"] = dt
             elif topic == "volume":  # one row per volume, in the order published
-                probes.add("send", dt)
-                rows.append(_volume_row(body, probes.take()))
+                probes = results[0].stage_s if results else {}
+                probes["send"] = sends["send"] + dt
+                rows.append(_volume_row(body, probes))
             elif topic == "preview" and rows:  # sent after the volume message
                 rows[-1]["probes"]["send"] = rows[-1]["probes"].get("send", 0.0) + dt
             elif topic == "run":
                 started.set()
 
-    base_recorder = session.RunRecorder
-
-    class Recorder(base_recorder):  # type: ignore[misc, valid-type]
+    class TimedRecorder(RunRecorder):
         def write_row(self, row):  # noqa: D102
             t0 = time.perf_counter()
             super().write_row(row)
             if rows:  # written after the volume message
                 rows[-1]["probes"]["record"] = time.perf_counter() - t0
 
-    session.VolumeProcessor = Processor
-    session.Publisher = Publisher
-    session.RunRecorder = Recorder
+    return RunParts(processor=Processor, publisher=TimedPublisher, recorder=TimedRecorder)
 
 
 def _subscriber(address: str, out: list[tuple[float, bytes]], stop: Any) -> None:
@@ -345,9 +294,8 @@ def _pipeline_main(job: dict[str, Any], started: Any, result_path: str) -> None:
     from rtnf.run.session import run_session
 
     logging.basicConfig(level=logging.ERROR)
-    probes = _Probes()
     rows: list[dict[str, Any]] = []
-    _install_probes(probes, started, rows)
+    parts = _instrumented_parts(started, rows)
     cfg_path = Path(job["config_path"])
     cfg = load_config(cfg_path)
 
@@ -360,7 +308,7 @@ def _pipeline_main(job: dict[str, Any], started: Any, result_path: str) -> None:
     timer.daemon = True
     timer.start()
     t0 = time.time()
-    result = run_session(cfg, cfg_path.read_text(), overwrite=True, stop=stop)
+    result = run_session(cfg, cfg_path.read_text(), overwrite=True, stop=stop, parts=parts)
     wall = time.time() - t0
     timer.cancel()
     time.sleep(0.3)
@@ -653,11 +601,9 @@ def _case_text(r: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run every case (and the side-by-side comparison); returns the figures and a text report."""
-    wb = whole_brain_supported() and not args.no_whole_brain
-    pv = preview_supported() and not args.no_preview
-    notes = []
-    if not whole_brain_supported():
-        notes.append("this rtnf has no model.whole_brain: benched without the whole-brain t-map")
+    wb = not args.no_whole_brain
+    pv = not args.no_preview
+    notes: list[str] = []
     cases = _synthetic_cases(args, wb, pv)
     if not args.no_real:
         real, real_notes = _real_cases(args, wb, pv)

@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the soak; returns its checks, latency figures and a text report."""
     from rtnf.config import load_config
     from rtnf.apps.demo import Listener, Processes, _wait_ready, free_address, read_tsv, sim_spec, write_toml
-    from rtnf.run.record import bids_prefix, func_dir
+    from rtnf.run.outputs import TIMESERIES, output_path
 
     folder = args.folder or Path(tempfile.mkdtemp(prefix="rtnf-soak-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         listener.close()
         procs.stop_all()
-    rows = read_tsv(func_dir(cfg) / f"{bids_prefix(cfg)}_desc-rtnf_timeseries.tsv")
+    rows = read_tsv(output_path(cfg, TIMESERIES))
     indices = [int(r["index"]) for r in rows]
     missing = sorted(int(r["index"]) for r in rows if r["missing"] == "1")
     kept = [r for r in rows if r["missing"] == "0"]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from rtnf._checks import check_positive
-from rtnf.run.filenames import file_label, redact
+from rtnf.scanner.filenames import file_label, redact
 from ._common import DicomInfo
 from .probe import with_slice_count
 
