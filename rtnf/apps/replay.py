@@ -104,7 +104,7 @@ class ReplayFeeder:
                 data = np.asarray(img.dataobj[..., i], dtype=np.float32)
                 return Volume(data=data, affine=affine, t_acquired=None, path=self.source)
 
-            self.put(Arrival(i + first, [self.source], time.time(), None, load))
+            self.put(Arrival(i + first, [self.source], time.time(), None, load, names=self.export.names))
 
     def _feed_folder(self) -> None:
         paths = sorted(p for p in self.source.iterdir() if p.is_file() and self.export.matches(p))

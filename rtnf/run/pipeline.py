@@ -25,7 +25,7 @@ from rtnf.analysis.preprocess import NonFiniteVolume, Preprocessed, Preprocessor
 from rtnf.analysis.roi_model import RoiModel
 from rtnf.analysis.wholebrain import WholeBrainModel, preview_body, slice_indices
 from rtnf.scanner.export import Arrival
-from rtnf.scanner.filenames import redact
+from rtnf.scanner.filenames import FileNames
 from rtnf.wire.messages import volume_label
 from rtnf.scanner.nifti import VolumeReadError
 from rtnf.analysis.protocol import Protocol
@@ -104,6 +104,7 @@ class VolumeProcessor:
 
     def __init__(self, cfg: Config, protocol: Protocol | None = None, design: Design | None = None) -> None:
         self.cfg = cfg
+        self.names = FileNames(cfg.output.file_names)
         self.protocol = protocol or cfg.make_protocol()
         self.design = design or make_design(
             self.protocol, cfg.model.hrf, cfg.model.drift_cutoff_s, cfg.model.motion_regressors
@@ -142,7 +143,7 @@ class VolumeProcessor:
         try:
             volume = arrival.load()
         except VolumeReadError as exc:
-            log.warning("%s unreadable, treated as missing: %s", self._label(index), redact(str(exc), *arrival.paths))
+            log.warning("%s unreadable, treated as missing: %s", self._label(index), self.names.redact(str(exc), *arrival.paths))
             return self.missing(index, acquisition, name, t_detected, reason="unreadable file")
         stage_s = {"decode": time.perf_counter() - t0}
         t_read = time.time()

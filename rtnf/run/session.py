@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 
 from rtnf.config import Config, ConfigError
 from rtnf.scanner.export import Arrival, ExportReader, Probe
-from rtnf.scanner.filenames import file_label, redact, set_file_names
+from rtnf.scanner.filenames import FileNames
 from rtnf.wire.messages import volume_label
 from .pipeline import VolumeProcessor, VolumeResult
 from .publish import Publisher
@@ -142,7 +142,7 @@ def run_session(
         outputs closed before the error is raised, once, never per volume.
     """
     stop = stop or threading.Event()
-    set_file_names(cfg.output.file_names)  # before any thread that names files starts
+    names = FileNames(cfg.output.file_names)
     run_id = make_run_id(cfg)
     processor = parts.processor(cfg)
     # The lock, then the address, then the outputs: a second run started by mistake fails on the held
@@ -167,7 +167,7 @@ def run_session(
     try:  # until the run loop exists, a failure here must not leave the outputs locked
         files: queue.Queue[Any] = queue.Queue()
         replay = feeder_factory is not None
-        export = ExportReader(cfg.scanner, t_start=time.time(), accept_old=replay or resume)
+        export = ExportReader(cfg.scanner, t_start=time.time(), accept_old=replay or resume, names=names)
         if replay:
             watcher = feeder_factory(export, files.put)
         else:
@@ -179,6 +179,7 @@ def run_session(
                 mode=cfg.scanner.watch,
                 poll_interval_s=cfg.scanner.poll_interval_s,
                 stale_after_s=cfg.scanner.stale_after_s,
+                names=names,
             )
         pace_s = getattr(watcher, "pace_s", None) if replay else None
         loop = _RunLoop(cfg, run_id, processor, publisher, recorder, files, export, stop, alerts, on_volume, pace_s)
@@ -450,7 +451,7 @@ class _RunLoop:
         try:
             arrivals = self.export.accept(probe, t_detected)
         except Exception:  # a foreign file must cost itself, never the run
-            log.exception("%s could not be sorted into the run; skipped", file_label(probe.path.name))
+            log.exception("%s could not be sorted into the run; skipped", self.export.names.label(probe.path.name))
             return
         for arrival in arrivals:
             self._push(arrival)
@@ -503,7 +504,7 @@ class _RunLoop:
         self.n_errors += 1
         reason = f"processing error: {_one_line(exc)}"
         log.warning("%s (%s) could not be processed, treated as missing: %s", self._label(index), arrival.name,
-                    redact(str(reason), *arrival.paths))
+                    self.export.names.redact(str(reason), *arrival.paths))
         if self.n_errors == 1:
             log.debug("traceback of the first processing error (%s)", self._label(index), exc_info=exc)
         return self.processor.missing(index, number, arrival.name, arrival.t_detected, reason=reason)

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from rtnf.scanner.filenames import file_label, redact
+from .filenames import AS_IS, FileNames
 from .nifti import MAX_VOLUME_BYTES, VolumeReadError, read_nifti
 from .nifti import judge as nifti_judge
 from .volume import Volume
@@ -130,11 +130,12 @@ class Arrival:
     t_detected: float
     series: str | None = None
     load: Callable[[], Volume] = field(repr=False, default=None)  # type: ignore[assignment]
+    names: FileNames = field(repr=False, default=AS_IS)  # how the run shows file names
 
     @property
     def name(self) -> str:
         """A short name for logs and the recorded table."""
-        first = file_label(self.paths[0].name, self.number)
+        first = self.names.label(self.paths[0].name, self.number)
         return first if len(self.paths) == 1 else f"{first} (+{len(self.paths) - 1} slices)"
 
 
@@ -184,10 +185,13 @@ class ExportReader:
         earlier runs and are ignored unless a series number is configured.
     accept_old : bool
         Take files from before the start too (replays, resumed runs).
+    names : FileNames
+        How file names appear in warnings and on the volumes it returns.
     """
 
-    def __init__(self, scanner: Any, t_start: float, accept_old: bool = False) -> None:
+    def __init__(self, scanner: Any, t_start: float, accept_old: bool = False, names: FileNames = AS_IS) -> None:
         self.scanner = scanner
+        self.names = names
         self.t_start = t_start
         self.accept_old = accept_old
         regex = scanner.filename_regex
@@ -280,7 +284,7 @@ class ExportReader:
                 except (OSError, RuntimeError):  # a symlink loop
                     beside = False
                 if not beside:
-                    self._report_once(f"rec-outside:{rec}", f"{file_label(rec.name)} resolves outside the folder of {file_label(par.name)}; "
+                    self._report_once(f"rec-outside:{rec}", f"{self.names.label(rec.name)} resolves outside the folder of {self.names.label(par.name)}; "
                                       "refused (never read)")
                 return beside
         return True
@@ -292,13 +296,13 @@ class ExportReader:
         self.warnings.flush(due_only=True)  # summaries of floods that have gone quiet
         path = probe.path
         if isinstance(probe, Refused):
-            self._report_once(f"refused:{path}", f"{file_label(path.name)} set aside: {redact(str(probe.reason), path)}",
+            self._report_once(f"refused:{path}", f"{self.names.label(path.name)} set aside: {self.names.redact(str(probe.reason), path)}",
                               kind="refused", summary="files set aside (not read)")
             return []
         if probe.format == "nifti":
             number = self._number_from_name(path)
             if number is None:
-                self._report_once(f"name:{path.name}", f"{file_label(path.name)}: no volume number in the file name; skipped",
+                self._report_once(f"name:{path.name}", f"{self.names.label(path.name)}: no volume number in the file name; skipped",
                                   kind="no-number", summary="files without a volume number in the name skipped")
                 return []
             series = self._series_from_name(path)
@@ -307,10 +311,10 @@ class ExportReader:
             if isinstance(probe.info, int) and self._volume_bytes is None:
                 self._volume_bytes = probe.info
             bound = self.max_volume_bytes()
-            return [Arrival(number, [path], t_detected, series, lambda: read_nifti(path, bound))]
+            return [Arrival(number, [path], t_detected, series, lambda: read_nifti(path, bound), names=self.names)]
         info = probe.info
         if info.problem is not None:
-            self._report_once(f"problem:{path}", f"{file_label(path.name)}: {redact(str(info.problem), path)}; skipped",
+            self._report_once(f"problem:{path}", f"{self.names.label(path.name)}: {self.names.redact(str(info.problem), path)}; skipped",
                               kind="problem", summary="unreadable or unsupported files skipped")
             return []
         series = str(info.series_number) if info.series_number is not None else info.series_uid
@@ -322,22 +326,23 @@ class ExportReader:
             return self._accept_slice(probe, t_detected, series)
         number = name_number if name_number is not None else info.volume_number
         if number is None:
-            self._report_once(f"number:{path}", f"{file_label(path.name)}: no volume number in the name or header; skipped",
+            self._report_once(f"number:{path}", f"{self.names.label(path.name)}: no volume number in the name or header; skipped",
                               kind="no-number", summary="files without a volume number skipped")
             return []
         if info.kind == "parrec":
             from .dicom import read_volume
 
-            return [Arrival(number, [path], t_detected, series, lambda: read_volume([path]))]
+            return [Arrival(number, [path], t_detected, series, lambda: read_volume([path]), names=self.names)]
         reader = self._fast_reader()
-        return [Arrival(number, [path], t_detected, series, lambda: reader.read(path))]
+        return [Arrival(number, [path], t_detected, series, lambda: reader.read(path), names=self.names)]
 
     def _accept_slice(self, probe: Probe, t_detected: float, series: str | None) -> list[Arrival]:
         from .dicom import SliceAssembler, read_volume
         from rtnf.scanner.dicom.slices import decode_slice, read_slices
 
         if self._assembler is None:
-            self._assembler = SliceAssembler(self.scanner.slices_per_volume, report=self._assembler_report)
+            self._assembler = SliceAssembler(self.scanner.slices_per_volume, report=self._assembler_report,
+                                              names=self.names)
         if probe.info.note:
             self._report_once(f"note:{probe.info.series_uid}", f"series {series}: {probe.info.note}")
         # Decode each slice as it comes (the pipeline is idle between volumes), so that
@@ -351,7 +356,7 @@ class ExportReader:
             return []
         number = self._assembler.last_released  # with a learned count, the volume before this slice's
         if number is None:
-            self._report_once(f"number:{probe.path}", f"{file_label(probe.path.name)}: slice without a volume number; skipped",
+            self._report_once(f"number:{probe.path}", f"{self.names.label(probe.path.name)}: slice without a volume number; skipped",
                               kind="no-number", summary="slices without a volume number skipped")
             return []
         paths = list(paths)
@@ -359,9 +364,10 @@ class ExportReader:
         out = self._give_up(probe.info.series_uid, int(number), series, t_detected)
         if all(d is not None for d in decoded):
             datasets, arrays = [d[0] for d in decoded], [d[1] for d in decoded]
-            out.append(Arrival(number, paths, t_detected, series, lambda: read_slices(paths, datasets, arrays)))
+            out.append(Arrival(number, paths, t_detected, series, lambda: read_slices(paths, datasets, arrays),
+                               names=self.names))
         else:
-            out.append(Arrival(number, paths, t_detected, series, lambda: read_volume(paths)))
+            out.append(Arrival(number, paths, t_detected, series, lambda: read_volume(paths), names=self.names))
         return out
 
     def _give_up(self, series_uid: str | None, number: int, series: str | None, t_detected: float) -> list[Arrival]:
@@ -375,7 +381,7 @@ class ExportReader:
             for p in paths:
                 self._decoded.pop(p, None)
             out.append(Arrival(volume, paths or [Path(f"series-{series}-volume-{volume}")], t_detected, series,
-                               _raiser(reason)))
+                               _raiser(reason), names=self.names))
         return out
 
     def _assembler_report(self, kind: str, message: str) -> None:

@@ -47,7 +47,7 @@ from watchdog.observers.polling import PollingObserver
 
 from rtnf._checks import check_positive, check_value
 from .export import RepeatedWarnings
-from rtnf.scanner.filenames import file_label, redact
+from .filenames import AS_IS, FileNames
 from .nifti import file_kind
 
 log = logging.getLogger(__name__)
@@ -98,8 +98,10 @@ class VolumeWatcher(FileSystemEventHandler):
         mode: str = "inotify",
         poll_interval_s: float = 0.05,
         stale_after_s: float = 5.0,
+        names: FileNames = AS_IS,
     ) -> None:
         super().__init__()
+        self.names = names
         self.folder = Path(folder)
         self.matches = matches
         self.check = check
@@ -260,7 +262,7 @@ class VolumeWatcher(FileSystemEventHandler):
             self._incomplete.pop(path, None)
             if reason and path not in self._warned_aside:
                 self._warned_aside.add(path)
-                self.warnings.warn("aside", f"{file_label(path.name)} set aside: {reason}", "files set aside (not read)",
+                self.warnings.warn("aside", f"{self.names.label(path.name)} set aside: {reason}", "files set aside (not read)",
                                    first=10)
             self._aside[path] = signature
             return None
@@ -286,7 +288,7 @@ class VolumeWatcher(FileSystemEventHandler):
             real, inside = path, False
         if not inside and path not in self._outside:
             self._outside.add(path)
-            self.warnings.warn("outside", f"{file_label(path.name)} resolves to {redact(str(real), real)}, outside the export folder {self.folder}; "
+            self.warnings.warn("outside", f"{self.names.label(path.name)} resolves to {self.names.redact(str(real), real)}, outside the export folder {self.folder}; "
                                "refused (never read)", "files resolving outside the export folder refused", first=10)
         return inside
 
@@ -304,7 +306,7 @@ class VolumeWatcher(FileSystemEventHandler):
                     return
                 self._rewritten.add(path)
             log.warning("%s was written again after it was read (duplicate export); the new copy is ignored",
-                        file_label(path.name))
+                        self.names.label(path.name))
 
     # ------------------------------------------------------------------ housekeeping
 
@@ -348,7 +350,7 @@ class VolumeWatcher(FileSystemEventHandler):
                     self._stale.add(path)
                     self.warnings.warn(
                         "stale",
-                        f"{file_label(path.name)} has stayed incomplete for {now - entry[1]:.0f} s at {entry[0]} bytes "
+                        f"{self.names.label(path.name)} has stayed incomplete for {now - entry[1]:.0f} s at {entry[0]} bytes "
                         "(truncated, corrupt or not a volume); skipped unless it changes",
                         "files stayed incomplete and were skipped (truncated, corrupt or not a volume)",
                     )

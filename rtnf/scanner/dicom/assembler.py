@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Callable
 
 from rtnf._checks import check_positive
-from rtnf.scanner.filenames import file_label, redact
+from rtnf.scanner.filenames import AS_IS, FileNames
 from ._common import DicomInfo
 from .probe import with_slice_count
 
@@ -62,7 +62,10 @@ class SliceAssembler:
         learned count, the volume before the slice just added).
     """
 
-    def __init__(self, n_slices: int | None = None, report: Callable[[str, str], None] | None = None) -> None:
+    def __init__(
+        self, n_slices: int | None = None, report: Callable[[str, str], None] | None = None, names: FileNames = AS_IS
+    ) -> None:
+        self.names = names
         self.n_slices = None if n_slices is None else int(check_positive(n_slices, "n_slices"))
         self.report = report
         self.ignored: list[tuple[Path, str]] = []
@@ -76,7 +79,7 @@ class SliceAssembler:
     def _ignore(self, path: Path, reason: str, kind: str = "ignored") -> None:
         self.ignored.append((path, reason))
         if self.report is not None:
-            self.report(kind, f"ignored {file_label(path.name)}: {redact(str(reason), path)}")
+            self.report(kind, f"ignored {self.names.label(path.name)}: {self.names.redact(str(reason), path)}")
         else:
             log.warning("ignored %s: %s", path, reason)
 
@@ -135,7 +138,7 @@ class SliceAssembler:
                             "if every volume does this, the slice count is wrong for this series ("
                             f"{'check' if self.n_slices else 'set'} scanner.slices_per_volume)")
                 self._ignore(path, f"duplicate slice at {position} mm of volume {key[1]} "
-                                   f"(already have {file_label(pending.slices[position].name)}){hint}",
+                                   f"(already have {self.names.label(pending.slices[position].name)}){hint}",
                              kind=f"duplicate:{series}")
             return released
         pending.slices[position] = path
