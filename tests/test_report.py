@@ -468,6 +468,7 @@ def test_report_numbers_volumes_from_one(tmp_path):
 def test_report_motion_axes_in_mm_and_degrees_with_a_minimum_range_and_plain_ticks(tmp_path, monkeypatch):
     """Sub-millimetre noise does not fill the panels; the FD threshold line is in view; no 2e-3 tick labels."""
     import rtnf.apps.report as report
+    from rtnf.apps.report import figures as report_figures
 
     rng = np.random.default_rng(0)
     rows = _no_feedback_rows()
@@ -477,8 +478,8 @@ def test_report_motion_axes_in_mm_and_degrees_with_a_minimum_range_and_plain_tic
         r["fd"] = float(abs(rng.normal(0, 0.002)))
     tsv = _table_run(tmp_path / "run", rows, config="[quality]\nfd_threshold_mm = 0.9\n")
     figures = []
-    new_figure = report._new_figure
-    monkeypatch.setattr(report, "_new_figure", lambda *a: figures.append(new_figure(*a)) or figures[-1])
+    new_figure = report_figures._new_figure
+    monkeypatch.setattr(report_figures, "_new_figure", lambda *a: figures.append(new_figure(*a)) or figures[-1])
     run = report.read_run(tsv)
     assert report.figure_motion(run, report.summarise(run), tmp_path / "motion.png") is not None
     fig = figures[-1]
