@@ -42,6 +42,7 @@ class Preprocessed:
     brain: np.ndarray | None = None  # realigned values at every brain voxel (when asked for)
     n_nonfinite: int = 0  # NaN or infinite voxels of the volume as read, replaced (see Preprocessor.run)
     realign_s: float = 0.0  # seconds spent estimating motion (a stage of rtnf bench pipeline)
+    data: np.ndarray | None = None  # the volume as sampled (smoothed when configured), not realigned
 
     def motion_dict(self) -> dict[str, float] | None:
         """Motion with fMRIPrep's names, or None."""
@@ -72,7 +73,6 @@ class Preprocessor:
         self._sigma_vox: np.ndarray | None = None
         self._brain: np.ndarray | None = None
         self.brain_indices: np.ndarray | None = None  # flat indices of the brain mask (for whole-brain work)
-        self._last: tuple[np.ndarray, np.ndarray | None] | None = None  # latest (data, params)
         self._fill: np.ndarray | None = None  # what replaces a non-finite voxel: the first volume's value
         self._n_nonfinite_volumes = 0
 
@@ -137,9 +137,11 @@ class Preprocessor:
                 f"reference ({exc}). Allowed: \"first\" or a brain volume on the functional grid."
             ) from None
 
-    def values_at(self, indices: np.ndarray) -> np.ndarray:
-        """The latest volume's realigned values at flat voxel ``indices`` of the grid."""
-        data, params = self._last
+    def sample(self, data: np.ndarray, params: np.ndarray | None, indices: np.ndarray) -> np.ndarray:
+        """Realigned values of ``data`` (a :attr:`Preprocessed.data`, moved by ``params``) at flat ``indices``.
+
+        Safe to call from another thread than :meth:`run` (the operator's products).
+        """
         if self.realigner is None or params is None:
             return data.reshape(-1)[indices]
         return self.realigner.sample(data, params, indices)
@@ -173,14 +175,12 @@ class Preprocessor:
         if self._sigma_vox is not None:
             data = gaussian_filter(data, self._sigma_vox, mode="nearest")
         if self.realigner is None:
-            self._last = (data, None)
             raw = np.array([roi.transform(data) for roi in self.rois])
             brain = data.reshape(-1)[self.brain_indices] if self.sample_brain else None
-            return Preprocessed(raw, None, None, brain, n_bad)
+            return Preprocessed(raw, None, None, brain, n_bad, data=data)
         t0 = time.perf_counter()
         params = self.realigner.estimate(volume.data)
         realign_s = time.perf_counter() - t0
-        self._last = (data, params)
         raw = np.array([self.realigner.sample(data, params, roi.indices_).mean() for roi in self.rois])
         brain = None
         if self.sample_brain and self._sigma_vox is None:
@@ -194,7 +194,7 @@ class Preprocessor:
         quality = self.monitor.update(params, quality_values)
         if not self.realigner.result_.converged:
             log.warning("realignment did not converge for %s", volume.path.name)
-        return Preprocessed(raw, params, quality, brain, n_bad, realign_s)
+        return Preprocessed(raw, params, quality, brain, n_bad, realign_s, data)
 
     def skip(self) -> None:
         """Note a missing volume."""

@@ -58,7 +58,15 @@ class WholeBrainModel:
 
         ``motion``: this volume's motion regressors, required when the design has motion columns.
         """
+        self.add(index, values, motion)
+        self.refresh(index)
+
+    def add(self, index: int, values: np.ndarray, motion: np.ndarray | None = None) -> None:
+        """Add volume ``index``'s brain-voxel values to the model (the t-map waits for :meth:`refresh`)."""
         self.glm.update(self._rows.row(index, motion), values)
+
+    def refresh(self, index: int) -> None:
+        """Recompute the t-map of the largest trustworthy model after kept volume ``index``."""
         n_columns = self.model_size(index)
         self.n_columns = n_columns
         if n_columns > self.contrast_column:

@@ -3,9 +3,10 @@
 :class:`VolumeProcessor` turns one volume's file into one :class:`VolumeResult`:
 the bodies of its ``volume`` and ``feedback`` messages (complete but for the
 run loop's stamps: ``t_published`` and the ``late``/``out_of_order`` flags),
-the image as received, the console's preview (built on demand) and the time
-each stage took. It holds the run's model state and nothing else: no sockets,
-no files, no threads.
+the image as received, the operator's work for that volume (whole-brain model,
+t-map, preview: an :class:`~rtnf.run.operator.OperatorJob` the run loop hands
+to a worker after the feedback has left) and the time each stage took. It
+holds the run's model state and nothing else: no sockets, no files, no threads.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from rtnf.analysis.motion import motion_regressors
 from rtnf.analysis.preprocess import NonFiniteVolume, Preprocessed, Preprocessor
 from rtnf.analysis.roi_model import RoiModel
 from rtnf.analysis.wholebrain import WholeBrainModel, preview_body, slice_indices
+from .operator import OperatorJob
 from rtnf.scanner.export import Arrival
 from rtnf.scanner.filenames import FileNames
 from rtnf.wire.messages import volume_label
@@ -48,16 +50,17 @@ class VolumeResult:
         The volume as read (for ``output.save_volumes``); None when missing.
     stage_s : dict of str to float
         Seconds per stage of this volume (``decode``, ``realign``, ``glm``,
-        ``feedback``, ``wholebrain``; ``preview`` once built), for
-        ``rtnf bench pipeline``.
+        ``feedback``; ``wholebrain`` and ``preview`` once the operator's
+        worker has made them), for ``rtnf bench pipeline``.
+    operator : OperatorJob or None
+        The operator's work for this volume (None when there is none).
     """
 
     volume: dict[str, Any]
     feedback: dict[str, Any]
     received: Any = None
     stage_s: dict[str, float] = field(default_factory=dict)
-    _build_preview: Callable[[], dict[str, Any]] | None = None
-    _preview: dict[str, Any] | None = None
+    operator: OperatorJob | None = None
 
     @property
     def index(self) -> int:
@@ -75,18 +78,6 @@ class VolumeResult:
         self.feedback["t_published"] = t_published
         self.volume["flags"]["late"] = late
         self.volume["flags"]["out_of_order"] = out_of_order
-
-    def preview(self) -> dict[str, Any] | None:
-        """The ``preview`` body for the console, built on the first call (None when there is none).
-
-        Call it before the next volume is processed: it reads the processor's latest realigned volume.
-        Built after the feedback has left, because it costs 15-40 ms the participant must not wait for.
-        """
-        if self._build_preview is not None:
-            t0 = time.perf_counter()
-            self._preview, self._build_preview = self._build_preview(), None
-            self.stage_s["preview"] = time.perf_counter() - t0
-        return self._preview
 
 
 class VolumeProcessor:
@@ -121,12 +112,14 @@ class VolumeProcessor:
             self.design, self.protocol, len(self.rois), cfg.model.drift_cutoff_s, fb.min_baseline_volumes, running
         )
         self.feedback = FeedbackComputer(fb, self.roi_names, self.protocol)
-        self.preprocessor = Preprocessor(self.rois, cfg.motion, cfg.quality, sample_brain=cfg.model.whole_brain)
+        self.preprocessor = Preprocessor(self.rois, cfg.motion, cfg.quality, sample_brain=False)
         self.grid: Grid | None = None
         self._previous_motion: np.ndarray | None = None
         self._last_value: float | None = None  # last uncensored feedback value, for censor_action "hold"
         self.wholebrain: WholeBrainModel | None = None
         self._trust_note: str | None = None  # why the whole-brain model is reduced, as last logged
+        self._last_added: int | None = None  # latest volume in the whole-brain model (operator's thread)
+        self._refreshed: int | None = None  # volume of the latest t-map (operator's thread)
         self._planes: dict[str, np.ndarray] | None = None
         self._roi_masks: dict[str, np.ndarray] = {}
         self._preview_scale = 1.0
@@ -183,11 +176,6 @@ class VolumeProcessor:
         fb = self._censor(self.feedback.step(index, values, self.model), pre.quality)
         t2 = time.perf_counter()
         stage_s.update(glm=t1 - t0, feedback=t2 - t1)
-        if self.wholebrain is not None:
-            if not censored:
-                self.wholebrain.update(index, pre.brain, regressors)
-            self._say_trust(index)
-            stage_s["wholebrain"] = time.perf_counter() - t2
         t_modelled = time.time()
         timing = {
             "t_acquired": volume.t_acquired,
@@ -199,9 +187,41 @@ class VolumeProcessor:
         }
         rois = {name: {"raw": v.raw, "clean": v.clean, "psc": v.psc} for name, v in zip(self.roi_names, values)}
         body, feedback = self._bodies(index, acquisition, name, rois, timing, fb, missing=False, pre=pre)
-        # The console's preview is built when the run loop asks, after the feedback has left.
-        preview = (lambda: self._preview_body(index)) if self._planes is not None else None
-        return VolumeResult(body, feedback, volume, stage_s, preview)
+        return VolumeResult(body, feedback, volume, stage_s, self._operator_job(index, pre, regressors, censored, stage_s))
+
+    def _operator_job(
+        self, index: int, pre: Preprocessed, regressors: np.ndarray | None, censored: bool, stage_s: dict[str, float]
+    ) -> OperatorJob | None:
+        """The operator's work for this volume, done by the run loop's worker after the feedback has left.
+
+        The job keeps this volume's data and motion: it may run after the next volume is processed.
+        """
+        if self.wholebrain is None and self._planes is None:
+            return None
+        data, params = pre.data, pre.motion
+        add = None
+        if self.wholebrain is not None and not censored:  # a censored volume stays out of the model
+
+            def add() -> None:
+                values = self.preprocessor.sample(data, params, self.preprocessor.brain_indices)
+                self.wholebrain.add(index, values, regressors)
+                self._last_added = index
+
+        return OperatorJob(index, add, lambda latest: self._products(latest, data, params), stage_s)
+
+    def _products(self, index: int, data: np.ndarray, params: np.ndarray | None) -> dict[str, Any] | None:
+        """Refresh the t-map and build the console's ``preview`` body after volume ``index`` (operator's thread)."""
+        if self.wholebrain is not None:
+            if self._last_added is not None and self._last_added != self._refreshed:
+                self.wholebrain.refresh(self._last_added)
+                self._refreshed = self._last_added
+            self._say_trust(index)
+        if self._planes is None:
+            return None
+        image = {name: self.preprocessor.sample(data, params, idx.reshape(-1)).reshape(idx.shape)
+                 for name, idx in self._planes.items()}
+        t_volume = self.wholebrain.t_volume() if self.wholebrain is not None else None
+        return preview_body(index, self._planes, image, t_volume, self._roi_masks, self._preview_scale, self.grid)
 
     def _label(self, index: int) -> str:
         """The volume as people count it (:func:`rtnf.wire.messages.volume_label`)."""
@@ -216,12 +236,6 @@ class VolumeProcessor:
             elif self._trust_note is not None:
                 log.info("%s: whole-brain t-map from the full model again", self._label(index))
             self._trust_note = note
-
-    def _preview_body(self, index: int) -> dict[str, Any]:
-        """The console's ``preview`` body of the latest volume (``index``)."""
-        image = {name: self.preprocessor.values_at(idx.reshape(-1)).reshape(idx.shape) for name, idx in self._planes.items()}
-        t_volume = self.wholebrain.t_volume() if self.wholebrain is not None else None
-        return preview_body(index, self._planes, image, t_volume, self._roi_masks, self._preview_scale, self.grid)
 
     def _fit_extras(self, first: Any) -> None:
         """Whole-brain model and preview planes, set up on the first volume."""

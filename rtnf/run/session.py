@@ -23,6 +23,7 @@ from rtnf.config import Config, ConfigError
 from rtnf.scanner.export import Arrival, ExportReader, Probe
 from rtnf.scanner.filenames import FileNames
 from rtnf.wire.messages import volume_label
+from .operator import OperatorWorker
 from .pipeline import VolumeProcessor, VolumeResult
 from .publish import Publisher
 from .record import RecorderLogHandler, RunRecorder, bids_prefix, format_cell, row_from_messages
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 RUN_REPEAT_S = 5.0  # late subscribers learn about the run within this time
 END_OF_SOURCE = object()  # put by a replay feeder after its last volume
+PREVIEW_READY = object()  # put by the operator's worker: a preview is ready to send
 RECORDED_MISSING = object()  # a volume a resumed run had recorded as missing
 NO_USABLE_VOLUME = "no_usable_volume"  # the log topic's alarm when a run ends without one usable volume
 
@@ -182,7 +184,9 @@ def run_session(
                 names=names,
             )
         pace_s = getattr(watcher, "pace_s", None) if replay else None
-        loop = _RunLoop(cfg, run_id, processor, publisher, recorder, files, export, stop, alerts, on_volume, pace_s)
+        operator = OperatorWorker(wake=lambda: files.put(PREVIEW_READY), wait_when_behind=replay)
+        loop = _RunLoop(cfg, run_id, processor, publisher, recorder, files, export, stop, alerts, on_volume, pace_s,
+                        operator)
     except BaseException:
         for h in (handler, forward):
             logging.getLogger("rtnf").removeHandler(h)
@@ -231,6 +235,8 @@ def _end_run(watcher, loop, processor, publisher, recorder, lock, handlers, stat
         recorder.save_statmap(wholebrain.t_volume(), processor.grid.affine)
 
     step("stopping the watcher", watcher.stop)
+    step("finishing the operator's products", loop.operator.close)  # the t-map then holds every volume
+    step("sending the last previews", loop.send_previews)
     # Volumes that never completed, and the last counts of aggregated warnings, are logged while
     # the handlers still forward to the event log and the wire.
     step("reporting unfinished volumes", loop.export.close)
@@ -294,8 +300,10 @@ class _RunLoop:
         alerts: "queue.Queue[logging.LogRecord] | None" = None,
         on_volume: "Callable[[dict[str, Any], dict[str, Any]], None] | None" = None,
         pace_s: float | None = None,
+        operator: OperatorWorker | None = None,
     ) -> None:
         self.cfg = cfg
+        self.operator = operator or OperatorWorker(wake=lambda: files.put(PREVIEW_READY))
         self.lateness = LatenessJudge(cfg.scanner.tr_s, pace_s)
         self.run_id = run_id
         self.processor = processor
@@ -401,7 +409,9 @@ class _RunLoop:
         return "aborted", "stopped by the operator"
 
     def _take(self, item: Any) -> None:
-        if item is END_OF_SOURCE:
+        if item is PREVIEW_READY:
+            self.send_previews()
+        elif item is END_OF_SOURCE:
             self._source_done = True
         elif isinstance(item, Arrival):
             self._push(item)
@@ -426,8 +436,14 @@ class _RunLoop:
                 body.update(alarm=record.alarm, ok=getattr(record, "ok", None))
             self.publisher.send("log", body)
 
+    def send_previews(self) -> None:
+        """Publish the previews the operator's worker has made (this thread owns the socket)."""
+        for body in self.operator.take_previews():
+            self.publisher.send("preview", body)
+
     def _beat(self) -> None:
         self._forward_alerts()
+        self.send_previews()
         if self.screen is not None:
             try:
                 self.screen.drain()
@@ -553,9 +569,8 @@ class _RunLoop:
             self.recorder.write_row(row)
             if self.on_volume is not None:
                 self.on_volume(volume, feedback)
-            preview = result.preview()
-            if preview is not None:
-                self.publisher.send("preview", preview)
+        if result.operator is not None:  # after the feedback has left: the operator's products
+            self.operator.submit(result.operator)
         if self.cfg.output.save_volumes and result.received is not None:
             received = result.received
             self.recorder.save_volume(result.index, received.data, received.affine, self.processor.protocol.n_volumes)

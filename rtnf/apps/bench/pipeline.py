@@ -29,12 +29,14 @@ and a few ``perf_counter`` probes):
 ``detect``      file closed by the producer (``files.tsv``) -> ``t_detected``
 ``read``        ``t_detected`` -> ``t_read`` (queue hop, sorting, decoding; ``decode`` is the file read alone)
 ``preprocess``  ``t_read`` -> ``t_preprocessed`` (``realign``: motion estimate; the rest: ROI sampling, quality)
-``model``       ``t_preprocessed`` -> ``t_modelled`` (``glm``: ROI GLM; ``feedback``; ``wholebrain``: voxel GLM + t-map)
+``model``       ``t_preprocessed`` -> ``t_modelled`` (``glm``: ROI model; ``feedback``)
 ``publish``     ``t_modelled`` -> ``t_published`` (message bodies)
-``preview``     the console's preview (three planes and the t-map), built after the feedback and volume sends
 ``processing``  ``t_published - t_detected``: the latency the issue's targets are about
-``send``        the ``feedback`` + ``volume`` (+ ``preview``) ZeroMQ sends, after ``t_published``
+``send``        the ``feedback`` + ``volume`` ZeroMQ sends, after ``t_published``
 ``record``      the recorder's row write
+``wholebrain``  the operator's worker, after the feedback has left: brain sampling and the voxel GLM update
+``preview``     the operator's worker: t-map refresh and the console's preview (three planes and the t-map)
+``operator``    ``t_published`` -> the volume's preview is ready to send (the operator's products' latency)
 ``deliver``     ``t_published`` -> the subscriber holds the feedback message
 
 Side by side (in the same invocation): rtnf's realignment against SimpleITK
@@ -67,8 +69,8 @@ _DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 #: (median target ms) by grid; p99 must stay within 2x the median
 TARGETS_MS = {(64, 64, 36): 10.0, (104, 104, 72): 40.0}
 MEMORY_TARGET_MB = 500.0
-STAGES = ("detect", "read", "decode", "preprocess", "realign", "model", "glm", "feedback", "wholebrain", "publish",
-          "preview", "processing", "send", "record", "deliver")
+STAGES = ("detect", "read", "decode", "preprocess", "realign", "model", "glm", "feedback", "publish", "processing",
+          "send", "record", "deliver", "wholebrain", "preview", "operator")
 ROIS = {"acc": (0.0, 30.0, 15.0), "insula": (37.0, 1.0, -1.0)}
 
 
@@ -222,7 +224,7 @@ def _instrumented_parts(started: Any, rows: list[dict[str, Any]]) -> Any:
     """rtnf's own run parts, subclassed to time the sends and the row writes (this process only).
 
     The processing stages come from each volume's :attr:`~rtnf.run.pipeline.VolumeResult.stage_s`
-    (the preview's time is added there when the run loop builds it, after the row is taken).
+    (the operator's worker adds ``wholebrain`` and ``preview`` there later, in its own thread).
     """
     from rtnf.run.pipeline import VolumeProcessor
     from rtnf.run.publish import Publisher
@@ -230,6 +232,7 @@ def _instrumented_parts(started: Any, rows: list[dict[str, Any]]) -> Any:
     from rtnf.run.session import RunParts
 
     results: list[Any] = []  # the latest volume's result, until its volume message is sent
+    ready: dict[int, float] = {}  # index -> when the operator's worker had its preview ready
     sends = {"send": 0.0}
 
     class Processor(VolumeProcessor):
@@ -254,8 +257,8 @@ def _instrumented_parts(started: Any, rows: list[dict[str, Any]]) -> Any:
                 probes = results[0].stage_s if results else {}
                 probes["send"] = sends["send"] + dt
                 rows.append(_volume_row(body, probes))
-            elif topic == "preview" and rows:  # sent after the volume message
-                rows[-1]["probes"]["send"] = rows[-1]["probes"].get("send", 0.0) + dt
+            elif topic == "preview":  # made by the operator's worker, some time after its volume
+                ready[body["index"]] = body.get("t_ready")
             elif topic == "run":
                 started.set()
 
@@ -266,7 +269,8 @@ def _instrumented_parts(started: Any, rows: list[dict[str, Any]]) -> Any:
             if rows:  # written after the volume message
                 rows[-1]["probes"]["record"] = time.perf_counter() - t0
 
-    return RunParts(processor=Processor, publisher=TimedPublisher, recorder=TimedRecorder)
+    parts = RunParts(processor=Processor, publisher=TimedPublisher, recorder=TimedRecorder)
+    return parts, ready
 
 
 def _subscriber(address: str, out: list[tuple[float, bytes]], stop: Any) -> None:
@@ -295,7 +299,7 @@ def _pipeline_main(job: dict[str, Any], started: Any, result_path: str) -> None:
 
     logging.basicConfig(level=logging.ERROR)
     rows: list[dict[str, Any]] = []
-    parts = _instrumented_parts(started, rows)
+    parts, ready = _instrumented_parts(started, rows)
     cfg_path = Path(job["config_path"])
     cfg = load_config(cfg_path)
 
@@ -324,6 +328,8 @@ def _pipeline_main(job: dict[str, Any], started: Any, result_path: str) -> None:
             deliveries[body["index"]] = t_recv - body["t_published"]
     for row in rows:
         row["deliver"] = deliveries.get(row["index"])
+        t_ready = ready.get(row["index"])
+        row["operator"] = None if t_ready is None else t_ready - row["timing"]["t_published"]
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -417,8 +423,9 @@ def _stage_samples(rows: list[dict[str, Any]], closed: dict[int, float]) -> dict
         for name in ("decode", "realign", "glm", "feedback", "wholebrain", "preview", "send", "record"):
             if name in p:
                 out[name].append(p[name])
-        if r.get("deliver") is not None:
-            out["deliver"].append(r["deliver"])
+        for name in ("deliver", "operator"):
+            if r.get(name) is not None:
+                out[name].append(r[name])
     return out
 
 

@@ -1,0 +1,70 @@
+"""The operator's products (whole-brain model, t-map, preview) never hold up the feedback (issue 21, point 1)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from rtnf.run.operator import MAX_PENDING, OperatorJob, OperatorWorker
+
+
+def _job(index, added, made, gate=None, fail=False):
+    def add():
+        if gate is not None:
+            gate.wait(10)
+        if fail:
+            raise RuntimeError("boom")
+        added.append(index)
+
+    def products(latest):
+        made.append(latest)
+        return {"index": latest}
+
+    return OperatorJob(index, add, products)
+
+
+def test_a_slow_worker_never_blocks_a_live_run_and_drops_only_model_updates_beyond_the_bound():
+    added, made, woken = [], [], []
+    gate = threading.Event()
+    worker = OperatorWorker(wake=lambda: woken.append(1))
+    t0 = time.perf_counter()
+    for i in range(MAX_PENDING + 6):  # the first job holds the worker; the queue then fills
+        worker.submit(_job(i, added, made, gate))
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 0.5, f"submit waited {elapsed:.2f} s for the operator's worker"
+    assert worker.n_dropped >= 5
+    gate.set()
+    worker.close()
+    kept = MAX_PENDING + 6 - worker.n_dropped
+    assert added == sorted(added) and len(added) == kept  # every kept volume entered the model, in order
+    # Previews: the first (newest when it ran) and the last before the stop; the queued ones were skipped.
+    assert made[-1] == added[-1]
+    assert worker.n_skipped == kept - len(made)
+    assert [p["index"] for p in worker.take_previews()] == made
+    assert len(woken) == len(made)
+
+
+def test_a_replay_waits_for_the_worker_and_loses_no_volume():
+    added, made = [], []
+    gate = threading.Event()
+    worker = OperatorWorker(wake=lambda: None, wait_when_behind=True)
+    threading.Timer(0.3, gate.set).start()
+    for i in range(MAX_PENDING + 6):
+        worker.submit(_job(i, added, made, gate))
+    worker.close()
+    assert added == list(range(MAX_PENDING + 6)) and worker.n_dropped == 0
+    previews = worker.take_previews()
+    assert previews[-1]["index"] == MAX_PENDING + 5 and all(isinstance(p["t_ready"], float) for p in previews)
+
+
+def test_a_failing_product_stops_the_products_not_the_run(caplog):
+    added, made = [], []
+    worker = OperatorWorker(wake=lambda: None)
+    worker.submit(_job(0, added, made, fail=True))
+    deadline = time.monotonic() + 5
+    while worker.error is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    worker.submit(_job(1, added, made))  # ignored: the products stopped, submit still returns at once
+    worker.close()
+    assert isinstance(worker.error, RuntimeError) and added == []
+    assert "operator's products failed" in caplog.text
