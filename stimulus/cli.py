@@ -323,9 +323,6 @@ def run(args: argparse.Namespace) -> int:
         screen = FeedbackScreen(cfg)
         logger.info("feedback screen %dx%d subscribed to %s, acknowledging on %s",
                     *screen.size, args.address, args.ack_address)
-        if not link.keys_topic_available():
-            logger.info("rtnf's protocol has no 'keys' topic yet: key presses are logged and "
-                        "counted in the screen's heartbeat only")
         loop = Loop(args, cfg, link, screen, flip_log, key_log, stop)
         loop.run()
         if args.screenshot is not None:

@@ -1,16 +1,19 @@
 """The screen's side of the wire protocol, without PsychoPy.
 
 :class:`ScreenState` is a pure state machine fed with decoded messages; it
-decides what the participant should see. :class:`FeedbackLink` owns the two
-ZeroMQ sockets: a SUB connected to rtnf's PUB, and a PUB bound at the
-screen's own address for ``displayed`` acknowledgements and the screen's
-heartbeats.
+decides what the participant should see. Messages are checked with the typed
+messages of :mod:`rtnf.wire.topics` (the one decoder of the screen, the
+console and the LSL bridge); a field the screen relies on that is invalid
+makes it refuse the whole message. :class:`FeedbackLink` owns the two ZeroMQ
+sockets: a SUB connected to rtnf's PUB, and a PUB bound at the screen's own
+address for ``displayed`` acknowledgements, key presses and the screen's
+heartbeats, built with the same typed messages. Imports nothing of rtnf
+outside :mod:`rtnf.wire`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -18,7 +21,6 @@ from typing import Any
 
 import zmq
 
-from rtnf.wire import messages
 from rtnf.wire.pubsocket import BoundedPub
 from rtnf.wire.subscription import Received, Subscription
 from rtnf.wire.messages import (
@@ -27,35 +29,36 @@ from rtnf.wire.messages import (
     MessageError,
     encode,
 )
+from rtnf.wire.topics import (  # noqa: F401  (the bounds are re-exported for the screen's users)
+    FEEDBACK_KINDS,
+    MAX_ABS_NUMBER,
+    MAX_CONDITIONS,
+    MAX_INDEX,
+    MAX_NAME,
+    MAX_TEXT,
+    PHASES,
+    RUN_EVENTS,
+    VALUE_TOLERANCE,
+    DisplayedMessage,
+    FeedbackMessage,
+    HeartbeatMessage,
+    KeysMessage,
+    RunMessage,
+    WireMessage,
+)
 
 logger = logging.getLogger(__name__)
 
 SUBSCRIBED_TOPICS: tuple[str, ...] = ("run", "feedback", "heartbeat")
-PHASES: tuple[str, ...] = ("waiting", "running", "ended")
-RUN_EVENTS: tuple[str, ...] = ("start", "end", "abort")
-FEEDBACK_KINDS: tuple[str, ...] = ("continuous", "intermittent")
-KEYS_TOPIC = "keys"
-"""Topic for key presses, published only once rtnf's wire protocol lists it
-in :data:`rtnf.wire.messages.TOPICS` (see :meth:`FeedbackLink.send_key`)."""
-VALUE_TOLERANCE = 1e-6
-"""Values this far outside [0, 1] are float round-off and are clipped;
-anything further out is a protocol error, not something to draw."""
-MAX_INDEX = 10_000_000
-"""Largest volume index or count accepted (a run has a few thousand at most):
-an index of 10**400 - 1 would make the screen ignore the rest of the run."""
-MAX_TEXT = 200
-"""Longest text shown to the participant (instructions, reward), as the
-display config's texts: a 900 kB reward text froze the screen for 16.8 s."""
-MAX_NAME = 64
-"""Longest condition name, run id or key name."""
-MAX_CONDITIONS = 64
-MAX_ABS_NUMBER = 1e9
-"""Largest magnitude of a number the screen uses (TR, scale, seconds)."""
+MAX_DISPLAY_S = 60.0
+"""Longest time the screen shows an intermittent score (``display_s`` of a feedback message)."""
 
 
 # --------------------------------------------------------------------------- #
-# Field checks: a bad field makes the whole message invalid, before any state
-# changes, so that a malformed message never leaves the screen half-updated.
+# Field checks: the typed messages of rtnf.wire.topics check types and bounds;
+# a field the screen relies on that was invalid makes the whole message
+# invalid (WireMessage.require), before any state changes, so that a
+# malformed message never leaves the screen half-updated.
 # --------------------------------------------------------------------------- #
 def _fail(topic: str, key: str, expected: str, got: Any) -> MessageError:
     shown = repr(got)
@@ -66,49 +69,15 @@ def _fail(topic: str, key: str, expected: str, got: Any) -> MessageError:
     )
 
 
-def _opt_int(body: dict[str, Any], topic: str, key: str, minimum: int = 0, maximum: int = MAX_INDEX) -> int | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
-        raise _fail(topic, key, f"an integer in [{minimum}, {maximum}] or null", value)
-    return value
+def _typed(cls: type[WireMessage], body: "dict[str, Any] | WireMessage") -> Any:
+    """The typed message of a decoded body (a message already typed is taken as it is)."""
+    return body if isinstance(body, cls) else cls.from_body(body)
 
 
-def _opt_number(body: dict[str, Any], topic: str, key: str) -> float | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
-            or abs(value) > MAX_ABS_NUMBER):
-        raise _fail(topic, key, f"a finite number of magnitude <= {MAX_ABS_NUMBER:g} or null", value)
-    return float(value)
-
-
-def _opt_str(body: dict[str, Any], topic: str, key: str, max_len: int = MAX_TEXT) -> str | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, str) or len(value) > max_len:
-        raise _fail(topic, key, f"a string of at most {max_len} characters or null", value)
-    return value
-
-
-def _choice(body: dict[str, Any], topic: str, key: str, allowed: tuple[str, ...]) -> str:
-    value = body.get(key)
-    if value not in allowed:
-        raise _fail(topic, key, f"one of {allowed}", value)
-    return value
-
-
-def _run_id(body: dict[str, Any], topic: str) -> str | None:
+def _run_id(msg: WireMessage) -> str | None:
     """The message's run, or None for messages outside any run (empty or null)."""
-    value = body.get("run_id")
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str) or len(value) > 2 * MAX_NAME:
-        raise _fail(topic, "run_id", f"a string of at most {2 * MAX_NAME} characters", value)
-    return value
+    msg.require("run_id")
+    return msg.run_id or None
 
 
 # --------------------------------------------------------------------------- #
@@ -312,16 +281,17 @@ class ScreenState:
         return now - self.t_last_message > self.heartbeat_timeout_s
 
     # ------------------------------------------------------------------ #
-    def handle(self, topic: str, body: dict[str, Any], t_received: float) -> bool:
+    def handle(self, topic: str, body: "dict[str, Any] | WireMessage", t_received: float) -> bool:
         """Apply one decoded message.
 
         Parameters
         ----------
         topic : str
             "run", "feedback" or "heartbeat"; other topics are ignored.
-        body : dict
-            Decoded message (see :mod:`rtnf.wire.messages`). Unknown fields are
-            ignored.
+        body : dict or WireMessage
+            Decoded message (see :mod:`rtnf.wire.messages`), checked here with
+            its typed message of :mod:`rtnf.wire.topics` (or that message).
+            Unknown fields are ignored.
         t_received : float
             ``time.time()`` when the message was received.
 
@@ -337,49 +307,36 @@ class ScreenState:
             left exactly as it was.
         """
         if topic == "run":
-            return self._handle_run(body, t_received)
+            return self._handle_run(_typed(RunMessage, body), t_received)
         if topic == "feedback":
-            return self._handle_feedback(body, t_received)
+            return self._handle_feedback(_typed(FeedbackMessage, body), t_received)
         if topic == "heartbeat":
-            return self._handle_heartbeat(body, t_received)
+            return self._handle_heartbeat(_typed(HeartbeatMessage, body), t_received)
         return False
 
-    def _handle_run(self, body: dict[str, Any], t: float) -> bool:
-        run_id = _run_id(body, "run")
-        event = _choice(body, "run", "event", RUN_EVENTS)
-        info = _parse_run_info(body) if event == "start" else None
+    def _handle_run(self, msg: RunMessage, t: float) -> bool:
+        run_id = _run_id(msg)
+        info = _run_info(msg) if msg.event == "start" else None
         self.t_last_message = t
         self._enter_run(run_id)
-        if event == "start":
+        if msg.event == "start":
             self.run = info
             # A repeated start only refreshes the run info: it must not wake
             # a run that has already ended.
-            if self.phase == "waiting" or not body.get("repeat", False):
+            if self.phase == "waiting" or not msg.repeat:
                 self._set_phase("running", t)
         else:
             self._set_phase("ended", t)
         return True
 
-    def _handle_feedback(self, body: dict[str, Any], t: float) -> bool:
-        run_id = _run_id(body, "feedback")
-        index = _opt_int(body, "feedback", "index")
-        if index is None:
-            raise _fail("feedback", "index", "an integer >= 0", None)
-        condition = _opt_str(body, "feedback", "condition", MAX_NAME)
-        value = _opt_number(body, "feedback", "value")
-        if value is not None:
-            if not -VALUE_TOLERANCE <= value <= 1.0 + VALUE_TOLERANCE:
-                raise _fail("feedback", "value", "a number in [0, 1] or null", value)
-            value = min(max(value, 0.0), 1.0)
-        reason = body.get("reason")
-        reason = reason[:MAX_TEXT] if isinstance(reason, str) else None
-        kind = body.get("kind")
-        kind = "continuous" if kind is None else _choice(body, "feedback", "kind", FEEDBACK_KINDS)
-        reward = _opt_str(body, "feedback", "reward")
-        display_s = _opt_number(body, "feedback", "display_s")
-        if display_s is not None and not 0 < display_s <= 60:
-            raise _fail("feedback", "display_s", "a number of seconds in (0, 60] or null",
-                        display_s)
+    def _handle_feedback(self, msg: FeedbackMessage, t: float) -> bool:
+        run_id = _run_id(msg)
+        msg.require("condition", "value", "kind", "reward", "display_s")
+        if msg.display_s is not None and not msg.display_s <= MAX_DISPLAY_S:
+            raise _fail("feedback", "display_s", f"a number of seconds in (0, {MAX_DISPLAY_S:g}] or null",
+                        msg.display_s)
+        index, value, kind = msg.index, msg.value, msg.kind or "continuous"
+        reason = msg.reason[:MAX_TEXT] if msg.reason is not None else None
         self.t_last_message = t
         self._enter_run(run_id)
         if self.phase == "ended":
@@ -387,7 +344,7 @@ class ScreenState:
         if self.feedback is not None and index < self.feedback.index:
             return False  # older than the one shown
         self._set_phase("running", t)
-        self.feedback = Feedback(index, condition, value, reason, t, kind, reward, display_s)
+        self.feedback = Feedback(index, msg.condition, value, reason, t, kind, msg.reward, msg.display_s)
         if kind == "intermittent":
             if self.feedback.is_score:
                 self.score = self.feedback
@@ -396,62 +353,44 @@ class ScreenState:
             self.t_bar = t
         return True
 
-    def _handle_heartbeat(self, body: dict[str, Any], t: float) -> bool:
-        if body.get("source") == "stimulus":
+    def _handle_heartbeat(self, msg: HeartbeatMessage, t: float) -> bool:
+        if msg.source == "stimulus":
             return False  # another screen's heartbeat says nothing about rtnf
-        run_id = _run_id(body, "heartbeat")
-        state = _choice(body, "heartbeat", "state", PHASES)
+        run_id = _run_id(msg)
+        msg.require("state")
+        if msg.state is None:
+            raise _fail("heartbeat", "state", f"one of {PHASES}", None)
         self.t_last_message = t
         before = (self.run_id, self.phase)
         self._enter_run(run_id)
-        if state == "ended":
+        if msg.state == "ended":
             self._set_phase("ended", t)
-        elif state == "running" and self.phase == "waiting":
+        elif msg.state == "running" and self.phase == "waiting":
             self._set_phase("running", t)
         return (self.run_id, self.phase) != before
 
 
-def _parse_run_info(body: dict[str, Any]) -> RunInfo:
-    conditions = body.get("conditions") or []
-    if not isinstance(conditions, list) or len(conditions) > MAX_CONDITIONS or not all(
-        isinstance(c, str) and len(c) <= MAX_NAME for c in conditions
-    ):
-        raise _fail("run", "conditions", f"a list of at most {MAX_CONDITIONS} names of at most {MAX_NAME} "
-                    "characters", conditions)
-    instructions = body.get("instructions") or {}
-    if not isinstance(instructions, dict) or len(instructions) > MAX_CONDITIONS or not all(
-        isinstance(v, str) and len(v) <= MAX_TEXT and len(k) <= MAX_NAME for k, v in instructions.items()
-    ):
-        raise _fail("run", "instructions", f"an object mapping condition to a text of at most {MAX_TEXT} "
-                    "characters", instructions)
-    baseline = _opt_str(body, "run", "baseline", MAX_NAME)
+def _run_info(msg: RunMessage) -> RunInfo:
+    """What the screen takes from a run start message (refused if one of those fields is invalid)."""
+    msg.require("conditions", "instructions", "baseline", "n_volumes", "tr_s")
     scale_psc = None
     feedback_kind = None
-    settings = body.get("feedback")
-    if isinstance(settings, dict):
-        kind = settings.get("kind")
-        feedback_kind = kind if kind in FEEDBACK_KINDS else None
+    settings = msg.feedback
+    if settings is not None:
+        feedback_kind = settings.kind  # an invalid kind is dropped: not relied upon
         # The 0 % marker needs a fixed percent-signal-change scale (rtnf's
         # feedback.scale_range with signal "psc"; older messages: scale_psc).
-        scale = settings.get("scale_psc")
-        if settings.get("signal", "psc") == "psc" and settings.get("scaling", "fixed") == "fixed":
-            scale = settings.get("scale_range", scale)
-        else:
-            scale = None
-        if scale is not None:
-            if not (isinstance(scale, list) and len(scale) == 2 and all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-                and abs(v) <= MAX_ABS_NUMBER
-                for v in scale
-            )):
-                raise _fail("run", "feedback.scale_range", "[low, high] numbers or null", scale)
-            scale_psc = (float(scale[0]), float(scale[1]))
+        if (settings.signal or "psc") == "psc" and (settings.scaling or "fixed") == "fixed":
+            msg.require("feedback.scale_range", "feedback.scale_psc")
+            scale = settings.scale_range if settings.scale_range is not None else settings.scale_psc
+            if scale is not None:
+                scale_psc = (float(scale[0]), float(scale[1]))
     return RunInfo(
-        conditions=tuple(conditions),
-        instructions=dict(instructions),
-        n_volumes=_opt_int(body, "run", "n_volumes"),
-        tr_s=_opt_number(body, "run", "tr_s"),
-        baseline=baseline,
+        conditions=tuple(msg.conditions or ()),
+        instructions=dict(msg.instructions or {}),
+        n_volumes=msg.n_volumes,
+        tr_s=msg.tr_s,
+        baseline=msg.baseline,
         scale_psc=scale_psc,
         feedback_kind=feedback_kind,
     )
@@ -582,13 +521,24 @@ class FeedbackLink:
         logger.warning("Skipped a malformed message from %s: %s", self.address, exc)
 
     # ------------------------------------------------------------------ #
-    def _send(self, topic: str, body: dict[str, Any]) -> None:
-        frames = encode(topic, self.state.run_id or "", body)
+    @staticmethod
+    def _build(cls: type[WireMessage], **fields: Any) -> WireMessage:
+        """The message of ``fields`` (unchecked, cheap); a field the topic does not have is a TypeError."""
+        unknown = sorted(set(fields) - set(cls.model_fields))
+        if unknown:
+            raise TypeError(f"{cls.TOPIC} messages have no field {', '.join(map(repr, unknown))}; "
+                            f"see rtnf.wire.topics.{cls.__name__}")
+        return cls.model_construct(**fields)
+
+    def _send(self, msg: WireMessage) -> bool:
+        frames = encode(msg.TOPIC, self.state.run_id or "", msg.to_body())
         try:
             self._pub.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
             # Nobody keeps up: an acknowledgement is not worth stalling a frame.
-            logger.debug("dropped a %s message (high-water mark)", topic)
+            logger.debug("dropped a %s message (high-water mark)", msg.TOPIC)
+            return False
+        return True
 
     def send_displayed(
         self,
@@ -601,26 +551,18 @@ class FeedbackLink:
         t_displayed: float,
         **extra: Any,
     ) -> None:
-        """Publish a ``displayed`` acknowledgement (run_id from :attr:`state`)."""
-        body = {
-            "source": "stimulus",
-            "index": index,
-            "value": value,
-            "condition": condition,
-            "state": state,
-            "t_received": t_received,
-            "t_displayed": t_displayed,
-        }
-        body.update(extra)
-        self._send("displayed", body)
+        """Publish a ``displayed`` acknowledgement (run_id from :attr:`state`).
 
-    @staticmethod
-    def keys_topic_available() -> bool:
-        """True once rtnf's wire protocol has a ``keys`` topic."""
-        return KEYS_TOPIC in messages.TOPICS
+        ``extra``: further fields of :class:`rtnf.wire.topics.DisplayedMessage`
+        (``kind``, ``view``, ``bar_value``, ``bar_shown``, ``t_settled``).
+        """
+        self._send(self._build(
+            DisplayedMessage, source="stimulus", index=index, value=value, condition=condition, state=state,
+            t_received=t_received, t_displayed=t_displayed, **extra,
+        ))
 
     def send_key(self, *, key: str, role: str, t_key: float, **extra: Any) -> bool:
-        """Publish one key press on the ``keys`` topic, if the protocol has it.
+        """Publish one key press on the ``keys`` topic.
 
         Parameters
         ----------
@@ -631,19 +573,15 @@ class FeedbackLink:
         t_key : float
             ``time.time()`` of the key press as stamped by the window's event
             handler.
+        **extra
+            Further fields of :class:`rtnf.wire.topics.KeysMessage` (``state``, ``index``).
 
         Returns
         -------
         bool
-            False when the protocol has no ``keys`` topic yet (the press is
-            then only logged, and counted in the heartbeat).
+            False when the message was dropped (nobody keeps up).
         """
-        if not self.keys_topic_available():
-            return False
-        body = {"source": "stimulus", "key": key, "role": role, "t_key": t_key}
-        body.update(extra)
-        self._send(KEYS_TOPIC, body)
-        return True
+        return self._send(self._build(KeysMessage, source="stimulus", key=key, role=role, t_key=t_key, **extra))
 
     def send_heartbeat(self, state: str, **extra: Any) -> None:
         """Publish the screen's ``heartbeat`` (``source: "stimulus"``).
@@ -653,11 +591,11 @@ class FeedbackLink:
         state : str
             The screen's phase ("waiting", "running" or "ended").
         **extra
-            Further fields (for example ``last_index``).
+            Further fields of :class:`rtnf.wire.topics.HeartbeatMessage` (for
+            example ``last_index``).
         """
-        body = {"source": "stimulus", "state": state, "pid": os.getpid(), "t": time.time()}
-        body.update(extra)
-        self._send("heartbeat", body)
+        self._send(self._build(HeartbeatMessage, source="stimulus", state=state, pid=os.getpid(), t=time.time(),
+                               **extra))
 
     def close(self) -> None:
         """Close both sockets and the context (idempotent)."""

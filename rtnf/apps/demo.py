@@ -6,6 +6,9 @@ and publishes over ZeroMQ, and the PsychoPy feedback screen (under Xvfb when
 there is no display) shows the feedback and acknowledges every frame. The
 demo listens to both streams, then prints a summary checked against the
 simulator's ground truth.
+
+The screen is only ever started as a process (``python -m stimulus``): the
+core imports nothing of the ``stimulus`` package.
 """
 
 from __future__ import annotations
@@ -108,12 +111,38 @@ def _is_table_list(v: Any) -> bool:
     return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
 
 
+XVFB_SCREEN = "-screen 0 1280x1024x24"
+
+
+def display_prefix() -> list[str]:
+    """Return the command prefix needed to open a window on this machine.
+
+    Returns
+    -------
+    list of str
+        ``["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24"]`` when the
+        ``DISPLAY`` environment variable is unset or empty, else ``[]``.
+
+    Raises
+    ------
+    DemoError
+        If there is no display and ``xvfb-run`` is not on the ``PATH``.
+    """
+    if os.environ.get("DISPLAY"):
+        return []
+    if shutil.which("xvfb-run") is None:
+        raise DemoError(
+            "No X display (DISPLAY is not set) and xvfb-run was not found; the feedback "
+            "screen needs one of them: install the Debian package xvfb "
+            "(apt-get install xvfb), run on a machine with a display, or use --no-screen."
+        )
+    return ["xvfb-run", "-a", "-s", XVFB_SCREEN]
+
+
 def screen_command(
     address: str, ack_address: str, folder: Path, exit_after_end_s: float | None = 1.0, config: Path | None = None
 ) -> list[str]:
-    """Command line of the feedback screen, under Xvfb when there is no display."""
-    from stimulus.xvfb import display_prefix  # no PsychoPy import: only finds a display
-
+    """Command line of the feedback screen (``python -m stimulus``), under Xvfb when there is no display."""
     return display_prefix() + [
         sys.executable, "-m", "stimulus",
         *(["--config", str(config)] if config is not None else []),
@@ -302,8 +331,6 @@ def run_demo(args: argparse.Namespace) -> int:
     listener = Listener([address] + ([] if args.no_screen else [ack_address]))
     try:
         if not args.no_screen:
-            if shutil.which("xvfb-run") is None and not os.environ.get("DISPLAY"):
-                raise DemoError("no display and no xvfb-run: install Debian's xvfb, or use --no-screen")
             console.print("starting the feedback screen (PsychoPy)...")
             procs.start("screen", screen_command(address, ack_address, root, config=config_path), logs)
         if args.console:
@@ -320,7 +347,7 @@ def run_demo(args: argparse.Namespace) -> int:
              *([] if args.no_screen else ["--set", f'publish.screen_address="{ack_address}"'])],
             logs,
         )
-        _wait_ready(listener, procs, args.no_screen)
+        wait_ready(listener, procs, args.no_screen)
         n = cfg.scanner.n_volumes
         console.print(
             f"scanner simulator: {n} volumes, TR {cfg.scanner.tr_s} s at speed x{args.speed:g} "
@@ -376,9 +403,26 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _wait_ready(listener: Listener, procs: Processes, no_screen: bool) -> None:
-    """Wait until rtnf (and the screen) publish heartbeats: both are up and connected."""
-    deadline = time.time() + 90
+def wait_ready(listener: Listener, procs: Processes, no_screen: bool, timeout_s: float = 90.0) -> None:
+    """Wait until rtnf (and the screen) publish heartbeats: both are up and connected.
+
+    Parameters
+    ----------
+    listener : Listener
+        Subscribed to rtnf's address (and the screen's acknowledgement address).
+    procs : Processes
+        The session's processes; one that exits with an error ends the wait.
+    no_screen : bool
+        True when no screen was started (only rtnf's heartbeat is awaited).
+    timeout_s : float
+        Seconds before giving up.
+
+    Raises
+    ------
+    DemoError
+        On timeout, or when a process exited with an error.
+    """
+    deadline = time.time() + timeout_s
     ready = {"rtnf": False, "stimulus": no_screen}
     while not all(ready.values()):
         if time.time() > deadline:
@@ -389,3 +433,6 @@ def _wait_ready(listener: Listener, procs: Processes, no_screen: bool) -> None:
                 ready[body["source"]] = True
         for name in procs.procs:
             procs.check_alive(name)
+
+
+_wait_ready = wait_ready  # the former private name, still imported by some tests

@@ -18,6 +18,11 @@ on the same clock:
     ``"run_end"`` or ``"run_abort"``, with ``run_id``, ``tr_s``,
     ``n_volumes``, ``dummy_volumes``, ``conditions``; ``reason`` on end).
 
+Messages are checked with the typed messages of :mod:`rtnf.wire.topics`, as
+the screen and the console check them: a feedback or volume message without a
+valid ``index`` (or a run message without a valid ``event``) is skipped with a
+warning; an invalid optional value is forwarded as null.
+
 Timestamps
 ----------
 A sample's LSL timestamp is the moment rtnf *published* the value
@@ -63,6 +68,7 @@ import zmq
 from rtnf import __version__
 from rtnf.wire.messages import DEFAULT_ADDRESS
 from rtnf.wire.subscription import Received, Subscription
+from rtnf.wire.topics import FeedbackMessage, RunMessage, VolumeMessage, WireMessage, parse_body
 
 log = logging.getLogger(__name__)
 
@@ -150,33 +156,40 @@ def feedback_sample(value: Any) -> float:
     return float(value)
 
 
-def volume_marker(body: dict[str, Any]) -> dict[str, Any]:
-    """The marker of one ``volume`` message."""
+def volume_marker(msg: "VolumeMessage | dict[str, Any]") -> dict[str, Any]:
+    """The marker of one ``volume`` message (:class:`rtnf.wire.topics.VolumeMessage` or its decoded body)."""
+    msg = _typed(VolumeMessage, msg)
     return {
         "event": "volume",
-        "run_id": body.get("run_id"),
-        "index": body.get("index"),
-        "condition": body.get("condition"),
-        "block": body.get("block"),
-        "flags": body.get("flags"),
+        "run_id": msg.run_id,
+        "index": msg.index,
+        "condition": msg.condition,
+        "block": msg.block,
+        "flags": None if msg.flags is None else msg.flags.to_body(),
     }
 
 
-def run_marker(body: dict[str, Any]) -> dict[str, Any]:
-    """The marker of a ``run`` message (start, end or abort)."""
+def run_marker(msg: "RunMessage | dict[str, Any]") -> dict[str, Any]:
+    """The marker of a ``run`` message (start, end or abort; :class:`rtnf.wire.topics.RunMessage` or its body)."""
+    msg = _typed(RunMessage, msg)
     marker = {
-        "event": f"run_{body.get('event')}",
-        "run_id": body.get("run_id"),
-        "tr_s": body.get("tr_s"),
-        "n_volumes": body.get("n_volumes"),
-        "dummy_volumes": body.get("dummy_volumes"),
-        "conditions": body.get("conditions"),
+        "event": f"run_{msg.event}",
+        "run_id": msg.run_id,
+        "tr_s": msg.tr_s,
+        "n_volumes": msg.n_volumes,
+        "dummy_volumes": msg.dummy_volumes,
+        "conditions": msg.conditions,
     }
-    if body.get("event") != "start":
-        marker["reason"] = body.get("reason")
-    if body.get("repeat"):
+    if msg.event != "start":
+        marker["reason"] = msg.reason
+    if msg.repeat:
         marker["late"] = True  # the bridge joined after the run started: learned from a repeated start
     return marker
+
+
+def _typed(cls: type[WireMessage], body: "WireMessage | dict[str, Any]") -> Any:
+    """The typed message of a decoded body (rtnf.wire.topics); MessageError (a ValueError) when unusable."""
+    return body if isinstance(body, cls) else cls.from_body(body)
 
 
 class LslBridge(threading.Thread):
@@ -286,36 +299,38 @@ class LslBridge(threading.Thread):
         self._outlets["markers"].push_sample([text], timestamp)
         self.n_markers += 1
 
-    def handle(self, topic: str, body: dict[str, Any], t_received: float, offset: float) -> None:
-        """Push what one decoded message carries (called by the thread; public for tests)."""
-        if topic in ("feedback", "volume"):
-            index = body.get("index")
-            if isinstance(index, bool) or not isinstance(index, int):
-                raise ValueError(f"'index' is {index!r}, not a volume index")
-        if topic == "feedback":
-            ts = self._timestamp(body.get("t_published"), t_received, offset)
-            self._outlets["feedback"].push_sample([feedback_sample(body.get("value"))], ts)
+    def handle(self, topic: str, body: "dict[str, Any] | WireMessage", t_received: float, offset: float) -> None:
+        """Push what one decoded message carries (called by the thread; public for tests).
+
+        ``body`` is checked with its typed message of :mod:`rtnf.wire.topics`
+        (a :class:`~rtnf.wire.messages.MessageError`, a ValueError, when it
+        cannot be used, for example a feedback or volume without a valid
+        ``index`` or a run message without a valid ``event``); an invalid
+        optional value is forwarded as null (NaN for the feedback value).
+        """
+        if topic not in TOPICS:
+            return
+        msg = body if isinstance(body, WireMessage) else parse_body(topic, body)
+        if isinstance(msg, FeedbackMessage):
+            ts = self._timestamp(msg.t_published, t_received, offset)
+            self._outlets["feedback"].push_sample([feedback_sample(msg.value)], ts)
             self.n_feedback += 1
-        elif topic == "volume":
-            timing = body.get("timing") if isinstance(body.get("timing"), dict) else {}
-            ts = self._timestamp(timing.get("t_published"), t_received, offset)
-            run_id = str(body.get("run_id"))
+        elif isinstance(msg, VolumeMessage):
+            ts = self._timestamp(msg.timing.t_published if msg.timing is not None else None, t_received, offset)
+            run_id = str(msg.run_id)
             if run_id not in self._started_runs:
                 # The run's start message went by before this bridge was connected (ZeroMQ
                 # drops what a subscriber is not yet there for): mark the start now, as late.
                 self._started_runs.add(run_id)
                 self._push_marker({"event": "run_start", "run_id": run_id, "late": True}, ts)
-            self._push_marker(volume_marker(body), ts)
-        elif topic == "run":
-            run_id, event = str(body.get("run_id")), body.get("event")
-            if event == "start":
+            self._push_marker(volume_marker(msg), ts)
+        elif isinstance(msg, RunMessage):
+            run_id = str(msg.run_id)
+            if msg.event == "start":
                 if run_id in self._started_runs:
                     return  # a repeat of a start already marked
                 self._started_runs.add(run_id)
-            elif event not in ("end", "abort"):
-                log.warning("run message with unknown event %r ignored", event)
-                return
-            self._push_marker(run_marker(body), self._timestamp(body.get("t"), t_received, offset))
+            self._push_marker(run_marker(msg), self._timestamp(msg.t, t_received, offset))
 
     # -- ZeroMQ side (the thread) ---------------------------------------------------------------
     def run(self) -> None:

@@ -4,8 +4,8 @@ Every message body is a UTF-8 JSON object with a ``schema`` field
 (``"rtnf.<topic>/1"``) and the ``run_id``. Receivers ignore fields they do not
 know. Nothing is ever pickled, and message sizes are bounded; so are numbers
 (integers of at most :data:`MAX_INT_DIGITS` digits, finite floats: no NaN,
-Infinity or 1e400) and nesting (:data:`MAX_DEPTH`). Clients bound the fields
-they use (the screen: ``stimulus.link``).
+Infinity or 1e400) and nesting (:data:`MAX_DEPTH`). The typed messages of
+:mod:`rtnf.wire.topics` bound every field (texts, lists, numbers).
 
 This module imports only the standard library so that clients (the feedback
 screen, the console, third-party tools) can use it without the processing
@@ -13,57 +13,40 @@ stack.
 
 Topics
 ------
+The fields of every topic, their types, units and bounds are defined once, by
+the typed message classes of :mod:`rtnf.wire.topics` (one per topic:
+:data:`rtnf.wire.topics.MESSAGE_TYPES`); ``docs/wire/`` holds the JSON Schema
+generated from them (``python -m rtnf.wire.schema``) for clients in other
+languages. In short:
+
 run
-    ``event`` ("start", "end" or "abort"), ``tr_s``, ``n_volumes``,
-    ``dummy_volumes``, ``conditions``, ``baseline``, ``blocks``, ``rois``,
-    ``feedback`` (settings: ``roi``, ``reference_roi``, ``signal``, ``kind``,
-    ``scaling``, ``scale_range``, ``intermittent_display_s``, ``enabled``,
-    ``hemodynamic_lag_s``), ``instructions`` (condition -> text), ``t``;
-    optional (clients must not rely on them): ``export_dir`` (the watched
-    export folder), ``output_dir`` (where the outputs are written),
-    ``fd_threshold_mm`` (``quality.fd_threshold_mm``) and ``heartbeat_s``
-    (``publish.heartbeat_s``). Volume numbers for people are ``index + 1``
-    ("volume N of n_volumes", 1-based from the first kept volume); the wire
-    keeps the 0-based ``index``.
-    While a run is going on the start message is repeated every few seconds
-    with ``"repeat": true`` so that late subscribers learn about the run.
+    :class:`~rtnf.wire.topics.RunMessage`: start / end / abort of a run (TR,
+    volumes, conditions, blocks, ROIs, feedback settings, instructions);
+    the start is repeated every few seconds with ``"repeat": true``.
 volume
-    ``index``, ``condition``, ``block``, ``rois`` (name -> raw, clean, psc),
-    ``motion``, ``framewise_displacement``, ``flags`` (missing, censored,
-    late, out_of_order), ``timing`` (the ``t_*`` fields of the timing
-    model), ``file``.
+    :class:`~rtnf.wire.topics.VolumeMessage`: one volume's ROI signals,
+    motion, framewise displacement, quality, flags and timing.
 feedback
-    ``index``, ``condition``, ``value`` (in [0, 1] or null), ``reason``
-    (why the value is null, else null), ``kind`` ("continuous" or
-    "intermittent"), ``signal`` (the value before scaling), ``display_s``
-    (intermittent scores: how long to show it), optional ``reward`` (text),
-    ``t_published``.
+    :class:`~rtnf.wire.topics.FeedbackMessage`: what the participant should
+    see for one volume (value in [0, 1] or null with a reason).
 heartbeat
-    ``source`` ("rtnf" or "stimulus"), ``state`` ("waiting", "running",
-    "ended"), ``last_index``, ``n_volumes``, ``t``.
+    :class:`~rtnf.wire.topics.HeartbeatMessage`: once a second, from rtnf
+    and from the feedback screen.
 preview
-    For the console, after each volume: ``index`` and ``planes``
-    ("sagittal", "coronal", "axial" through the feedback ROI), each with
-    ``shape``, ``image`` (8-bit rows of the realigned volume), ``tmap``
-    (rows of t values at 0.1 precision, null outside the brain; only with
-    the whole-brain model) and ``rois`` (name -> 0/1 rows); ``axcodes``
-    (orientation of the voxel axes, e.g. ["L", "P", "S"]) and ``voxel_mm``.
+    :class:`~rtnf.wire.topics.PreviewMessage`: image planes for the console.
 log
-    What the operator should know that is not one volume's value: a
-    skipped file, another series, a duplicate, a stale file, the export
-    folder vanishing. ``level`` ("WARNING", "ERROR"), ``message``, ``t``;
-    ``alarm`` (e.g. "recording"; "no_usable_volume" when a run ends without
-    one usable volume) and ``ok`` (false when it starts, true when it
-    clears) for conditions the console shows until they clear.
+    :class:`~rtnf.wire.topics.LogMessage`: what the operator should know
+    that is not one volume's value, with alarms that stay until they clear.
 displayed
-    Published by the feedback screen on its own socket: ``index`` (null for
-    screens that show no feedback value), ``value``, ``state``,
-    ``t_received``, ``t_displayed`` (time just after the flip).
+    :class:`~rtnf.wire.topics.DisplayedMessage`: published by the feedback
+    screen on its own socket when a frame with a new state or value flipped.
 keys
-    Published by the feedback screen on its own socket: ``source``
-    ("stimulus"), ``key``, ``role`` ("trigger" or "response"), ``t_key``
-    (time of the press as the screen saw it), ``state``, ``index`` (the
-    feedback index on screen, or null).
+    :class:`~rtnf.wire.topics.KeysMessage`: published by the feedback screen
+    on its own socket, one per key press or scanner trigger.
+
+Volume numbers for people are ``index + 1`` ("volume N of n_volumes",
+1-based from the first kept volume, :func:`volume_label`); the wire keeps the
+0-based ``index``.
 """
 
 from __future__ import annotations

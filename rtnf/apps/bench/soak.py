@@ -98,7 +98,7 @@ def _faults(n: int, rate: float, tr: float, seed: int) -> tuple[list[str], dict[
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Run the soak; returns its checks, latency figures and a text report."""
     from rtnf.config import load_config
-    from rtnf.apps.demo import Listener, Processes, _wait_ready, free_address, read_tsv, sim_spec, write_toml
+    from rtnf.apps.demo import Listener, Processes, free_address, read_tsv, sim_spec, wait_ready, write_toml
     from rtnf.run.outputs import TIMESERIES, output_path
 
     folder = args.folder or Path(tempfile.mkdtemp(prefix="rtnf-soak-"))
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--address", address,
                              "--overwrite", "--create-export-dir"], logs)
-        _wait_ready(listener, procs, no_screen=True)
+        wait_ready(listener, procs, no_screen=True)
         procs.start("scanner_sim", [sys.executable, "-m", "scanner_sim", "synth", str(spec_path), "--export-dir",
                                     str(cfg.scanner.export_dir), "--truth-dir", str(folder / "truth"),
                                     "--speed", str(args.speed), *fault_args], logs)

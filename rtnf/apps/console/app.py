@@ -566,8 +566,8 @@ class ConsolePage:
             ))
         label = {"waiting": "WAITING", "running": "RUNNING", "ended": "ENDED", "aborted": "ABORTED"}[phase]
         reason = ""
-        if phase == "aborted" and st.end is not None and isinstance(st.end.get("reason"), str):
-            reason = f" ({html.escape(st.end['reason'])})"
+        if phase == "aborted" and st.end is not None and st.end.reason is not None:
+            reason = f" ({html.escape(st.end.reason)})"
         detail = (
             f"missing {counts['missing']} · late {counts['late']} · censored {counts['censored']} · "
             f"FD &gt; {st.fd_threshold_mm:g} mm: {counts['high_motion']} · "

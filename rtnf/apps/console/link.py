@@ -2,10 +2,14 @@
 
 :class:`Subscriber` connects a SUB socket to rtnf's PUB and another to the
 feedback screen's PUB, decodes every message with :func:`rtnf.wire.messages.decode`
-and puts ``(origin, topic, body, t_received)`` on a :class:`queue.Queue`. The
+into its typed message of :mod:`rtnf.wire.topics` (the one decoder of the
+screen, the console and the LSL bridge: a message that cannot be used is
+logged and skipped here, an invalid optional value reads as absent) and puts
+``(origin, topic, message, t_received)`` on a :class:`queue.Queue`. The
 sockets are created, used and closed by that thread only; the web server
-drains the queue on its own event loop. Nothing is ever sent: the console is
-read-only.
+drains the queue on its own event loop, which so never spends time checking
+messages (a preview carries tens of thousands of numbers). Nothing is ever
+sent: the console is read-only.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import zmq
 
+from rtnf.wire.messages import MessageError
 from rtnf.wire.subscription import Subscription
+from rtnf.wire.topics import WireMessage, parse_body
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +36,7 @@ class Message(NamedTuple):
 
     origin: str  # "rtnf" or "screen"
     topic: str
-    body: dict[str, Any]
+    body: WireMessage  # of the topic's class in rtnf.wire.topics
     t_received: float
 
 
@@ -71,6 +77,7 @@ class Subscriber(threading.Thread):
         self.out = out
         self.poll_ms = int(poll_ms)
         self.n_malformed = 0
+        self._n_unusable = 0  # decoded, but not a usable message of its topic
         self.ready = threading.Event()
         self._stop_requested = threading.Event()
         self.error: BaseException | None = None
@@ -94,9 +101,15 @@ class Subscriber(threading.Thread):
             while not self._stop_requested.is_set():
                 ready = dict(poller.poll(self.poll_ms))
                 for origin, sub in subs.items():
-                    for message in sub.receive(ready):
-                        self.out.put(Message(origin, *message))
-                self.n_malformed = sum(sub.n_malformed for sub in subs.values())
+                    for topic, body, t_received in sub.receive(ready):
+                        try:
+                            message = parse_body(topic, body)
+                        except MessageError as exc:
+                            self._n_unusable += 1
+                            log.warning("Skipped a malformed message from %s: %s", origin, exc)
+                            continue
+                        self.out.put(Message(origin, topic, message, t_received))
+                self.n_malformed = sum(sub.n_malformed for sub in subs.values()) + self._n_unusable
         except BaseException as exc:  # reported by the server, which stops
             self.error = exc
             log.exception("console subscriber failed")

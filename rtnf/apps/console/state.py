@@ -1,9 +1,11 @@
 """What the operator console knows about the run: a pure state machine.
 
-:class:`RunState` is fed decoded wire-protocol messages (see
-:mod:`rtnf.wire.messages`) and keeps the whole run so far as one row per volume,
+:class:`RunState` is fed the typed wire-protocol messages of
+:mod:`rtnf.wire.topics` (or their decoded bodies, checked with those classes:
+an invalid optional value reads as absent, a message without a usable required
+field is ignored) and keeps the whole run so far as one row per volume,
 in the columns the page plots. It imports neither ZeroMQ nor the web stack:
-the console's subscriber thread only queues messages, and the web server's
+the console's subscriber thread only decodes and queues messages, and the web server's
 event loop (one thread) applies them here and reads the rows back.
 
 Rows are kept in arrival order; a row that changes after it was first added
@@ -23,7 +25,20 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from rtnf.wire.messages import SATURATION_EPS, SATURATION_WARN_FRACTION, reason_kind, volume_label
+from rtnf.wire.messages import SATURATION_EPS, SATURATION_WARN_FRACTION, MessageError, reason_kind, volume_label
+from rtnf.wire.topics import (
+    MAX_LOG_CHARS,
+    DisplayedMessage,
+    FeedbackMessage,
+    HeartbeatMessage,
+    KeysMessage,
+    LogMessage,
+    PreviewMessage,
+    RunMessage,
+    VolumeMessage,
+    WireMessage,
+    parse_body,
+)
 from .preview import Preview, prepare
 
 MOTION_PARAMETERS: tuple[str, ...] = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
@@ -40,7 +55,7 @@ STAGES: tuple[tuple[str, str, str], ...] = (
 MARKS: tuple[tuple[str, float], ...] = (("missing", 4.0), ("late", 3.0), ("censored", 2.0), ("motion", 1.0))
 NAN = float("nan")
 EVENTS_MAX = 200  # log messages kept per run (the oldest are dropped)
-MESSAGE_MAX_CHARS = 2000
+MESSAGE_MAX_CHARS = MAX_LOG_CHARS  # longer log messages are cut (rtnf.wire.topics.LogMessage)
 ERROR_ALERT_S = 60.0  # an ERROR log message stays in the alert bar this long (it stays in the event list)
 LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 RECORDING_FAILED = "RECORDING FAILED"  # rtnf.run.record's alarm, raised until ...
@@ -76,12 +91,20 @@ def _flag(value: Any) -> bool:
     return value is True
 
 
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
 def _str(value: Any) -> str:
     return value if isinstance(value, str) else ""
+
+
+_TIMES: tuple[str, ...] = ("t_acquired", "t_detected", "t_read", "t_preprocessed", "t_modelled", "t_published")
+
+
+def _typed(topic: str, body: "dict[str, Any] | WireMessage") -> Any:
+    """The typed message of a decoded body (rtnf.wire.topics); MessageError when it cannot be used."""
+    if isinstance(body, WireMessage):
+        if body.TOPIC != topic:
+            raise MessageError(f"a {body.TOPIC} message given as {topic}")
+        return body
+    return parse_body(topic, body)
 
 
 def _ms(t_to: float, t_from: float) -> float:
@@ -225,8 +248,8 @@ class RunState:
     def _new_run(self, run_id: str | None) -> None:
         self.generation += 1
         self.run_id = run_id
-        self.run: dict[str, Any] | None = None  # the run's start message
-        self.end: dict[str, Any] | None = None  # its end / abort message
+        self.run: RunMessage | None = None  # the run's start message
+        self.end: RunMessage | None = None  # its end / abort message
         self.heartbeat_state: str | None = None
         self.rois: list[str] = []
         self.rows: list[dict[str, Any]] = []
@@ -246,34 +269,33 @@ class RunState:
     @property
     def fd_threshold_mm(self) -> float:
         """The threshold in force: the run's own if it sends one, else the console's."""
-        value = _num((self.run or {}).get("fd_threshold_mm"))
+        value = _num(self.run.fd_threshold_mm if self.run else None)
         return value if value > 0 else self.default_fd_threshold_mm
 
     @property
     def rtnf_timeout_s(self) -> float:
         """Seconds without a message before rtnf counts as silent: three of its heartbeats at least."""
-        beat = _num((self.run or {}).get("heartbeat_s"))
+        beat = _num(self.run.heartbeat_s if self.run else None)
         return max(self.default_rtnf_timeout_s, 3.0 * beat) if beat > 0 else self.default_rtnf_timeout_s
 
     @property
     def export_dir(self) -> str | None:
         """The export folder rtnf watches (from the run message), if it says."""
-        return _str((self.run or {}).get("export_dir")) or None
+        return (self.run.export_dir if self.run else None) or None
 
     @property
     def output_dir(self) -> str | None:
         """The folder rtnf writes the run's outputs to (from the run message), if it says."""
-        return _str((self.run or {}).get("output_dir")) or None
+        return (self.run.output_dir if self.run else None) or None
 
     @property
     def tr_s(self) -> float | None:
-        value = _num((self.run or {}).get("tr_s"))
+        value = _num(self.run.tr_s if self.run else None)
         return value if value > 0 else None
 
     @property
     def n_volumes(self) -> int | None:
-        for source in (self.run or {}, self.rows[-1] if self.rows else {}):
-            value = source.get("n_volumes")
+        for value in (self.run.n_volumes if self.run else None, self.rows[-1].get("n_volumes") if self.rows else None):
             if isinstance(value, int) and not isinstance(value, bool) and value > 0:
                 return value
         return None
@@ -282,17 +304,14 @@ class RunState:
     def blocks(self) -> list[dict[str, Any]]:
         """The protocol's blocks ``{condition, start, stop}`` (kept-volume indices)."""
         out = []
-        for b in (self.run or {}).get("blocks") or []:
-            b = _dict(b)
-            start, stop = b.get("start"), b.get("stop")
-            if isinstance(start, int) and isinstance(stop, int) and stop > start:
-                out.append({"condition": _str(b.get("condition")), "start": start, "stop": stop})
+        for b in (self.run.blocks if self.run else None) or []:
+            if b.start is not None and b.stop is not None and b.stop > b.start:
+                out.append({"condition": b.condition or "", "start": b.start, "stop": b.stop})
         return out
 
     @property
     def conditions(self) -> list[str]:
-        listed = (self.run or {}).get("conditions")
-        names = [c for c in listed if isinstance(c, str)] if isinstance(listed, list) else []
+        names = list((self.run.conditions if self.run else None) or [])
         for b in self.blocks:
             if b["condition"] not in names:
                 names.append(b["condition"])
@@ -300,14 +319,13 @@ class RunState:
 
     @property
     def baseline(self) -> str | None:
-        value = (self.run or {}).get("baseline")
-        return value if isinstance(value, str) else None
+        return self.run.baseline if self.run else None
 
     @property
     def phase(self) -> str:
         """'waiting' (no run, or no volume yet), 'running', 'ended' or 'aborted'."""
         if self.end is not None:
-            return "aborted" if self.end.get("event") == "abort" else "ended"
+            return "aborted" if self.end.event == "abort" else "ended"
         if self.heartbeat_state == "ended":
             return "ended"
         if self.rows or self.heartbeat_state == "running":
@@ -339,8 +357,11 @@ class RunState:
         origin : str
             "rtnf" (rtnf's PUB) or "screen" (the feedback screen's PUB).
         topic : str
-        body : dict
-            Decoded message body; unknown fields are ignored.
+        body : dict or WireMessage
+            Decoded message body, checked here with its typed message of
+            :mod:`rtnf.wire.topics` (or that message): unknown fields are
+            ignored, an invalid optional value reads as absent (one bad value
+            costs that value, not the volume).
         t_received : float
             ``time.time()`` when the message arrived.
 
@@ -348,7 +369,7 @@ class RunState:
         -------
         bool
             False when the message was ignored (unknown topic, another run's
-            acknowledgement, malformed fields).
+            acknowledgement, a required field missing or invalid).
         """
         self.n_messages += 1
         try:
@@ -362,63 +383,59 @@ class RunState:
             self.n_ignored += 1
         return applied
 
-    def _handle_rtnf(self, topic: str, body: dict[str, Any], t: float) -> bool:
+    def _handle_rtnf(self, topic: str, body: "dict[str, Any] | WireMessage", t: float) -> bool:
         if topic not in ("run", "volume", "feedback", "heartbeat", "preview", "log"):
             return False
-        if topic == "heartbeat" and body.get("source") not in (None, "rtnf"):
+        msg = _typed(topic, body)
+        if topic == "heartbeat" and (msg.source not in (None, "rtnf") or "source" in msg.invalid):
             return False
         self.t_last_rtnf = t
-        run_id = body.get("run_id") if isinstance(body.get("run_id"), str) and body.get("run_id") else None
+        run_id = msg.run_id or None
         if run_id is not None and run_id != self.run_id:
             self._new_run(run_id)
-        if topic == "run":
-            return self._on_run(body)
-        if topic == "heartbeat":
-            state = body.get("state")
-            if state in ("waiting", "running", "ended"):
-                self.heartbeat_state = state
+        if isinstance(msg, RunMessage):
+            return self._on_run(msg)
+        if isinstance(msg, HeartbeatMessage):
+            if msg.state is not None:
+                self.heartbeat_state = msg.state
             return True
-        if topic == "feedback":
-            return self._on_feedback(body)
-        if topic == "preview":
-            return self._on_preview(body)
-        if topic == "log":
-            return self._on_log(body, t)
-        return self._on_volume(body, t)
+        if isinstance(msg, FeedbackMessage):
+            return self._on_feedback(msg)
+        if isinstance(msg, PreviewMessage):
+            return self._on_preview(msg)
+        if isinstance(msg, LogMessage):
+            return self._on_log(msg, t)
+        return self._on_volume(msg, t)
 
-    def _on_preview(self, body: dict[str, Any]) -> bool:
-        preview = prepare(body)
+    def _on_preview(self, msg: PreviewMessage) -> bool:
+        preview = prepare(msg.to_body())
         if preview is None:
             return False  # the previous preview stays on screen
         self.preview = preview  # the latest only: the one before is dropped
         self.n_previews += 1
         return True
 
-    def _on_log(self, body: dict[str, Any], t: float) -> bool:
-        message = body.get("message")
-        if not isinstance(message, str) or not message:
-            return False
-        level = body.get("level")
-        level = level.upper() if isinstance(level, str) and level.upper() in LEVELS else "INFO"
-        t_logged = _num(body.get("t"))
-        event = LogEvent(level, message[:MESSAGE_MAX_CHARS], t if math.isnan(t_logged) else t_logged, t)
+    def _on_log(self, msg: LogMessage, t: float) -> bool:
+        message = msg.message  # required, at most MESSAGE_MAX_CHARS
+        level = msg.level.upper() if msg.level is not None and msg.level.upper() in LEVELS else "INFO"
+        event = LogEvent(level, message, t if msg.t is None else msg.t, t)
         self.events.append(event)
         self.n_events += 1
         # rtnf marks alarms with a structured field; older messages are matched by their words.
-        alarm, ok = body.get("alarm"), body.get("ok")
+        alarm, ok = msg.alarm, msg.ok
         if alarm == "recording" and ok is False or alarm is None and event.is_error and RECORDING_FAILED in message:
             self.recording_failure = event
         elif alarm == "recording" and ok is True or alarm is None and RECORDING_WORKS in message.lower():
             self.recording_failure = None
         return True
 
-    def _on_run(self, body: dict[str, Any]) -> bool:
-        event = body.get("event")
+    def _on_run(self, msg: RunMessage) -> bool:
+        event = msg.event
         if event == "start":
             first = self.run is None
-            self.run = body
+            self.run = msg
             if first:
-                rois = [r for r in body.get("rois") or [] if isinstance(r, str)]
+                rois = list(msg.rois or [])
                 if rois and rois != self.rois:
                     if self.rows:  # volumes came first: add the columns they lacked
                         for row in self.rows:
@@ -429,51 +446,47 @@ class RunState:
             return True
         if event in ("end", "abort"):
             if self.run is None:
-                self.run = {**body, "event": "start"}
+                self.run = msg.model_copy(update={"event": "start"})
                 self.generation += 1
-            self.end = body
+            self.end = msg
             return True
         return False
 
-    def _on_feedback(self, body: dict[str, Any]) -> bool:
-        index = body.get("index")
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            return False
-        values = {"feedback": _num(body.get("value")), "feedback_reason": _str(body.get("reason"))}
+    def _on_feedback(self, msg: FeedbackMessage) -> bool:
+        index = msg.index
+        values = {"feedback": _num(msg.value), "feedback_reason": _str(msg.reason)}
         if index in self.position:
             self._update(index, values)
         else:
             self._feedback[index] = values
         return True
 
-    def _on_volume(self, body: dict[str, Any], t: float) -> bool:
-        index = body.get("index")
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
-            return False
+    def _on_volume(self, msg: VolumeMessage, t: float) -> bool:
+        index = msg.index
         if not self.rois:
-            self.rois = [r for r in _dict(body.get("rois")) if isinstance(r, str)]
-        timing = {k: _num(v) for k, v in _dict(body.get("timing")).items()}
-        flags = _dict(body.get("flags"))
-        motion = _dict(body.get("motion"))
-        fd = _num(body.get("framewise_displacement"))
+            self.rois = list(msg.rois or {})
+        timing = {k: _num(getattr(msg.timing, k)) for k in _TIMES} if msg.timing is not None else {}
+        flags = msg.flags
+        motion = {p: _num(getattr(msg.motion, p)) for p in MOTION_PARAMETERS} if msg.motion is not None else {}
+        fd = _num(msg.framewise_displacement)
         high = bool(fd > self.fd_threshold_mm)
-        acquisition = body.get("acquisition")
+        acquisition = msg.acquisition
         row: dict[str, Any] = {
             "index": index,
             "volume": index + 1,
-            "acquisition": acquisition if isinstance(acquisition, int) and not isinstance(acquisition, bool) else NAN,
-            "condition": _str(body.get("condition")),
-            "block": _num(body.get("block")),
-            "onset_s": _num(body.get("onset_s")),
+            "acquisition": acquisition if acquisition is not None else NAN,
+            "condition": _str(msg.condition),
+            "block": _num(msg.block),
+            "onset_s": _num(msg.onset_s),
             "feedback": NAN,
             "feedback_reason": "",
-            **{p: _num(motion.get(p)) for p in MOTION_PARAMETERS},
-            **{d: math.degrees(_num(motion.get(p))) for d, p in zip(ROTATION_DEGREES, MOTION_PARAMETERS[3:])},
+            **{p: motion.get(p, NAN) for p in MOTION_PARAMETERS},
+            **{d: math.degrees(motion.get(p, NAN)) for d, p in zip(ROTATION_DEGREES, MOTION_PARAMETERS[3:])},
             "fd": fd,
             "fd_high": fd if high else NAN,
-            "missing": _flag(flags.get("missing")),
-            "censored": _flag(flags.get("censored")),
-            "late": _flag(flags.get("late")),
+            "missing": _flag(flags.missing if flags else None),
+            "censored": _flag(flags.censored if flags else None),
+            "late": _flag(flags.late if flags else None),
             "high_motion": high,
             "t_detected": timing.get("t_detected", NAN),
             "t_published": timing.get("t_published", NAN),
@@ -483,11 +496,11 @@ class RunState:
         for column, start, stop in STAGES[:-1]:
             row[column] = _ms(timing.get(stop, NAN), timing.get(start, NAN))
         row["processing_ms"] = _ms(row["t_published"], row["t_detected"])
-        rois = _dict(body.get("rois"))
+        rois = msg.rois or {}
         for roi in self.rois:
-            values = _dict(rois.get(roi))
+            values = rois.get(roi)
             for kind in ("raw", "clean", "psc"):
-                row[f"{kind}_{roi}"] = _num(values.get(kind))
+                row[f"{kind}_{roi}"] = _num(getattr(values, kind) if values is not None else None)
         row.update(self._feedback.pop(index, {}))
         self._set_display(row, self._displayed.pop(index, NAN))
         self._set_marks(row)
@@ -501,24 +514,25 @@ class RunState:
         self.t_last_volume = t
         return True
 
-    def _handle_screen(self, topic: str, body: dict[str, Any], t: float) -> bool:
-        if topic == "keys":
-            return self._on_key(body, t)
-        if topic == "heartbeat":
-            self.t_last_screen = t
-            state = body.get("state")
-            self.screen_state = state if isinstance(state, str) else None
-            return True
-        if topic != "displayed":
+    def _handle_screen(self, topic: str, body: "dict[str, Any] | WireMessage", t: float) -> bool:
+        if topic not in ("keys", "heartbeat", "displayed"):
             return False
-        self.t_last_screen = t
-        index = body.get("index")
-        run_id = body.get("run_id")
-        if not isinstance(index, int) or isinstance(index, bool) or index < 0:
+        self.t_last_screen = t  # the screen is alive, whatever it says
+        msg = _typed(topic, body)
+        if isinstance(msg, KeysMessage):
+            return self._on_key(msg, t)
+        if isinstance(msg, HeartbeatMessage):
+            self.screen_state = msg.state
+            return True
+        if not isinstance(msg, DisplayedMessage):
+            return False
+        index = msg.index
+        run_id = msg.run_id
+        if index is None:
             return True  # a frame without a feedback value (instructions, end screen)
         if run_id and self.run_id and run_id != self.run_id:
             return False  # an acknowledgement of another run
-        t_displayed = _num(body.get("t_displayed"))
+        t_displayed = _num(msg.t_displayed)
         if index in self.position:
             row = self.rows[self.position[index]]
             if math.isnan(row["t_displayed"]) or t_displayed < row["t_displayed"]:
@@ -528,15 +542,12 @@ class RunState:
             self._displayed[index] = t_displayed
         return True
 
-    def _on_key(self, body: dict[str, Any], t: float) -> bool:
-        self.t_last_screen = t  # the screen is alive
-        run_id = body.get("run_id")
+    def _on_key(self, msg: KeysMessage, t: float) -> bool:
+        run_id = msg.run_id
         if run_id and self.run_id and run_id != self.run_id:
             return False  # a press during another run
-        key, role = body.get("key"), body.get("role")
-        if not isinstance(key, str) or role not in ("trigger", "response"):
-            return False
-        t_key = _num(body.get("t_key"))
+        key, role = msg.key, msg.role  # both required
+        t_key = _num(msg.t_key)
         t_key = t if math.isnan(t_key) else t_key
         if role == "trigger":
             self.keys["n_triggers"] += 1
@@ -570,10 +581,10 @@ class RunState:
 
     def elapsed_s(self, now: float) -> float | None:
         """Seconds since the run started (until its end once it ended)."""
-        t0 = _num((self.run or {}).get("t"))
+        t0 = _num(self.run.t if self.run else None)
         if math.isnan(t0):
             return None
-        t1 = _num(self.end.get("t")) if self.end is not None else now
+        t1 = _num(self.end.t) if self.end is not None else now
         return max(0.0, (now if math.isnan(t1) else t1) - t0)
 
     def counts(self) -> dict[str, int]:
@@ -615,11 +626,13 @@ class RunState:
     @property
     def feedback_enabled(self) -> bool:
         """False when the run shows no feedback by design (``feedback.enabled = false``)."""
-        return _dict((self.run or {}).get("feedback")).get("enabled") is not False
+        settings = self.run.feedback if self.run else None
+        return settings is None or settings.enabled is not False
 
     @property
     def intermittent(self) -> bool:
-        return _dict((self.run or {}).get("feedback")).get("kind") == "intermittent"
+        settings = self.run.feedback if self.run else None
+        return settings is not None and settings.kind == "intermittent"
 
     def regulation_feedback(self) -> dict[str, Any]:
         """How much feedback the participant saw during regulation, so far.
@@ -650,7 +663,7 @@ class RunState:
             return out
         lag = 0
         if self.intermittent:
-            lag_s = _num(_dict((self.run or {}).get("feedback")).get("hemodynamic_lag_s"))
+            lag_s = _num(self.run.feedback.hemodynamic_lag_s)  # intermittent: the run has settings
             lag = int(round((DEFAULT_LAG_S if math.isnan(lag_s) else lag_s) / (self.tr_s or 2.0)))
         last = max(self.position) if self.position else -1
         over = self.phase in ("ended", "aborted")
