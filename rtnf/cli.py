@@ -1,4 +1,18 @@
-"""The ``rtnf`` command: ``run``, ``demo`` and ``check``.
+"""The ``rtnf`` command. Its sub-commands, in the order ``rtnf --help`` lists them:
+
+- ``run``: one run at the scanner (watch the export folder, process, publish, record)
+- ``replay``: recorded runs (export folders or 4D NIfTI files) through the same pipeline
+- ``check``: validate a session config and print its protocol
+- ``import-opennft``: a session config from OpenNFT settings (.ini) and protocol (.json)
+- ``demo``: a complete simulated session on this machine
+- ``fidelity``: does a recorded run's feedback follow its ROI?
+- ``roi``: define an ROI on the reference volume
+- ``lsl``: feedback and volume markers republished on Lab Streaming Layer
+- ``session``: the runs of a session file in order (localizer, feedback, transfer)
+- ``keys``: ZeroMQ CURVE keys for a screen or console on another machine
+- ``report``: an HTML report of a recorded run
+- ``console``: the live operator console (a read-only web page on loopback)
+- ``bench``: latency benchmarks of the pipeline's stages (``read``, ``motion``, ``glm``, ``pipeline``, ``soak``)
 
 Errors the user can fix (a bad config, a busy port, existing outputs) are
 printed as one message with exit code 2, never as a traceback; so is a config
@@ -387,8 +401,14 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     from .config import load_config
     from rtnf.run.record import OutputExistsError
-    from rtnf.apps.replay import ReplayJob, replay_label, replay_many, replay_one
+    from rtnf.apps.replay import ReplayJob, ReplaySourceError, check_source, replay_label, replay_many, replay_one
 
+    try:
+        for source in args.sources:
+            check_source(source)
+    except ReplaySourceError as exc:
+        print(f"rtnf replay: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     base = _overrides(args)
     label = replay_label(_parse_sets(args.sets))  # its own folder under output.dir, named by the --set overrides
     cfg = load_config(args.config, base)  # fails early, with the config's message, on a bad override
@@ -425,6 +445,15 @@ def _cmd_session(args: argparse.Namespace) -> int:
     from rtnf.run.study_session import load_study_session, run_study_session
 
     study = load_study_session(args.session_file)
+    if args.replay is not None:
+        from rtnf.apps.replay import ReplaySourceError, check_source
+
+        try:
+            for source in args.replay:
+                check_source(source)
+        except ReplaySourceError as exc:
+            print(f"rtnf session: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.replay is not None and len(args.replay) != len(study.runs):
         print(f"rtnf session: --replay needs one source per run ({len(study.runs)}), got {len(args.replay)}",
               file=sys.stderr)

@@ -137,6 +137,19 @@ def global_signal(values: np.ndarray) -> float:
     return float(np.mean(a, dtype=np.float64))
 
 
+GLOBAL_LEVEL_FACTOR = 10.0
+"""A volume whose global signal is more than this factor above or below the run's level (the median of
+the accepted volumes' global signals) is a spike. BOLD moves the global mean by a few percent, a first
+volume before steady state by up to about 3 times; a scaling fault or an empty volume by far more."""
+
+
+def _near_level(gs: float, level: float) -> bool:
+    """Whether a global signal lies within :data:`GLOBAL_LEVEL_FACTOR` of the run's level."""
+    if not np.isfinite(gs) or level <= 0:
+        return bool(np.isfinite(gs))
+    return level / GLOBAL_LEVEL_FACTOR <= gs <= level * GLOBAL_LEVEL_FACTOR
+
+
 def robust_z(value: float, history: Sequence[float] | np.ndarray) -> float:
     """Robust z-score of ``value`` against ``history``: (value - median) / (1.4826 MAD).
 
@@ -245,6 +258,7 @@ class QualityMonitor:
 
     def reset(self) -> None:
         """Forget the run (new run)."""
+        self._levels: deque[float] = deque(maxlen=self.window)  # accepted volumes' global signals
         self._params: np.ndarray | None = None
         self._values: np.ndarray | None = None
         self._gs: float | None = None
@@ -286,6 +300,13 @@ class QualityMonitor:
         if motion_outlier:
             reasons.append(f"framewise displacement {fd:.2f} mm > {self.fd_threshold_mm:g} mm")
         spike = False
+        level = float(np.median(self._levels)) if self._levels else None
+        if level is not None and not _near_level(gs, level):
+            # Needs only one earlier volume: a volume of absurd intensity (a scaling fault, an all-zero volume)
+            # among the first volumes must not enter the baseline, nor be what the next volume is compared with.
+            reasons.append(f"global signal {gs:.4g}, the run's level is {level:.4g}")
+            return QualityRow(fd, dv, None, None, gs, None, True, motion_outlier, True, tuple(reasons))
+        self._levels.append(gs)
         if dv_z is not None and dv_z > self.spike_z:
             spike = True
             reasons.append(f"DVARS robust z {dv_z:.1f} > {self.spike_z:g}")

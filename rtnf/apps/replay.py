@@ -126,6 +126,37 @@ class ReplayFeeder:
                 self.put((probe, time.time()))
 
 
+class ReplaySourceError(ValueError):
+    """A replay source that cannot be replayed: one message for the command to print (exit 2)."""
+
+
+def check_source(source: Path) -> Path:
+    """Check a replay source before any run starts: an export folder, or a readable 4D NIfTI.
+
+    Raises
+    ------
+    ReplaySourceError
+        When it does not exist, or is a file that is not a 4D NIfTI (a 3D
+        volume, another format, a broken header).
+    """
+    source = Path(source)
+    if not source.exists():
+        raise ReplaySourceError(f"replay source not found: {source}")
+    if source.is_dir():
+        return source
+    import nibabel as nib
+
+    try:
+        shape = nib.load(source).shape
+    except Exception as exc:  # noqa: BLE001 - nibabel raises many kinds for a file that is not NIfTI
+        raise ReplaySourceError(f"{source}: not a readable NIfTI file ({type(exc).__name__}: {exc}); a replay "
+                                "source is an export folder or a 4D NIfTI") from None
+    if len(shape) != 4 or shape[3] < 1:
+        raise ReplaySourceError(f"{source}: a NIfTI of shape {tuple(shape)}; a replay needs a 4D NIfTI "
+                                "(x, y, z, time) or an export folder")
+    return source
+
+
 def sidecar_of(nifti: Path) -> Path:
     """The JSON sidecar beside a NIfTI file (``run_bold.nii.gz`` -> ``run_bold.json``)."""
     name = nifti.name
