@@ -109,6 +109,9 @@ class ProtocolConfig(_Model):
     blocks: list[BlockConfig] = []
     pattern: Optional[PatternConfig] = None
     instructions: dict[str, InstructionText] = {}
+    # Task condition -> which way of the ROI's signal is success in its blocks; task conditions not
+    # listed increase, the baseline has none (see rtnf.analysis.protocol.Protocol.directions).
+    directions: Annotated[dict[ConditionName, Literal["increase", "decrease"]], Field(max_length=64)] = {}
 
 
 class RoiConfig(_Model):
@@ -281,9 +284,6 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
-
-
-# ---------------------------------------------------------------- messages
 
 
 # ---------------------------------------------------------------- paths and cross-checks
@@ -632,6 +632,14 @@ def _make_protocol(cfg: Config) -> Protocol:
             raise ConfigError(
                 f"unknown condition in 'protocol.instructions.{cond}'. Allowed: {conditions}."
             )
+    task = [c for c in conditions if c != pc.baseline]
+    for cond in pc.directions:
+        if cond not in task:
+            what = "the baseline, which has no direction" if cond == pc.baseline else "not a condition of the protocol"
+            raise ConfigError(
+                f"invalid key 'protocol.directions.{cond}': {cond!r} is {what}. "
+                f"Allowed: a task condition ({', '.join(map(repr, task))}) = \"increase\" or \"decrease\"."
+            )
     if len(conditions) < 2:
         raise ConfigError(
             "the protocol has no condition besides the baseline "
@@ -645,6 +653,7 @@ def _make_protocol(cfg: Config) -> Protocol:
             conditions=tuple(conditions),
             tr_s=cfg.scanner.tr_s,
             n_volumes=cfg.n_kept_volumes,
+            directions=dict(pc.directions),
         )
     except ProtocolError as exc:
         raise ConfigError(str(exc)) from None

@@ -10,13 +10,21 @@ config's ``[feedback]`` table:
 2. spike removal: a Kalman filter that clips innovations beyond a threshold
    (as OpenNFT's modified Kalman filter does);
 3. exponential smoothing;
-4. scaling to [0, 1]: adaptive (the default: the configured range stretched or
+4. direction: in a block whose condition asks for a decrease
+   (``[protocol] directions``) the signal's sign is flipped, so the shown
+   value means success the same way in every block: a falling ROI signal
+   raises the bar there as a rising one does in an increase block;
+5. scaling to [0, 1]: adaptive (the default: the configured range stretched or
    shrunk to the participant's own signal), a fixed range, or the range
    seen so far, clipped;
-5. intermittent feedback: one value per regulation block, the mean over the
+6. intermittent feedback: one value per regulation block, the mean over the
    block shifted by the hemodynamic lag, given once after the lagged block
-   ends;
-6. sham feedback replaces all of this with the values recorded in another run.
+   ends (flipped if that block asked for a decrease);
+7. sham feedback replaces all of this with the values recorded in another run.
+
+Spike removal and smoothing work on the ROI's own signal (before the flip),
+so a change of direction between blocks is no jump for them; ``signal`` of
+:class:`FeedbackValue` is that signal, as the ROI did.
 """
 
 from __future__ import annotations
@@ -37,7 +45,11 @@ class FeedbackValue:
     """What the screen shows for one volume.
 
     ``value`` is in [0, 1], or None with a ``reason``; ``signal`` is the
-    value before scaling (percent, beta or t) for the record.
+    value before scaling (percent, beta or t) for the record, as the ROI did
+    (before any flip for a decrease block); ``direction`` is the way of
+    ``signal`` that ``value`` shows as success: ``"increase"`` (``value``
+    scales ``signal``), ``"decrease"`` (``value`` scales ``-signal``), or
+    None in the baseline (``signal`` as it is).
     """
 
     value: float | None
@@ -45,11 +57,22 @@ class FeedbackValue:
     signal: float | None = None
     kind: str = "continuous"
     display_s: float | None = None
+    direction: str | None = None
+
+    @property
+    def success_signal(self) -> float | None:
+        """``signal`` as ``value`` counts success: ``-signal`` for a decrease, else ``signal``."""
+        return None if self.signal is None else signed(self.signal, self.direction)
 
 
 def scale(x: float, low: float, high: float) -> float:
     """Map ``x`` linearly from [low, high] to [0, 1], clipped."""
     return float(min(1.0, max(0.0, (x - low) / (high - low))))
+
+
+def signed(signal: float, direction: str | None) -> float:
+    """``signal`` oriented so that success is up: flipped for ``"decrease"``, else as it is."""
+    return -signal if direction == "decrease" else signal
 
 
 class KalmanDespiker:
@@ -155,6 +178,9 @@ class AdaptiveScaler:
     every volume instead cost a 60-volume real series (2 % activation) 0.07
     of its shown value's correlation with the task (0.855 against 0.927).
     Until ``min_values`` values have been seen the configured range is used.
+    It is given the signal as the bar shows it (flipped in decrease blocks);
+    the gain depends only on magnitudes, so up and down blocks of the same
+    size set it alike and share one range.
 
     Parameters
     ----------
@@ -232,20 +258,35 @@ class FeedbackComputer:
         self._adaptive = AdaptiveScaler(tuple(cfg.scale_range)) if cfg.scaling == "adaptive" else None
         self._block_starts = {seg.start for seg in protocol.segments()}
         self._sham = read_sham_series(cfg.sham_from) if cfg.sham_from is not None else None
+        # Which way is success at each volume: its condition's direction (None in the baseline).
+        self._directions = [protocol.direction(c) for c in protocol.labels()]
         lag = int(round(cfg.hemodynamic_lag_s / tr))
-        # Intermittent: block k's value is ready at the volume where its lagged window ends.
+        # Intermittent: block k's value is ready at the volume where its lagged window ends;
+        # (first, stop) of that window and the block's direction.
         self._blocks = {
-            seg.stop - 1 + lag: (seg.start + lag, seg.stop + lag)
+            seg.stop - 1 + lag: (seg.start + lag, seg.stop + lag, protocol.direction(seg.condition))
             for seg in protocol.segments()
             if seg.condition != protocol.baseline and seg.stop - 1 + lag < protocol.n_volumes
         }
         self._signals: dict[int, float] = {}
 
+    def direction(self, index: int) -> str | None:
+        """The direction in which volume ``index``'s feedback value counts success.
+
+        The volume's condition's (None in the baseline); for an intermittent
+        score, the scored block's, which may differ from the volume's.
+        """
+        if self.cfg.kind == "intermittent" and index in self._blocks:
+            return self._blocks[index][2]
+        return self._directions[index] if 0 <= index < len(self._directions) else None
+
     def step(self, index: int, values: list[RoiValues], model: RoiModel) -> FeedbackValue:
         """Feedback for kept volume ``index`` (call once per volume, in order)."""
+        direction = self.direction(index)
         if self._sham is not None:
             value = self._sham[index] if index < len(self._sham) else None
-            return FeedbackValue(value, None if value is not None else "no sham value for this volume", kind=self.cfg.kind)
+            return FeedbackValue(value, None if value is not None else "no sham value for this volume", kind=self.cfg.kind,
+                                 direction=direction)
         signal, reason = self._signal(index, values, model)
         if signal is not None and not math.isfinite(signal):
             # Never shown or recorded as a number, and kept out of the despiker's,
@@ -259,15 +300,16 @@ class FeedbackComputer:
             if self._smooth is not None:
                 signal = self._smooth(signal)
             if self._adaptive is not None:
-                self._adaptive.observe(signal)
+                self._adaptive.observe(signed(signal, self._directions[index]))
             self._signals[index] = signal
         if not self.cfg.enabled:
-            return FeedbackValue(None, "no feedback in this run", signal=signal, kind=self.cfg.kind)
+            return FeedbackValue(None, "no feedback in this run", signal=signal, kind=self.cfg.kind, direction=direction)
         if self.cfg.kind == "intermittent":
             return self._intermittent(index)
         if signal is None:
-            return FeedbackValue(None, reason, kind="continuous")
-        return FeedbackValue(self._scale(signal), None, signal=signal, kind="continuous")
+            return FeedbackValue(None, reason, kind="continuous", direction=direction)
+        return FeedbackValue(self._scale(signed(signal, direction)), None, signal=signal, kind="continuous",
+                             direction=direction)
 
     def _scale(self, signal: float) -> float:
         if self._dynamic is not None:
@@ -293,13 +335,16 @@ class FeedbackComputer:
         return signal, None
 
     def _intermittent(self, index: int) -> FeedbackValue:
-        window = self._blocks.get(index)
-        if window is None:
-            return FeedbackValue(None, "intermittent: between scores", kind="intermittent")
-        values = [self._signals[i] for i in range(*window) if i in self._signals]
+        direction = self.direction(index)
+        block = self._blocks.get(index)
+        if block is None:
+            return FeedbackValue(None, "intermittent: between scores", kind="intermittent", direction=direction)
+        first, stop, _ = block
+        values = [self._signals[i] for i in range(first, stop) if i in self._signals]
         if not values:
-            return FeedbackValue(None, "intermittent: no value in the block", kind="intermittent")
+            return FeedbackValue(None, "intermittent: no value in the block", kind="intermittent", direction=direction)
         signal = float(np.mean(values))
         return FeedbackValue(
-            self._scale(signal), None, signal=signal, kind="intermittent", display_s=self.cfg.intermittent_display_s
+            self._scale(signed(signal, direction)), None, signal=signal, kind="intermittent",
+            display_s=self.cfg.intermittent_display_s, direction=direction,
         )

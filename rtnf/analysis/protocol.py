@@ -9,7 +9,10 @@ as a sliver of a few milliseconds (see ``_clip_to_run``).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+
+DIRECTIONS: tuple[str, ...] = ("increase", "decrease")
+"""Which way of the ROI's signal is success in a task condition (the default is the first)."""
 
 
 class ProtocolError(ValueError):
@@ -74,6 +77,10 @@ class Protocol:
         Repetition time in seconds.
     n_volumes : int
         Number of kept volumes (dummies excluded).
+    directions : dict of str to str, optional
+        Task condition -> ``"increase"`` or ``"decrease"``: which way of the
+        ROI's signal is success in its blocks. Task conditions not given
+        increase; the baseline has no direction.
     """
 
     blocks: tuple[Block, ...]
@@ -81,15 +88,32 @@ class Protocol:
     conditions: tuple[str, ...]
     tr_s: float
     n_volumes: int
+    directions: dict[str, str] = field(default_factory=dict, hash=False)
 
     def __post_init__(self) -> None:
         _check_blocks(self.blocks, self.tr_s * self.n_volumes)
         object.__setattr__(self, "blocks", _clip_to_run(self.blocks, self.tr_s, self.n_volumes, self.baseline))
+        for condition, direction in self.directions.items():
+            if condition not in self.task_conditions:
+                raise ProtocolError(
+                    f"direction given for {condition!r}, which is not a task condition. "
+                    f"Allowed: one of the task conditions {list(self.task_conditions)} (the baseline has none)."
+                )
+            if direction not in DIRECTIONS:
+                raise ProtocolError(
+                    f"invalid direction {direction!r} for condition {condition!r}. Allowed: {list(DIRECTIONS)}."
+                )
+        full = {c: self.directions.get(c, DIRECTIONS[0]) for c in self.task_conditions}
+        object.__setattr__(self, "directions", full)
 
     @property
     def task_conditions(self) -> tuple[str, ...]:
         """Conditions other than the baseline: one GLM regressor each."""
         return tuple(c for c in self.conditions if c != self.baseline)
+
+    def direction(self, condition: str) -> str | None:
+        """``"increase"`` or ``"decrease"`` for a task condition; None for the baseline (no regulation asked)."""
+        return self.directions.get(condition)
 
     def labels(self) -> list[str]:
         """Condition of each kept volume, judged at the volume's start time."""

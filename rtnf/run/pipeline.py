@@ -295,6 +295,9 @@ class VolumeProcessor:
         """The ``volume`` and ``feedback`` bodies: the one place they are built."""
         condition = self.labels[index]
         q = pre.quality if pre is not None else None
+        # The feedback's direction: the way of "signal" that "value" shows as success (the scored block's for an
+        # intermittent score); the volume's: the way its condition asks for (None in the baseline).
+        direction = self.feedback.direction(index)
         volume = {
             "index": index,
             "acquisition": acquisition,
@@ -302,6 +305,7 @@ class VolumeProcessor:
             "onset_s": index * self.protocol.tr_s,
             "condition": condition,
             "block": int(self.block_of[index]),
+            "direction": self.protocol.direction(condition),
             "rois": rois,
             "motion": pre.motion_dict() if q is not None else None,
             "framewise_displacement": q.framewise_displacement if q is not None else None,
@@ -320,6 +324,7 @@ class VolumeProcessor:
             "reason": fb.reason,
             "kind": fb.kind,
             "signal": fb.signal,
+            "direction": direction,
             "display_s": fb.display_s,
             "t_published": None,
         }

@@ -41,11 +41,12 @@ NA = "n/a"
 
 def timeseries_columns(roi_names: list[str]) -> list[str]:
     """Column names of the per-volume table, in order."""
-    cols = ["index", "acquisition", "onset_s", "condition", "block", "missing", "late", "out_of_order", "censored"]
+    cols = ["index", "acquisition", "onset_s", "condition", "direction", "block", "missing", "late", "out_of_order",
+            "censored"]
     for name in roi_names:
         cols += [f"{name}_raw", f"{name}_clean", f"{name}_psc"]
     cols += [*MOTION_COLUMNS, "framewise_displacement", "dvars", "global_signal"]
-    cols += ["feedback_signal", "feedback_value", "feedback_reason", *TIMING_FIELDS, "file"]
+    cols += ["feedback_signal", "feedback_success_signal", "feedback_value", "feedback_reason", *TIMING_FIELDS, "file"]
     return cols
 
 
@@ -56,6 +57,8 @@ def row_from_messages(volume: dict[str, Any], feedback: dict[str, Any], roi_name
         "acquisition": volume["acquisition"],
         "onset_s": volume["onset_s"],
         "condition": volume["condition"],
+        # The way the volume's condition asks for (older messages without it: the feedback's, for a continuous run).
+        "direction": volume.get("direction", feedback.get("direction")),
         "block": volume["block"],
         "missing": int(volume["flags"]["missing"]),
         "late": int(volume["flags"]["late"]),
@@ -73,7 +76,10 @@ def row_from_messages(volume: dict[str, Any], feedback: dict[str, Any], roi_name
     quality = volume.get("quality") or {}
     row["dvars"] = quality.get("dvars")
     row["global_signal"] = quality.get("global_signal")
-    row["feedback_signal"] = feedback.get("signal")
+    signal = feedback.get("signal")
+    row["feedback_signal"] = signal
+    row["feedback_success_signal"] = None if signal is None else (
+        -signal if feedback.get("direction") == "decrease" else signal)
     row["feedback_value"] = feedback["value"]
     row["feedback_reason"] = feedback["reason"]
     for field in TIMING_FIELDS:
@@ -99,6 +105,12 @@ def _sidecar(roi_names: list[str], cfg: Config) -> dict[str, Any]:
         "acquisition": {"Description": "Volume number in the scanner's file name (n/a when missing)."},
         "onset_s": {"Units": "s", "Description": "Start of the volume from the first kept volume."},
         "condition": {"Description": "Protocol condition of the volume."},
+        "direction": {
+            "Description": "Which way of the ROI's signal the volume's condition counts as success "
+            "(protocol.directions): 'increase' or 'decrease'; n/a in the baseline, which asks for neither.",
+            "Levels": {"increase": "success is the signal rising above baseline",
+                       "decrease": "success is the signal falling below baseline"},
+        },
         "block": {"Description": "Number of the protocol segment (consecutive volumes of one condition), from 0."},
         "missing": {"Description": "1 if the volume never arrived or could not be read, else 0."},
         "late": {
@@ -139,11 +151,23 @@ def _sidecar(roi_names: list[str], cfg: Config) -> dict[str, Any]:
     units = {"psc": "percent signal change", "beta": "regulation beta", "t": "regulation t"}[fb.signal]
     side["feedback_signal"] = {
         "Description": f"Feedback signal before scaling: {units} of {target} "
-        f"({fb.kind}; despike {fb.despike}; smoothing alpha {fb.smoothing_alpha})."
+        f"({fb.kind}; despike {fb.despike}; smoothing alpha {fb.smoothing_alpha}). It is what the ROI did: "
+        "recorded BEFORE the sign flip of a 'decrease' block (a falling signal is negative here in every block)."
     }
-    scaling = f"mapped from {fb.scale_range}" if fb.scaling == "fixed" else "scaled by the range seen so far"
+    side["feedback_success_signal"] = {
+        "Description": "feedback_signal oriented as the feedback value counts success, AFTER the flip: "
+        "minus feedback_signal where the feedback's direction is 'decrease', else feedback_signal. The "
+        "feedback's direction is the volume's (see direction), except for an intermittent score, which "
+        "takes the scored block's. feedback_value is this value scaled."
+    }
+    scaling = {
+        "fixed": f"mapped from {fb.scale_range}",
+        "adaptive": f"mapped from {fb.scale_range} times a gain adapted to the signal's size at each block's start",
+        "dynamic": "scaled by the range seen so far",
+    }[fb.scaling]
     side["feedback_value"] = {
-        "Description": f"Value sent to the feedback screen, in [0, 1]: feedback_signal {scaling} and clipped"
+        "Description": f"Value sent to the feedback screen, in [0, 1]: feedback_success_signal {scaling} and "
+        "clipped, so a higher value is success in both directions"
         + (" (sham: replayed from another run)" if fb.sham_from else "") + "."
     }
     side["feedback_reason"] = {"Description": "Why feedback_value is n/a, else n/a."}

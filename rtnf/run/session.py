@@ -352,6 +352,7 @@ class _RunLoop:
             "blocks": [
                 {"condition": s.condition, "start": s.start, "stop": s.stop} for s in protocol.segments()
             ],
+            "directions": dict(protocol.directions),
             "rois": self.processor.roi_names,
             "feedback": {
                 "roi": self.cfg.feedback.targets,

@@ -24,8 +24,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
-FIGURES = ("timecourses", "motion", "latency")
-"""The report's figures, in page order."""
+FIGURES = ("timecourses", "motion", "latency", "ratings")
+"""The report's figures, in page order ("ratings": :func:`rtnf.apps.report.ratings.figure_ratings`)."""
 MOTION_MIN_RANGE = {"trans": (-1.0, 1.0), "rots": (-1.0, 1.0), "fd": (0.0, 1.0)}
 """The smallest y range of the motion figure: translations (mm), rotations (degrees), FD (mm)."""
 FLAG_STYLE = {
@@ -41,7 +41,10 @@ CONDITION_COLOURS = ("#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#e377c2", "#17
 
 def draw(name: str, run: RecordedRun, summary: dict[str, Any], path: Path) -> Path | None:
     """Draw the figure ``name`` (one of :data:`FIGURES`) to ``path``; None when the run has nothing to show in it."""
-    makers = {"timecourses": figure_timecourses, "motion": figure_motion, "latency": figure_latency}
+    from .ratings import figure_ratings
+
+    makers = {"timecourses": figure_timecourses, "motion": figure_motion, "latency": figure_latency,
+              "ratings": figure_ratings}
     return makers[name](run, summary, path)
 
 

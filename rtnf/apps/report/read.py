@@ -58,6 +58,9 @@ class RecordedRun:
         The event log's rows (``time`` in UNIX seconds, ``level``, ``message``).
     notes : list of str
         Problems met while reading (absent siblings, a truncated line, ...).
+    ratings : list of dict
+        The participant's ratings (``*_desc-ratings_events.tsv``, :mod:`rtnf.run.ratings`) as text;
+        empty when the run had none.
     """
 
     timeseries: Path
@@ -70,6 +73,7 @@ class RecordedRun:
     provenance: dict[str, Any]
     log: list[dict[str, str]]
     notes: list[str] = field(default_factory=list)
+    ratings: list[dict[str, str]] = field(default_factory=list)
 
     # -- columns as arrays
 
@@ -218,7 +222,11 @@ def read_run(timeseries_tsv: Path) -> RecordedRun:
     config = read_config(outputs.sibling(tsv, outputs.CONFIG), notes)
     provenance = read_provenance(outputs.sibling(tsv, outputs.PROVENANCE), notes)
     log = read_log(outputs.sibling(tsv, outputs.LOG))
-    return RecordedRun(tsv, prefix, columns, rows, roi_names(columns), events, config, provenance, log, notes)
+    from .ratings import read_ratings
+
+    ratings = read_ratings(outputs.sibling(tsv, outputs.RATINGS_EVENTS), notes)
+    return RecordedRun(tsv, prefix, columns, rows, roi_names(columns), events, config, provenance, log, notes,
+                       ratings)
 
 
 def read_table(tsv: Path, notes: list[str]) -> tuple[list[str], list[dict[str, str]]]:

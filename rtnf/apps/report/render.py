@@ -21,6 +21,7 @@ import numpy as np
 from rtnf.wire.messages import SATURATION_EPS, SATURATION_WARN_FRACTION
 
 from .figures import FIGURES
+from .ratings import ratings_summary
 from .read import NA, RecordedRun, to_float
 from .summary import SIGNAL_UNITS, format_reasons
 
@@ -144,6 +145,7 @@ def page_context(run: RecordedRun, summary: dict[str, Any], figures: dict[str, P
         "log_warnings": log_warnings[:LOG_WARNINGS_SHOWN],
         "n_log_warnings": len(log_warnings),
         "versions": versions if isinstance(versions, dict) else {},
+        "ratings": ratings_summary(run, summary),
     }
 
 

@@ -33,6 +33,8 @@ FEEDBACK_SHOWN_WARN_FRACTION = 0.5
 """Below this fraction of regulation volumes with a feedback value (continuous feedback), the report warns at the top."""
 NO_FEEDBACK_REASON = "no feedback in this run"
 """The reason rtnf gives for every volume when ``[feedback] enabled`` is false."""
+DIRECTIONS = ("increase", "decrease")
+"""Ways a block's condition can ask the ROI's signal to go (``[protocol] directions``); the first is the default."""
 SIGNAL_UNITS = {"psc": "percent signal change (%)", "beta": "regulation beta (a.u.)", "t": "regulation t (a.u.)"}
 """Units of ``feedback_signal`` by ``[feedback] signal``."""
 
@@ -55,9 +57,12 @@ def summarise(run: RecordedRun) -> dict[str, Any]:
       non-baseline condition, with the volumes shifted by the lag: the mean
       feedback value (0-1) shown in it, and the difference between the
       block's mean of ``feedback_signal`` (and of each ROI's PSC) and the
-      mean of the preceding baseline block; ``success`` is whether the
-      feedback-signal difference is > 0. Missing and censored volumes are
-      left out of every mean;
+      mean of the preceding baseline block; ``direction`` is the way the
+      block's condition asked for ("increase" or "decrease", :func:`block_direction`)
+      and ``success`` whether the feedback-signal difference is > 0 in an
+      increase block, < 0 in a decrease block (``feedback_signal`` is the
+      ROI's own signal, before the flip the feedback applies in a decrease
+      block). Missing and censored volumes are left out of every mean;
     - ``tsnr``: per ROI, mean / standard deviation (ddof=1) of the cleaned
       signal over the volumes that are not missing (task variance
       included);
@@ -224,9 +229,11 @@ def regulation_blocks(run: RecordedRun, lag: int) -> list[dict[str, Any]]:
         previous = [p for p in block_ids if p < b and block_cond[p] == baseline]
         in_block = np.array([s == b for s in shifted_block]) & ok
         idx = [i for i, s in enumerate(blocks_col) if s == b]
+        direction = block_direction(run, idx, block_cond[b])
         entry: dict[str, Any] = {
             "block": b,
             "condition": block_cond[b],
+            "direction": direction,
             "volumes": (min(idx), max(idx)),
             "baseline_block": previous[-1] if previous else None,
             "n": int(in_block.sum()),
@@ -239,9 +246,21 @@ def regulation_blocks(run: RecordedRun, lag: int) -> list[dict[str, Any]]:
             entry["delta_feedback_signal"] = nanmean(fb_signal[in_block]) - nanmean(fb_signal[ref])
             entry["delta_psc"] = {roi: nanmean(v[in_block]) - nanmean(v[ref]) for roi, v in psc.items()}
         d = entry["delta_feedback_signal"]
-        entry["success"] = None if not np.isfinite(d) else bool(d > 0)
+        entry["success"] = None if not np.isfinite(d) else bool(d < 0 if direction == "decrease" else d > 0)
         blocks.append(entry)
     return blocks
+
+
+def block_direction(run: RecordedRun, rows: list[int], condition: str) -> str:
+    """The direction a block asked for: its rows' ``direction`` column, else the config copy's
+    ``[protocol] directions``, else "increase" (tables from before directions existed)."""
+    recorded = run.text("direction")
+    for i in rows:
+        if recorded[i] in DIRECTIONS:
+            return recorded[i]
+    directions = run.config.get("protocol", {}).get("directions", {})
+    given = directions.get(condition) if isinstance(directions, dict) else None
+    return given if given in DIRECTIONS else DIRECTIONS[0]
 
 
 def regulation_volumes(run: RecordedRun) -> np.ndarray:
