@@ -25,6 +25,7 @@ from rtnf.analysis.motion import motion_regressors
 from rtnf.analysis.preprocess import NonFiniteVolume, Preprocessed, Preprocessor
 from rtnf.analysis.roi_model import RoiModel
 from rtnf.analysis.wholebrain import WholeBrainModel, preview_body, slice_indices
+from rtnf.wire.topics import FeedbackMessage, VolumeMessage
 from .operator import OperatorJob
 from rtnf.scanner.export import Arrival
 from rtnf.scanner.filenames import FileNames
@@ -43,9 +44,9 @@ class VolumeResult:
 
     Attributes
     ----------
-    volume, feedback : dict
-        Bodies of the ``volume`` and ``feedback`` messages
-        (:mod:`rtnf.wire.messages`), complete but for what :meth:`stamp` sets.
+    volume, feedback : VolumeMessage, FeedbackMessage
+        The ``volume`` and ``feedback`` messages (:mod:`rtnf.wire.topics`),
+        complete but for what :meth:`stamp` sets.
     received : Volume or None
         The volume as read (for ``output.save_volumes``); None when missing.
     stage_s : dict of str to float
@@ -56,8 +57,8 @@ class VolumeResult:
         The operator's work for this volume (None when there is none).
     """
 
-    volume: dict[str, Any]
-    feedback: dict[str, Any]
+    volume: VolumeMessage
+    feedback: FeedbackMessage
     received: Any = None
     stage_s: dict[str, float] = field(default_factory=dict)
     operator: OperatorJob | None = None
@@ -65,19 +66,19 @@ class VolumeResult:
     @property
     def index(self) -> int:
         """Kept-volume index (0-based)."""
-        return self.volume["index"]
+        return self.volume.index
 
     @property
     def missing(self) -> bool:
         """Whether the volume never arrived or could not be used."""
-        return bool(self.volume["flags"]["missing"])
+        return bool(self.volume.flags["missing"])
 
     def stamp(self, t_published: float, late: bool = False, out_of_order: bool = False) -> None:
         """Set what only the run loop knows: when it sends the messages (s, epoch) and whether the volume was late."""
-        self.volume["timing"]["t_published"] = t_published
-        self.feedback["t_published"] = t_published
-        self.volume["flags"]["late"] = late
-        self.volume["flags"]["out_of_order"] = out_of_order
+        self.volume.timing["t_published"] = t_published
+        self.feedback.t_published = t_published
+        self.volume.flags["late"] = late
+        self.volume.flags["out_of_order"] = out_of_order
 
 
 class VolumeProcessor:
@@ -291,41 +292,45 @@ class VolumeProcessor:
         fb: FeedbackValue,
         missing: bool,
         pre: Preprocessed | None = None,
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The ``volume`` and ``feedback`` bodies: the one place they are built."""
+    ) -> tuple[VolumeMessage, FeedbackMessage]:
+        """The ``volume`` and ``feedback`` messages: the one place they are built.
+
+        ``model_construct``: the fields are rtnf's own, checked where they are computed; validating them
+        again would cost the feedback path (the receivers validate, see :mod:`rtnf.wire.topics`).
+        """
         condition = self.labels[index]
         q = pre.quality if pre is not None else None
         # The feedback's direction: the way of "signal" that "value" shows as success (the scored block's for an
         # intermittent score); the volume's: the way its condition asks for (None in the baseline).
         direction = self.feedback.direction(index)
-        volume = {
-            "index": index,
-            "acquisition": acquisition,
-            "n_volumes": self.protocol.n_volumes,
-            "onset_s": index * self.protocol.tr_s,
-            "condition": condition,
-            "block": int(self.block_of[index]),
-            "direction": self.protocol.direction(condition),
-            "rois": rois,
-            "motion": pre.motion_dict() if q is not None else None,
-            "framewise_displacement": q.framewise_displacement if q is not None else None,
-            "quality": None if q is None else {
+        volume = VolumeMessage.model_construct(
+            index=index,
+            acquisition=acquisition,
+            n_volumes=self.protocol.n_volumes,
+            onset_s=index * self.protocol.tr_s,
+            condition=condition,
+            block=int(self.block_of[index]),
+            direction=self.protocol.direction(condition),
+            rois=rois,
+            motion=pre.motion_dict() if q is not None else None,
+            framewise_displacement=q.framewise_displacement if q is not None else None,
+            quality=None if q is None else {
                 "dvars": q.dvars, "global_signal": q.global_signal, "spike": q.spike, "reasons": list(q.reasons),
             },
-            "flags": {"missing": missing, "censored": bool(q is not None and q.censored), "late": False,
-                      "out_of_order": False},
-            "timing": timing,
-            "file": file,
-        }
-        feedback = {
-            "index": index,
-            "condition": condition,
-            "value": fb.value,
-            "reason": fb.reason,
-            "kind": fb.kind,
-            "signal": fb.signal,
-            "direction": direction,
-            "display_s": fb.display_s,
-            "t_published": None,
-        }
+            flags={"missing": missing, "censored": bool(q is not None and q.censored), "late": False,
+                   "out_of_order": False},
+            timing=timing,
+            file=file,
+        )
+        feedback = FeedbackMessage.model_construct(
+            index=index,
+            condition=condition,
+            value=fb.value,
+            reason=fb.reason,
+            kind=fb.kind,
+            signal=fb.signal,
+            direction=direction,
+            display_s=fb.display_s,
+            t_published=None,
+        )
         return volume, feedback

@@ -28,14 +28,16 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rtnf.config import Config
-from rtnf.analysis.motion import MOTION_COLUMNS
+from rtnf.wire.topics import Motion, Quality, Timing
 from rtnf.analysis.protocol import Protocol
 from . import outputs
 from .outputs import bids_prefix, func_dir  # noqa: F401 (the recorder's users name files with them)
 
 log = logging.getLogger(__name__)
 
-TIMING_FIELDS = ("t_acquired", "t_detected", "t_read", "t_preprocessed", "t_modelled", "t_published")
+# The table's columns that copy a message's part take their names and meanings from the wire's classes.
+TIMING_FIELDS = tuple(Timing.model_fields)
+MOTION_FIELDS = tuple(Motion.model_fields)
 NA = "n/a"
 
 
@@ -45,7 +47,7 @@ def timeseries_columns(roi_names: list[str]) -> list[str]:
             "censored"]
     for name in roi_names:
         cols += [f"{name}_raw", f"{name}_clean", f"{name}_psc"]
-    cols += [*MOTION_COLUMNS, "framewise_displacement", "dvars", "global_signal"]
+    cols += [*MOTION_FIELDS, "framewise_displacement", "dvars", "global_signal"]
     cols += ["feedback_signal", "feedback_success_signal", "feedback_value", "feedback_reason", *TIMING_FIELDS, "file"]
     return cols
 
@@ -70,7 +72,7 @@ def row_from_messages(volume: dict[str, Any], feedback: dict[str, Any], roi_name
         for kind in ("raw", "clean", "psc"):
             row[f"{name}_{kind}"] = values.get(kind)
     motion = volume.get("motion") or {}
-    for name in MOTION_COLUMNS:
+    for name in MOTION_FIELDS:
         row[name] = motion.get(name)
     row["framewise_displacement"] = volume.get("framewise_displacement")
     quality = volume.get("quality") or {}
@@ -99,7 +101,6 @@ def format_cell(value: Any) -> str:
 
 
 def _sidecar(roi_names: list[str], cfg: Config) -> dict[str, Any]:
-    t = {"Units": "s", "Description": "UNIX time (time.time()) when "}
     side: dict[str, Any] = {
         "index": {"Description": "Kept-volume index from 0 (dummy volumes excluded); row of the design."},
         "acquisition": {"Description": "Volume number in the scanner's file name (n/a when missing)."},
@@ -136,7 +137,7 @@ def _sidecar(roi_names: list[str], cfg: Config) -> dict[str, Any]:
             "Description": f"Cleaned ROI '{name}' signal as percent change from its mean over the most recent "
             "baseline period (baseline blocks shifted by the hemodynamic lag).",
         }
-    for name in MOTION_COLUMNS:
+    for name in MOTION_FIELDS:
         unit = "mm" if name.startswith("trans") else "rad"
         side[name] = {
             "Units": unit,
@@ -144,8 +145,8 @@ def _sidecar(roi_names: list[str], cfg: Config) -> dict[str, Any]:
             "the head moves by p' = R p + t in scanner RAS mm about the origin, R = Rz Ry Rx).",
         }
     side["framewise_displacement"] = {"Units": "mm", "Description": "Framewise displacement (Power et al. 2012, 50 mm sphere)."}
-    side["dvars"] = {"Description": "RMS over the brain mask of the backward difference of the realigned volume."}
-    side["global_signal"] = {"Description": "Mean of the realigned volume over the brain mask."}
+    for field in ("dvars", "global_signal"):
+        side[field] = {"Description": Quality.model_fields[field].description or field}
     fb = cfg.feedback
     target = " and ".join(fb.targets) + (f" minus {fb.reference_roi}" if fb.reference_roi else "")
     units = {"psc": "percent signal change", "beta": "regulation beta", "t": "regulation t"}[fb.signal]
@@ -171,21 +172,16 @@ def _sidecar(roi_names: list[str], cfg: Config) -> dict[str, Any]:
         + (" (sham: replayed from another run)" if fb.sham_from else "") + "."
     }
     side["feedback_reason"] = {"Description": "Why feedback_value is n/a, else n/a."}
-    for field, when in zip(
-        TIMING_FIELDS,
-        (
-            "the volume's acquisition started (from the file header; n/a if unknown)",
-            "the watcher found the volume's file complete",
-            "the volume was decoded",
-            "the ROI signals were extracted",
-            "the GLM and feedback were updated",
-            "the messages were handed to ZeroMQ",
-        ),
-    ):
-        side[field] = {"Units": "s", "Description": t["Description"] + when + "."}
+    for field in TIMING_FIELDS:
+        side[field] = {"Units": "s", "Description": "UNIX time (time.time()): "
+                       + _lower_first(Timing.model_fields[field].description or field)}
     side["file"] = {"Description": "Name of the volume's file in the export folder (with output.file_names = "
                                    "\"hash\": its volume number and a short salted hash of the name)."}
     return side
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]
 
 
 def _versions() -> dict[str, str]:

@@ -549,27 +549,30 @@ class _RunLoop:
         volume, feedback = result.volume, result.feedback
         t_published = time.time()
         late = out_of_order = False
-        t_detected = volume["timing"]["t_detected"]
+        t_detected = volume.timing["t_detected"]
         if t_detected is not None and not result.missing:
             acquisition = result.index + self.cfg.scanner.dummy_volumes
             out_of_order = acquisition in self._out_of_order
             late = out_of_order or self.lateness.is_late(
-                acquisition, t_detected, t_published, t_released, volume["timing"].get("t_acquired")
+                acquisition, t_detected, t_published, t_released, volume.timing.get("t_acquired")
             )
             if late:
-                log.warning("%s (acq %s) arrived late%s", self._label(result.index), volume["acquisition"],
+                log.warning("%s (acq %s) arrived late%s", self._label(result.index), volume.acquisition,
                             " (out of order)" if out_of_order else "")
         result.stamp(t_published, late, out_of_order)
-        row = row_from_messages(volume, feedback, self.processor.roi_names)
-        if result.index in self.recorded:
+        feedback_body = feedback.to_body()
+        resumed = result.index in self.recorded  # processed again after a crash: neither sent nor recorded twice
+        if not resumed:
+            self.publisher.send("feedback", feedback_body)  # the participant's value first: what the run is for
+        volume_body = volume.to_body()
+        row = row_from_messages(volume_body, feedback_body, self.processor.roi_names)
+        if resumed:
             self._check_recorded(row)
         else:
-            # The participant's value first: it is what the run is for.
-            self.publisher.send("feedback", feedback)
-            self.publisher.send("volume", volume)
+            self.publisher.send("volume", volume_body)
             self.recorder.write_row(row)
             if self.on_volume is not None:
-                self.on_volume(volume, feedback)
+                self.on_volume(volume_body, feedback_body)
         if result.operator is not None:  # after the feedback has left: the operator's products
             self.operator.submit(result.operator)
         if self.cfg.output.save_volumes and result.received is not None:
@@ -578,7 +581,7 @@ class _RunLoop:
         self.last_index = result.index
         if result.missing:
             self.n_missing += 1
-            self._missing_reasons[feedback["reason"] or "missing volume"] += 1
+            self._missing_reasons[feedback.reason or "missing volume"] += 1
         else:
             self.n_processed += 1
 
