@@ -14,6 +14,10 @@ scene
     (:mod:`rtnf.wire.display`); no PsychoPy.
 screen
     The PsychoPy window that draws a :class:`~stimulus.scene.Scene`.
+displays
+    The feedback displays beside the thermometer, chosen per condition: a
+    gauge, a picture, a number, a tone, and labels of the target and baseline
+    marks (only :mod:`stimulus.displays.draw` imports PsychoPy's visual module).
 timing
     Receive-to-flip latency (median, p95, p99) from the flip log.
 docs

@@ -26,8 +26,12 @@ from typing import IO, Any
 from rtnf.wire.display import DisplayConfig, DisplayConfigError, load_display, parse_display
 from rtnf.wire.messages import DEFAULT_ADDRESS, DEFAULT_SCREEN_ADDRESS
 from stimulus.link import FeedbackLink, ScreenState
+from stimulus.rating import RatingController
 from stimulus.scene import Scene, SceneMaker
+from stimulus.displays.picture import resolve_picture
+from stimulus.displays.tone import Tones, ToneUnavailable
 from stimulus.timing import latency_summary, write_summary
+from stimulus.trigger import Triggers
 
 logger = logging.getLogger("stimulus")
 
@@ -41,7 +45,9 @@ FLIP_LOG_COLUMNS = (
 latest value, held through null volumes), ``bar_shown`` the level drawn on
 that frame (gliding), ``t_received`` the receive time of the feedback message
 ``index`` (for the receive-to-flip latency, see :mod:`stimulus.timing`)."""
-KEY_LOG_COLUMNS = ("t_key", "key", "role", "phase", "index", "run_id")
+KEY_LOG_COLUMNS = ("t_key", "key", "role", "phase", "index", "run_id", "device", "pulse", "trigger_check")
+"""Columns of the key log; ``device`` ("keyboard" or "serial"), ``pulse`` and ``trigger_check`` (see
+:mod:`stimulus.trigger`) describe the scanner's triggers."""
 
 
 def _size(text: str) -> list[int]:
@@ -118,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--glide", type=_non_negative, metavar="SECONDS",
                    help="time for the bar to move to a new value (0.3; 0 jumps)")
     d.add_argument("--trigger-key", metavar="KEY", help="the scanner trigger's key ('5')")
+    d.add_argument("--trigger-port", metavar="PORT",
+                   help="serial port of a trigger box sending the scanner's pulse as a byte "
+                        "(display.trigger.port, e.g. /dev/ttyUSB0; off by default)")
     d.add_argument("--heartbeat-timeout", type=_positive, metavar="SECONDS",
                    help="show 'connection lost' after this long without a message "
                         "while a run is going on (3; never after the run ended)")
@@ -160,7 +169,11 @@ def display_config(args: argparse.Namespace) -> DisplayConfig:
         raw["bar"]["glide_s"] = args.glide
     if args.trigger_key is not None:
         raw["keys"]["trigger"] = args.trigger_key
-    return parse_display(_lists(raw), "command line")
+    if getattr(args, "trigger_port", None) is not None:
+        raw["trigger"]["port"] = args.trigger_port
+    cfg = parse_display(_lists(raw), "command line")
+    # display.picture.file: relative to the session TOML's folder, and readable (checked now, not mid-run).
+    return resolve_picture(cfg, args.config, str(args.config or "command line"))
 
 
 def _lists(value: Any) -> Any:
@@ -225,12 +238,14 @@ class KeyLog:
             self._writer = csv.writer(self._file)
             self._writer.writerow(KEY_LOG_COLUMNS)
 
-    def write(self, t_key: float, key: str, role: str, state: ScreenState) -> None:
+    def write(self, t_key: float, key: str, role: str, state: ScreenState, device: str = "keyboard",
+              pulse: int | None = None, trigger_check: str | None = None) -> None:
         if self._file is None:
             return
         fb = state.feedback
         self._writer.writerow((f"{t_key:.6f}", key, role, state.phase,
-                               "" if fb is None else fb.index, state.run_id or ""))
+                               "" if fb is None else fb.index, state.run_id or "", device,
+                               "" if pulse is None else pulse, trigger_check or ""))
         self._file.flush()
 
     def close(self) -> None:
@@ -299,6 +314,11 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     try:
+        tones = Tones.open(cfg)  # None unless a condition has tone = true (stimulus.displays.tone)
+    except ToneUnavailable as exc:
+        logger.error("%s", exc)
+        return 2
+    try:
         link = FeedbackLink(args.address, args.ack_address, cfg.heartbeat_timeout_s,
                             curve_keys=args.curve_keys, curve_client=args.curve_client,
                             ack_curve_keys=args.ack_curve_keys)
@@ -316,6 +336,7 @@ def run(args: argparse.Namespace) -> int:
     flip_log = FlipLog(args.flip_log)
     key_log = KeyLog(args.key_log)
     screen = None
+    loop = None
     try:
         # Lazy: importing PsychoPy's visual module needs a display.
         from stimulus.screen import FeedbackScreen
@@ -324,10 +345,13 @@ def run(args: argparse.Namespace) -> int:
         logger.info("feedback screen %dx%d subscribed to %s, acknowledging on %s",
                     *screen.size, args.address, args.ack_address)
         loop = Loop(args, cfg, link, screen, flip_log, key_log, stop)
+        loop.tones = tones
         loop.run()
         if args.screenshot is not None:
             loop.final_screenshot(args.screenshot)
     finally:
+        if loop is not None:
+            loop.triggers.close()
         flip_log.close()
         key_log.close()
         if screen is not None:
@@ -375,12 +399,17 @@ class Loop:
         self.key_log = key_log
         self.stop = stop
         self.scenes = SceneMaker(cfg)
+        self.tones: Tones | None = None  # set by run() when a condition has tone = true
         self.keys = KeyCounter()
+        self.triggers = Triggers(cfg, link, key_log, self.keys)  # keyboard and serial, one clock
         keys = cfg.keys
         self.roles: dict[str, str] = {k: "response" for k in keys.responses}
         if keys.trigger:
             self.roles[str(keys.trigger)] = "trigger"
         self.key_names = [*self.roles, keys.quit]
+        self.ratings = RatingController(cfg, link.send_rating)  # [[display.ratings]]: see stimulus.rating
+        if self.ratings.enabled:
+            self.key_names += [k for k in self.ratings.keys if k not in self.key_names]
         self.period = 1.0 / cfg.max_fps
         self.next_frame = time.time()
         self.next_heartbeat = time.time()
@@ -402,19 +431,24 @@ class Loop:
             # catch up after a late frame: at most one short interval.
             self.next_frame = max(self.next_frame + self.period, t_flip + self.period / 2.0)
             self._acknowledge(state, scene, t_flip)
+            if self.ratings.changed():
+                self.next_heartbeat = t_flip  # a rating came, went or was queued: say so now
             if t_flip >= self.next_heartbeat:
                 self.next_heartbeat = t_flip + HEARTBEAT_PERIOD_S
                 self.link.send_heartbeat(
                     state.phase, last_index=None if self.acked is None else self.acked[1],
                     connection_lost=scene.lost, n_malformed=self.link.n_malformed,
-                    view=scene.view, **self.keys.heartbeat_fields(),
+                    view=scene.view, **self.keys.heartbeat_fields(), **self.triggers.heartbeat_fields(),
+                    **self.ratings.heartbeat_fields(t_flip),
                 )
             self._read_keys(state)
+            self.triggers.poll(state)  # the serial trigger box's pulses, stamped by its reader thread
             if (
                 self.args.exit_after_end is not None
                 and state.phase == "ended"
                 and state.t_phase is not None
-                and t_flip - state.t_phase >= self.args.exit_after_end
+                and not self.ratings.busy()  # the ratings after the run are answered first
+                and t_flip - max(state.t_phase, self.ratings.t_idle) >= self.args.exit_after_end
             ):
                 self.stop.reason = "run ended"
         logger.info("stopping (%s)", self.stop.reason)
@@ -422,11 +456,19 @@ class Loop:
     def frame(self, capture: bool = False) -> tuple[float, Scene]:
         """Draw the current state, flip, log the flip; return (t_flip, scene)."""
         state = self.link.state
-        scene = self.scenes.scene(state, time.time())
+        now = time.time()
+        scene = self.ratings.overlay(state, self.scenes.scene(state, now), now)  # a rating pauses the feedback
         self.screen.draw(scene)
         if capture:
             self.screen.capture()
         t_flip = self.screen.flip()
+        if self.tones is not None and scene.view != "rating":
+            self.tones.update(state)  # after the flip: the tone starts with the frame showing its value
+        self.ratings.flipped(t_flip)
+        if self.ratings.enabled:
+            click = self.screen.rating_click()
+            if click is not None:
+                self.ratings.click(*click)
         self.flip_log.write(t_flip, state, scene)
         return t_flip, scene
 
@@ -450,8 +492,12 @@ class Loop:
             if key == self.cfg.keys.quit:
                 self.stop.reason = f"{key} key"
                 continue
+            self.ratings.key(key, t_key)  # moves or confirms the rating on screen, if any
             role = self.roles.get(key)
             if role is None:
+                continue
+            if role == "trigger":
+                self.triggers.trigger(key, t_key, "keyboard", state)
                 continue
             self.keys.add(key, role, t_key)
             self.key_log.write(t_key, key, role, state)

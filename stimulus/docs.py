@@ -48,6 +48,21 @@ START = {"event": "start", "tr_s": 1.0, "n_volumes": 100, "baseline": "rest",
          "instructions": {}}
 
 
+def conditions(**changes: dict[str, Any]) -> dict[str, Any]:
+    """:data:`DOC_DISPLAY`'s conditions with keys of some changed (for a shot's ``display``)."""
+    out = {name: dict(table) for name, table in DOC_DISPLAY["conditions"].items()}
+    for name, table in changes.items():
+        out[name] = {**out.get(name, {}), **table}
+    return {"conditions": out}
+
+
+LABELS = {"target_label": "Goal", "baseline_label": "Rest"}
+"""Labels of the target and baseline marks in the shots that show them."""
+GAUGE = {"view": "gauge", "instruction": "Turn the needle to the goal"}
+PICTURE_COLOUR = {"scale": [1.0, 1.0], "opacity": [1.0, 0.4], "colour": ["#ffffff", "#6fa8ff"]}
+"""A picture whose opacity and colour follow the value (its size stays)."""
+
+
 def message(topic: str, t: float, **fields: Any) -> tuple[str, dict[str, Any], float]:
     return topic, {"schema": schema_for(topic), "run_id": RUN_ID, **fields}, t
 
@@ -119,7 +134,103 @@ SHOTS: tuple[Shot, ...] = (
          (_start, fb(1, 0.6)), T0 + 1 + 3.5),
     Shot("mirrored", "display.mirror = true: the whole image read right to left (projection "
          "through a mirror).", (_start, fb(1, 0.6)), T0 + 1.5, {"mirror": True}),
+    # Feedback displays (stimulus.displays), chosen per condition.
+    Shot("bar_labels", "bar.target_label = \"Goal\" and bar.baseline_label = \"Rest\": labels "
+         "beside the target line and the baseline marker, in their colours.",
+         (_start, fb(1, 0.6)), T0 + 1.5, {"bar": LABELS}),
+    Shot("gauge", "view = \"gauge\": the needle at 0.60 over a 180° arc (value 0 left, 1 right), "
+         "target and baseline ticks outside the arc with their labels.",
+         (_start, fb(1, 0.6)), T0 + 1.5, {**conditions(regulate=GAUGE), "bar": LABELS}),
+    Shot("gauge_null", "The gauge for a volume without a value: the needle holds, the bar's grey "
+         "indicator shows under the dial.", (_start, fb(1, 0.6), fb(2, None)), T0 + 2.5,
+         conditions(regulate=GAUGE)),
+    Shot("picture", "view = \"picture\": the built-in flame at value 0.20 (picture.scale = "
+         "[1.0, 0.3]: large while success is low).", (_start, fb(1, 0.2)), T0 + 1.5,
+         conditions(regulate={"view": "picture", "instruction": "Make the flame smaller"})),
+    Shot("picture_success", "The same flame at value 0.90: it shrinks as the value (success) "
+         "rises, for example as pain-related activity falls.", (_start, fb(1, 0.9)), T0 + 1.5,
+         conditions(regulate={"view": "picture", "instruction": "Make the flame smaller"})),
+    Shot("picture_colour", "picture.opacity = [1.0, 0.4] and picture.colour = [\"#ffffff\", "
+         "\"#6fa8ff\"]: at value 0.80 the flame is fainter and bluer (its size fixed).",
+         (_start, fb(1, 0.8)), T0 + 1.5,
+         {**conditions(regulate={"view": "picture", "instruction": "Cool the flame"}),
+          "picture": PICTURE_COLOUR}),
+    Shot("picture_null", "The picture for a volume without a value: it holds, the grey indicator "
+         "shows under it.", (_start, fb(1, 0.2), fb(2, None)), T0 + 2.5,
+         conditions(regulate={"view": "picture", "instruction": "Make the flame smaller"})),
+    Shot("number", "view = \"number\": the value written with score.text and score.scale "
+         "(\"{score} points\"), under the instruction.", (_start, fb(1, 0.6)), T0 + 1.5,
+         conditions(regulate={"view": "number"})),
+    Shot("number_null", "The number for a volume without a value: it holds, the grey indicator "
+         "shows under it.", (_start, fb(1, 0.6), fb(2, None)), T0 + 2.5,
+         conditions(regulate={"view": "number"})),
+    Shot("tone", "tone = true with view = \"text\" (eyes closed): the screen shows the "
+         "instruction only; each new value plays a tone whose pitch (and volume) follows it "
+         "([display.tone]).", (_start, fb(1, 0.6)), T0 + 1.5,
+         conditions(regulate={"view": "text", "tone": True,
+                              "instruction": "Close your eyes and raise the tone"})),
 )
+
+
+FEEDBACK_DISPLAYS_DOC: list[str] = [
+    "",
+    "## Feedback that fits the design",
+    "",
+    "Each condition picks its display with `view` (`\"bar\"` by default; `\"gauge\"`, `\"picture\"`, "
+    "`\"number\"`) and may add a tone (`tone = true`, for eyes-closed designs; with any view). "
+    "Every display glides like the bar (`bar.glide_s`), shows the value the screen receives (success, "
+    "whatever the block's direction) and, for a volume without a value, holds the last value with the "
+    "bar's grey indicator under it (the tone stays silent). The settings of the shots above "
+    "(`stimulus/docs.py`), with every key of the new tables at its default:",
+    "",
+    "```toml",
+    "[display.conditions.regulate]",
+    'view = "gauge"          # or "bar", "picture", "number", "fixation", "text"',
+    "tone = false            # true: a tone at each new value of this condition",
+    "",
+    "[display.bar]",
+    'target_label = "Goal"   # beside the target line and the gauge\'s target tick ("": none)',
+    'baseline_label = "Rest" # beside the baseline marker and the gauge\'s baseline tick',
+    "",
+    "[display.gauge]",
+    "radius_frac = 0.3       # of the window height",
+    "offset_y_frac = -0.15   # the needle's pivot below the centre",
+    "sweep_deg = 180         # value 0 at the arc's left end, 1 at its right end",
+    "arc_width_px = 12",
+    'arc_colour = "#3c3c3c"',
+    "needle_width_px = 6     # the needle has the bar's fill colour (bar.fill, or the condition's bar_fill)",
+    'hub_colour = "#c8c8c8"',
+    "",
+    "[display.picture]",
+    'file = ""               # empty: the built-in flame, drawn by code',
+    "height_frac = 0.5       # height at scale 1, fraction of the window",
+    "offset_y_frac = -0.05",
+    'anchor = "bottom"       # or "centre": what stays in place as it scales',
+    "scale = [1.0, 0.3]      # at value 0, at value 1: the flame shrinks as success rises",
+    "opacity = [1.0, 1.0]",
+    'colour = ["#ffffff", "#ffffff"]  # multiplied into the image',
+    "",
+    "[display.tone]",
+    "pitch_hz = [220.0, 880.0]  # at value 0, at value 1 (geometric: 0.5 is 440 Hz)",
+    "volume = [0.5, 0.5]",
+    "duration_s = 0.4           # each new value cuts the previous tone",
+    "",
+    "[display.score]          # also the number view: text and scale",
+    'text = "{score} points"',
+    "```",
+    "",
+    "`picture.file` is relative to the session TOML's folder and is checked when the screen starts. The "
+    "built-in flame is computed by `stimulus.displays.picture.flame()` (three nested flame outlines, no "
+    "image file in the repository); `python -m stimulus.displays.picture flame.png` writes it out as a "
+    "starting point for a study's own picture.",
+    "",
+    "The tone uses PsychoPy's sound (`psychopy.sound.Sound`, the audio library of PsychoPy's "
+    "preferences). It is opened when the screen starts: on a machine where PsychoPy cannot play sound, a "
+    "config with `tone = true` stops the screen there with one message (exit status 2). It has no "
+    "picture here (`tone.png` is the eyes-closed screen); `tests/test_stimulus_displays.py` checks its "
+    "value -> pitch and volume mapping and that the sound object is re-tuned and played once per value.",
+]
+"""The part of ``docs/screens/README.md`` about the feedback displays (:mod:`stimulus.displays`)."""
 
 
 class Renderer:
@@ -192,6 +303,7 @@ def write_readme(folder: Path) -> None:
         "|---|---|",
     ]
     lines += [f"| [`{s.name}.png`]({s.name}.png) | {s.caption} |" for s in SHOTS]
+    lines += FEEDBACK_DISPLAYS_DOC
     (folder / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 

@@ -43,6 +43,7 @@ from rtnf.wire.topics import (  # noqa: F401  (the bounds are re-exported for th
     FeedbackMessage,
     HeartbeatMessage,
     KeysMessage,
+    RatingMessage,
     RunMessage,
     WireMessage,
 )
@@ -102,6 +103,9 @@ class RunInfo:
         the run message); places the bar's baseline marker.
     feedback_kind : str or None
         ``feedback.kind`` of the run message ("continuous", "intermittent").
+    blocks : tuple of (condition, start, stop)
+        The protocol's blocks in kept-volume indices (``stop`` excluded), as
+        the run message lists them (for ratings after each block).
     """
 
     conditions: tuple[str, ...] = ()
@@ -111,6 +115,7 @@ class RunInfo:
     baseline: str | None = None
     scale_psc: tuple[float, float] | None = None
     feedback_kind: str | None = None
+    blocks: tuple[tuple[str | None, int, int], ...] = ()
 
     def baseline_level(self) -> float | None:
         """Bar level of 0 % signal change on the run's scale, or None if unknown or off scale."""
@@ -393,6 +398,8 @@ def _run_info(msg: RunMessage) -> RunInfo:
         baseline=msg.baseline,
         scale_psc=scale_psc,
         feedback_kind=feedback_kind,
+        blocks=tuple((b.condition, b.start, b.stop) for b in (msg.blocks or ())
+                     if b.start is not None and b.stop is not None and b.stop > b.start),
     )
 
 
@@ -530,8 +537,8 @@ class FeedbackLink:
                             f"see rtnf.wire.topics.{cls.__name__}")
         return cls.model_construct(**fields)
 
-    def _send(self, msg: WireMessage) -> bool:
-        frames = encode(msg.TOPIC, self.state.run_id or "", msg.to_body())
+    def _send(self, msg: WireMessage, run_id: str | None = None) -> bool:
+        frames = encode(msg.TOPIC, (self.state.run_id if run_id is None else run_id) or "", msg.to_body())
         try:
             self._pub.send_multipart(frames, zmq.NOBLOCK)
         except zmq.Again:
@@ -574,7 +581,8 @@ class FeedbackLink:
             ``time.time()`` of the key press as stamped by the window's event
             handler.
         **extra
-            Further fields of :class:`rtnf.wire.topics.KeysMessage` (``state``, ``index``).
+            Further fields of :class:`rtnf.wire.topics.KeysMessage` (``state``, ``index``; for
+            triggers ``device`` and the fields of :meth:`stimulus.trigger.TriggerCheck.fields`).
 
         Returns
         -------
@@ -582,6 +590,26 @@ class FeedbackLink:
             False when the message was dropped (nobody keeps up).
         """
         return self._send(self._build(KeysMessage, source="stimulus", key=key, role=role, t_key=t_key, **extra))
+
+    def send_rating(self, *, run_id: str | None, question: str, **extra: Any) -> bool:
+        """Publish one rating on the ``rating`` topic.
+
+        Parameters
+        ----------
+        run_id : str or None
+            The run the rating was shown in (the screen may have moved on to
+            another run by the time it closes).
+        question : str
+            The question's id.
+        **extra
+            Further fields of :class:`rtnf.wire.topics.RatingMessage`.
+
+        Returns
+        -------
+        bool
+            False when the message was dropped (nobody keeps up).
+        """
+        return self._send(self._build(RatingMessage, source="stimulus", question=question, **extra), run_id or "")
 
     def send_heartbeat(self, state: str, **extra: Any) -> None:
         """Publish the screen's ``heartbeat`` (``source: "stimulus"``).

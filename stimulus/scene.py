@@ -10,13 +10,18 @@ vsync, and real displays drop frames).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from rtnf.wire.display import RGB, DisplayConfig
+from stimulus.displays import FEEDBACK_VIEWS
+from stimulus.displays.geometry import score_text
 from stimulus.link import ScreenState
 
-VIEWS = ("waiting", "get_ready", "ended", "score", "bar", "fixation", "text")
+VIEWS = ("waiting", "get_ready", "ended", "score", "bar", "fixation", "text", "rating",
+         "gauge", "picture", "number")  # the last three: stimulus.displays
 """The screens: before a run, from its start to its first volume, after it, an
-intermittent score, and the three per-condition views."""
+intermittent score, the three per-condition views, and a rating scale (which
+pauses the others: :mod:`stimulus.rating`)."""
 
 
 def ease(u: float, easing: str) -> float:
@@ -105,6 +110,15 @@ class Scene:
     lost : bool
         Nothing heard from rtnf for too long while the run was going on (never
         after its end): the notice shows.
+    rating : stimulus.rating.RatingFrame or None
+        View "rating": the scale to draw (question, marker), else None.
+    number_text : str
+        The latest value written with ``[display.score]``'s text (view
+        "number"; empty before the first value).
+    feedback_view : str
+        The feedback display the run showed last ("bar", or "gauge",
+        "picture", "number": :mod:`stimulus.displays`): the ended view shows
+        the final level on it.
     """
 
     view: str
@@ -119,6 +133,9 @@ class Scene:
     score_text: str = ""
     reward_text: str = ""
     lost: bool = False
+    rating: Any = None
+    number_text: str = ""
+    feedback_view: str = "bar"
 
 
 class SceneMaker:
@@ -133,6 +150,7 @@ class SceneMaker:
         self.cfg = cfg
         self.glide = Glide(cfg.bar.glide_s, cfg.bar.easing)
         self._seen: tuple[str | None, float | None, float | None] = (None, None, None)
+        self._shown: tuple[str | None, str] = (None, "bar")  # (run, feedback view shown last)
 
     def condition_view(self, state: ScreenState) -> str:
         """"bar", "fixation" or "text" for the condition on screen.
@@ -212,6 +230,8 @@ class SceneMaker:
             bar_target=state.bar_value,
             bar_fill=cond.bar_fill or cfg.bar.fill,
             baseline_level=self.baseline_level(state),
+            number_text="" if state.bar_value is None else score_text(cfg.score, state.bar_value),
+            feedback_view=self._shown[1] if self._shown[0] == state.run_id else "bar",
         )
         if state.phase == "ended":
             # The thermometer stays at its final level under the end text
@@ -225,10 +245,12 @@ class SceneMaker:
         view = self.condition_view(state)
         title = self.instruction(state)
         colour = cond.colour or texts.colour
-        if view == "bar":
+        if view in FEEDBACK_VIEWS:  # the bar, or a display of stimulus.displays
             null = state.feedback is not None and state.feedback.kind == "continuous" and (
                 state.feedback.value is None)
-            return Scene("bar", title=title, title_colour=colour, show_null=null, lost=lost,
+            self._shown = (state.run_id, view)
+            bar["feedback_view"] = view
+            return Scene(view, title=title, title_colour=colour, show_null=null, lost=lost,
                          **bar)
         return Scene(view, title=title, title_colour=colour, lost=lost)
 
@@ -238,10 +260,7 @@ class SceneMaker:
         assert fb is not None
         if fb.value is None:
             return Scene("score", message=sc.null_text, lost=lost, title_colour=sc.colour)
-        try:
-            text = sc.text.format(score=int(round(fb.value * sc.scale)), value=fb.value)
-        except (KeyError, IndexError, ValueError):
-            text = f"{int(round(fb.value * sc.scale))}"
+        text = score_text(sc, fb.value)
         reward = fb.reward
         if reward is None and sc.reward_text and fb.value >= sc.reward_threshold:
             reward = sc.reward_text

@@ -50,6 +50,7 @@ from stimulus.geometry import (  # noqa: F401  (re-exported for users of the scr
     bar_geometry,
     centre_on_pixels,
 )
+from stimulus.displays.draw import Displays
 from stimulus.scene import Scene
 
 
@@ -80,6 +81,11 @@ class FeedbackScreen:
         self.geometry: BarGeometry = bar_geometry(self.size, cfg.bar)
         self._fill_colour: RGB = cfg.bar.fill
         self._build()
+        self._ratings: Any = None  # the rating scales ([[display.ratings]]), built now: never during a run
+        if cfg.ratings:
+            from stimulus.rating_view import RatingView
+
+            self._ratings = RatingView(self.win, cfg, self.size)
 
     # ------------------------------------------------------------------ #
     def _rect(self, width: float, height: float, x: float, y: float, **kw: Any) -> visual.Rect:
@@ -144,6 +150,8 @@ class FeedbackScreen:
         score_h = max(12, round(h * cfg.score.height_frac))
         self._score = self._text(cfg.score.colour, h * 0.05, score_h)
         self._reward = self._text(cfg.score.reward_colour, h * 0.05 - score_h * 1.2, text_h)
+        # Gauge, picture, number and the marks' labels (stimulus.displays).
+        self._displays = Displays(self.win, cfg, self.size, g)
 
     @staticmethod
     def _set(stim: visual.TextStim, text: str, colour: RGB | None = None) -> None:
@@ -163,7 +171,9 @@ class FeedbackScreen:
         if scene.message:
             self._set(self._message, scene.message, scene.title_colour)
             self._message.draw()
-        if scene.view == "bar" or (scene.view == "ended" and scene.title):
+        if self._displays.draws(scene):
+            self._displays.draw(scene)
+        elif scene.view == "bar" or (scene.view == "ended" and scene.title):
             self._draw_bar(scene)
         elif scene.view == "fixation":
             for r in self._cross:
@@ -174,6 +184,11 @@ class FeedbackScreen:
             if scene.reward_text:
                 self._set(self._reward, scene.reward_text)
                 self._reward.draw()
+        if self._ratings is not None:
+            if scene.view == "rating" and scene.rating is not None:
+                self._ratings.draw(scene.rating)
+            else:
+                self._ratings.show_mouse(False)
         if scene.lost:
             self._lost.draw()
 
@@ -199,6 +214,7 @@ class FeedbackScreen:
                 self._baseline_at = y
             for tick in self._baseline_ticks:
                 tick.draw()
+        self._displays.draw_bar_labels(scene)
         if scene.show_null:
             self._null.draw()
 
@@ -235,6 +251,10 @@ class FeedbackScreen:
             return []
         offset = time.time() - core.getTime()
         return [(str(k[0]), float(k[-1]) + offset) for k in pressed]
+
+    def rating_click(self) -> tuple[float, float] | None:
+        """(value, time) of a click that answered the rating on screen since the last call, else None."""
+        return None if self._ratings is None else self._ratings.take_click()
 
     def escape_pressed(self) -> bool:
         """True when the quit key was pressed since the last call."""

@@ -67,7 +67,8 @@ def test_defaults_and_file_loading(tmp_path):
     ({"size": [10, 768]}, "'display.size[0]': 10 (int)"),
     ({"fullscreen": "yes"}, "'display.fullscreen': 'yes' (str)"),
     ({"conditions": {"rest": {"view": "cross"}}},
-     "'display.conditions.rest.view': 'cross' (str). Input should be 'bar', 'fixation' or 'text'"),
+     "'display.conditions.rest.view': 'cross' (str). Input should be 'bar', 'gauge', 'picture', "
+     "'number', 'fixation' or 'text'"),
     ({"conditions": {"rest": {"text": "x"}}},
      "unknown key 'display.conditions.rest.text'. Allowed keys here: view, instruction"),
     ({"keys": {"trigger": "F5"}}, "'display.keys.trigger': 'F5' (str). Allowed: a PsychoPy key"),

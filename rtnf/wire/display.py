@@ -33,6 +33,11 @@ Example
     [display.keys]
     trigger = "5"
     responses = ["1", "2"]
+
+    [display.trigger]          # the scanner's pulse from a serial trigger box (optional)
+    port = "/dev/ttyUSB0"
+    baud = 115200
+    byte = "5"
 """
 
 from __future__ import annotations
@@ -46,25 +51,35 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainValidat
 from pydantic_core import PydanticCustomError
 
 from ._validation import format_validation_error
+from .ratings import RatingDisplay, RatingInput, Ratings, rating_keys
 
 __all__ = [
     "BarDisplay",
+    "RatingDisplay",
+    "RatingInput",
     "ConditionDisplay",
     "DisplayConfig",
     "DisplayConfigError",
     "FixationDisplay",
+    "GaugeDisplay",
     "KeysDisplay",
+    "PictureDisplay",
     "ScoreDisplay",
     "TextsDisplay",
+    "ToneDisplay",
+    "TriggerDisplay",
     "VIEWS",
     "load_display",
     "parse_display",
 ]
 
 RGB = tuple[int, int, int]
-VIEWS: tuple[str, ...] = ("bar", "fixation", "text")
-"""What a condition shows under its instruction: the thermometer, a fixation
-cross, or only the instruction text."""
+VIEWS: tuple[str, ...] = ("bar", "gauge", "picture", "number", "fixation", "text")
+"""What a condition shows under its instruction: the thermometer, a dial (a
+needle over an arc), a picture whose size, opacity or colour follows the value,
+the value as a number, a fixation cross, or only the instruction text."""
+Label = Annotated[str, Field(max_length=40)]
+"""Text beside a mark (target, baseline): a word or two."""
 
 _HEX = re.compile(r"^#([0-9a-fA-F]{6})$")
 _KEY_NAME = r"^[a-z0-9_]+$"  # PsychoPy/pyglet key names: "5", "t", "space", "escape", "num_1"
@@ -154,6 +169,10 @@ class BarDisplay(_Model):
     null_text: StateText = "…"
     """Quiet indicator under the bar when a volume has no value (the bar holds)."""
     null_colour: Colour = (130, 130, 130)
+    target_label: Label = ""
+    """Text beside the target line (and the gauge's target tick), in ``target_colour``; empty: none."""
+    baseline_label: Label = ""
+    """Text beside the baseline marker (and the gauge's baseline tick), in ``baseline_colour``; empty: none."""
 
 
 class ScoreDisplay(_Model):
@@ -173,6 +192,91 @@ class ScoreDisplay(_Model):
     reward_colour: Colour = (255, 215, 0)
     null_text: StateText = "No score for this block"
     """Shown instead of the score when the intermittent value is null."""
+    # view = "number" writes the continuous value with text, scale, colour and
+    # height_frac above (under the instruction; a null volume holds the number
+    # and shows bar.null_text under it).
+
+
+def _two(value: Any) -> Any:
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        return list(value)
+    raise _allowed("a list of two: [at value 0, at value 1]")
+
+
+def _pair(item: Any) -> Any:
+    """Two values: at feedback value 0 and at feedback value 1 (a TOML list of two)."""
+    return Annotated[list[item], BeforeValidator(_two)]
+
+
+Scale = Annotated[float, Field(ge=0.0, le=4.0)]
+Hertz = Annotated[float, Field(ge=50.0, le=8000.0)]
+
+
+class GaugeDisplay(_Model):
+    """The dial of ``view = "gauge"``: a needle over an arc, swinging clockwise as the value rises.
+
+    The needle has the bar's fill colour (``bar.fill`` or the condition's
+    ``bar_fill``) and glides like the bar (``bar.glide_s``, ``bar.easing``);
+    the target and baseline marks (``bar.target``, ``bar.baseline`` and their
+    colours and labels) are ticks outside the arc.
+    """
+
+    radius_frac: Annotated[float, Field(ge=0.05, le=0.45)] = 0.3
+    """Radius of the arc (its middle line) as a fraction of the window height."""
+    offset_y_frac: Annotated[float, Field(ge=-0.4, le=0.4)] = -0.15
+    """Vertical offset of the needle's pivot from the window's centre, fraction of the height."""
+    sweep_deg: Annotated[float, Field(ge=30.0, le=300.0)] = 180.0
+    """Angle of the arc, centred on straight up: value 0 at its left end, 1 at its right end."""
+    arc_width_px: Annotated[int, Field(ge=1, le=200)] = 12
+    arc_colour: Colour = (60, 60, 60)
+    needle_width_px: Annotated[int, Field(ge=1, le=100)] = 6
+    hub_colour: Colour = (200, 200, 200)
+    """The disc over the needle's pivot."""
+
+
+class PictureDisplay(_Model):
+    """The picture of ``view = "picture"``: its size, opacity and colour follow the value.
+
+    Each of ``scale``, ``opacity`` and ``colour`` is a pair: the look at value
+    0 and at value 1, interpolated linearly in between (and gliding like the
+    bar); equal ends keep that property fixed. The default picture is a flame
+    drawn by code (:mod:`stimulus.displays.picture`) that shrinks as the value
+    (success) rises, for example as pain-related activity falls.
+    """
+
+    file: Annotated[str, Field(max_length=1000)] = ""
+    """Image file (PNG, JPEG; transparency kept), relative to the session TOML's folder;
+    empty: the built-in flame. Checked when the screen starts."""
+    height_frac: Annotated[float, Field(gt=0.05, le=0.9)] = 0.5
+    """Height of the picture at scale 1 as a fraction of the window height (its width keeps
+    the image's proportions)."""
+    offset_y_frac: Annotated[float, Field(ge=-0.4, le=0.4)] = -0.05
+    """Vertical offset of the centre of the scale-1 picture from the window's centre."""
+    anchor: Literal["bottom", "centre"] = "bottom"
+    """What stays in place as the picture scales: its bottom edge (a flame on the ground) or its centre."""
+    scale: _pair(Scale) = [1.0, 0.3]
+    """Size at value 0 and at value 1 (1: height_frac of the window)."""
+    opacity: _pair(Level) = [1.0, 1.0]
+    """Opacity at value 0 and at value 1 (0: invisible)."""
+    colour: _pair(Colour) = [(255, 255, 255), (255, 255, 255)]
+    """Colour multiplied into the image at value 0 and at value 1 ("#ffffff": the image's own colours)."""
+
+
+class ToneDisplay(_Model):
+    """The tone of conditions with ``tone = true``, for eyes-closed designs (PsychoPy's sound).
+
+    Each new value of such a condition plays a tone of ``duration_s`` (cutting
+    the previous one); its pitch and volume follow the value. A volume without
+    a value plays nothing (silence is the "no value" state).
+    """
+
+    pitch_hz: _pair(Hertz) = [220.0, 880.0]
+    """Pitch at value 0 and at value 1, in Hz; equal steps of the value are equal musical
+    intervals (geometric interpolation)."""
+    volume: _pair(Level) = [0.5, 0.5]
+    """Volume (0-1) at value 0 and at value 1."""
+    duration_s: Annotated[float, Field(ge=0.05, le=10.0)] = 0.4
+    """Length of each tone (ramped on and off)."""
 
 
 class FixationDisplay(_Model):
@@ -203,14 +307,18 @@ class TextsDisplay(_Model):
 class ConditionDisplay(_Model):
     """How one condition looks. Unset keys fall back to the defaults described."""
 
-    view: Optional[Literal["bar", "fixation", "text"]] = None
-    """Default: "fixation" for the run's baseline condition, "bar" for the others."""
+    view: Optional[Literal["bar", "gauge", "picture", "number", "fixation", "text"]] = None
+    """Default: "fixation" for the run's baseline condition, "bar" for the others
+    (see :data:`VIEWS`)."""
     instruction: Optional[StateText] = None
     """Default: the run message's instruction for the condition, else its name."""
     colour: Optional[Colour] = None
     """Colour of the instruction. Default: ``texts.colour``."""
     bar_fill: Optional[Colour] = None
-    """Colour of the bar's fill in this condition. Default: ``bar.fill``."""
+    """Colour of the bar's fill (and of the gauge's needle) in this condition. Default: ``bar.fill``."""
+    tone: bool = False
+    """Play a tone at each new value of this condition ([display.tone]), whatever its view
+    (eyes closed: view = "text" or "fixation")."""
 
 
 class KeysDisplay(_Model):
@@ -224,6 +332,49 @@ class KeysDisplay(_Model):
     """The scanner's pulse as a key press (keyboard emulation), or false."""
     responses: list[KeyName] = ["1", "2", "3", "4"]
     quit: KeyName = "escape"
+
+
+BAUD_RATES: tuple[int, ...] = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
+"""Baud rates a serial trigger port may be set to (``display.trigger.baud``)."""
+
+
+def _port_or_false(value: Any) -> str | bool:
+    if value is False:
+        return False
+    if (isinstance(value, str) and 0 < len(value) <= 200 and value == value.strip()
+            and all(c.isprintable() for c in value)):
+        return value
+    raise _allowed("a serial port name such as '/dev/ttyUSB0' or 'COM3' (at most 200 printable "
+                   "characters), or false")
+
+
+def _trigger_byte(value: Any) -> int:
+    if isinstance(value, str) and len(value) == 1 and ord(value) < 128:
+        return ord(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 255:
+        return value
+    raise _allowed("one ASCII character such as '5' or 't', or the byte's value as an integer 0-255")
+
+
+class TriggerDisplay(_Model):
+    """The scanner's trigger pulse read from a serial port or USB-serial trigger box (pyserial).
+
+    Every trigger, from this port or from the keyboard emulation
+    (``keys.trigger``), goes through one clock: the run's first sets its time
+    zero, each later one is checked against the TR (see :mod:`stimulus.trigger`).
+    """
+
+    port: Annotated[Union[str, bool], PlainValidator(_port_or_false)] = False
+    """Serial port of the trigger box ("/dev/ttyUSB0", "/dev/ttyACM0", "COM3"), or false: keyboard only."""
+    baud: Literal[BAUD_RATES] = 9600  # type: ignore[valid-type]
+    """Baud rate of the port, as the trigger box's manual says (USB-CDC boxes ignore it)."""
+    byte: Annotated[int, PlainValidator(_trigger_byte)] = ord("5")
+    """The byte the box sends for each pulse: one ASCII character ("5", "t", "s") or its value 0-255;
+    other bytes are ignored."""
+    tolerance: Annotated[float, Field(ge=0.05, le=0.5)] = 0.25
+    """Fraction of the TR a trigger may be off: a gap between triggers longer than (1 + tolerance) TR
+    is reported as missed pulse(s) (about gap / TR - 1 of them), one shorter than (1 - tolerance) TR
+    as an extra pulse."""
 
 
 class DisplayConfig(_Model):
@@ -251,6 +402,14 @@ class DisplayConfig(_Model):
     texts: TextsDisplay = TextsDisplay()
     conditions: Annotated[dict[Annotated[str, Field(max_length=64)], ConditionDisplay], Field(max_length=64)] = {}
     keys: KeysDisplay = KeysDisplay()
+    gauge: GaugeDisplay = GaugeDisplay()
+    picture: PictureDisplay = PictureDisplay()
+    tone: ToneDisplay = ToneDisplay()
+    trigger: TriggerDisplay = TriggerDisplay()
+    ratings: Ratings = []
+    """Visual analogue scales shown at configured moments (``[[display.ratings]]``, :mod:`rtnf.wire.ratings`)."""
+    rating_input: RatingInput = RatingInput()
+    """Keys (and mouse) that answer the ratings."""
 
     def condition(self, name: str | None) -> ConditionDisplay:
         """The settings of condition ``name`` (defaults when it has none)."""
@@ -293,6 +452,14 @@ def parse_display(raw: Any, source: str = "display") -> DisplayConfig:
             f"{source}: invalid value for 'display.keys.trigger': {cfg.keys.trigger!r} is the "
             "quit key. Allowed: a key different from 'display.keys.quit'."
         )
+    if cfg.ratings:
+        for key, role in rating_keys(cfg.rating_input).items():
+            if key in (cfg.keys.trigger, cfg.keys.quit):
+                raise DisplayConfigError(
+                    f"{source}: invalid value for 'display.rating_input.{role}': {key!r} is also the "
+                    "trigger or quit key. Allowed: keys different from 'display.keys.trigger' "
+                    "and 'display.keys.quit'."
+                )
     try:
         cfg.score.text.format(score=0, value=0.0)
     except (KeyError, IndexError, ValueError) as exc:

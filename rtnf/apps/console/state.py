@@ -13,7 +13,8 @@ Rows are kept in arrival order; a row that changes after it was first added
 :attr:`RunState.changes`, so that each open page can send only what is new.
 Beside the rows it keeps the run's ``log`` messages (bounded, for the event
 list and the recording / error alerts), the latest ``preview`` only (made
-ready to draw by :mod:`rtnf.apps.console.preview`) and the screen's key presses.
+ready to draw by :mod:`rtnf.apps.console.preview`), the screen's key presses
+and the participant's ratings (``rating`` topic, as they arrive).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from rtnf.wire.topics import (
     KeysMessage,
     LogMessage,
     PreviewMessage,
+    RatingMessage,
     RunMessage,
     VolumeMessage,
     WireMessage,
@@ -55,7 +57,9 @@ STAGES: tuple[tuple[str, str, str], ...] = (
 MARKS: tuple[tuple[str, float], ...] = (("missing", 4.0), ("late", 3.0), ("censored", 2.0), ("motion", 1.0))
 NAN = float("nan")
 EVENTS_MAX = 200  # log messages kept per run (the oldest are dropped)
+RATINGS_MAX = 1000  # ratings kept per run (the oldest are dropped)
 MESSAGE_MAX_CHARS = MAX_LOG_CHARS  # longer log messages are cut (rtnf.wire.topics.LogMessage)
+TRIGGER_PROBLEMS: tuple[str, ...] = ("missed", "extra", "irregular")  # trigger_check values listed as events
 ERROR_ALERT_S = 60.0  # an ERROR log message stays in the alert bar this long (it stays in the event list)
 LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 RECORDING_FAILED = "RECORDING FAILED"  # rtnf.run.record's alarm, raised until ...
@@ -202,9 +206,10 @@ class RunState:
     changes : list of int
         Append-only log of the row positions changed after they were added.
     events : collections.deque of LogEvent
-        The run's ``log`` messages, oldest first, at most :data:`EVENTS_MAX`;
-        :attr:`n_events` counts all of them (a page compares it to know
-        when to redraw the list).
+        The run's ``log`` messages, and the feedback screen's missed, extra or
+        irregular scanner triggers and serial trigger port problems, oldest
+        first, at most :data:`EVENTS_MAX`; :attr:`n_events` counts all of them
+        (a page compares it to know when to redraw the list).
     preview : Preview or None
         The latest ``preview`` message, ready to draw (only the latest is
         kept); :attr:`n_previews` counts them.
@@ -212,6 +217,15 @@ class RunState:
         Key presses from the feedback screen (``keys`` topic): ``n_triggers``,
         ``t_last_trigger``, ``n_responses``, ``last_response`` (key name) and
         ``t_last_response``.
+    ratings : collections.deque of dict
+        The participant's ratings of the run (``rating`` topic), oldest first, at
+        most :data:`RATINGS_MAX`: ``question``, ``text``, ``value`` (None: no
+        answer), ``scale``, ``timed_out``, ``response_time_s``, ``index``
+        (feedback index on screen when it was shown), ``block``, ``condition``,
+        ``when``, ``response``, ``t_onset``, ``t_received``; :attr:`n_ratings`
+        counts them all.
+    rating_on_screen : str or None
+        The question on the participant's screen now (the screen's heartbeat).
     """
 
     def __init__(
@@ -263,6 +277,10 @@ class RunState:
         self.recording_failure: LogEvent | None = None  # set by RECORDING FAILED until it works again
         self.keys: dict[str, Any] = {"n_triggers": 0, "t_last_trigger": None, "n_responses": 0,
                                      "last_response": None, "t_last_response": None}
+        self.ratings: deque[dict[str, Any]] = deque(maxlen=RATINGS_MAX)
+        self.n_ratings = 0
+        self.rating_on_screen: str | None = None
+        self.trigger_error: str | None = None  # the screen's serial trigger port problem, once per run in events
         self._feedback: dict[int, dict[str, Any]] = {}  # feedback that came before its volume
         self._displayed: dict[int, float] = {}  # acknowledgements that came before their volume
 
@@ -515,14 +533,21 @@ class RunState:
         return True
 
     def _handle_screen(self, topic: str, body: "dict[str, Any] | WireMessage", t: float) -> bool:
-        if topic not in ("keys", "heartbeat", "displayed"):
+        if topic not in ("keys", "heartbeat", "displayed", "rating"):
             return False
         self.t_last_screen = t  # the screen is alive, whatever it says
         msg = _typed(topic, body)
         if isinstance(msg, KeysMessage):
             return self._on_key(msg, t)
+        if isinstance(msg, RatingMessage):
+            return self._on_rating(msg, t)
         if isinstance(msg, HeartbeatMessage):
             self.screen_state = msg.state
+            if not (msg.run_id and self.run_id and msg.run_id != self.run_id):
+                self.rating_on_screen = msg.rating
+            if msg.trigger_error and msg.trigger_error != self.trigger_error:
+                self.trigger_error = msg.trigger_error  # one event line per problem, not one per heartbeat
+                self._screen_event("ERROR", f"feedback screen: {msg.trigger_error}", t)
             return True
         if not isinstance(msg, DisplayedMessage):
             return False
@@ -552,10 +577,32 @@ class RunState:
         if role == "trigger":
             self.keys["n_triggers"] += 1
             self.keys["t_last_trigger"] = t_key
+            if msg.trigger_check in TRIGGER_PROBLEMS:  # checked against the TR by the screen (stimulus.trigger)
+                self._screen_event("WARNING", trigger_text(msg, self.tr_s), t_key, t)
         else:
             self.keys["n_responses"] += 1
             self.keys["last_response"] = key[:40]
             self.keys["t_last_response"] = t_key
+        return True
+
+    def _screen_event(self, level: str, message: str, t: float, t_received: float | None = None) -> None:
+        """An event line from the feedback screen, beside rtnf's ``log`` messages."""
+        self.events.append(LogEvent(level, message[:MESSAGE_MAX_CHARS], t, t if t_received is None else t_received))
+        self.n_events += 1
+
+    def _on_rating(self, msg: RatingMessage, t: float) -> bool:
+        run_id = msg.run_id
+        if run_id and self.run_id and run_id != self.run_id:
+            return False  # a rating of another run
+        value = _num(msg.value)
+        self.ratings.append({
+            "question": msg.question, "text": msg.text or "", "value": None if math.isnan(value) else value,
+            "scale": list(msg.scale) if msg.scale is not None else None, "timed_out": msg.timed_out is True,
+            "response_time_s": msg.response_time_s, "index": msg.index, "block": msg.block,
+            "condition": msg.condition, "when": msg.when, "response": msg.response,
+            "t_onset": msg.t_onset, "t_received": t,
+        })
+        self.n_ratings += 1
         return True
 
     def _update(self, index: int, values: dict[str, Any]) -> None:
@@ -792,6 +839,21 @@ class RunState:
             elif now - self.t_last_rtnf > self.rtnf_timeout_s:
                 out.append(Alert("rtnf", "error", f"rtnf silent: no message for {now - self.t_last_rtnf:.1f} s."))
         return out
+
+
+def trigger_text(msg: KeysMessage, tr_s: float | None) -> str:
+    """The event line of a missed, extra or irregular scanner trigger (a ``keys`` message's trigger fields)."""
+    where = f"trigger {msg.trigger_index if msg.trigger_index is not None else '?'} ({msg.device or 'keyboard'})"
+    gap = f"{msg.gap_s:.3f} s" if msg.gap_s is not None else "an unknown time"
+    tr = f"TR {tr_s:g} s" if tr_s else "TR unknown"
+    if msg.trigger_check == "missed":
+        n = msg.n_missed or 1
+        return (f"feedback screen: missed scanner trigger: {n} pulse{'s' if n > 1 else ''} did not arrive before "
+                f"{where}, pulse {msg.pulse}: {gap} since the previous pulse ({tr})")
+    if msg.trigger_check == "extra":
+        return f"feedback screen: extra scanner trigger: {where} came {gap} after the previous pulse ({tr})"
+    return (f"feedback screen: irregular scanner trigger: {where}, pulse {msg.pulse}, came {gap} after the "
+            f"previous pulse ({tr})")
 
 
 def format_reasons(reasons: dict[str, int]) -> str:
