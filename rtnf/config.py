@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
 from .wire._validation import format_validation_error
 from rtnf.wire.display import DisplayConfig
@@ -179,6 +179,9 @@ class FeedbackConfig(_Model):
     scale_range: Annotated[list[Annotated[float, Field(ge=-1e6, le=1e6)]], Field(min_length=2, max_length=2)] = [-1.0, 2.0]
     min_baseline_volumes: Annotated[int, Field(ge=1, le=MAX_VOLUMES)] = 3
     sham_from: Optional[FilePath] = None
+    # The [signals.<name>] whose value is fed back (connectivity, a decoder, a plugin), scaled like ROI
+    # activity; default: ROI activity (roi, signal, reference_roi).
+    source: Optional[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,39}$")]] = None
 
     @property
     def targets(self) -> list[str]:
@@ -224,6 +227,16 @@ class Config(_Model):
     publish: PublishConfig = PublishConfig()
     display: DisplayConfig = DisplayConfig()
     output: OutputConfig
+    # Feedback signals beyond ROI activity, each a table with a "class" (rtnf.analysis.signals): computed
+    # every volume and recorded as signal_<name>; feedback.source picks the one shown.
+    signals: Annotated[dict[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,39}$")], dict[str, Any]],
+                       Field(max_length=16)] = {}
+    _base_dir: Optional[Path] = PrivateAttr(default=None)
+
+    @property
+    def base_dir(self) -> Optional[Path]:
+        """Folder of the config file (relative paths in it are relative to this folder)."""
+        return self._base_dir
 
     @property
     def n_kept_volumes(self) -> int:
@@ -271,6 +284,7 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Co
     except ValidationError as exc:
         raise ConfigError(f"{path}: " + format_validation_error(exc, Config, "")) from None
     cfg = _resolve_paths(cfg, path.resolve().parent)
+    cfg._base_dir = path.resolve().parent
     try:
         _check_consistency(cfg)
     except ConfigError as exc:
@@ -313,7 +327,26 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     )
 
 
+def _check_signals(cfg: Config) -> None:
+    """Every [signals.<name>] table builds (its class exists and takes its keys); feedback.source names one."""
+    from rtnf.analysis.signals.base import SignalError
+    from rtnf.analysis.signals.registry import make_signal
+
+    for name, table in cfg.signals.items():
+        try:
+            make_signal(name, table)
+        except SignalError as exc:
+            raise ConfigError(str(exc) if str(exc).startswith("invalid value") or str(exc).startswith("signals.")
+                              else f"invalid value for 'signals.{name}.class': {exc}") from None
+    source = cfg.feedback.source
+    if source is not None and source not in cfg.signals:
+        allowed = ", ".join(sorted(cfg.signals)) or "none is configured"
+        raise ConfigError(f"invalid value for 'feedback.source': {source!r} is not a [signals.<name>] table. "
+                          f"Allowed: a configured signal ({allowed}), or leave it out for ROI activity.")
+
+
 def _check_consistency(cfg: Config) -> None:
+    _check_signals(cfg)
     sc = cfg.scanner
     out_dir, export_dir = cfg.output.dir, sc.export_dir
     if out_dir is not None and export_dir is not None and (out_dir == export_dir or export_dir in out_dir.parents):

@@ -280,14 +280,20 @@ class FeedbackComputer:
             return self._blocks[index][2]
         return self._directions[index] if 0 <= index < len(self._directions) else None
 
-    def step(self, index: int, values: list[RoiValues], model: RoiModel) -> FeedbackValue:
-        """Feedback for kept volume ``index`` (call once per volume, in order)."""
+    def step(
+        self, index: int, values: list[RoiValues], model: RoiModel, source: tuple[float | None, str | None] | None = None
+    ) -> FeedbackValue:
+        """Feedback for kept volume ``index`` (call once per volume, in order).
+
+        ``source``: the value (and the reason it is None) of the signal ``feedback.source`` names; it takes
+        the place of ROI activity, then goes through the same despiking, smoothing, direction and scaling.
+        """
         direction = self.direction(index)
         if self._sham is not None:
             value = self._sham[index] if index < len(self._sham) else None
             return FeedbackValue(value, None if value is not None else "no sham value for this volume", kind=self.cfg.kind,
                                  direction=direction)
-        signal, reason = self._signal(index, values, model)
+        signal, reason = self._signal(index, values, model) if source is None else source
         if signal is not None and not math.isfinite(signal):
             # Never shown or recorded as a number, and kept out of the despiker's,
             # smoother's and scaler's state, which it would spoil for the rest of the run.

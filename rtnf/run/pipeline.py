@@ -25,6 +25,9 @@ from rtnf.analysis.motion import motion_regressors
 from rtnf.analysis.preprocess import NonFiniteVolume, Preprocessed, Preprocessor
 from rtnf.analysis.roi_model import RoiModel
 from rtnf.analysis.wholebrain import WholeBrainModel, preview_body, slice_indices
+from rtnf.analysis.signals import SignalContext, SignalError, VolumeInput
+from rtnf.analysis.signals.registry import make_signal
+from rtnf.config import ConfigError
 from rtnf.wire.topics import FeedbackMessage, VolumeMessage
 from .operator import OperatorJob
 from rtnf.scanner.export import Arrival
@@ -113,6 +116,8 @@ class VolumeProcessor:
             self.design, self.protocol, len(self.rois), cfg.model.drift_cutoff_s, fb.min_baseline_volumes, running
         )
         self.feedback = FeedbackComputer(fb, self.roi_names, self.protocol)
+        self.signals = [make_signal(name, table) for name, table in cfg.signals.items()]
+        self._signal_alarms: set[str] = set()  # signals whose failure has been raised as an alarm
         self.preprocessor = Preprocessor(self.rois, cfg.motion, cfg.quality, sample_brain=False)
         self.grid: Grid | None = None
         self._previous_motion: np.ndarray | None = None
@@ -173,10 +178,11 @@ class VolumeProcessor:
         # A censored volume is shown to the operator but kept out of the model.
         t0 = time.perf_counter()
         values = self.model.update(index, pre.raw, regressors, include=not censored)
+        stage_s["glm"] = time.perf_counter() - t0
+        signals = self._step_signals(index, values, pre, censored, stage_s)
         t1 = time.perf_counter()
-        fb = self._censor(self.feedback.step(index, values, self.model), pre.quality)
-        t2 = time.perf_counter()
-        stage_s.update(glm=t1 - t0, feedback=t2 - t1)
+        fb = self._censor(self.feedback.step(index, values, self.model, self._source(signals)), pre.quality)
+        stage_s["feedback"] = time.perf_counter() - t1
         t_modelled = time.time()
         timing = {
             "t_acquired": volume.t_acquired,
@@ -187,8 +193,60 @@ class VolumeProcessor:
             "t_published": None,
         }
         rois = {name: {"raw": v.raw, "clean": v.clean, "psc": v.psc} for name, v in zip(self.roi_names, values)}
-        body, feedback = self._bodies(index, acquisition, name, rois, timing, fb, missing=False, pre=pre)
+        body, feedback = self._bodies(index, acquisition, name, rois, timing, fb, missing=False, pre=pre,
+                                      signals=signals)
         return VolumeResult(body, feedback, volume, stage_s, self._operator_job(index, pre, regressors, censored, stage_s))
+
+    def _step_signals(
+        self, index: int, values: list, pre: Preprocessed, censored: bool, stage_s: dict[str, float]
+    ) -> dict[str, dict[str, Any]]:
+        """Every configured feedback signal's result for this volume (``signals`` of the volume message).
+
+        A signal that raises costs its value for this volume (null, with the reason) and raises an alarm
+        once; the run goes on.
+        """
+        if not self.signals:
+            return {}
+        names = self.roi_names
+        data, params = pre.data, pre.motion
+        volume = VolumeInput(
+            index=index,
+            condition=self.labels[index],
+            raw={n: v.raw for n, v in zip(names, values)},
+            clean={n: v.clean for n, v in zip(names, values)},
+            psc={n: v.psc for n, v in zip(names, values)},
+            motion=pre.motion,
+            censored=censored,
+            sample=lambda indices: self.preprocessor.sample(data, params, indices),
+        )
+        out = {}
+        for signal in self.signals:
+            t0 = time.perf_counter()
+            signal.reason, signal.outputs = None, {}
+            try:
+                value = signal.step(volume)
+                value = None if value is None else float(value)
+                reason = signal.reason if value is None else None
+            except Exception as exc:  # noqa: BLE001 - a signal's bug costs its value, never the run
+                value, reason = None, f"signal {signal.name} failed: {type(exc).__name__}: {exc}"[:300]
+                if signal.name not in self._signal_alarms:
+                    self._signal_alarms.add(signal.name)
+                    log.error("%s: %s (the run goes on; this signal's value is null while it fails)",
+                              self._label(index), reason, exc_info=exc, extra={"alarm": f"signal_{signal.name}",
+                                                                               "ok": False})
+            stage_s[f"signal_{signal.name}"] = time.perf_counter() - t0
+            outputs = {k: (None if v is None else float(v)) for k, v in (signal.outputs or {}).items()}
+            out[signal.name] = {"value": value, "reason": reason or (None if value is not None else "no value"),
+                                "outputs": outputs}
+        return out
+
+    def _source(self, signals: dict[str, dict[str, Any]]) -> tuple[float | None, str | None] | None:
+        """The value of the signal ``feedback.source`` names, or None to feed back ROI activity."""
+        source = self.cfg.feedback.source
+        if source is None:
+            return None
+        result = signals[source]
+        return result["value"], None if result["value"] is not None else f"{source}: {result['reason']}"
 
     def _operator_job(
         self, index: int, pre: Preprocessed, regressors: np.ndarray | None, censored: bool, stage_s: dict[str, float]
@@ -239,8 +297,20 @@ class VolumeProcessor:
             self._trust_note = note
 
     def _fit_extras(self, first: Any) -> None:
-        """Whole-brain model and preview planes, set up on the first volume."""
+        """Feedback signals, whole-brain model and preview planes, set up on the first volume."""
         grid = first.grid
+        if self.signals:
+            context = SignalContext(
+                grid_shape=tuple(grid.shape), affine=grid.affine, reference=first.data,
+                roi_indices={roi.name: roi.indices_ for roi in self.rois},
+                brain_indices=self.preprocessor.brain_indices, protocol=self.protocol, tr_s=self.protocol.tr_s,
+                config_dir=self.cfg.base_dir,
+            )
+            for signal in self.signals:
+                try:
+                    signal.fit(context)
+                except SignalError as exc:  # the same for every volume: the run stops with one message
+                    raise ConfigError(f"signals.{signal.name}: {exc}") from None
         if self.cfg.model.whole_brain:
             contrast = self.cfg.model.contrast or self.protocol.task_conditions[0]
             column = self.design.names.index(contrast)
@@ -292,6 +362,7 @@ class VolumeProcessor:
         fb: FeedbackValue,
         missing: bool,
         pre: Preprocessed | None = None,
+        signals: dict[str, dict[str, Any]] | None = None,
     ) -> tuple[VolumeMessage, FeedbackMessage]:
         """The ``volume`` and ``feedback`` messages: the one place they are built.
 
@@ -322,6 +393,10 @@ class VolumeProcessor:
             timing=timing,
             file=file,
         )
+        if self.signals:  # only then: clients of a run without signals see the message they always saw
+            volume.signals = signals or {
+                s.name: {"value": None, "reason": "missing volume", "outputs": {}} for s in self.signals
+            }
         feedback = FeedbackMessage.model_construct(
             index=index,
             condition=condition,

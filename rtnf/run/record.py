@@ -41,13 +41,22 @@ MOTION_FIELDS = tuple(Motion.model_fields)
 NA = "n/a"
 
 
-def timeseries_columns(roi_names: list[str]) -> list[str]:
-    """Column names of the per-volume table, in order."""
+def signal_columns(cfg: Config) -> dict[str, tuple[str, ...]]:
+    """Each configured feedback signal's extra output columns (``[signals.<name>]``), by signal name."""
+    from rtnf.analysis.signals.registry import load_signal_class
+
+    return {name: tuple(load_signal_class(table["class"]).columns) for name, table in cfg.signals.items()}
+
+
+def timeseries_columns(roi_names: list[str], signals: dict[str, tuple[str, ...]] | None = None) -> list[str]:
+    """Column names of the per-volume table, in order (``signals``: see :func:`signal_columns`)."""
     cols = ["index", "acquisition", "onset_s", "condition", "direction", "block", "missing", "late", "out_of_order",
             "censored"]
     for name in roi_names:
         cols += [f"{name}_raw", f"{name}_clean", f"{name}_psc"]
     cols += [*MOTION_FIELDS, "framewise_displacement", "dvars", "global_signal"]
+    for name, outputs in (signals or {}).items():
+        cols += [f"signal_{name}", f"signal_{name}_reason", *(f"signal_{name}_{o}" for o in outputs)]
     cols += ["feedback_signal", "feedback_success_signal", "feedback_value", "feedback_reason", *TIMING_FIELDS, "file"]
     return cols
 
@@ -74,6 +83,11 @@ def row_from_messages(volume: dict[str, Any], feedback: dict[str, Any], roi_name
     motion = volume.get("motion") or {}
     for name in MOTION_FIELDS:
         row[name] = motion.get(name)
+    for name, result in (volume.get("signals") or {}).items():
+        row[f"signal_{name}"] = result.get("value")
+        row[f"signal_{name}_reason"] = result.get("reason")
+        for output, value in (result.get("outputs") or {}).items():
+            row[f"signal_{name}_{output}"] = value
     row["framewise_displacement"] = volume.get("framewise_displacement")
     quality = volume.get("quality") or {}
     row["dvars"] = quality.get("dvars")
@@ -137,6 +151,14 @@ def _sidecar(roi_names: list[str], cfg: Config) -> dict[str, Any]:
             "Description": f"Cleaned ROI '{name}' signal as percent change from its mean over the most recent "
             "baseline period (baseline blocks shifted by the hemodynamic lag).",
         }
+    for name, outputs in signal_columns(cfg).items():
+        spec = cfg.signals[name]["class"]
+        source = " It is the value fed back (feedback.source)." if cfg.feedback.source == name else ""
+        side[f"signal_{name}"] = {"Description": f"Feedback signal '{name}' ({spec}, [signals.{name}]) of the "
+                                                 f"volume, before any scaling.{source}"}
+        side[f"signal_{name}_reason"] = {"Description": f"Why signal_{name} is n/a, else n/a."}
+        for output in outputs:
+            side[f"signal_{name}_{output}"] = {"Description": f"Output '{output}' of feedback signal '{name}'."}
     for name in MOTION_FIELDS:
         unit = "mm" if name.startswith("trans") else "rad"
         side[name] = {
@@ -234,7 +256,7 @@ class RunRecorder:
         self.dir = func_dir(cfg)
         self.prefix = bids_prefix(cfg)
         self.roi_names = roi_names
-        self.columns = timeseries_columns(roi_names)
+        self.columns = timeseries_columns(roi_names, signal_columns(cfg))
         self.timeseries_path = self._path(outputs.TIMESERIES)
         self.recorded: dict[int, dict[str, str]] = {}
         if resume:

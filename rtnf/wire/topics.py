@@ -62,12 +62,12 @@ from .messages import TOPICS, MessageError, decode
 __all__ = [
     "MAX_INDEX", "MAX_TEXT", "MAX_NAME", "MAX_RUN_ID", "MAX_CONDITIONS", "MAX_ROIS", "MAX_BLOCKS",
     "MAX_ABS_NUMBER", "MAX_LOG_CHARS", "MAX_PATH", "MAX_PLANE", "VALUE_TOLERANCE", "MAX_INVALID",
-    "PHASES", "RUN_EVENTS", "FEEDBACK_KINDS", "KEY_ROLES",
+    "PHASES", "RUN_EVENTS", "FEEDBACK_KINDS", "KEY_ROLES", "DIRECTIONS",
     "WireMessage", "WirePart",
     "Block", "FeedbackSettings", "RunMessage",
     "RoiValues", "Motion", "Quality", "Flags", "Timing", "VolumeMessage",
     "FeedbackMessage", "KeyPress", "HeartbeatMessage", "DisplayedMessage", "LogMessage", "KeysMessage",
-    "PreviewPlane", "PreviewMessage",
+    "PreviewPlane", "PreviewMessage", "RatingMessage", "RATING_MOMENTS",
     "MESSAGE_TYPES", "parse_body", "decode_message",
 ]
 
@@ -105,6 +105,7 @@ MAX_INVALID = 1000
 PHASES: tuple[str, ...] = ("waiting", "running", "ended")
 RUN_EVENTS: tuple[str, ...] = ("start", "end", "abort")
 FEEDBACK_KINDS: tuple[str, ...] = ("continuous", "intermittent")
+DIRECTIONS: tuple[str, ...] = ("increase", "decrease")
 KEY_ROLES: tuple[str, ...] = ("trigger", "response")
 
 
@@ -140,6 +141,7 @@ PathText = Annotated[str, Field(max_length=MAX_PATH)]
 LongText = Annotated[str, BeforeValidator(_cut(MAX_LOG_CHARS))]
 Phase = Literal["waiting", "running", "ended"]
 FeedbackKind = Literal["continuous", "intermittent"]
+Direction = Literal["increase", "decrease"]
 Pair = Annotated[list[Number], Field(min_length=2, max_length=2)]
 Triple = Annotated[list[Number], Field(min_length=3, max_length=3)]
 
@@ -424,6 +426,10 @@ class RunMessage(WireMessage):
     baseline: Optional[Name] = None
     """The baseline condition."""
     blocks: Optional[Annotated[list[Block], Field(max_length=MAX_BLOCKS)]] = None
+    directions: Optional[Annotated[dict[Name, Direction], Field(max_length=MAX_CONDITIONS)]] = None
+    """Optional (older rtnf: absent): task condition -> "increase" or "decrease", which way of the ROI's
+    signal is success in its blocks (the feedback value shows success the same way for both). The
+    baseline has none. Absent: every task condition increases."""
     rois: Optional[Annotated[list[Name], Field(max_length=MAX_ROIS)]] = None
     """ROI names, in the order of the pipeline."""
     feedback: Optional[FeedbackSettings] = None
@@ -478,8 +484,11 @@ class Quality(WirePart):
     """Data quality of one volume."""
 
     dvars: Optional[Real] = None
+    """RMS over the brain mask of the backward difference of the realigned volume (scanner units)."""
     global_signal: Optional[Real] = None
+    """Mean of the realigned volume over the brain mask (scanner units)."""
     spike: Optional[bool] = None
+    """DVARS or the global signal jumped (censored)."""
     reasons: Optional[Annotated[list[Text], Field(max_length=MAX_CONDITIONS)]] = None
     """Why the volume is censored, if it is."""
 
@@ -510,6 +519,17 @@ class Timing(WirePart):
     """Handed to ZeroMQ."""
 
 
+class SignalValue(WirePart):
+    """One feedback signal's result for one volume (``[signals.<name>]``: connectivity, a decoder, a plugin)."""
+
+    value: Optional[Real] = None
+    """The signal's value (null when it has none: see ``reason``)."""
+    reason: Optional[LongText] = None
+    """Why ``value`` is null."""
+    outputs: Optional[Annotated[dict[Name, Optional[Real]], Field(max_length=MAX_ROIS)]] = None
+    """The signal's extra per-volume outputs, by name."""
+
+
 class VolumeMessage(WireMessage):
     """``volume``: everything about one volume, for the operator and other clients."""
 
@@ -526,6 +546,9 @@ class VolumeMessage(WireMessage):
     condition: Optional[Name] = None
     block: Optional[Index] = None
     """Number of the protocol block the volume belongs to."""
+    direction: Optional[Direction] = None
+    """Optional: the way of the ROI's signal the volume's condition asks for ("increase" or
+    "decrease"); null in the baseline (and from older rtnf)."""
     rois: Optional[Annotated[dict[Name, RoiValues], Field(max_length=MAX_ROIS)]] = None
     """ROI name -> signals."""
     motion: Optional[Motion] = None
@@ -536,6 +559,8 @@ class VolumeMessage(WireMessage):
     timing: Optional[Timing] = None
     file: Optional[PathText] = None
     """The volume's file name (redacted like the outputs)."""
+    signals: Optional[Annotated[dict[Name, SignalValue], Field(max_length=MAX_ROIS)]] = None
+    """Optional: every configured feedback signal's result, by name (absent when none is configured)."""
 
 
 # --------------------------------------------------------------------------- feedback
@@ -554,7 +579,13 @@ class FeedbackMessage(WireMessage):
     kind: Optional[FeedbackKind] = None
     """"continuous" (moves the bar) or "intermittent" (a score); null means continuous."""
     signal: Optional[Real] = None
-    """The value before scaling, in the units of the run's ``feedback.signal``."""
+    """The value before scaling, in the units of the run's ``feedback.signal``: the ROI's own signal,
+    before any flip for a decrease block."""
+    direction: Optional[Direction] = None
+    """Optional: the way of ``signal`` that ``value`` shows as success: "increase" (``value`` grows with
+    ``signal``) or "decrease" (``value`` grows as ``signal`` falls: the sign was flipped before scaling);
+    the volume's condition's, or for an intermittent score the scored block's. Null in the baseline
+    (``signal`` scaled as it is) and from older rtnf (read as "increase")."""
     display_s: Optional[Seconds] = None
     """Intermittent scores: how long to show it, in seconds."""
     t_published: Optional[Time] = None
@@ -575,7 +606,7 @@ class HeartbeatMessage(WireMessage):
 
     rtnf sends ``source``, ``state``, ``last_index``, ``n_volumes``, ``t``;
     the feedback screen (on its own socket) adds ``pid``, ``connection_lost``,
-    ``n_malformed``, ``view`` and its key counts.
+    ``n_malformed``, ``view``, its key counts and ``trigger_error``.
     """
 
     TOPIC: ClassVar[str] = "heartbeat"
@@ -596,6 +627,18 @@ class HeartbeatMessage(WireMessage):
     t_last_trigger: Optional[Time] = None
     n_responses: Optional[Count] = None
     last_response: Optional[KeyPress] = None
+    rating: Optional[Name] = None
+    """Optional (screen with ratings): id of the rating question on screen now, null for none."""
+    n_ratings: Optional[Count] = None
+    """Optional (screen with ratings): ratings shown so far in the run."""
+    ratings_pending: Optional[Count] = None
+    """Optional (screen with ratings): ratings of the run on screen or waiting to be shown."""
+    ratings_until: Optional[Time] = None
+    """Optional (screen with ratings): when the pending ratings will have closed at the latest (their time
+    limits), null when none is pending."""
+    trigger_error: Optional[LongText] = None
+    """Optional (screen): why the serial trigger port is not read (cannot be opened, or lost); absent
+    when it works or none is configured."""
 
 
 # --------------------------------------------------------------------------- screen
@@ -625,7 +668,7 @@ class DisplayedMessage(WireMessage):
 
 
 class KeysMessage(WireMessage):
-    """``keys`` (the feedback screen's socket): one key press."""
+    """``keys`` (the feedback screen's socket): one key press, or one scanner trigger (a key or a serial trigger box)."""
 
     TOPIC: ClassVar[str] = "keys"
     REQUIRED: ClassVar[tuple[str, ...]] = ("key", "role")
@@ -639,6 +682,27 @@ class KeysMessage(WireMessage):
     state: Optional[Phase] = None
     index: Optional[Index] = None
     """Feedback index on screen, or null."""
+    # The scanner's triggers (role "trigger"), checked by the screen against the TR (stimulus.trigger):
+    device: Optional[Name] = None
+    """Optional: where the press came from: "keyboard" (absent: keyboard) or "serial" (a trigger box on a
+    serial port; ``key`` is then the byte, as its character or ``0xNN``)."""
+    trigger_index: Optional[Index] = None
+    """Optional, triggers: 0-based number of the trigger in the run as the screen received it (0: the
+    trigger that set the run's time zero; extra pulses counted)."""
+    pulse: Optional[Index] = None
+    """Optional, triggers: the scanner pulse this trigger is, counted from time zero at the TR (missed
+    pulses counted); null for an extra pulse."""
+    t_zero: Optional[Time] = None
+    """Optional, triggers: the run's time zero, ``t_key`` of its first trigger (UNIX s)."""
+    gap_s: Optional[Number] = None
+    """Optional, triggers: seconds since the previous trigger that was a scanner pulse."""
+    trigger_check: Optional[Literal["time_zero", "ok", "missed", "extra", "irregular", "unchecked"]] = None
+    """Optional, triggers: "time_zero" (the run's first), "ok" (about one TR after the previous pulse),
+    "missed" (about k >= 2 TRs: ``n_missed`` = k - 1 pulses did not arrive before this one), "extra" (much
+    sooner than a TR: not a scanner pulse), "irregular" (neither about one TR nor a whole number of TRs)
+    or "unchecked" (the TR is not known yet)."""
+    n_missed: Optional[Count] = None
+    """Optional, triggers: pulses missed just before this one (0 unless ``trigger_check`` is "missed")."""
 
 
 # --------------------------------------------------------------------------- log
@@ -700,11 +764,66 @@ class PreviewMessage(WireMessage):
     """When the preview was made (UNIX s; it is made after the volume's feedback left)."""
 
 
+# --------------------------------------------------------------------------- rating
+RATING_MOMENTS: tuple[str, ...] = ("before_run", "after_block", "after_run", "volume")
+"""When a rating is shown (``when`` of a rating message)."""
+
+
+class RatingMessage(WireMessage):
+    """``rating`` (the feedback screen's socket): one answered (or unanswered) rating scale.
+
+    Published when the scale left the screen: confirmed with a key or a
+    click, or closed by its time limit (``value`` null, ``timed_out`` true).
+    Times are the screen machine's.
+    """
+
+    TOPIC: ClassVar[str] = "rating"
+    REQUIRED: ClassVar[tuple[str, ...]] = ("question",)
+
+    source: Optional[Name] = None
+    question: Name
+    """The question's id (``[[display.ratings]] id``, e.g. "intensity")."""
+    text: Optional[Text] = None
+    """The question as shown."""
+    value: Optional[Number] = None
+    """The answer in the scale's units, null for no answer."""
+    scale: Optional[Pair] = None
+    """[low, high]: the values of the scale's left and right ends."""
+    when: Optional[Literal["before_run", "after_block", "after_run", "volume"]] = None
+    """The moment it was shown for."""
+    block: Optional[Index] = None
+    """``when`` "after_block": the protocol block rated (0-based, as ``blocks`` of the run message and
+    ``block`` of the volume messages)."""
+    condition: Optional[Name] = None
+    """``when`` "after_block": that block's condition."""
+    index: Optional[Index] = None
+    """Feedback index on screen when the rating was shown (null before the run's first volume)."""
+    t_onset: Optional[Time] = None
+    """Just after the flip of the first frame showing the scale."""
+    t_response: Optional[Time] = None
+    """The confirming key press or click (null without an answer)."""
+    response_time_s: Optional[Annotated[float, Field(ge=0, le=MAX_ABS_NUMBER)]] = None
+    """``t_response - t_onset``, in seconds (null without an answer)."""
+    t_offset: Optional[Time] = None
+    """Just after the flip of the first frame without the scale."""
+    timed_out: Optional[bool] = None
+    """True when the time limit closed the scale without an answer."""
+    time_limit_s: Optional[Seconds] = None
+    response: Optional[Name] = None
+    """How it was answered: the confirming key's name or "mouse"; null without an answer."""
+    n_moves: Optional[Count] = None
+    """Key presses that moved the marker."""
+    ratings_pending: Optional[Count] = None
+    """Ratings of the run still on screen or waiting after this one."""
+    ratings_until: Optional[Time] = None
+    """When those will have closed at the latest (their time limits), null when none is pending."""
+
+
 # --------------------------------------------------------------------------- registry
 MESSAGE_TYPES: dict[str, type[WireMessage]] = {
     cls.TOPIC: cls
     for cls in (RunMessage, VolumeMessage, FeedbackMessage, HeartbeatMessage, DisplayedMessage, LogMessage,
-                KeysMessage, PreviewMessage)
+                KeysMessage, PreviewMessage, RatingMessage)
 }
 """Topic -> message class, for every topic of :data:`rtnf.wire.messages.TOPICS` (in its order)."""
 
