@@ -18,6 +18,10 @@ displays
     The feedback displays beside the thermometer, chosen per condition: a
     gauge, a picture, a number, a tone, and labels of the target and baseline
     marks (only :mod:`stimulus.displays.draw` imports PsychoPy's visual module).
+rating
+    Ratings (visual analogue scales of ``[[display.ratings]]``): when each is
+    due, the keys and clicks that answer it, its ``rating`` message; no
+    PsychoPy. :mod:`stimulus.rating_view` draws them (PsychoPy's Slider).
 timing
     Receive-to-flip latency (median, p95, p99) from the flip log.
 docs

@@ -58,9 +58,13 @@ class RatingView:
         self.geometry = {"width": round(w * SCALE_WIDTH_FRAC), "height": max(10, round(h * SCALE_HEIGHT_FRAC)),
                          "y": round(h * SCALE_Y_FRAC)}
         kw = {"font": cfg.font} if cfg.font else {}
-        self.question = visual.TextStim(win, text="", pos=(0, round(h * QUESTION_Y_FRAC)), height=text_h,
-                                        color=cfg.texts.colour, colorSpace="rgb255", units="pix",
-                                        wrapWidth=w * 0.9, flipHoriz=cfg.mirror, **kw)
+        # One question text per rating, rendered now: showing a rating re-renders no glyphs.
+        self.questions: dict[str, Any] = {
+            spec.id: visual.TextStim(win, text=spec.question, pos=(0, round(h * QUESTION_Y_FRAC)), height=text_h,
+                                     color=cfg.texts.colour, colorSpace="rgb255", units="pix",
+                                     wrapWidth=w * 0.9, flipHoriz=cfg.mirror, **kw)
+            for spec in cfg.ratings
+        }
         self.sliders: dict[str, Any] = {spec.id: self._slider(spec, text_h) for spec in cfg.ratings}
         self._serial: int | None = None
         self._answered = False
@@ -104,9 +108,7 @@ class RatingView:
         self.show_mouse(frame.mouse)
         if not getattr(slider, "_dragging", False):
             slider.markerPos = self._shown_value(spec, frame.marker)
-        if self.question.text != spec.question:
-            self.question.text = spec.question
-        self.question.draw()
+        self.questions[spec.id].draw()
         slider.draw()  # with the mouse: a press moves the marker, the release records a rating
         if frame.mouse and not self._answered and slider.getRating() is not None:
             self._answered = True

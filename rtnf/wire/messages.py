@@ -43,6 +43,10 @@ displayed
 keys
     :class:`~rtnf.wire.topics.KeysMessage`: published by the feedback screen
     on its own socket, one per key press or scanner trigger.
+rating
+    :class:`~rtnf.wire.topics.RatingMessage`: published by the feedback
+    screen on its own socket, one per rating scale shown (its answer, or
+    none when its time limit ran out).
 
 Volume numbers for people are ``index + 1`` ("volume N of n_volumes",
 1-based from the first kept volume, :func:`volume_label`); the wire keeps the
@@ -56,7 +60,7 @@ import math
 import re
 from typing import Any
 
-TOPICS: tuple[str, ...] = ("run", "volume", "feedback", "heartbeat", "displayed", "log", "keys", "preview")
+TOPICS: tuple[str, ...] = ("run", "volume", "feedback", "heartbeat", "displayed", "log", "keys", "preview", "rating")
 SCHEMA_VERSION = 1
 MAX_MESSAGE_BYTES = 1 << 20  # 1 MiB: far above any real message, bounds hostile input
 DEFAULT_ADDRESS = "tcp://127.0.0.1:5555"

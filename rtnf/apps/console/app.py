@@ -206,6 +206,15 @@ CSS = """
 .rtnf-event.level-warning { background: #fff8e1; color: #6b4e00; }
 .rtnf-event.level-info, .rtnf-event.level-debug { color: #3d434b; }
 .rtnf-events .none { padding: 4px 8px; color: #5f6670; }
+.rtnf-ratings { box-sizing: border-box; width: 100%; background: #fff; border: 1px solid #d0d4da; border-radius: 6px;
+  font-size: 13px; }
+.rtnf-ratings .head { font-weight: 700; padding: 4px 8px; border-bottom: 1px solid #e3e6ea; }
+.rtnf-ratings .list { max-height: 180px; overflow-y: auto; }
+.rtnf-ratings table { border-collapse: collapse; width: 100%; }
+.rtnf-ratings th, .rtnf-ratings td { text-align: left; padding: 1px 8px; border-bottom: 1px solid #f0f1f3; }
+.rtnf-ratings td.num { text-align: right; font-variant-numeric: tabular-nums; }
+.rtnf-ratings tr.timed-out td { color: #8c1d18; }
+.rtnf-ratings .muted { color: #5f6670; }
 """
 
 
@@ -256,11 +265,13 @@ class ConsolePage:
         # Bokeh wraps a Div's text in an inline-block: let the event list fill the width beside the preview.
         fill = InlineStyleSheet(css=".bk-clearfix { display: block !important; }")
         self.events = Div(name="events", stylesheets=[self.css, fill], sizing_mode="stretch_width", min_width=300)
+        # The participant's ratings as they arrive (empty in a run without ratings); JSON rows in its tags.
+        self.ratings = Div(name="ratings", stylesheets=[self.css, fill], sizing_mode="stretch_width")
         self.plots = row(sizing_mode="stretch_width")
         self.root = column(
             self.status, self.alerts,
             row(column(self.preview, self.preview_planes), self.events, sizing_mode="stretch_width"),
-            self.plots, sizing_mode="stretch_width",
+            self.ratings, self.plots, sizing_mode="stretch_width",
         )
         self.preview_sources: dict[str, tuple[ColumnDataSource, ColumnDataSource]] = {}
         self.preview_key: tuple | None = None
@@ -287,6 +298,7 @@ class ConsolePage:
         self._last_texts = {}
         self.previews_sent = -1  # redraw the preview and the event list
         self.events_sent = -1
+        self.ratings_sent: tuple | None = None
         layout_key = st.layout_key()
         if self.source is not None and layout_key == self.layout_key:
             self.source.data = st.column_data()
@@ -479,6 +491,54 @@ class ConsolePage:
                             f'<div class="list">{items}</div></div>')
         self.events.tags = [json.dumps([{"level": e.level, "message": e.message, "t": e.t} for e in events])]
 
+    def _update_ratings(self) -> None:
+        """The ratings table (newest first), redrawn when a rating arrives or one shows on the participant's screen."""
+        st = self.state
+        key = (st.n_ratings, st.rating_on_screen)
+        if self.ratings_sent == key:
+            return
+        self.ratings_sent = key
+        if not st.n_ratings and st.rating_on_screen is None:
+            self.ratings.text = ""
+            self.ratings.tags = [json.dumps([])]
+            return
+        ratings = list(st.ratings)[::-1]
+        n = st.n_volumes
+
+        def answer(r: dict[str, Any]) -> str:
+            if r["value"] is None:
+                return "no answer (time limit)" if r["timed_out"] else "no answer"
+            scale = r["scale"]
+            return f"{r['value']:g}" + (f" <span class=\"muted\">({scale[0]:g}–{scale[1]:g})</span>" if scale else "")
+
+        def rt(seconds: float | None) -> str:
+            return "–" if seconds is None else f"{seconds:.2f} s"
+
+        def where(r: dict[str, Any]) -> str:
+            text = html.escape(str(r["when"] or ""))
+            if r["block"] is not None:
+                text += f" block {r['block'] + 1}" + (f" ({html.escape(r['condition'])})" if r["condition"] else "")
+            return text
+
+        rows = "".join(
+            f'<tr class="{"timed-out" if r["value"] is None else "answered"}" data-question="{html.escape(r["question"])}" '
+            f'data-value="{"" if r["value"] is None else r["value"]}">'
+            f'<td>{clock_time(r["t_onset"] if r["t_onset"] is not None else r["t_received"])}</td>'
+            f'<td title="{html.escape(r["text"])}">{html.escape(r["question"])}</td><td class="num">{answer(r)}</td>'
+            f'<td class="num">{rt(r["response_time_s"])}</td>'
+            f"<td>{where(r)}</td>"
+            f'<td>{"–" if r["index"] is None else html.escape(volume_label(r["index"], n))}</td></tr>'
+            for r in ratings
+        )
+        now = ("" if st.rating_on_screen is None else
+               f' · on the participant\'s screen now: <b data-rating-now="1">{html.escape(st.rating_on_screen)}</b>')
+        self.ratings.text = (
+            f'<div class="rtnf-ratings"><div class="head">Ratings (newest first): {st.n_ratings}{now}</div>'
+            '<div class="list"><table><thead><tr><th>shown at</th><th>question</th><th>answer</th><th>response time</th>'
+            f"<th>moment</th><th>volume on screen</th></tr></thead><tbody>{rows}</tbody></table></div></div>"
+        )
+        self.ratings.tags = [json.dumps([{k: v for k, v in r.items()} for r in ratings])]
+
     def _figure(self, title: str, y_label: str | None = None, height: int = PLOT_HEIGHT):
         fig = figure(
             title=title, height=height, sizing_mode="stretch_width", x_range=self.x_range,
@@ -609,6 +669,7 @@ class ConsolePage:
             "alerts": [a.key for a in alerts], "counts": counts, "fd_threshold_mm": st.fd_threshold_mm,
             "keys": keys, "n_events": st.n_events, "saturation": saturation,
             "preview_index": None if st.preview is None else st.preview.index,
+            "n_ratings": st.n_ratings, "rating_on_screen": st.rating_on_screen,
             "export_dir": st.export_dir, "output_dir": st.output_dir,
         }
         self._set("status_tags", self.status, "tags", [json.dumps(status)])
@@ -621,6 +682,7 @@ class ConsolePage:
             alert_html = '<div class="rtnf-ok" data-alert="none">No alerts</div>'
         self._set("alerts", self.alerts, "text", f'<div class="rtnf-alerts">{alert_html}</div>')
         self._update_events()
+        self._update_ratings()
 
 
 def free_port(host: str = "127.0.0.1") -> int:

@@ -28,7 +28,7 @@ from rtnf.wire.topics import WireMessage, parse_body
 log = logging.getLogger(__name__)
 
 RTNF_TOPICS: tuple[str, ...] = ("run", "volume", "feedback", "heartbeat", "preview", "log")
-SCREEN_TOPICS: tuple[str, ...] = ("displayed", "heartbeat", "keys")
+SCREEN_TOPICS: tuple[str, ...] = ("displayed", "heartbeat", "keys", "rating")
 
 
 class Message(NamedTuple):

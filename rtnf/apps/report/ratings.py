@@ -80,7 +80,8 @@ def ratings_summary(run: RecordedRun, summary: dict[str, Any]) -> dict[str, Any]
     -------
     dict
         ``questions``: question ids in order of first appearance, with
-        ``texts`` (id -> question as shown); ``rows``: every rating
+        ``texts`` (id -> question as shown) and ``block_questions`` (those
+        asked after blocks); ``rows``: every rating
         (``question``, ``moment``, ``value`` or None, ``timed_out``,
         ``response_time`` (s) or None, ``volume_index``, ``block``,
         ``condition``, ``onset`` (s)); ``blocks``: one entry per regulation
@@ -136,6 +137,7 @@ def ratings_summary(run: RecordedRun, summary: dict[str, Any]) -> dict[str, Any]
         }
     return {
         "questions": questions, "texts": texts, "rows": rows, "blocks": blocks,
+        "block_questions": [q for q in questions if any(k[1] == q for k in after_block)],
         "other": [r for r in rows if r["moment"] != "after_block"], "per_question": per_question,
     }
 
