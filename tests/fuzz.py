@@ -36,7 +36,6 @@ import contextlib
 import gzip
 import io
 import math
-import os
 import signal
 import struct
 import sys

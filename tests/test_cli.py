@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,8 +16,7 @@ from rtnf.config import load_config
 from rtnf.apps.demo import Listener, free_address, read_tsv, sim_spec, write_toml
 from rtnf.run.record import bids_prefix, func_dir
 from rtnf.run.session import progress_line
-from tests.conftest import CONFIG_DIR
-from tests.helpers import BASE_CONFIG, write_config
+from tests.helpers import CONFIG_DIR, make_config, pattern
 
 
 def _rtnf(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -100,37 +98,13 @@ def test_progress_line_counts_from_one_and_says_why_a_value_is_null():
 
 
 N = 16
-RUN_CONFIG = f"""
-[session]
-subject = "cli"
-task = "nf"
-
-[scanner]
-export_dir = "export"
-format = "nifti"
-tr_s = 2.0
-n_volumes = {N}
-dummy_volumes = 2
-
-[protocol]
-baseline = "rest"
-pattern = {{{{ steps = [{{{{ condition = "rest", duration = 4 }}}}, {{{{ condition = "regulate", duration = 3 }}}}], repeat = 2 }}}}
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[feedback]
-roi = "acc"
-min_baseline_volumes = 2
-
-[output]
-dir = "outputs"
-"""
+RUN_CONFIG = {"session.subject": "cli", "session.task": "nf", "scanner.format": "nifti", "scanner.n_volumes": N,
+              "protocol.pattern": pattern(rest=4, regulate=3), "feedback.min_baseline_volumes": 2,
+              "output.dir": "outputs"}
 
 
 def test_run_takes_run_and_set_prints_a_progress_line_per_volume_and_no_numexpr(tmp_path):
-    cfg_path = write_config(tmp_path, RUN_CONFIG.format())
+    cfg_path = make_config(tmp_path, RUN_CONFIG)
     address = free_address()
     cfg = load_config(cfg_path, {"publish.address": address, "session.run": 3, "feedback.smoothing_alpha": 0.5})
     spec = tmp_path / "spec.toml"

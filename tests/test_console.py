@@ -26,9 +26,10 @@ import zmq
 
 from rtnf.apps.console.preview import PLANES, T_THRESHOLD, outline, prepare
 from rtnf.apps.console.state import EVENTS_MAX, MOTION_PARAMETERS, RunState
-from rtnf.apps.demo import Listener, Processes, _wait_ready, free_address, sim_spec, write_toml
+from rtnf.apps.demo import Listener, Processes, wait_ready, free_address, sim_spec, write_toml
 from rtnf.wire.messages import encode
 from rtnf.analysis.wholebrain import preview_body, slice_indices
+from tests.helpers import make_config, pattern
 
 ROOT = Path(__file__).resolve().parent.parent
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -678,39 +679,10 @@ def test_console_page_follows_a_scripted_run(browser, tmp_path):
         run.close()
 
 
-SESSION_CONFIG = """
-[session]
-subject = "console"
-task = "nf"
-
-[scanner]
-export_dir = "export"
-tr_s = 1.0
-n_volumes = 26
-dummy_volumes = 2
-missing_timeout_s = 1.0
-
-[protocol]
-baseline = "rest"
-pattern = {{ steps = [{{ condition = "rest", duration = 6 }}, {{ condition = "regulate", duration = 6 }}], repeat = 2 }}
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[rois.linsula]
-center_mm = [-37.0, 1.0, -1.0]
-radius_mm = 6.0
-
-[feedback]
-roi = "acc"
-
-[model]
-whole_brain = true
-
-[output]
-dir = "outputs"
-"""
+SESSION_CONFIG = {"session.subject": "console", "session.task": "nf", "scanner.tr_s": 1.0, "scanner.n_volumes": 26,
+                  "scanner.missing_timeout_s": 1.0, "protocol.pattern": pattern(rest=6, regulate=6),
+                  "rois.linsula": {"center_mm": [-37.0, 1.0, -1.0], "radius_mm": 6.0}, "model.whole_brain": True,
+                  "output.dir": "outputs"}
 
 
 @requires_browser()
@@ -719,8 +691,7 @@ def test_console_page_plots_a_real_session(browser, tmp_path):
     from rtnf.config import load_config
 
     address = free_address()
-    cfg_path = tmp_path / "session.toml"
-    cfg_path.write_text(SESSION_CONFIG.format())
+    cfg_path = make_config(tmp_path, SESSION_CONFIG)
     cfg = load_config(cfg_path, {"publish.address": address})
     spec_path = tmp_path / "spec.toml"
     write_toml(sim_spec(cfg, amplitude_pct=1.5, noise_pct=1.0, seed=3), spec_path)
@@ -732,7 +703,7 @@ def test_console_page_plots_a_real_session(browser, tmp_path):
     console = ConsoleProcess(address, None, logs)
     try:
         procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--create-export-dir", "--publish-address", address], logs)
-        _wait_ready(listener, procs, no_screen=True)
+        wait_ready(listener, procs, no_screen=True)
         procs.start("scanner_sim", [sys.executable, "-m", "scanner_sim", "synth", str(spec_path), "--export-dir",
                                     str(cfg.scanner.export_dir), "--truth-dir", str(tmp_path / "truth"),
                                     "--speed", "2" if update_docs else "4", "--mode", "reopen"], logs)
@@ -924,9 +895,7 @@ def test_rtnf_run_passes_the_screen_address_and_the_configs_limits_and_keeps_the
     from rtnf.apps.console import cli as console_cli
     from rtnf.run.session import RunResult
 
-    cfg_path = tmp_path / "session.toml"
-    cfg_path.write_text(SESSION_CONFIG.format().replace('[feedback]', '[quality]\nfd_threshold_mm = 0.7\n\n[publish]\n'
-                                                        'heartbeat_s = 2.0\n\n[feedback]'))
+    cfg_path = make_config(tmp_path, {**SESSION_CONFIG, "quality.fd_threshold_mm": 0.7, "publish.heartbeat_s": 2.0})
     calls: list = []
 
     class FakeConsole:
@@ -977,35 +946,9 @@ def test_console_linger_waits_for_the_closing_time_or_the_child():
     assert time.monotonic() - t0 < 10
 
 
-LINGER_CONFIG = """
-[session]
-subject = "linger"
-task = "nf"
-
-[scanner]
-export_dir = "export"
-tr_s = 1.0
-n_volumes = 16
-dummy_volumes = 2
-missing_timeout_s = 1.0
-
-[protocol]
-baseline = "rest"
-pattern = {{ steps = [{{ condition = "rest", duration = 8 }}, {{ condition = "regulate", duration = 6 }}], repeat = 1 }}
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[quality]
-fd_threshold_mm = 0.7
-
-[feedback]
-roi = "acc"
-
-[output]
-dir = "outputs"
-"""
+LINGER_CONFIG = {"session.subject": "linger", "session.task": "nf", "scanner.tr_s": 1.0, "scanner.n_volumes": 16,
+                 "scanner.missing_timeout_s": 1.0, "protocol.pattern": pattern(rest=8, regulate=6, repeat=1),
+                 "quality.fd_threshold_mm": 0.7, "output.dir": "outputs"}
 
 
 def _children(pid: int) -> list[int]:
@@ -1026,8 +969,7 @@ def test_console_outlives_rtnf_run_and_shows_the_ended_run(browser, tmp_path):
 
     address, screen_address, port = free_address(), free_address(), free_port()
     url = f"http://127.0.0.1:{port}/"
-    cfg_path = tmp_path / "session.toml"
-    cfg_path.write_text(LINGER_CONFIG.format())
+    cfg_path = make_config(tmp_path, LINGER_CONFIG)
     cfg = load_config(cfg_path, {"publish.address": address})
     write_toml(sim_spec(cfg, amplitude_pct=1.5, noise_pct=1.0, seed=5), tmp_path / "spec.toml")
     logs = tmp_path / "logs"
@@ -1040,7 +982,7 @@ def test_console_outlives_rtnf_run_and_shows_the_ended_run(browser, tmp_path):
         rtnf = procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--create-export-dir", "--publish-address", address,
                                     "--console", "--console-port", str(port), "--console-screen-address",
                                     screen_address, "--console-linger-s", "120"], logs)
-        _wait_ready(listener, procs, no_screen=True)
+        wait_ready(listener, procs, no_screen=True)
         deadline = time.time() + 30
         while True:
             try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import random
 import shutil
 import warnings
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -14,7 +13,7 @@ import pytest
 from rtnf.scanner.dicom import DicomReadError, SliceAssembler, UnsupportedDicomError, read_volume, read_volumes
 from rtnf.scanner.dicom import probe
 from rtnf.scanner.nifti import VolumeReadError
-from tests.conftest import requires_shared_data
+from tests.helpers import requires_shared_data
 from tests.test_dicom_support import (
     FORREST,
     PARTIAL,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from rtnf.scanner.dicom import DicomReadError, SeriesReader, read_volume
-from tests.conftest import requires_shared_data
+from tests.helpers import requires_shared_data
 from tests.test_dicom_support import PARTIAL, PYNEAL, ZOO
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from tests.conftest import SHARED_DATA
+from tests.helpers import SHARED_DATA
 
 ZOO = SHARED_DATA / "dicom-zoo"
 PYNEAL = SHARED_DATA / "pyneal-series"

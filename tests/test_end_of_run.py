@@ -7,43 +7,16 @@ import json
 from rtnf.config import load_config
 from rtnf.apps.demo import read_tsv
 from rtnf.run.record import bids_prefix, func_dir
-from tests.helpers import run_processes, write_config
+from tests.helpers import make_config, pattern, run_processes
 
 N = 24
-CONFIG = f"""
-[session]
-subject = "end"
-task = "nf"
-
-[scanner]
-export_dir = "export"
-tr_s = 2.0
-n_volumes = {N}
-
-[protocol]
-baseline = "rest"
-pattern = {{ steps = [{{ condition = "rest", duration = 6 }}, {{ condition = "regulate", duration = 6 }}], repeat = 2 }}
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[feedback]
-roi = "acc"
-
-[model]
-whole_brain = true
-
-[publish]
-preview = false
-
-[output]
-dir = "outputs"
-"""
+CONFIG = {"session.subject": "end", "session.task": "nf", "scanner.n_volumes": N, "scanner.dummy_volumes": 0,
+          "protocol.pattern": pattern(rest=6, regulate=6), "model.whole_brain": True, "publish.preview": False,
+          "output.dir": "outputs"}
 
 
 def test_statmap_that_cannot_be_saved_loses_no_row_and_is_reported(tmp_path):
-    cfg = load_config(write_config(tmp_path, CONFIG))
+    cfg = load_config(make_config(tmp_path, CONFIG))
     func, prefix = func_dir(cfg), bids_prefix(cfg)
     # a real failure of the last write: the statmap's path is taken by a folder
     statmap = func / f"{prefix}_desc-rtnf_stat-t_statmap.nii.gz"

@@ -27,35 +27,11 @@ from rtnf.run.pipeline import VolumeProcessor
 from rtnf.run.record import bids_prefix, func_dir
 from rtnf.apps.replay import ReplayFeeder
 from rtnf.run.session import NO_USABLE_VOLUME, run_session
-from tests.helpers import replay_func_dir, synthetic_run_4d, write_config
+from tests.helpers import make_config, pattern, replay_func_dir, synthetic_run_4d
 
 N = 14  # 2 dummies + 12 kept volumes
-CONFIG = """
-[session]
-subject = "fail"
-task = "nf"
-
-[scanner]
-export_dir = "export"
-tr_s = 2.0
-n_volumes = 14
-dummy_volumes = 2
-
-[protocol]
-baseline = "rest"
-pattern = {{ steps = [{{ condition = "rest", duration = 3 }}, {{ condition = "regulate", duration = 3 }}], repeat = 2 }}
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[feedback]
-roi = "acc"
-
-[output]
-dir = "outputs"
-{extra}
-"""
+CONFIG = {"session.subject": "fail", "session.task": "nf", "scanner.n_volumes": N,
+          "protocol.pattern": pattern(rest=3, regulate=3), "output.dir": "outputs"}
 BLANK_REASON = "processing error: ValueError: The brain mask holds 0 voxels"
 
 
@@ -93,7 +69,7 @@ def _assert_no_usable_volume(stderr: str) -> None:
 
 def test_a_volume_whose_processing_raises_costs_that_volume_only(tmp_path, run4d, monkeypatch, caplog):
     source = run4d[0]
-    cfg = load_config(write_config(tmp_path, CONFIG.format(extra="")), {"publish.address": "inproc://rtnf-failed"})
+    cfg = load_config(make_config(tmp_path, CONFIG), {"publish.address": "inproc://rtnf-failed"})
     process = VolumeProcessor.process
 
     def failing(self, index, acquisition, arrival):
@@ -127,7 +103,7 @@ def test_replay_in_which_every_volume_fails_exits_1_with_one_alarm(tmp_path, run
     _, data, affine = run4d
     blank = tmp_path / "blank_bold.nii.gz"  # a scanner that exported empty images
     nib.save(nib.Nifti1Image(np.zeros_like(data), affine), blank)
-    cfg_path = write_config(tmp_path, CONFIG.format(extra=""))
+    cfg_path = make_config(tmp_path, CONFIG)
     proc = _replay(cfg_path, blank)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     _assert_no_usable_volume(proc.stderr)
@@ -146,7 +122,7 @@ def test_replay_of_a_folder_without_one_readable_volume_exits_1(tmp_path):
     export.mkdir()
     for n in range(1, N + 1):
         (export / f"vol_{n:04d}.nii").write_bytes(b"\x00garbage" * 1000)
-    cfg_path = write_config(tmp_path, CONFIG.format(extra=""))
+    cfg_path = make_config(tmp_path, CONFIG)
     proc = _replay(cfg_path, export)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     _assert_no_usable_volume(proc.stderr)
@@ -163,10 +139,10 @@ def _write_volumes(export: Path, data: np.ndarray, affine: np.ndarray) -> None:
         time.sleep(0.05)
 
 
-def _live_run(tmp_path: Path, extra: str, data: np.ndarray, affine: np.ndarray):
+def _live_run(tmp_path: Path, overrides: dict, data: np.ndarray, affine: np.ndarray):
     """`rtnf run` as a process fed volume files; return (returncode, stderr, listener, cfg)."""
     address = free_address()
-    cfg_path = write_config(tmp_path, CONFIG.format(extra=extra))
+    cfg_path = make_config(tmp_path, {**CONFIG, **overrides})
     cfg = load_config(cfg_path)
     Path(cfg.scanner.export_dir).mkdir()
     listener = Listener([address])
@@ -191,7 +167,7 @@ def _live_run(tmp_path: Path, extra: str, data: np.ndarray, affine: np.ndarray):
 
 def test_live_run_in_which_every_volume_fails_exits_1_with_the_alarm_on_the_log_topic(tmp_path, run4d):
     _, data, affine = run4d
-    code, stderr, listener, cfg = _live_run(tmp_path, "", np.zeros_like(data), affine)
+    code, stderr, listener, cfg = _live_run(tmp_path, {}, np.zeros_like(data), affine)
     assert code == 1, stderr
     _assert_no_usable_volume(stderr)
     alarms = [b for b in listener.of("log") if b.get("alarm") == NO_USABLE_VOLUME]
@@ -208,7 +184,7 @@ def test_live_run_with_a_reference_on_another_grid_stops_at_the_first_volume(tmp
     shifted = affine.copy()
     shifted[:3, 3] += [0.0, 9.0, 0.0]
     nib.save(nib.Nifti1Image(data[..., 2], shifted), tmp_path / "template.nii")
-    code, stderr, listener, cfg = _live_run(tmp_path, '\n[motion]\nreference = "template.nii"\n', data, affine)
+    code, stderr, listener, cfg = _live_run(tmp_path, {"motion.reference": "template.nii"}, data, affine)
     assert code == 2, stderr
     assert "Traceback" not in stderr and "could not be processed" not in stderr, stderr
     errors = [line for line in stderr.splitlines() if "template.nii" in line]

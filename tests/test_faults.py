@@ -4,38 +4,13 @@ from __future__ import annotations
 
 from rtnf.apps.demo import read_tsv
 from rtnf.run.record import bids_prefix, func_dir
-from tests.helpers import run_processes
+from tests.helpers import pattern, run_processes
 
 N = 40
-CONFIG = f"""
-[session]
-subject = "faults"
-task = "nf"
-
-[scanner]
-export_dir = "export"
-tr_s = 2.0
-n_volumes = {N}
-filename_template = "rtsim_{{series:03d}}_{{volume:05d}}.nii"
-series_number = 1
-missing_timeout_s = 1.0
-watch = "polling"
-poll_interval_s = 0.05
-
-[protocol]
-baseline = "rest"
-pattern = {{ steps = [{{ condition = "rest", duration = 6 }}, {{ condition = "regulate", duration = 6 }}], repeat = 3 }}
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[feedback]
-roi = "acc"
-
-[output]
-dir = "outputs"
-"""
+CONFIG = {"session.subject": "faults", "session.task": "nf", "scanner.n_volumes": N, "scanner.dummy_volumes": 0,
+          "scanner.filename_template": "rtsim_{series:03d}_{volume:05d}.nii", "scanner.series_number": 1,
+          "scanner.missing_timeout_s": 1.0, "scanner.watch": "polling", "scanner.poll_interval_s": 0.05,
+          "protocol.pattern": pattern(rest=6, regulate=6, repeat=3), "output.dir": "outputs"}
 
 
 def test_each_fault_is_flagged_recorded_and_survived(tmp_path):

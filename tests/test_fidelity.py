@@ -23,7 +23,7 @@ import pytest
 from rtnf.config import load_config
 from rtnf.apps.demo import read_tsv
 from rtnf.apps.fidelity import assess
-from tests.conftest import SHARED_DATA, requires_shared_data
+from tests.helpers import SHARED_DATA, make_config, requires_shared_data
 
 TR_S = 2.0
 
@@ -57,45 +57,17 @@ RUNS = {
     "decnef2": ("pydecnef-sub1/func/run_2", 209, lambda: _decnef_blocks(2)),
 }
 
-CONFIG = """
-[session]
-subject = "{name}"
-task = "{task}"
-
-[scanner]
-export_dir = "unused"
-tr_s = 2.0
-n_volumes = {n}
-
-[protocol]
-units = "seconds"
-baseline = "rest"
-blocks = [{blocks}]
-
-[rois.loc]
-{roi}
-
-[motion]
-enabled = {motion}
-
-[feedback]
-roi = "loc"
-{feedback}
-
-[output]
-dir = "{out}"
-save_volumes = {save}
-{model}
-"""
+CONFIG = {"scanner.export_dir": "unused", "scanner.tr_s": TR_S, "scanner.dummy_volumes": 0, "protocol.units": "seconds",
+          "protocol.pattern": None, "feedback.roi": "loc"}
 
 
-def _config(path: Path, name: str, task: str, n: int, blocks, roi: str, out: Path, *, motion=True, save=False,
-            feedback: str = "", model: str = "") -> Path:
-    text = ", ".join(f'{{ condition = "image", onset = {o:.3f}, duration = {d:.3f} }}' for o, d in blocks
-                     if o + d <= n * TR_S)
-    path.write_text(CONFIG.format(name=name, task=task, n=n, blocks=text, roi=roi, out=out,
-                                  motion=str(motion).lower(), save=str(save).lower(), feedback=feedback, model=model))
-    return path
+def _config(path: Path, name: str, task: str, n: int, blocks, roi: dict, out: Path, *, motion=True, save=False,
+            overrides: dict | None = None) -> Path:
+    blocks = [{"condition": "image", "onset": round(o, 3), "duration": round(d, 3)} for o, d in blocks if o + d <= n * TR_S]
+    return make_config(path.parent, {**CONFIG, "session.subject": name, "session.task": task, "scanner.n_volumes": n,
+                                     "protocol.blocks": blocks, "rois": {"loc": roi}, "motion.enabled": motion,
+                                     "output.dir": out, "output.save_volumes": save, **(overrides or {})},
+                       name=path.name)
 
 
 def _replay(cfg: Path, source: Path) -> None:
@@ -141,7 +113,7 @@ def prepared(tmp_path_factory):
             continue
         blocks = blocks_of()
         out = root / f"raw_{name}"
-        cfg = _config(root / f"{name}_raw.toml", name, "raw", n, blocks, "center_mm = [0.0, 0.0, 0.0]\nradius_mm = 30.0",
+        cfg = _config(root / f"{name}_raw.toml", name, "raw", n, blocks, {"center_mm": [0.0, 0.0, 0.0], "radius_mm": 30.0},
                       out, motion=False, save=True)
         _replay(cfg, SHARED_DATA / sub)
         bold = next(out.rglob("*_desc-rtnf_bold.nii"))
@@ -151,8 +123,8 @@ def prepared(tmp_path_factory):
 
 
 VARIANTS = {
-    "default": ("", ""),
-    "nuisance": ("despike = true", "[model]\nmotion_regressors = 6\ndrift_cutoff_s = 128.0"),
+    "default": {},
+    "nuisance": {"feedback.despike": True, "model.motion_regressors": 6, "model.drift_cutoff_s": 128.0},
 }
 
 
@@ -164,10 +136,9 @@ VARIANTS = {
 def test_feedback_follows_the_region_on_real_runs(prepared, name, variant):
     root, runs = prepared
     n, blocks, bold, roi = runs[name]
-    feedback, model = VARIANTS[variant]
     out = root / f"out_{name}_{variant}"
-    cfg = _config(root / f"{name}_{variant}.toml", name, variant, n, blocks, f'mask = "{roi}"', out,
-                  feedback=feedback, model=model)
+    cfg = _config(root / f"{name}_{variant}.toml", name, variant, n, blocks, {"mask": roi}, out,
+                  overrides=VARIANTS[variant])
     _replay(cfg, bold)
     rows = read_tsv(next(out.rglob("*_desc-rtnf_timeseries.tsv")))
     f = assess(load_config(cfg), rows, first_index=n // 2)

@@ -9,14 +9,14 @@ import sys
 
 import pytest
 
-from tests.helpers import synthetic_run_4d, write_config
+from tests.helpers import make_config, synthetic_run_4d
 
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory):
     root = tmp_path_factory.mktemp("fidelity_cli")
     synthetic_run_4d(root / "run.nii", 42, seed=9)
-    cfg = write_config(root)
+    cfg = make_config(root)
     proc = subprocess.run([sys.executable, "-m", "rtnf", "replay", str(cfg), str(root / "run.nii")],
                           capture_output=True, text=True, timeout=300, cwd=root)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -56,9 +56,9 @@ def test_unusable_input_is_one_line_and_exit_2(recorded, tmp_path, case):
     elif case == "negative_start":
         args = [cfg, table, "--from-volume", "-1"]
     else:
-        other = tmp_path / "other.toml"
-        other.write_text(cfg.read_text().replace("rois.acc", "rois.ins").replace('roi = "acc"', 'roi = "ins"')
-                         .replace('dir = "out"', f'dir = "{tmp_path / "o"}"').replace('"export"', f'"{root / "export"}"'))
+        other = make_config(tmp_path, {"rois": {"ins": {"center_mm": [0.0, 30.0, 15.0], "radius_mm": 8.0}},
+                                       "feedback.roi": "ins", "output.dir": tmp_path / "o",
+                                       "scanner.export_dir": root / "export"}, name="other.toml")
         args = [other, table]
     proc = _fidelity(*args)
     assert proc.returncode == 2, proc.stdout + proc.stderr

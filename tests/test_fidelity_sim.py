@@ -21,41 +21,15 @@ from rtnf.config import load_config
 from rtnf.apps.demo import read_tsv, sim_spec
 from rtnf.apps.fidelity import assess
 from scanner_sim.generate import generate_run
-from tests.conftest import SHARED_DATA, requires_shared_data
+from tests.helpers import SHARED_DATA, make_config, pattern, requires_shared_data
 
-SYNTH_CONFIG = """
-[session]
-subject = "sim"
-task = "{task}"
-
-[scanner]
-export_dir = "unused"
-format = "nifti"
-tr_s = 2.0
-n_volumes = 150
-
-[protocol]
-units = "volumes"
-baseline = "rest"
-pattern = {{ steps = [{{ condition = "rest", duration = 10 }}, {{ condition = "regulate", duration = 10 }}], repeat = 7 }}
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[feedback]
-roi = "acc"
-{feedback}
-
-[output]
-dir = "{out}"
-save_volumes = false
-{model}
-"""
+SYNTH_CONFIG = {"session.subject": "sim", "scanner.export_dir": "unused", "scanner.format": "nifti",
+                "scanner.n_volumes": 150, "scanner.dummy_volumes": 0, "protocol.units": "volumes",
+                "protocol.pattern": pattern(rest=10, regulate=10, repeat=7), "output.save_volumes": False}
 
 VARIANTS = {
-    "default": ("", ""),
-    "nuisance": ("despike = true", "[model]\nmotion_regressors = 6"),
+    "default": {},
+    "nuisance": {"feedback.despike": True, "model.motion_regressors": 6},
 }
 
 
@@ -88,8 +62,7 @@ def _judge(f, online_offline: float = 0.95) -> None:
 @pytest.fixture(scope="module")
 def realistic_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("realistic")
-    base = root / "base.toml"
-    base.write_text(SYNTH_CONFIG.format(task="base", feedback="", model="", out=root / "base_out"))
+    base = make_config(root, {**SYNTH_CONFIG, "session.task": "base", "output.dir": root / "base_out"}, name="base.toml")
     spec = sim_spec(load_config(base), amplitude_pct=1.5, seed=3)
     # Spec keys beat the preset: let the preset set the thermal noise too.
     g = generate_run(spec, root / "run", noise_preset="realistic", noise_pct=None)
@@ -100,10 +73,9 @@ def realistic_run(tmp_path_factory):
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_feedback_follows_the_region_under_realistic_noise(realistic_run, variant):
     root, g = realistic_run
-    feedback, model = VARIANTS[variant]
     out = root / f"out_{variant}"
-    cfg = root / f"{variant}.toml"
-    cfg.write_text(SYNTH_CONFIG.format(task=variant, feedback=feedback, model=model, out=out))
+    cfg = make_config(root, {**SYNTH_CONFIG, "session.task": variant, "output.dir": out, **VARIANTS[variant]},
+                      name=f"{variant}.toml")
     _replay(cfg, g.export_dir)
     rows = read_tsv(next(out.rglob("*_desc-rtnf_timeseries.tsv")))
     f = assess(load_config(cfg), rows)
@@ -133,28 +105,13 @@ def test_feedback_follows_a_known_activation_in_real_noise(tmp_path):
                       "regions": [{"name": "roi", "center_mm": center, "radius_mm": 10.0,
                                    "amplitude_pct": 2.0, "condition": "up"}]}, tmp_path / "run")
     out = tmp_path / "out"
-    cfg = tmp_path / "real.toml"
-    cfg.write_text(f"""
-[session]
-subject = "realnoise"
-[scanner]
-export_dir = "unused"
-format = "nifti"
-tr_s = 1.0
-n_volumes = 60
-[protocol]
-units = "seconds"
-baseline = "rest"
-blocks = [{", ".join(f'{{ condition = "up", onset = {b["onset_s"]}, duration = {b["duration_s"]} }}' for b in blocks)}]
-[rois.roi]
-center_mm = {center}
-radius_mm = 10.0
-[feedback]
-roi = "roi"
-[output]
-dir = "{out}"
-save_volumes = false
-""")
+    cfg = make_config(tmp_path, {
+        "session.subject": "realnoise", "session.task": None, "scanner.export_dir": "unused", "scanner.format": "nifti",
+        "scanner.tr_s": 1.0, "scanner.n_volumes": 60, "scanner.dummy_volumes": 0, "protocol.units": "seconds",
+        "protocol.pattern": None,
+        "protocol.blocks": [{"condition": "up", "onset": b["onset_s"], "duration": b["duration_s"]} for b in blocks],
+        "rois": {"roi": {"center_mm": center, "radius_mm": 10.0}}, "feedback.roi": "roi", "output.dir": out,
+        "output.save_volumes": False}, name="real.toml")
     _replay(cfg, g.export_dir)
     rows = read_tsv(next(out.rglob("*_desc-rtnf_timeseries.tsv")))
     f = assess(load_config(cfg), rows)

@@ -25,7 +25,7 @@ from rtnf.scanner.dicom import DicomReadError, read_volume  # noqa: E402
 from rtnf.scanner.dicom import probe
 from rtnf.wire.messages import MAX_MESSAGE_BYTES, MessageError, decode, encode  # noqa: E402
 from rtnf.scanner.nifti import IncompleteFileError, VolumeReadError, is_complete, read_nifti  # noqa: E402
-from tests.conftest import SHARED_DATA, requires_shared_data  # noqa: E402
+from tests.helpers import SHARED_DATA, requires_shared_data  # noqa: E402
 
 SCALE = float(os.environ.get("RTNF_FUZZ_SCALE", "1"))
 

@@ -21,36 +21,14 @@ from rtnf.config import load_config
 from rtnf.apps.demo import read_tsv
 from rtnf.scanner.export import ExportReader
 from rtnf.scanner.nifti import VolumeReadError
-from tests.conftest import requires_shared_data
+from tests.helpers import make_config, pattern, requires_shared_data
 from tests.test_dicom_support import PYNEAL, ge_pyneal_volume
 
 GE = PYNEAL / "ge-mr750-slices"
 
-CONFIG = """
-[session]
-subject = "ge"
-task = "rest"
-
-[scanner]
-export_dir = "unused"
-tr_s = 1.0
-n_volumes = 60
-{extra}
-
-[protocol]
-baseline = "rest"
-pattern = {{ onset = 10, steps = [{{ condition = "task", duration = 10 }}, {{ condition = "rest", duration = 10 }}], repeat = 2 }}
-
-[rois.center]
-center_mm = [0.0, 0.0, 0.0]
-radius_mm = 10.0
-
-[feedback]
-roi = "center"
-
-[output]
-dir = "{out}"
-"""
+CONFIG = {"session.subject": "ge", "session.task": "rest", "scanner.export_dir": "unused", "scanner.tr_s": 1.0,
+          "scanner.n_volumes": 60, "scanner.dummy_volumes": 0, "protocol.pattern": pattern(task=10, rest=10, onset=10),
+          "rois": {"center": {"center_mm": [0.0, 0.0, 0.0], "radius_mm": 10.0}}, "feedback.roi": "center"}
 
 
 def _series_counting(dest: Path, drop_locations: bool) -> Path:
@@ -71,10 +49,9 @@ def _series_counting(dest: Path, drop_locations: bool) -> Path:
     return dest
 
 
-def _replay(tmp_path: Path, folder: Path, name: str, extra: str = "") -> tuple[list[dict[str, str]], str]:
+def _replay(tmp_path: Path, folder: Path, name: str, overrides: dict | None = None) -> tuple[list[dict[str, str]], str]:
     out = tmp_path / f"out-{name}"
-    cfg = tmp_path / f"{name}.toml"
-    cfg.write_text(CONFIG.format(extra=extra, out=out))
+    cfg = make_config(tmp_path, {**CONFIG, **(overrides or {}), "output.dir": out}, name=f"{name}.toml")
     proc = subprocess.run([sys.executable, "-m", "rtnf", "replay", str(cfg), str(folder)],
                           capture_output=True, text=True, timeout=600)
     tables = sorted(out.rglob("sub-ge_ses-01_task-rest_run-*_desc-rtnf_timeseries.tsv"))  # wherever replay writes
@@ -99,7 +76,7 @@ def test_configured_slices_per_volume_wins_over_an_implausible_header(tmp_path):
     scanner.slices_per_volume = 18 wins over ImagesInAcquisition 1080 (and the volume numbers derived
     from it); every volume is processed."""
     rows, stderr = _replay(tmp_path, _series_counting(tmp_path / "ge", drop_locations=True), "config",
-                           "slices_per_volume = 18")
+                           {"scanner.slices_per_volume": 18})
     assert [int(r["index"]) for r in rows] == list(range(60))
     assert all(r["missing"] == "0" for r in rows), [r for r in rows if r["missing"] != "0"][:3]
     notes = [line for line in stderr.splitlines() if "slices_per_volume = 18 used" in line]
@@ -111,8 +88,8 @@ def test_configured_slices_per_volume_wins_over_an_implausible_header(tmp_path):
 def test_volumes_that_never_complete_are_reported_missing_with_the_reason(tmp_path, caplog):
     """One slice file of volume 3 and one of volume 60 never arrive: volume 3 comes out (when volume 4 is
     complete) as an arrival that reads as missing with the reason; volume 60 is named at the run's end."""
-    cfg_path = tmp_path / "ge.toml"
-    cfg_path.write_text(CONFIG.format(extra="slices_per_volume = 18", out=tmp_path / "out"))
+    cfg_path = make_config(tmp_path, {**CONFIG, "scanner.slices_per_volume": 18, "output.dir": tmp_path / "out"},
+                           name="ge.toml")
     reader = ExportReader(load_config(cfg_path).scanner, t_start=time.time(), accept_old=True)
     lost = {ge_pyneal_volume(3)[7], ge_pyneal_volume(60)[0]}
     arrivals = []

@@ -16,7 +16,7 @@ from rtnf.scanner.export import Arrival
 from rtnf.scanner.sequencer import LatenessJudge, Sequencer
 from rtnf.run.session import END_OF_SOURCE, run_session
 from rtnf.scanner.volume import Volume
-from tests.helpers import synthetic_run_4d, write_config
+from tests.helpers import make_config, pattern, synthetic_run_4d
 
 
 def test_the_sequencer_marks_a_volume_it_held_back():
@@ -47,31 +47,9 @@ def test_a_held_volume_is_judged_from_its_release():
 N = 16
 DROP = 5  # kept-volume index that never comes
 TR = 0.5
-CONFIG = f"""
-[session]
-subject = "held"
-task = "nf"
-
-[scanner]
-export_dir = "export"
-tr_s = {TR}
-n_volumes = {N}
-
-[protocol]
-baseline = "rest"
-pattern = {{ steps = [{{ condition = "rest", duration = 4 }}, {{ condition = "regulate", duration = 4 }}], repeat = 2 }}
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[feedback]
-roi = "acc"
-
-[output]
-dir = "outputs"
-save_volumes = false
-"""
+CONFIG = {"session.subject": "held", "session.task": "nf", "scanner.tr_s": TR, "scanner.n_volumes": N,
+          "scanner.dummy_volumes": 0, "protocol.pattern": pattern(rest=4, regulate=4), "output.dir": "outputs",
+          "output.save_volumes": False}
 
 
 class _LiveFeeder:
@@ -111,7 +89,7 @@ class _LiveFeeder:
 def test_a_volume_held_back_while_a_missing_one_is_awaited_is_not_late(tmp_path, caplog):
     source = tmp_path / "run.nii"
     synthetic_run_4d(source, N)
-    cfg_path = write_config(tmp_path, CONFIG)
+    cfg_path = make_config(tmp_path, CONFIG)
     cfg = load_config(cfg_path, {"publish.address": f"inproc://held-{uuid.uuid4().hex}"})
     with caplog.at_level(logging.INFO, logger="rtnf"):
         result = run_session(cfg, cfg_path.read_text(), feeder_factory=lambda export, put: _LiveFeeder(source, put, DROP))

@@ -8,11 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import BASE_CONFIG, write_config
-
-
-def _base(extra: str = "") -> str:
-    return BASE_CONFIG.format(extra=extra)
+from tests.helpers import make_config
 
 
 def _not_nifti(tmp_path: Path) -> str:
@@ -21,67 +17,67 @@ def _not_nifti(tmp_path: Path) -> str:
 
 
 def _bad_n_volumes_1e9(tmp_path):
-    return _base().replace("n_volumes = 42", "n_volumes = 1000000000")
+    return {"scanner.n_volumes": 1000000000}
 
 
 def _bad_n_volumes_max(tmp_path):
-    return _base().replace("n_volumes = 42", f"n_volumes = {2**63 - 1}")
+    return {"scanner.n_volumes": 2**63 - 1}
 
 
 def _bad_reference_volume(tmp_path):
-    return _base().replace("dummy_volumes = 2", f'dummy_volumes = 2\nreference_volume = "{_not_nifti(tmp_path)}"')
+    return {"scanner.reference_volume": _not_nifti(tmp_path)}
 
 
 def _bad_motion_reference(tmp_path):
-    return _base(f'[motion]\nreference = "{_not_nifti(tmp_path)}"')
+    return {"motion.reference": _not_nifti(tmp_path)}
 
 
 def _bad_roi_mask(tmp_path):
-    return _base().replace("center_mm = [0.0, 30.0, 15.0]\nradius_mm = 8.0", f'mask = "{_not_nifti(tmp_path)}"')
+    return {"rois.acc": {"mask": _not_nifti(tmp_path)}}
 
 
 def _bad_sham_from(tmp_path):
     (tmp_path / "sham.tsv").write_text("a\tb\n1\t2\n")
-    return _base().replace('roi = "acc"', 'roi = "acc"\nsham_from = "sham.tsv"')
+    return {"feedback.sham_from": "sham.tsv"}
 
 
 def _bad_sham_binary(tmp_path):
     (tmp_path / "sham.tsv").write_bytes(bytes(range(256)) * 8)
-    return _base().replace('roi = "acc"', 'roi = "acc"\nsham_from = "sham.tsv"')
+    return {"feedback.sham_from": "sham.tsv"}
 
 
 def _output_dir_is_file(tmp_path):
     (tmp_path / "out").write_text("a file")
-    return _base()
+    return {}
 
 
 def _output_dir_in_proc(tmp_path):
-    return _base().replace('dir = "out"', 'dir = "/proc/rtnf-out"')
+    return {"output.dir": "/proc/rtnf-out"}
 
 
 def _export_dir_is_file(tmp_path):
     (tmp_path / "export").write_text("a file")
-    return _base()
+    return {}
 
 
 def _long_subject(tmp_path):
-    return _base().replace('subject = "01"', f'subject = "{"a" * 300}"')
+    return {"session.subject": "a" * 300}
 
 
 def _infinite_radius(tmp_path):
-    return _base().replace("radius_mm = 8.0", "radius_mm = inf")
+    return {"rois.acc.radius_mm": float("inf")}
 
 
 def _nan_center(tmp_path):
-    return _base().replace("center_mm = [0.0, 30.0, 15.0]", "center_mm = [nan, 30.0, 15.0]")
+    return {"rois.acc.center_mm": [float("nan"), 30.0, 15.0]}
 
 
 def _huge_repeat(tmp_path):
-    return _base().replace("repeat = 2", "repeat = 1000000000")
+    return {"protocol.pattern.repeat": 1000000000}
 
 
 def _huge_threshold(tmp_path):
-    return _base("[quality]\nfd_threshold_mm = 1e300")
+    return {"quality.fd_threshold_mm": 1e300}
 
 
 BAD = {
@@ -106,7 +102,7 @@ BAD = {
 @pytest.mark.parametrize("name", list(BAD))
 def test_check_refuses_a_hostile_config_with_one_message(tmp_path, name):
     make, key = BAD[name]
-    path = write_config(tmp_path, make(tmp_path))
+    path = make_config(tmp_path, make(tmp_path))
     proc = subprocess.run([sys.executable, "-m", "rtnf", "check", str(path)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
@@ -117,7 +113,7 @@ def test_check_refuses_a_hostile_config_with_one_message(tmp_path, name):
 
 
 def test_run_refuses_a_missing_export_dir_unless_asked_to_create_it(tmp_path):
-    path = write_config(tmp_path, _base())
+    path = make_config(tmp_path)
     proc = subprocess.run([sys.executable, "-m", "rtnf", "run", str(path)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
@@ -130,7 +126,7 @@ def test_the_message_for_existing_outputs_names_resume(tmp_path):
     from rtnf.config import load_config
     from rtnf.run.record import OutputExistsError, RunRecorder, func_dir, bids_prefix
 
-    cfg = load_config(write_config(tmp_path, _base()))
+    cfg = load_config(make_config(tmp_path))
     folder = func_dir(cfg)
     folder.mkdir(parents=True)
     (folder / f"{bids_prefix(cfg)}_desc-rtnf_timeseries.tsv").write_text("index\n")
@@ -140,7 +136,7 @@ def test_the_message_for_existing_outputs_names_resume(tmp_path):
 
 
 def test_check_into_a_closed_pipe_exits_quietly(tmp_path):
-    path = write_config(tmp_path, _base())
+    path = make_config(tmp_path)
     proc = subprocess.run(f"'{sys.executable}' -m rtnf check '{path}' | head -1", shell=True, capture_output=True,
                           text=True, timeout=120)
     assert proc.stdout.count("\n") == 1

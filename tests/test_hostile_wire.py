@@ -19,7 +19,7 @@ import pytest
 import zmq
 
 from rtnf.wire.messages import decode
-from tests.conftest import ROOT
+from tests.helpers import ROOT, make_config
 
 
 def _free_address() -> str:
@@ -197,26 +197,23 @@ def _rtnf(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("out_dir", ["export", "export/derivatives/rtnf", "export/."])
 def test_output_dir_inside_the_export_folder_is_refused(tmp_path, out_dir):
     from rtnf.config import ConfigError, load_config
-    from tests.helpers import BASE_CONFIG, write_config
 
-    path = write_config(tmp_path, BASE_CONFIG.format(extra="").replace('dir = "out"', f'dir = "{out_dir}"'))
+    path = make_config(tmp_path, {"output.dir": out_dir})
     with pytest.raises(ConfigError, match="output.dir.*export_dir"):
         load_config(path)
     res = _rtnf("check", str(path))
     assert res.returncode == 2 and "output.dir" in res.stderr, res.stderr
     # beside the export folder is fine, and so is a sibling whose name starts the same
-    ok = write_config(tmp_path, BASE_CONFIG.format(extra="").replace('dir = "out"', 'dir = "export-out"'), name="ok.toml")
+    ok = make_config(tmp_path, {"output.dir": "export-out"}, name="ok.toml")
     load_config(ok)
 
 
 def test_check_warns_when_publishing_beyond_loopback_without_curve(tmp_path):
-    from tests.helpers import write_config
-
-    exposed = write_config(tmp_path, extra='[publish]\naddress = "tcp://192.0.2.10:5555"\n')
+    exposed = make_config(tmp_path, {"publish.address": "tcp://192.0.2.10:5555"})
     res = _rtnf("check", str(exposed))
     assert res.returncode == 0, res.stderr
     assert "warning" in res.stderr and "192.0.2.10" in res.stderr and "unencrypted" in res.stderr, res.stderr
-    local = write_config(tmp_path, extra='[publish]\naddress = "tcp://127.0.0.1:5555"\n', name="local.toml")
+    local = make_config(tmp_path, {"publish.address": "tcp://127.0.0.1:5555"}, name="local.toml")
     res = _rtnf("check", str(local))
     assert res.returncode == 0 and "unencrypted" not in res.stderr, res.stderr
 
@@ -224,10 +221,8 @@ def test_check_warns_when_publishing_beyond_loopback_without_curve(tmp_path):
 def test_run_warns_at_start_when_binding_beyond_loopback_without_curve(tmp_path):
     import signal
 
-    from tests.helpers import write_config
-
     (tmp_path / "export").mkdir()
-    path = write_config(tmp_path)
+    path = make_config(tmp_path)
     port = _free_address().rsplit(":", 1)[1]
     proc = subprocess.Popen([sys.executable, "-m", "rtnf", "run", str(path), "--create-export-dir", "--address", f"tcp://0.0.0.0:{port}"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -362,21 +357,14 @@ def test_screen_refuses_hostile_fields_and_keeps_working():
         ctx.term()
 
 
-@pytest.mark.parametrize("extra, key", [
-    ('[display.score]\nreward_text = "' + "x" * 900_000 + '"\n', "display.score.reward_text"),
-    ('[display.score]\nscale = 1e300\n', "display.score.scale"),
-    ('[display.bar]\nnull_text = "' + "y" * 300 + '"\n', "display.bar.null_text"),
-    ('[protocol.instructions]\nregulate = "' + "z" * 300 + '"\n', "protocol.instructions.regulate"),
+@pytest.mark.parametrize("key, value", [
+    ("display.score.reward_text", "x" * 900_000),
+    ("display.score.scale", 1e300),
+    ("display.bar.null_text", "y" * 300),
+    ("protocol.instructions.regulate", "z" * 300),
 ])
-def test_check_refuses_unbounded_display_and_protocol_texts(tmp_path, extra, key):
-    from tests.helpers import BASE_CONFIG, write_config
-
-    text = BASE_CONFIG.format(extra="")
-    if extra.startswith("[protocol.instructions]"):
-        text = text.replace("[rois.acc]", extra + "\n[rois.acc]")
-    else:
-        text += "\n" + extra
-    res = _rtnf("check", str(write_config(tmp_path, text)))
+def test_check_refuses_unbounded_display_and_protocol_texts(tmp_path, key, value):
+    res = _rtnf("check", str(make_config(tmp_path, {key: value})))
     assert res.returncode == 2, res.stderr[-500:]
     assert key in res.stderr and len(res.stderr) < 5000, res.stderr[:500]
 

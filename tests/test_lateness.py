@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 
 from rtnf.scanner.sequencer import LatenessJudge
+from tests.helpers import pattern, run_processes, wait_until
 
 TR = 1.0
 T0 = 1000.0
@@ -102,34 +103,10 @@ def test_untrustworthy_acquisition_times_fall_back_to_the_tr():
     assert not judge.is_late(5, T0 + 5, T0 + 5.01, t_acquired=0.0)
 
 
-STOP_CONFIG = """
-[session]
-subject = "stall"
-task = "nf"
-
-[scanner]
-export_dir = "export"
-tr_s = 1.0
-n_volumes = 18
-filename_template = "rtsim_{series:03d}_{volume:05d}.nii"
-series_number = 1
-watch = "polling"
-poll_interval_s = 0.05
-
-[protocol]
-baseline = "rest"
-pattern = { steps = [{ condition = "rest", duration = 3 }, { condition = "regulate", duration = 3 }], repeat = 3 }
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[feedback]
-roi = "acc"
-
-[output]
-dir = "outputs"
-"""
+STOP_CONFIG = {"session.subject": "stall", "session.task": "nf", "scanner.tr_s": 1.0, "scanner.n_volumes": 18,
+               "scanner.dummy_volumes": 0, "scanner.filename_template": "rtsim_{series:03d}_{volume:05d}.nii",
+               "scanner.series_number": 1, "scanner.watch": "polling", "scanner.poll_interval_s": 0.05,
+               "protocol.pattern": pattern(rest=3, regulate=3, repeat=3), "output.dir": "outputs"}
 
 
 def test_volumes_that_came_while_rtnf_was_stopped_are_late(tmp_path, monkeypatch):
@@ -142,7 +119,6 @@ def test_volumes_that_came_while_rtnf_was_stopped_are_late(tmp_path, monkeypatch
     import rtnf.apps.demo
     from rtnf.apps.demo import read_tsv
     from rtnf.run.record import bids_prefix, func_dir
-    from tests.helpers import run_processes
 
     started: dict = {}
     start = rtnf.apps.demo.Processes.start
@@ -156,11 +132,8 @@ def test_volumes_that_came_while_rtnf_was_stopped_are_late(tmp_path, monkeypatch
 
     def stop_rtnf() -> None:
         export = tmp_path / "export"
-        deadline = time.time() + 120
-        while not (export.exists() and len(list(export.glob("*.nii"))) >= 6):
-            if time.time() > deadline:
-                return
-            time.sleep(0.02)
+        if not wait_until(lambda: export.exists() and len(list(export.glob("*.nii"))) >= 6, 120):
+            return
         pid = started["rtnf"].pid
         os.kill(pid, signal.SIGSTOP)
         stall["stop"] = time.time()

@@ -23,6 +23,7 @@ import zmq
 
 from rtnf.apps import lsl as rtnf_lsl
 from rtnf.wire.messages import encode
+from tests.helpers import pattern, run_processes
 
 LSL_API_CFG = """\
 [ports]
@@ -203,7 +204,6 @@ def test_lsl_timestamp_falls_back_to_receipt_time_when_the_publication_time_is_u
 def test_rtnf_lsl_command_forwards_a_real_run(pylsl, tmp_path, monkeypatch):
     """`python -m rtnf.apps.lsl` beside a real `rtnf run` + scanner-sim: every published feedback value arrives."""
     from rtnf.apps import demo
-    from tests.helpers import run_processes
 
     address = demo.free_address()
     addresses = iter([address])
@@ -257,28 +257,4 @@ def test_rtnf_lsl_command_forwards_a_real_run(pylsl, tmp_path, monkeypatch):
 
 
 REAL_RUN_N = 18
-REAL_RUN_CONFIG = """
-[session]
-subject = "01"
-task = "lsl"
-
-[scanner]
-export_dir = "export"
-tr_s = 2.0
-n_volumes = %d
-dummy_volumes = 2
-
-[protocol]
-baseline = "rest"
-pattern = { steps = [{ condition = "rest", duration = 4 }, { condition = "regulate", duration = 4 }], repeat = 2 }
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[feedback]
-roi = "acc"
-
-[output]
-dir = "out"
-""" % REAL_RUN_N
+REAL_RUN_CONFIG = {"session.task": "lsl", "scanner.n_volumes": REAL_RUN_N, "protocol.pattern": pattern(rest=4, regulate=4)}

@@ -6,14 +6,14 @@ import subprocess
 import sys
 
 from rtnf.apps.demo import read_tsv
-from tests.helpers import synthetic_run_4d, write_config
+from tests.helpers import make_config, synthetic_run_4d
 
 
 def test_a_run_that_censors_most_volumes_says_its_t_map_cannot_be_trusted(tmp_path):
     synthetic_run_4d(tmp_path / "run.nii", 42, seed=4)
     # An FD threshold no real head meets: nearly every volume after the first is censored.
-    cfg = write_config(tmp_path, extra="[model]\nwhole_brain = true\nmotion_regressors = 6\n"
-                                       "[quality]\nfd_threshold_mm = 0.000001\ncensor_action = \"null\"\n")
+    cfg = make_config(tmp_path, {"model.whole_brain": True, "model.motion_regressors": 6,
+                                 "quality.fd_threshold_mm": 0.000001, "quality.censor_action": "null"})
     proc = subprocess.run([sys.executable, "-m", "rtnf", "replay", str(cfg), str(tmp_path / "run.nii")],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -14,7 +14,7 @@ from rtnf.analysis.quality import QualityMonitor, framewise_displacement
 from scanner_sim import synth
 from scanner_sim.spec import RunSpec
 from scanner_sim.synth import SyntheticRun, apply_motion
-from tests.conftest import SHARED_DATA, requires_shared_data
+from tests.helpers import SHARED_DATA, requires_shared_data
 
 RAS_LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 

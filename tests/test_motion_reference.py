@@ -22,35 +22,11 @@ from rtnf.apps.demo import read_tsv
 from rtnf.run.record import bids_prefix
 from rtnf.analysis.reference import check_motion_reference, load_motion_reference
 from rtnf.scanner.volume import Grid
-from tests.helpers import replay_func_dir, synthetic_run_4d, write_config
+from tests.helpers import make_config, pattern, replay_func_dir, synthetic_run_4d
 
 N = 14  # 2 dummies + 12 kept volumes
-CONFIG = """
-[session]
-subject = "ref"
-task = "nf"
-
-[scanner]
-export_dir = "export"
-tr_s = 2.0
-n_volumes = 14
-dummy_volumes = 2
-
-[protocol]
-baseline = "rest"
-pattern = {{ steps = [{{ condition = "rest", duration = 3 }}, {{ condition = "regulate", duration = 3 }}], repeat = 2 }}
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[feedback]
-roi = "acc"
-
-[output]
-dir = "outputs"
-{extra}
-"""
+CONFIG = {"session.subject": "ref", "session.task": "nf", "scanner.n_volumes": N,
+          "protocol.pattern": pattern(rest=3, regulate=3), "output.dir": "outputs"}
 
 # Voxel orders of the same world grid (nibabel orientation arrays: axis, flip).
 OTHER_ORDERS = {
@@ -164,18 +140,14 @@ def test_load_config_checks_the_reference_against_scanner_reference_volume(tmp_p
     shifted = affine.copy()
     shifted[:3, 3] += [6.0, 0.0, 0.0]
     _save(tmp_path / "shifted.nii.gz", data[..., 2], shifted)
-    extra = '\n[motion]\nreference = "{}"\n'
-    both = 'dummy_volumes = 2\nreference_volume = "func_ref.nii.gz"\n'
-    text = CONFIG.format(extra=extra.format("las.nii.gz")).replace("dummy_volumes = 2\n", both)
-    load_config(write_config(tmp_path, text))
-    text = CONFIG.format(extra=extra.format("shifted.nii.gz")).replace("dummy_volumes = 2\n", both)
+    both = {**CONFIG, "scanner.reference_volume": "func_ref.nii.gz"}
+    load_config(make_config(tmp_path, {**both, "motion.reference": "las.nii.gz"}))
     with pytest.raises(ConfigError, match=r"'motion.reference'.*shifted.nii.gz.*scanner.reference_volume.*shifted by"):
-        load_config(write_config(tmp_path, text))
+        load_config(make_config(tmp_path, {**both, "motion.reference": "shifted.nii.gz"}))
     # without the functional grid, the header is read but the grid is checked at the first volume
-    load_config(write_config(tmp_path, CONFIG.format(extra=extra.format("shifted.nii.gz"))))
+    load_config(make_config(tmp_path, {**CONFIG, "motion.reference": "shifted.nii.gz"}))
     # motion correction off: the reference is not used, so not checked
-    off = CONFIG.format(extra=extra.format("shifted.nii.gz") + "enabled = false\n").replace("dummy_volumes = 2\n", both)
-    load_config(write_config(tmp_path, off))
+    load_config(make_config(tmp_path, {**both, "motion.reference": "shifted.nii.gz", "motion.enabled": False}))
 
 
 # ---------------------------------------------------------------- real processes
@@ -190,11 +162,9 @@ def _table(cfg) -> list[dict[str, str]]:  # a replay's
 
 
 def _config(folder: Path, reference: str, reference_volume: str | None = None) -> Path:
-    text = CONFIG.format(extra=f'\n[motion]\nreference = "{reference}"\n')
-    if reference_volume is not None:
-        text = text.replace("dummy_volumes = 2\n", f'dummy_volumes = 2\nreference_volume = "{reference_volume}"\n')
+    overrides = {**CONFIG, "motion.reference": reference, "scanner.reference_volume": reference_volume}
     folder.mkdir(parents=True, exist_ok=True)
-    return write_config(folder, text)
+    return make_config(folder, overrides)
 
 
 def test_check_accepts_a_flipped_reference_and_refuses_another_grid(tmp_path, run4d):

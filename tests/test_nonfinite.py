@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rtnf.apps.demo import read_tsv
-from tests.helpers import synthetic_run_4d, write_config
+from tests.helpers import make_config, synthetic_run_4d
 
 
 @pytest.mark.parametrize("motion", ["false", "true"])
@@ -21,9 +21,8 @@ def test_a_nan_voxel_in_the_roi_is_replaced_counted_and_never_shown(tmp_path, mo
     data[tuple(ijk) + (20,)] = np.nan
     data[tuple(ijk + [1, 0, 0]) + (21,)] = np.inf
     nib.save(nib.Nifti1Image(data, affine), tmp_path / "run.nii")
-    cfg = write_config(tmp_path, extra=f"[motion]\nenabled = {motion}\n")
-    text = cfg.read_text().replace('roi = "acc"', 'roi = "acc"\ndespike = true\nsmoothing_alpha = 0.5')
-    cfg.write_text(text)
+    cfg = make_config(tmp_path, {"motion.enabled": motion == "true", "feedback.despike": True,
+                                 "feedback.smoothing_alpha": 0.5})
     proc = subprocess.run([sys.executable, "-m", "rtnf", "replay", str(cfg), str(tmp_path / "run.nii")],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -43,7 +42,7 @@ def test_a_nan_voxel_in_the_roi_is_replaced_counted_and_never_shown(tmp_path, mo
 
 def _replay(tmp_path, data, affine):
     nib.save(nib.Nifti1Image(data, affine), tmp_path / "run.nii")
-    cfg = write_config(tmp_path)
+    cfg = make_config(tmp_path)
     proc = subprocess.run([sys.executable, "-m", "rtnf", "replay", str(cfg), str(tmp_path / "run.nii")],
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]

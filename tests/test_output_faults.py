@@ -11,38 +11,13 @@ from pathlib import Path
 import pytest
 
 from rtnf.config import load_config
-from rtnf.apps.demo import Listener, Processes, _wait_ready, free_address, read_tsv, sim_spec, write_toml
+from rtnf.apps.demo import Listener, Processes, wait_ready, free_address, read_tsv, sim_spec, write_toml
 from rtnf.run.record import bids_prefix, func_dir
-from tests.helpers import write_config
+from tests.helpers import make_config
 
 N = 40
-CONFIG = f"""
-[session]
-subject = "full"
-task = "nf"
-
-[scanner]
-export_dir = "export"
-tr_s = 2.0
-n_volumes = {N}
-
-[protocol]
-baseline = "rest"
-pattern = {{ steps = [{{ condition = "rest", duration = 10 }}, {{ condition = "regulate", duration = 10 }}], repeat = 2 }}
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[feedback]
-roi = "acc"
-
-[publish]
-preview = false
-
-[output]
-dir = "outputs"
-"""
+CONFIG = {"session.subject": "full", "session.task": "nf", "scanner.n_volumes": N, "scanner.dummy_volumes": 0,
+          "publish.preview": False, "output.dir": "outputs"}
 
 
 @pytest.fixture
@@ -59,7 +34,7 @@ def small_disk(tmp_path):
 
 def test_full_output_disk_raises_the_alarm_and_loses_no_row(tmp_path, small_disk):
     address = free_address()
-    cfg_path = write_config(tmp_path, CONFIG)
+    cfg_path = make_config(tmp_path, CONFIG)
     cfg = load_config(cfg_path, {"publish.address": address})
     spec = tmp_path / "spec.toml"
     write_toml(sim_spec(cfg, seed=2), spec)
@@ -70,7 +45,7 @@ def test_full_output_disk_raises_the_alarm_and_loses_no_row(tmp_path, small_disk
     filler = small_disk / "filler.bin"
     try:
         procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--create-export-dir", "--publish-address", address], logs)
-        _wait_ready(listener, procs, no_screen=True)
+        wait_ready(listener, procs, no_screen=True)
         procs.start("scanner_sim", [sys.executable, "-m", "scanner_sim", "synth", str(spec), "--export-dir",
                                     str(cfg.scanner.export_dir), "--truth-dir", str(tmp_path / "truth"),
                                     "--speed", "4"], logs)
@@ -121,8 +96,9 @@ def _fill(path: Path) -> None:
 def _recorder(tmp_path: Path, outputs: Path):
     from rtnf.run.record import RunRecorder
 
-    cfg = load_config(write_config(tmp_path, CONFIG), {"output.dir": str(outputs)})
-    return RunRecorder(cfg, CONFIG, cfg.make_protocol(), ["acc"], "r"), cfg
+    path = make_config(tmp_path, CONFIG)
+    cfg = load_config(path, {"output.dir": str(outputs)})
+    return RunRecorder(cfg, path.read_text(), cfg.make_protocol(), ["acc"], "r"), cfg
 
 
 def _volumes(n: int, shape=(8, 8, 4)):

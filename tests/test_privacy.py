@@ -20,41 +20,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA, requires_shared_data
-from tests.helpers import write_config
+from tests.helpers import SHARED_DATA, make_config, pattern, requires_shared_data
 
 IDENTIFYING = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "InstitutionName",
                "InstitutionAddress", "ReferringPhysicianName", "PerformingPhysicianName", "OperatorsName",
                "OtherPatientIDs", "PatientAddress", "PatientTelephoneNumbers")
 RTCLOUD = SHARED_DATA / "dicom-zoo" / "siemens_mosaic_skyra_E11_rtcloud"
 
-CONFIG = """
-[session]
-subject = "priv"
-task = "nf"
-
-[scanner]
-export_dir = "export"
-tr_s = {tr_s}
-n_volumes = {n}
-dummy_volumes = {dummies}
-missing_timeout_s = 1.0
-{scanner_extra}
-
-[protocol]
-baseline = "rest"
-pattern = {{ steps = [{{ condition = "rest", duration = {block} }}, {{ condition = "regulate", duration = {block} }}], repeat = {repeat} }}
-
-[rois.acc]
-center_mm = {center}
-radius_mm = 8.0
-
-[feedback]
-roi = "acc"
-
-[output]
-dir = "outputs"
-"""
+CONFIG = {"session.subject": "priv", "session.task": "nf", "scanner.n_volumes": 16, "scanner.missing_timeout_s": 1.0,
+          "protocol.pattern": pattern(rest=6, regulate=6, repeat=1), "output.dir": "outputs"}
 
 
 def _variants(value: str) -> set[bytes]:
@@ -101,13 +75,13 @@ def find_leaks(values: dict[str, set[bytes]], files: list[Path], messages: list[
     return leaks
 
 
-def live_run(tmp_path: Path, config_text: str, sim_command: list[str], timeout_s: float = 180.0):
+def live_run(tmp_path: Path, config: dict, sim_command: list[str], timeout_s: float = 180.0):
     """``rtnf run`` plus one scanner_sim command (synth or replay) as real processes; return (cfg, listener, logs)."""
     from rtnf.config import load_config
-    from rtnf.apps.demo import Listener, Processes, _wait_ready, free_address
+    from rtnf.apps.demo import Listener, Processes, free_address, wait_ready
 
     address = free_address()
-    cfg_path = write_config(tmp_path, config_text)
+    cfg_path = make_config(tmp_path, config)
     cfg = load_config(cfg_path, {"publish.address": address})
     listener = Listener([address])
     procs = Processes()
@@ -115,7 +89,7 @@ def live_run(tmp_path: Path, config_text: str, sim_command: list[str], timeout_s
     logs.mkdir(exist_ok=True)
     try:
         procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--create-export-dir", "--publish-address", address], logs)
-        _wait_ready(listener, procs, no_screen=True)
+        wait_ready(listener, procs, no_screen=True)
         procs.start("scanner_sim", [sys.executable, "-m", "scanner_sim", *sim_command,
                                     "--export-dir", str(cfg.scanner.export_dir), "--truth-dir", str(tmp_path / "truth")],
                     logs)
@@ -154,11 +128,10 @@ def test_fake_patient_of_simulated_mosaic_never_leaks(tmp_path):
     from rtnf.apps.demo import sim_spec, write_toml
     from scanner_sim.dicom_writer import FAKE_PATIENT
 
-    text = CONFIG.format(tr_s=2.0, n=16, dummies=2, block=6, repeat=1, center="[0.0, 30.0, 15.0]", scanner_extra="")
-    spec = sim_spec(load_config(write_config(tmp_path, text)), amplitude_pct=1.5, noise_pct=1.0, seed=3)
+    spec = sim_spec(load_config(make_config(tmp_path, CONFIG)), amplitude_pct=1.5, noise_pct=1.0, seed=3)
     write_toml(spec, tmp_path / "spec.toml")
     # faults give the logs and the log topic something to say about files and series
-    cfg, listener, logs = live_run(tmp_path, text, [
+    cfg, listener, logs = live_run(tmp_path, CONFIG, [
         "synth", str(tmp_path / "spec.toml"), "--format", "siemens-mosaic", "--speed", "8",
         "--drop", "7", "--duplicate", "9", "--second-series", "12:9:2",
     ])
@@ -184,9 +157,10 @@ def test_real_identified_series_never_leaks(tmp_path):
     values = identifying_values(fields)
     if not values:
         pytest.skip(f"{RTCLOUD} holds no identifying values (de-identified)")
-    text = CONFIG.format(tr_s=1.5, n=len(files), dummies=0, block=0.75, repeat=1, center="[0.0, 0.0, 0.0]",
-                         scanner_extra='filename_template = "rt_{series:03d}_{volume:05d}.dcm"')
-    cfg, listener, logs = live_run(tmp_path, text, [
+    config = {**CONFIG, "scanner.tr_s": 1.5, "scanner.n_volumes": len(files), "scanner.dummy_volumes": 0,
+              "scanner.filename_template": "rt_{series:03d}_{volume:05d}.dcm",
+              "protocol.pattern": pattern(rest=0.75, regulate=0.75, repeat=1), "rois.acc.center_mm": [0.0, 0.0, 0.0]}
+    cfg, listener, logs = live_run(tmp_path, config, [
         "replay", str(RTCLOUD), "--speed", "4", "--filename-template", "rt_{series:03d}_{volume:05d}.dcm",
     ])
     _assert_no_leak(cfg, listener, logs, values)
@@ -257,10 +231,8 @@ def test_file_names_with_the_patient_name_never_leak_with_hashed_file_names(tmp_
     from tests.helpers import synthetic_run_4d
 
     synthetic_run_4d(tmp_path / "series.nii", 16)
-    text = CONFIG.format(tr_s=2.0, n=16, dummies=2, block=6, repeat=1, center="[0.0, 30.0, 15.0]",
-                         scanner_extra="") + 'file_names = "hash"\n'
     # faults make the watcher, the sequencer and the log topic talk about files
-    cfg, listener, logs = live_run(tmp_path, text, [
+    cfg, listener, logs = live_run(tmp_path, {**CONFIG, "output.file_names": "hash"}, [
         "replay", str(tmp_path / "series.nii"), "--speed", "8", "--filename-template", "Doe^Janette_{volume:04d}.nii",
         "--drop", "7", "--duplicate", "9",
     ])

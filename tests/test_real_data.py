@@ -4,48 +4,22 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
 from rtnf.apps.demo import read_tsv
-from tests.conftest import SHARED_DATA, requires_shared_data
+from tests.helpers import SHARED_DATA, make_config, pattern, requires_shared_data
 
 FORREST = SHARED_DATA / "studyforrest-localizer"
 
 # Visual localizer: 16 s image blocks at 12, 36, ... 132 s (events.tsv), rest in between; 78 volumes, TR 2 s.
-FORREST_CONFIG = """
-[session]
-subject = "forrest"
-task = "localizer"
-
-[scanner]
-export_dir = "unused"
-tr_s = 2.0
-n_volumes = 78
-
-[protocol]
-units = "seconds"
-baseline = "rest"
-pattern = {{ onset = 12.0, steps = [{{ condition = "image", duration = 16 }}, {{ condition = "rest", duration = 8 }}], repeat = 6 }}
-
-[rois.voc]
-center_mm = [24.0, -72.0, -9.0]
-radius_mm = 8.0
-
-[model]
-hrf = "spm"
-drift_cutoff_s = 128.0
-whole_brain = true
-motion_regressors = 6
-
-[feedback]
-roi = "voc"
-
-[output]
-dir = "{out}"
-"""
+FORREST_CONFIG = {"session.subject": "forrest", "session.task": "localizer", "scanner.export_dir": "unused",
+                  "scanner.n_volumes": 78, "scanner.dummy_volumes": 0, "protocol.units": "seconds",
+                  "protocol.pattern": pattern(image=16, rest=8, repeat=6, onset=12.0),
+                  "rois": {"voc": {"center_mm": [24.0, -72.0, -9.0], "radius_mm": 8.0}}, "feedback.roi": "voc",
+                  "model.hrf": "spm", "model.drift_cutoff_s": 128.0, "model.whole_brain": True,
+                  "model.motion_regressors": 6}
 
 
 @requires_shared_data("studyforrest-localizer/dicom")
@@ -54,8 +28,7 @@ def test_studyforrest_replay_finds_the_visual_activation(tmp_path):
     onsets = sorted({round(float(r["onset"])) for r in read_tsv(FORREST / "events.tsv")})
     assert onsets[0] == 12  # the protocol below starts at the first block
     out = tmp_path / "out"
-    cfg = tmp_path / "forrest.toml"
-    cfg.write_text(FORREST_CONFIG.format(out=out))
+    cfg = make_config(tmp_path, {**FORREST_CONFIG, "output.dir": out}, name="forrest.toml")
     proc = subprocess.run(
         [sys.executable, "-m", "rtnf", "replay", str(cfg), str(FORREST / "dicom")],
         capture_output=True, text=True, timeout=600,
@@ -96,31 +69,9 @@ def test_studyforrest_replay_finds_the_visual_activation(tmp_path):
 PYNEAL = SHARED_DATA / "pyneal-series" / "siemens-prisma-e11-mosaic"
 ZOO = SHARED_DATA / "dicom-zoo" / "siemens_mosaic_prisma_VD13_ep2d"
 
-MOSAIC_CONFIG = """
-[session]
-subject = "pyneal"
-task = "rest"
-
-[scanner]
-export_dir = "unused"
-tr_s = 1.0
-n_volumes = 60
-{selection}
-
-[protocol]
-baseline = "rest"
-pattern = {{ onset = 10, steps = [{{ condition = "task", duration = 10 }}, {{ condition = "rest", duration = 10 }}], repeat = 2 }}
-
-[rois.center]
-center_mm = {center}
-radius_mm = 10.0
-
-[feedback]
-roi = "center"
-
-[output]
-dir = "{out}"
-"""
+MOSAIC_CONFIG = {"session.subject": "pyneal", "session.task": "rest", "scanner.export_dir": "unused",
+                 "scanner.tr_s": 1.0, "scanner.n_volumes": 60, "scanner.dummy_volumes": 0,
+                 "protocol.pattern": pattern(task=10, rest=10, onset=10), "feedback.roi": "center"}
 
 
 @requires_shared_data("pyneal-series/siemens-prisma-e11-mosaic")
@@ -136,10 +87,11 @@ def test_mixed_series_folder_takes_the_configured_series(tmp_path):
         shutil.copy(f, mixed / f.name)
     first = read_volume([PYNEAL / "001_000013_000001.dcm"])
     center = first.affine @ np.array([32, 32, 9, 1.0])
-    for selection in ("series_number = 13", "expected_matrix = [64, 64, 18]"):
-        out = tmp_path / selection.split()[0]
-        cfg = tmp_path / f"{selection.split()[0]}.toml"
-        cfg.write_text(MOSAIC_CONFIG.format(selection=selection, center=[round(float(x), 2) for x in center[:3]], out=out))
+    for key, value in (("series_number", 13), ("expected_matrix", [64, 64, 18])):
+        out = tmp_path / key
+        roi = {"center_mm": [round(float(x), 2) for x in center[:3]], "radius_mm": 10.0}
+        cfg = make_config(tmp_path, {**MOSAIC_CONFIG, f"scanner.{key}": value, "rois": {"center": roi}, "output.dir": out},
+                          name=f"{key}.toml")
         proc = subprocess.run([sys.executable, "-m", "rtnf", "replay", str(cfg), str(mixed)],
                               capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -13,36 +13,13 @@ import nibabel as nib
 import numpy as np
 
 from rtnf.config import load_config
-from rtnf.apps.demo import Listener, Processes, _wait_ready, free_address, read_tsv, sim_spec, write_toml
+from rtnf.apps.demo import Listener, Processes, wait_ready, free_address, read_tsv, sim_spec, write_toml
 from rtnf.run.record import bids_prefix, func_dir
-from tests.helpers import run_processes, write_config
+from tests.helpers import make_config, pattern, run_processes, wait_until
 
 N = 30
-CONFIG = f"""
-[session]
-subject = "replay"
-task = "nf"
-
-[scanner]
-export_dir = "export"
-tr_s = 2.0
-n_volumes = {N}
-dummy_volumes = 2
-
-[protocol]
-baseline = "rest"
-pattern = {{ steps = [{{ condition = "rest", duration = 7 }}, {{ condition = "regulate", duration = 7 }}], repeat = 2 }}
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[feedback]
-roi = "acc"
-
-[output]
-dir = "outputs"
-"""
+CONFIG = {"session.subject": "replay", "session.task": "nf", "scanner.n_volumes": N,
+          "protocol.pattern": pattern(rest=7, regulate=7), "output.dir": "outputs"}
 
 TIMING = {"t_acquired", "t_detected", "t_read", "t_preprocessed", "t_modelled", "t_published", "late"}
 
@@ -114,7 +91,7 @@ def test_parallel_replays_with_overrides(tmp_path):
 
 def test_killed_run_resumes_with_every_volume_once_and_the_same_values(tmp_path):
     address = free_address()
-    cfg_path = write_config(tmp_path, CONFIG)
+    cfg_path = make_config(tmp_path, CONFIG)
     cfg = load_config(cfg_path, {"publish.address": address})
     spec_path = tmp_path / "spec.toml"
     write_toml(sim_spec(cfg, seed=4), spec_path)
@@ -126,7 +103,7 @@ def test_killed_run_resumes_with_every_volume_once_and_the_same_values(tmp_path)
     run_cmd = [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--create-export-dir", "--publish-address", address]
     try:
         procs.start("rtnf", run_cmd, logs)
-        _wait_ready(listener, procs, no_screen=True)
+        wait_ready(listener, procs, no_screen=True)
         procs.start("scanner_sim", [sys.executable, "-m", "scanner_sim", "synth", str(spec_path), "--export-dir",
                                     str(cfg.scanner.export_dir), "--truth-dir", str(tmp_path / "truth"),
                                     "--speed", "4"], logs)
@@ -137,7 +114,10 @@ def test_killed_run_resumes_with_every_volume_once_and_the_same_values(tmp_path)
         procs.procs["rtnf"].wait(10)
         rows_at_kill = len(read_tsv(table_path))
         assert 8 <= rows_at_kill < N - 2
-        time.sleep(1.5)  # volumes keep arriving while rtnf is down
+        # volumes keep arriving while rtnf is down
+        export = Path(cfg.scanner.export_dir)
+        files_at_kill = len(list(export.glob("*.nii")))
+        assert wait_until(lambda: len(list(export.glob("*.nii"))) >= min(files_at_kill + 3, N), 60)
         procs.start("rtnf2", run_cmd + ["--resume"], logs)
         procs.procs["rtnf2"].wait(120)
         assert procs.procs["rtnf2"].returncode == 0, (logs / "rtnf2.log").read_text()

@@ -12,41 +12,17 @@ from rtnf.apps.demo import read_tsv, sim_spec, write_toml
 from rtnf.analysis.protocol import Block, Protocol, ProtocolError
 from rtnf.run.record import bids_prefix
 from rtnf.scanner.sequencer import LatenessJudge
-from tests.helpers import replay_func_dir, write_config
+from tests.helpers import make_config, replay_func_dir
 
 N = 42
 # A short TR: an unpaced replay's volumes all arrive at once and wait their
 # turn, so their queueing time soon exceeds a TR.
-FAST_CONFIG = f"""
-[session]
-subject = "flags"
-task = "nf"
-
-[scanner]
-export_dir = "export"
-format = "nifti"
-tr_s = 0.2
-n_volumes = {N}
-dummy_volumes = 2
-
-[protocol]
-baseline = "rest"
-pattern = {{ steps = [{{ condition = "rest", duration = 10 }}, {{ condition = "regulate", duration = 10 }}], repeat = 2 }}
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[feedback]
-roi = "acc"
-
-[output]
-dir = "outputs"
-"""
+FAST_CONFIG = {"session.subject": "flags", "session.task": "nf", "scanner.format": "nifti", "scanner.tr_s": 0.2,
+               "scanner.n_volumes": N, "output.dir": "outputs"}
 
 
 def test_an_unpaced_replay_flags_no_volume_late(tmp_path):
-    cfg_path = write_config(tmp_path, FAST_CONFIG)
+    cfg_path = make_config(tmp_path, FAST_CONFIG)
     cfg = load_config(cfg_path)
     spec = tmp_path / "spec.toml"
     write_toml(sim_spec(cfg, seed=5), spec)
@@ -91,14 +67,12 @@ def test_a_condition_whose_only_block_is_a_sliver_is_an_error():
 
 
 def test_a_config_with_a_sliver_block_at_the_end_loads_without_it(tmp_path):
-    config = FAST_CONFIG.replace(
-        'pattern = {{ steps = [{{ condition = "rest", duration = 10 }}, {{ condition = "regulate", duration = 10 }}], '
-        'repeat = 2 }}'.replace("{{", "{").replace("}}", "}"),
-        'units = "seconds"\nblocks = [{ condition = "regulate", onset = 2.0, duration = 2.0 }, '
-        '{ condition = "regulate", onset = 7.996, duration = 0.004 }]',
-    )
-    assert 'units = "seconds"' in config
-    protocol = load_config(write_config(tmp_path, config)).make_protocol()  # the run ends at 40 x 0.2 s = 8 s
+    config = {**FAST_CONFIG, "protocol.units": "seconds", "protocol.pattern": None,
+              "protocol.blocks": [{"condition": "regulate", "onset": 2.0, "duration": 2.0},
+                                  {"condition": "regulate", "onset": 7.996, "duration": 0.004}]}
+    cfg = load_config(make_config(tmp_path, config))
+    assert cfg.protocol.units == "seconds"
+    protocol = cfg.make_protocol()  # the run ends at 40 x 0.2 s = 8 s
     assert [(b.onset_s, b.duration_s) for b in protocol.task_blocks()] == [(2.0, 2.0)]
 
 

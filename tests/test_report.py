@@ -65,7 +65,7 @@ def simulate_run(tmp_path: Path, n_volumes: int = N_VOLUMES, speed: float = 16.0
     Like ``tests.helpers.run_processes``, with head motion, a spike and faults in the simulator's spec.
     """
     from rtnf.config import load_config
-    from rtnf.apps.demo import Listener, Processes, _wait_ready, free_address, sim_spec, write_toml
+    from rtnf.apps.demo import Listener, Processes, wait_ready, free_address, sim_spec, write_toml
     from rtnf.run.record import bids_prefix, func_dir
 
     address = free_address()
@@ -85,7 +85,7 @@ def simulate_run(tmp_path: Path, n_volumes: int = N_VOLUMES, speed: float = 16.0
     logs.mkdir(exist_ok=True)
     try:
         procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--create-export-dir", "--publish-address", address], logs)
-        _wait_ready(listener, procs, no_screen=True)
+        wait_ready(listener, procs, no_screen=True)
         procs.start(
             "scanner_sim",
             [sys.executable, "-m", "scanner_sim", "synth", str(tmp_path / "spec.toml"),

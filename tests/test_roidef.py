@@ -13,8 +13,10 @@ import pytest
 from rtnf.apps import roidef
 from rtnf.analysis.rois import SphereROI
 from rtnf.apps.roidef import RoiDefError
+from rtnf.apps.roidef._common import _resample, _voxel_world
+from rtnf.apps.roidef.reference import _dicom_groups, _folder_files
 from rtnf.scanner.volume import Grid
-from tests.conftest import SHARED_DATA, requires_shared_data
+from tests.helpers import SHARED_DATA, requires_shared_data
 
 FORREST = SHARED_DATA / "studyforrest-localizer"
 
@@ -316,7 +318,7 @@ def forrest():
     """The 78 studyforrest volumes and their slice files (read once per module: 2730 files)."""
     from rtnf.scanner.dicom import read_volume
 
-    groups = roidef._dicom_groups(roidef._folder_files(FORREST / "dicom"))
+    groups = _dicom_groups(_folder_files(FORREST / "dicom"))
     keys = sorted(groups, key=lambda k: k[1])
     vols = [read_volume(groups[k]) for k in keys]
     return np.stack([v.data for v in vols], axis=-1), vols[0].affine, [groups[k] for k in keys]
@@ -358,7 +360,7 @@ def test_studyforrest_localizer_roi_predicts_second_half(forrest, tmp_path):
     # the same ROI through the command line from the saved t-map, with a posterior search mask
     tpath = _save(tmp_path, "tmap.nii.gz", t, affine)
     ref = _save(tmp_path, "ref.nii.gz", data[..., 0], affine)
-    world = roidef._voxel_world(np.ones(grid.shape, bool), affine).reshape(grid.shape + (3,))
+    world = _voxel_world(np.ones(grid.shape, bool), affine).reshape(grid.shape + (3,))
     search = _save(tmp_path, "posterior.nii.gz", (world[..., 1] < -20).astype(np.uint8), affine)
     code = roidef.main(["localizer", "--tmap", str(tpath), "--top-k", "50", "--search-mask", str(search),
                         "-r", str(ref), "-o", str(tmp_path / "loc.nii.gz")])
@@ -379,7 +381,7 @@ def test_studyforrest_mni_registration_is_plausible(forrest):
     from nilearn import datasets
 
     brain = datasets.load_mni152_brain_mask(resolution=2)
-    mapped = roidef._resample(np.asarray(brain.dataobj, np.float32), brain.affine, grid, 1, reg.ref_to_mni) >= 0.5
+    mapped = _resample(np.asarray(brain.dataobj, np.float32), brain.affine, grid, 1, reg.ref_to_mni) >= 0.5
     epi = roidef.epi_mask(data[..., 0])
     dice = 2 * np.sum(mapped & epi) / (mapped.sum() + epi.sum())
     assert dice > 0.8, dice

@@ -11,44 +11,19 @@ import time
 from pathlib import Path
 
 from rtnf.config import load_config
-from rtnf.apps.demo import Listener, Processes, _wait_ready, free_address, read_tsv, sim_spec, write_toml
+from rtnf.apps.demo import Listener, Processes, wait_ready, free_address, read_tsv, sim_spec, write_toml
 from rtnf.run.record import bids_prefix, func_dir
 from rtnf.run.runlock import run_lock
-from tests.helpers import synthetic_run_4d, write_config
+from tests.helpers import make_config, pattern, synthetic_run_4d
 
 N = 24
-CONFIG = f"""
-[session]
-subject = "lock"
-task = "nf"
-
-[scanner]
-export_dir = "export"
-tr_s = 2.0
-n_volumes = {N}
-
-[protocol]
-baseline = "rest"
-pattern = {{ steps = [{{ condition = "rest", duration = 6 }}, {{ condition = "regulate", duration = 6 }}], repeat = 2 }}
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[feedback]
-roi = "acc"
-
-[publish]
-preview = false
-
-[output]
-dir = "outputs"
-"""
+CONFIG = {"session.subject": "lock", "session.task": "nf", "scanner.n_volumes": N, "scanner.dummy_volumes": 0,
+          "protocol.pattern": pattern(rest=6, regulate=6), "publish.preview": False, "output.dir": "outputs"}
 
 
 def test_second_overwrite_run_is_refused_and_the_live_run_keeps_every_row(tmp_path):
     address = free_address()
-    cfg_path = write_config(tmp_path, CONFIG)
+    cfg_path = make_config(tmp_path, CONFIG)
     cfg = load_config(cfg_path, {"publish.address": address})
     spec = tmp_path / "spec.toml"
     write_toml(sim_spec(cfg, seed=4), spec)
@@ -58,7 +33,7 @@ def test_second_overwrite_run_is_refused_and_the_live_run_keeps_every_row(tmp_pa
     logs.mkdir()
     try:
         procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--create-export-dir", "--publish-address", address], logs)
-        _wait_ready(listener, procs, no_screen=True)
+        wait_ready(listener, procs, no_screen=True)
         procs.start("scanner_sim", [sys.executable, "-m", "scanner_sim", "synth", str(spec), "--export-dir",
                                     str(cfg.scanner.export_dir), "--truth-dir", str(tmp_path / "truth"),
                                     "--speed", "3"], logs)
@@ -106,7 +81,7 @@ def _replay(cfg_path: Path, source: Path, *extra: str) -> subprocess.CompletedPr
 
 
 def test_stale_lock_is_reported_and_taken_a_held_one_refuses_replay(tmp_path):
-    cfg_path = write_config(tmp_path, CONFIG.replace(f"n_volumes = {N}", "n_volumes = 12").replace("duration = 6", "duration = 3"))
+    cfg_path = make_config(tmp_path, {**CONFIG, "scanner.n_volumes": 12, "protocol.pattern": pattern(rest=3, regulate=3)})
     cfg = load_config(cfg_path)
     cfg = load_config(cfg_path, {"output.dir": str(cfg.output.dir / "replay")})  # where a replay writes
     source = tmp_path / "run.nii.gz"

@@ -6,38 +6,12 @@ import csv
 import json
 
 from rtnf.run.record import bids_prefix, func_dir
-from tests.conftest import requires_display
-from tests.helpers import run_processes
+from tests.helpers import pattern, requires_display, run_processes, wait_until
 
 N = 12
-CONFIG = f"""
-[session]
-subject = "scr"
-task = "nf"
-
-[scanner]
-export_dir = "export"
-tr_s = 2.0
-n_volumes = {N}
-
-[protocol]
-baseline = "rest"
-pattern = {{ steps = [{{ condition = "rest", duration = 3 }}, {{ condition = "regulate", duration = 3 }}], repeat = 2 }}
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[feedback]
-roi = "acc"
-min_baseline_volumes = 2
-
-[publish]
-preview = false
-
-[output]
-dir = "outputs"
-"""
+CONFIG = {"session.subject": "scr", "session.task": "nf", "scanner.n_volumes": N, "scanner.dummy_volumes": 0,
+          "protocol.pattern": pattern(rest=3, regulate=3), "feedback.min_baseline_volumes": 2,
+          "publish.preview": False, "output.dir": "outputs"}
 
 
 @requires_display()
@@ -95,7 +69,12 @@ def test_screen_record_writes_keys_triggers_and_only_this_runs_events(tmp_path):
         screen.send_multipart(encode("displayed", "run-a", {"index": 2, "value": 0.5, "condition": "regulate",
                                                             "state": "running", "t_received": time.time(),
                                                             "t_displayed": time.time()}))
-        time.sleep(0.3)
+
+        def displayed_written() -> bool:  # messages arrive in the order sent: the key before it is written too
+            record.drain()
+            return record.n_displayed >= 1
+
+        assert wait_until(displayed_written, 10)
         record.finish(last_index=2)
     finally:
         screen.close(0)

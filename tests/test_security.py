@@ -18,8 +18,7 @@ import zmq
 from rtnf.wire import messages
 from rtnf.config import load_config
 from rtnf.wire.messages import MAX_MESSAGE_BYTES, MessageError, decode, encode
-from tests.conftest import CONFIG_DIR, ROOT
-from tests.helpers import write_config
+from tests.helpers import CONFIG_DIR, ROOT, make_config
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 PACKAGES = ("rtnf", "stimulus", "scanner_sim")
@@ -46,7 +45,7 @@ def test_default_addresses_are_loopback(tmp_path):
     assert _host(messages.DEFAULT_ADDRESS) in LOOPBACK
     assert _host(messages.DEFAULT_SCREEN_ADDRESS) in LOOPBACK
     # a session config that says nothing about publishing binds rtnf's PUB to loopback
-    cfg = load_config(write_config(tmp_path))
+    cfg = load_config(make_config(tmp_path))
     assert _host(cfg.publish.address) in LOOPBACK, cfg.publish.address
 
 
@@ -261,7 +260,7 @@ def test_symlink_out_of_the_export_folder_is_never_read(tmp_path, caplog):
 def test_par_with_rec_symlinked_outside_is_refused(tmp_path, caplog):
     from rtnf.scanner.export import ExportReader
 
-    cfg = load_config(write_config(tmp_path))
+    cfg = load_config(make_config(tmp_path))
     reader = ExportReader(cfg.scanner, t_start=time.time())
     (tmp_path / "elsewhere").mkdir()
     outside = tmp_path / "elsewhere" / "Dump-0000.rec"
@@ -283,7 +282,7 @@ def test_par_with_rec_beside_still_reads(tmp_path):
     src = ROOT.parent / "shared" / "data" / "dicom-zoo" / "philips_parrec"
     for name in ("Dump-0000.par", "Dump-0000.rec"):
         (tmp_path / name).symlink_to(src / name)  # both halves resolve into the same folder
-    cfg = load_config(write_config(tmp_path))
+    cfg = load_config(make_config(tmp_path))
     probe = ExportReader(cfg.scanner, t_start=time.time()).check(tmp_path / "Dump-0000.par")
     assert probe is not None and probe.format == "parrec"
 

@@ -3,54 +3,20 @@
 from __future__ import annotations
 
 import csv
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from rtnf.config import load_config
 from rtnf.apps.demo import read_tsv
 from rtnf.run.record import bids_prefix, format_cell, func_dir, row_from_messages, timeseries_columns
-from tests.conftest import requires_display
-from tests.helpers import run_processes
+from tests.helpers import pattern, requires_display, run_processes
 
 N_VOLUMES, DUMMIES = 50, 2
-CONFIG = f"""
-[session]
-subject = "sim"
-task = "nf"
-
-[scanner]
-export_dir = "export"
-tr_s = 2.0
-n_volumes = {N_VOLUMES}
-dummy_volumes = {DUMMIES}
-missing_timeout_s = 1.0
-
-[protocol]
-baseline = "rest"
-pattern = {{ steps = [{{ condition = "rest", duration = 8 }}, {{ condition = "regulate", duration = 8 }}], repeat = 3 }}
-
-[protocol.instructions]
-regulate = "Raise the bar"
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[rois.linsula]
-center_mm = [-37.0, 1.0, -1.0]
-radius_mm = 6.0
-
-[feedback]
-roi = "acc"
-scale_range = [-1.0, 2.5]
-
-[output]
-dir = "outputs"
-"""
+CONFIG = {"session.subject": "sim", "session.task": "nf", "scanner.n_volumes": N_VOLUMES,
+          "scanner.dummy_volumes": DUMMIES, "scanner.missing_timeout_s": 1.0,
+          "protocol.pattern": pattern(rest=8, regulate=8, repeat=3), "protocol.instructions.regulate": "Raise the bar",
+          "rois.linsula": {"center_mm": [-37.0, 1.0, -1.0], "radius_mm": 6.0}, "feedback.scale_range": [-1.0, 2.5],
+          "output.dir": "outputs"}
 
 
 def _session(tmp_path: Path, with_screen: bool, speed: float = 4.0):
@@ -134,7 +100,7 @@ def test_whole_brain_t_map_finds_the_simulated_activation(tmp_path):
     """The whole-brain model's t-map peaks where the simulator put the activation; previews carry it."""
     import nibabel as nib
 
-    config = CONFIG.replace('[feedback]', '[model]\nwhole_brain = true\nmotion_regressors = 6\n\n[feedback]')
+    config = {**CONFIG, "model.whole_brain": True, "model.motion_regressors": 6}
     cfg, listener = run_processes(tmp_path, config, speed=8.0, silent_rois=["linsula"])
     statmap = func_dir(cfg) / f"{bids_prefix(cfg)}_desc-rtnf_stat-t_statmap.nii.gz"
     img = nib.load(statmap)

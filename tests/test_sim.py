@@ -21,6 +21,7 @@ from scanner_sim.phantom import default_affine, make_phantom
 from scanner_sim.spec import Block, RunSpec, SpecError, load_spec
 from scanner_sim.synth import MOTION_COLUMNS, SyntheticRun, apply_motion, read_truth_tsv
 from scanner_sim.writer import FILES_TSV_COLUMNS, ScannerWriter
+from tests.helpers import wait_until
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "scanner_sim" / "examples" / "acc_insula.toml"
 
@@ -402,7 +403,9 @@ def test_inotify_close_events_per_mode(phantom, tmp_path, mode, expected_closes)
     obs.start()
     try:
         ScannerWriter(export, spec, mode=mode, n_chunks=4, chunk_delay_s=0.02).write_run(run, tmp_path / "t")
-        time.sleep(0.2)  # let the observer thread drain its queue
+        # inotify reports in order: once the handler has the close of a file written last, it has every close before it
+        (export / "last").write_bytes(b"")
+        assert wait_until(lambda: "last" in closes, 10)
     finally:
         obs.stop()
         obs.join()

@@ -21,7 +21,7 @@ from scanner_sim.phantom import make_phantom
 from scanner_sim.physio import cardiac_waveform, resp_waveform
 from scanner_sim.spec import REALISTIC_PRESET, Physio, RunSpec, SpecError, load_spec
 from scanner_sim.synth import NUISANCE_COLUMNS, PHYSIO_COLUMNS, SyntheticRun, apply_motion, rigid_matrix
-from tests.conftest import SHARED_DATA, requires_shared_data
+from tests.helpers import SHARED_DATA, requires_shared_data
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "scanner_sim" / "examples"
 PRISMA = SHARED_DATA / "pyneal-series" / "siemens-prisma-e11-mosaic"

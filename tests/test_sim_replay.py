@@ -20,7 +20,7 @@ from scanner_sim.replay import Replayer, ReplayError, load_source
 from scanner_sim.spec import Faults, RunSpec, SpecError
 from scanner_sim.synth import SyntheticRun
 from scanner_sim.writer import ScannerWriter
-from tests.conftest import SHARED_DATA, requires_shared_data
+from tests.helpers import SHARED_DATA, requires_shared_data, wait_until
 
 pytestmark = pytest.mark.filterwarnings("ignore:The DICOM readers are highly experimental")
 
@@ -70,7 +70,8 @@ def faulty(phantom, tmp_path_factory):
     speed = 5.0
     summary = ScannerWriter(export, spec, n_chunks=2, chunk_delay_s=0.002, speed=speed, recon_delay_s=0.0).write_run(
         SyntheticRun(spec, phantom=phantom), tmp / "truth")
-    time.sleep(0.1)  # let the poller see the folder after the last event
+    n_seen = len(seen)  # the poller sees the folder once more after the last event (the second look starts after it)
+    assert wait_until(lambda: len(seen) >= n_seen + 2, 10)
     done.set()
     th.join()
     return spec, tmp, summary, seen, speed

@@ -5,43 +5,15 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
 
 from rtnf.config import load_config
-from rtnf.apps.demo import Listener, Processes, _wait_ready, free_address, screen_command, sim_spec, write_toml
-from tests.conftest import requires_display
-from tests.helpers import write_config
+from rtnf.apps.demo import Listener, Processes, wait_ready, free_address, screen_command, sim_spec, write_toml
+from tests.helpers import make_config, pattern, requires_display
 
 N = 14
-CONFIG = f"""
-[session]
-subject = "screen"
-task = "nf"
-run = {{run}}
-
-[scanner]
-export_dir = "export{{run}}"
-tr_s = 2.0
-n_volumes = {N}
-
-[protocol]
-baseline = "rest"
-pattern = {{{{ steps = [{{{{ condition = "rest", duration = 4 }}}}, {{{{ condition = "regulate", duration = 3 }}}}], repeat = 2 }}}}
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[feedback]
-roi = "acc"
-min_baseline_volumes = 2
-
-[publish]
-preview = false
-
-[output]
-dir = "outputs"
-"""
+CONFIG = {"session.subject": "screen", "session.task": "nf", "scanner.n_volumes": N, "scanner.dummy_volumes": 0,
+          "protocol.pattern": pattern(rest=4, regulate=3), "feedback.min_baseline_volumes": 2,
+          "publish.preview": False, "output.dir": "outputs"}
 
 
 @requires_display()
@@ -54,7 +26,8 @@ def test_screen_started_after_rtnf_and_reconnecting_after_a_restart(tmp_path):
     run_ids = []
     try:
         for run in (1, 2):
-            cfg_path = write_config(tmp_path, CONFIG.format(run=run), name=f"run{run}.toml")
+            cfg_path = make_config(tmp_path, {**CONFIG, "session.run": run, "scanner.export_dir": f"export{run}"},
+                                   name=f"run{run}.toml")
             cfg = load_config(cfg_path, {"publish.address": address})
             write_toml(sim_spec(cfg, seed=run), tmp_path / f"spec{run}.toml")
             procs.start(f"rtnf{run}", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--create-export-dir", "--publish-address",
@@ -62,7 +35,7 @@ def test_screen_started_after_rtnf_and_reconnecting_after_a_restart(tmp_path):
             if run == 1:  # the screen joins after rtnf is up
                 listener.wait_for(lambda t, b: t == "heartbeat" and b.get("source") == "rtnf", 60, "rtnf")
                 procs.start("screen", screen_command(address, ack, tmp_path, exit_after_end_s=None), logs)
-            _wait_ready(listener, procs, no_screen=False)
+            wait_ready(listener, procs, no_screen=False)
             procs.start(f"sim{run}", [sys.executable, "-m", "scanner_sim", "synth", str(tmp_path / f"spec{run}.toml"),
                                       "--export-dir", str(cfg.scanner.export_dir), "--truth-dir",
                                       str(tmp_path / f"truth{run}"), "--speed", "4"], logs)

@@ -14,37 +14,10 @@ import pytest
 from rtnf.config import ConfigError
 from rtnf.apps.demo import read_tsv, sim_spec, write_toml
 from rtnf.run.study_session import load_study_session
+from tests.helpers import make_config, pattern
 
-RUN = """
-[session]
-subject = "x"
-task = "{task}"
-
-[scanner]
-export_dir = "export"
-tr_s = 2.0
-n_volumes = 40
-
-[protocol]
-baseline = "rest"
-pattern = {{ steps = [{{ condition = "rest", duration = 8 }}, {{ condition = "regulate", duration = 8 }}], repeat = 2 }}
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[model]
-whole_brain = {whole_brain}
-
-[feedback]
-roi = "acc"
-
-[publish]
-preview = false
-
-[output]
-dir = "unused"
-"""
+RUN = {"session.subject": "x", "scanner.n_volumes": 40, "scanner.dummy_volumes": 0,
+       "protocol.pattern": pattern(rest=8, regulate=8), "publish.preview": False, "output.dir": "unused"}
 
 SESSION = """
 [session]
@@ -68,8 +41,8 @@ feedback = false
 
 
 def _write(tmp_path: Path, extra: str = "") -> Path:
-    (tmp_path / "localizer.toml").write_text(RUN.format(task="localizer", whole_brain="true"))
-    (tmp_path / "nf.toml").write_text(RUN.format(task="nf", whole_brain="false"))
+    make_config(tmp_path, {**RUN, "session.task": "localizer", "model.whole_brain": True}, name="localizer.toml")
+    make_config(tmp_path, {**RUN, "session.task": "nf", "model.whole_brain": False}, name="nf.toml")
     path = tmp_path / "session.toml"
     path.write_text(SESSION.format(extra=extra))
     return path

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from scanner_sim.synth import SyntheticRun
 from scanner_sim.writer import ScannerWriter
 
 from rtnf.apps.demo import read_tsv
+from tests.helpers import wait_until
 
 
 def _spec(n: int) -> RunSpec:
@@ -45,9 +45,7 @@ def _watch_while_writing(tmp_path: Path, n: int, mode: str, watch: str, speed: f
     try:
         writer = ScannerWriter(export, spec, mode=mode, n_chunks=4, chunk_delay_s=0.005, speed=speed, recon_delay_s=0.0)
         writer.write_run(SyntheticRun(spec), truth)
-        deadline = time.time() + 5
-        while len(order) < n and time.time() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(order) >= n, 5)
     finally:
         watcher.stop()
     return handed, order, read_tsv(truth / "files.tsv")

@@ -26,34 +26,11 @@ from rtnf.config import load_config
 from rtnf.apps.demo import read_tsv
 from rtnf.scanner.export import ExportReader
 from rtnf.scanner.watcher import VolumeWatcher
-from tests.helpers import run_processes, write_config
+from tests.helpers import make_config, pattern, run_processes, wait_until
 
 N = 14  # acquisitions of the small runs below (2 dummies)
-CONFIG = f"""
-[session]
-subject = "hostile"
-task = "nf"
-
-[scanner]
-export_dir = "export"
-tr_s = 2.0
-n_volumes = {N}
-dummy_volumes = 2
-
-[protocol]
-baseline = "rest"
-pattern = {{ steps = [{{ condition = "rest", duration = 3 }}, {{ condition = "regulate", duration = 3 }}], repeat = 2 }}
-
-[rois.acc]
-center_mm = [0.0, 30.0, 15.0]
-radius_mm = 8.0
-
-[feedback]
-roi = "acc"
-
-[output]
-dir = "outputs"
-"""
+CONFIG = {"session.subject": "hostile", "session.task": "nf", "scanner.n_volumes": N,
+          "protocol.pattern": pattern(rest=3, regulate=3), "output.dir": "outputs"}
 
 
 def _table(root: Path) -> list[dict[str, str]]:
@@ -92,8 +69,8 @@ def gzip_bomb(path: Path, shape: tuple[int, ...], total_bytes: int, dtype=np.int
     return path
 
 
-def _reader(tmp_path: Path, extra: str = "") -> ExportReader:
-    cfg = load_config(write_config(tmp_path, extra=extra, name="reader.toml"))
+def _reader(tmp_path: Path) -> ExportReader:
+    cfg = load_config(make_config(tmp_path, name="reader.toml"))
     return ExportReader(cfg.scanner, t_start=time.time(), accept_old=True)
 
 
@@ -117,10 +94,8 @@ def test_plain_copies_are_not_reported_as_duplicate_exports(tmp_path, caplog):
         try:
             for src in sources:
                 shutil.copy(src, export / src.name)
-            deadline = time.time() + 20
-            while len(handed) < len(sources) and time.time() < deadline:
-                time.sleep(0.05)
-            time.sleep(0.5)  # the last events of the last copies
+            wait_until(lambda: len(handed) >= len(sources), 20)
+            time.sleep(0.5)  # the last events of the last copies: no "written again" warning may follow
         finally:
             watcher.stop()
     assert sorted(handed) == sorted(s.name for s in sources)
@@ -141,13 +116,9 @@ def test_fifo_named_like_a_volume_does_not_stop_a_live_run(tmp_path):
     made = threading.Event()
 
     def plant() -> None:
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            if export.is_dir() and len(list(export.glob("rtsim_*.nii"))) >= 3:
-                os.mkfifo(fifo)
-                made.set()
-                return
-            time.sleep(0.05)
+        if wait_until(lambda: export.is_dir() and len(list(export.glob("rtsim_*.nii"))) >= 3, 120, interval_s=0.05):
+            os.mkfifo(fifo)
+            made.set()
 
     planter = threading.Thread(target=plant, daemon=True)
     planter.start()
@@ -204,7 +175,7 @@ def test_gzip_bombs_are_refused_quickly_with_bounded_memory(tmp_path):
     well under a second and by the reader, and the process never holds more than a few hundred MB."""
     import json
 
-    cfg_path = write_config(tmp_path, CONFIG)
+    cfg_path = make_config(tmp_path, CONFIG)
     small = gzip_bomb(tmp_path / "rtsim_001_00005.nii.gz", (64, 64, 30), 512 << 20)
     large = gzip_bomb(tmp_path / "rtsim_001_00006.nii.gz", (1024, 1024, 300), 600 << 20)
     assert small.stat().st_size < 2 << 20 and large.stat().st_size < 2 << 20
@@ -224,7 +195,7 @@ def test_gzip_bombs_are_refused_quickly_with_bounded_memory(tmp_path):
 def test_gzip_bomb_in_a_replay_costs_only_its_volume(tmp_path):
     """A recorded run of .nii.gz volumes where volume 5 is a gzip bomb: the replay refuses it with one
     warning (never decompressed past its header's promise) and processes every other volume."""
-    cfg_path = write_config(tmp_path, CONFIG)
+    cfg_path = make_config(tmp_path, CONFIG)
     folder = tmp_path / "recorded"
     from scanner_sim.spec import RunSpec
     from scanner_sim.synth import SyntheticRun
@@ -280,8 +251,8 @@ def test_floods_of_foreign_files_are_aggregated(tmp_path, caplog):
     rng = np.random.default_rng(0)
     for i in range(2000):
         (export / f"rtsim_001_{10000 + i:05d}.nii").write_bytes(rng.bytes(200))
-    selection = 'dummy_volumes = 2\nseries_number = 1\nfilename_template = "rtsim_{series:03d}_{volume:05d}.nii"'
-    cfg = load_config(write_config(tmp_path, CONFIG.replace("dummy_volumes = 2", selection), name="flood.toml"))
+    selection = {"scanner.series_number": 1, "scanner.filename_template": "rtsim_{series:03d}_{volume:05d}.nii"}
+    cfg = load_config(make_config(tmp_path, {**CONFIG, **selection}, name="flood.toml"))
     reader = ExportReader(cfg.scanner, t_start=time.time(), accept_old=True)
     probes: list = []
     lock = threading.Lock()
@@ -294,9 +265,7 @@ def test_floods_of_foreign_files_are_aggregated(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="rtnf"):
         watcher.start()
         try:
-            deadline = time.time() + 60
-            while time.time() < deadline and (len(probes) < 2000 or len(watcher._stale) < 2000):
-                time.sleep(0.1)
+            wait_until(lambda: len(probes) >= 2000 and len(watcher._stale) >= 2000, 60, interval_s=0.1)
         finally:
             watcher.stop()
         for probe, t in probes:

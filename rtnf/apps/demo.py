@@ -435,4 +435,3 @@ def wait_ready(listener: Listener, procs: Processes, no_screen: bool, timeout_s:
             procs.check_alive(name)
 
 
-_wait_ready = wait_ready  # the former private name, still imported by some tests

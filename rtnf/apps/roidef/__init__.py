@@ -37,71 +37,30 @@ grey-matter probability map (>= ``gm_threshold``). For a real atlas region,
 pass an MNI-space atlas with ``rtnf roi mni --labels ... --table ... --name``.
 """
 
-from ._common import (  # noqa: F401 (the package's API, and helpers the tests use)
-    DEFAULT_MIN_COVERAGE,
-    RoiDefError,
-    RoiDefinition,
-    _check_coverage,
-    _check_not_empty,
-    _coverage,
-    _fov_text,
-    _load_image,
-    _resample,
-    _voxel_world,
-)
-from .cli import (  # noqa: F401 (the package's API, and helpers the tests use)
-    KINDS,
-    _build,
-    _common,
-    _stem,
-    add_arguments,
-    main,
-    run,
-)
-from .localizer import (  # noqa: F401 (the package's API, and helpers the tests use)
-    blocks_from_events,
-    epi_mask,
-    localizer_roi,
-    localizer_tmap,
-)
-from .mni import (  # noqa: F401 (the package's API, and helpers the tests use)
-    _LPS,
+from ._common import DEFAULT_MIN_COVERAGE, RoiDefError, RoiDefinition
+from .cli import KINDS, add_arguments, main, run
+from .localizer import blocks_from_events, epi_mask, localizer_roi, localizer_tmap
+from .mni import (
     MNI_REGIONS,
     REGISTRATION_PARAMETERS,
     MniRegion,
     MniRegistration,
-    _mni_grid_world,
-    _sitk_matrix,
-    _to_sitk,
     mni_region_image,
     mni_roi,
     register_mni,
 )
-from .output import (  # noqa: F401 (the package's API, and helpers the tests use)
-    plot_roi,
-    save_mask,
-)
-from .reference import (  # noqa: F401 (the package's API, and helpers the tests use)
-    _dicom_groups,
-    _folder_files,
-    _is_nifti,
-    load_reference,
-    load_series,
-)
-from .regions import (  # noqa: F401 (the package's API, and helpers the tests use)
-    _select_labels,
-    atlas_roi,
-    mask_from_image,
-    read_label_table,
-    sphere_roi,
-)
+from .output import plot_roi, save_mask
+from .reference import load_reference, load_series
+from .regions import atlas_roi, mask_from_image, read_label_table, sphere_roi
 
 __all__ = [
+    "DEFAULT_MIN_COVERAGE",
     "RoiDefError",
     "RoiDefinition",
     "MniRegion",
     "MNI_REGIONS",
     "MniRegistration",
+    "REGISTRATION_PARAMETERS",
     "load_reference",
     "load_series",
     "mask_from_image",
@@ -111,11 +70,14 @@ __all__ = [
     "register_mni",
     "mni_roi",
     "mni_region_image",
+    "epi_mask",
     "localizer_tmap",
     "localizer_roi",
     "blocks_from_events",
     "save_mask",
     "plot_roi",
+    "KINDS",
     "add_arguments",
     "run",
+    "main",
 ]
