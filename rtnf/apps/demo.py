@@ -32,7 +32,7 @@ import zmq
 from rtnf.config import Config, load_config
 from rtnf.wire.messages import TOPICS
 from rtnf.wire.subscription import Subscription
-from rtnf.run.record import bids_prefix, func_dir
+from rtnf.run.outputs import TIMESERIES, func_dir, output_path
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
 
@@ -272,7 +272,7 @@ class Summary:
 
 def summarise(cfg: Config, truth_dir: Path, displayed: list[dict[str, Any]]) -> Summary:
     """Compare the recorded table with the simulator's ground truth."""
-    table = read_tsv(func_dir(cfg) / f"{bids_prefix(cfg)}_desc-rtnf_timeseries.tsv")
+    table = read_tsv(output_path(cfg, TIMESERIES))
     truth = read_tsv(truth_dir / "truth.tsv")
     files = read_tsv(truth_dir / "files.tsv")
     kept = [r for r in table if r["missing"] == "0"]
@@ -385,7 +385,7 @@ def run_demo(args: argparse.Namespace) -> int:
         summary = summarise(cfg, truth, displayed)
         from .report import write_report
 
-        report_html = write_report(func_dir(cfg) / f"{bids_prefix(cfg)}_desc-rtnf_timeseries.tsv", root / "report")
+        report_html = write_report(output_path(cfg, TIMESERIES), root / "report")
     except DemoError as exc:
         console.print(f"[red]demo failed:[/red] {exc}")
         return 1
