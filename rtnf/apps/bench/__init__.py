@@ -14,5 +14,5 @@ in tests.
 
 from __future__ import annotations
 
-STAGES: tuple[str, ...] = ("read", "motion", "glm", "pipeline", "soak")
+STAGES: tuple[str, ...] = ("read", "motion", "glm", "pipeline", "soak", "e2e")
 """Module names under ``rtnf.apps.bench`` that provide a stage (filled as stages are added)."""
