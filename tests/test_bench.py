@@ -35,3 +35,13 @@ def test_bench_pipeline_tiny_run_reports_every_stage(tmp_path):
     parts = sum(st[s]["median_ms"] for s in ("read", "preprocess", "model", "publish"))
     assert 0.5 * parts <= st["processing"]["median_ms"] <= 2 * parts + 1
     assert "processing latency" in out["text"]
+
+
+def test_benches_find_the_shared_real_series_beside_the_checkout():
+    """Regression: after the move to rtnf/apps/bench the default data path pointed inside the checkout, so
+    rtnf bench pipeline and read silently left out the real series."""
+    from rtnf.apps.bench import SHARED_DATA, e2e, pipeline, read
+    from tests.helpers import SHARED_DATA as expected
+
+    assert SHARED_DATA == expected
+    assert pipeline._DEFAULT_DATA == read._DEFAULT_DATA == e2e._DEFAULT_DATA == expected

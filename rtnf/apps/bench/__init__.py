@@ -16,3 +16,8 @@ from __future__ import annotations
 
 STAGES: tuple[str, ...] = ("read", "motion", "glm", "pipeline", "soak", "e2e")
 """Module names under ``rtnf.apps.bench`` that provide a stage (filled as stages are added)."""
+
+from pathlib import Path  # noqa: E402
+
+SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+"""The real series of ``../shared/data`` beside the checkout (a source checkout; absent elsewhere)."""

@@ -91,13 +91,14 @@ from typing import Any
 
 import numpy as np
 
+from . import SHARED_DATA
 from ._stats import summarize_ms, table
 
 NAME = "e2e"
 HELP = ("end to end, side by side: a file renamed into the export folder -> a separate ZeroMQ subscriber holds "
         "its feedback (rtnf run or any --command), with the stages")
 
-_DEFAULT_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"  # ../shared/data beside the checkout
+_DEFAULT_DATA = SHARED_DATA
 _DEFAULT_REAL = Path("pyneal-series") / "siemens-prisma-e11-mosaic"
 TIMING = ("t_detected", "t_read", "t_preprocessed", "t_modelled", "t_published")
 

@@ -59,13 +59,14 @@ from typing import Any
 
 import numpy as np
 
+from . import SHARED_DATA
 from ._stats import summarize_ms, table
 
 NAME = "pipeline"
 HELP = "the whole pipeline, export folder -> ZeroMQ publish, per stage (synthetic 64/74/104 grids and real series)"
 
 DEFAULT_GRIDS = "64x64x36@3,74x74x36@3,104x104x72@2"
-_DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+_DEFAULT_DATA = SHARED_DATA
 TARGETS_MS = {(64, 64, 36): (5.0, 10.0), (74, 74, 36): (6.0, 12.0), (104, 104, 72): (12.0, 24.0)}
 """Processing (t_published - t_detected) targets by grid: (median, p99) in ms (issue 21)."""
 MEMORY_TARGET_MB = 500.0

@@ -17,12 +17,13 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from . import SHARED_DATA
 from ._stats import summarize_ms, table, time_calls
 
 NAME = "read"
 HELP = "decode one volume per DICOM format: rtnf (generic and per-series cache) vs nibabel and pydicom"
 
-_DEFAULT_DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+_DEFAULT_DATA = SHARED_DATA
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
