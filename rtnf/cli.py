@@ -12,7 +12,7 @@
 - ``keys``: ZeroMQ CURVE keys for a screen or console on another machine
 - ``report``: an HTML report of a recorded run
 - ``console``: the live operator console (a read-only web page on loopback)
-- ``bench``: latency benchmarks of the pipeline's stages (``read``, ``motion``, ``glm``, ``pipeline``, ``soak``)
+- ``bench``: latency benchmarks of the pipeline's stages (``read``, ``motion``, ``glm``, ``pipeline``, ``soak``, ``e2e``)
 
 Errors the user can fix (a bad config, a busy port, existing outputs) are
 printed as one message with exit code 2, never as a traceback; so is a config
