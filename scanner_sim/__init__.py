@@ -12,7 +12,9 @@ Noise can be made realistic (``noise_preset = "realistic"``: AR(1) thermal
 noise, polynomial and random-walk drifts, aliased cardiac and respiratory
 fluctuations near CSF and vessels, motion-correlated signal at edges) or real
 (``noise_from``: a real task-free series plus a known activation); the true
-traces and nuisance time courses are written beside the truth.
+traces and nuisance time courses are written beside the truth. Two regions
+can share a fluctuation whose correlation follows a condition's blocks
+(``[[couplings]]``): known time-varying coupling, for connectivity feedback.
 :func:`scanner_sim.generate.generate_run` writes a whole run into a folder at
 once for tests.
 

@@ -62,7 +62,8 @@ class GeneratedRun:
 
     @property
     def truth(self) -> dict[str, np.ndarray]:
-        """``truth.tsv`` as columns: ``activation_<region>`` (percent), motion, ``drift_pct``, ``spike``, ..."""
+        """``truth.tsv`` as columns: ``activation_<region>`` (percent), motion, ``drift_pct``, ``spike``, ...
+        (with ``[[couplings]]``: ``coupling_<a>_<b>``, ``fluctuation_<region>``)."""
         return read_truth_tsv(self.truth_dir / "truth.tsv")
 
     @property

@@ -50,6 +50,20 @@ gives the same run, bit for bit, as before they existed::
     pct_per_mm = 1.0             # % of mean brain intensity per mm of through-slice displacement
     deriv_pct_per_mm = 1.0       # ... per mm of displacement change since the previous volume
 
+Known time-varying coupling
+---------------------------
+Two regions can share a fluctuating component whose weight follows a
+condition's blocks (:class:`Coupling`; the truth gets ``coupling_<a>_<b>``,
+the true correlation of the two fluctuations, and ``fluctuation_<region>``)::
+
+    [[couplings]]
+    regions = ["acc", "linsula"]  # two [[regions]] names
+    condition = "up"              # coupling is `high` in its blocks (HRF-lagged), `low` elsewhere
+    high = 0.8                    # true correlation of the two regions' fluctuations in the blocks
+    low = 0.0                     # ... outside them
+    pct = 1.0                     # RMS of each region's fluctuation, % of its baseline intensity
+    band_hz = [0.01, 0.1]         # frequency band of the fluctuations (Hz)
+
 Real noise instead of synthetic noise (the grid, affine, TR and number of
 volumes come from the series; regions' ``center_mm`` are its scanner RAS mm)::
 
@@ -70,6 +84,7 @@ from typing import Any, Mapping
 
 __all__ = [
     "Block",
+    "Coupling",
     "Motion",
     "Physio",
     "MotionSignal",
@@ -237,6 +252,91 @@ class Region:
             amplitude_pct=_number(
                 f"{key}.amplitude_pct", d.get("amplitude_pct", 1.5), gt=-100, lt=100, unit="percent"
             ),
+        )
+
+
+@dataclass(frozen=True)
+class Coupling:
+    """Two regions sharing a fluctuating component whose weight follows a condition's blocks.
+
+    Each of the two regions gains a fluctuation (percent of its baseline
+    intensity, multiplying the image like the activation, so it moves with the
+    head and drifts with the signal)::
+
+        x_a(t) = pct * (sqrt(|c(t)|) * s(t)           + sqrt(1 - |c(t)|) * u_a(t))
+        x_b(t) = pct * (sign(c(t)) sqrt(|c(t)|) * s(t) + sqrt(1 - |c(t)|) * u_b(t))
+        c(t)   = low + (high - low) * clip(block_response(condition)(t), 0, 1)
+
+    with ``s``, ``u_a``, ``u_b`` independent zero-mean, unit-variance slow
+    processes (sums of sinusoids in ``band_hz``), and the block response the
+    condition's boxcar convolved with SPM's HRF (plateau 1; see
+    :func:`scanner_sim.hrf.block_response`). At each time the two
+    fluctuations have RMS ``pct`` and correlation ``c(t)``: the truth's
+    ``coupling_<a>_<b>``. A region is in at most one coupling.
+
+    Parameters
+    ----------
+    regions : tuple of str
+        The two region names (``[[regions]]`` entries), distinct.
+    condition : str
+        The block condition during which the coupling is ``high``.
+    high : float
+        Correlation of the two fluctuations during the condition's blocks, in [-1, 1].
+    low : float
+        Correlation outside them, in [-1, 1].
+    pct : float
+        RMS of each region's fluctuation, percent of its baseline intensity.
+    band_hz : tuple of float
+        (low, high) frequency band of the fluctuations in hertz, ``0 < low < high <= 1 / (2 tr_s)``.
+    """
+
+    regions: tuple[str, str]
+    condition: str
+    high: float = 0.8
+    low: float = 0.0
+    pct: float = 1.0
+    band_hz: tuple[float, float] = (0.01, 0.1)
+
+    _KEYS = ("regions", "condition", "high", "low", "pct", "band_hz")
+    _REQUIRED = ("regions", "condition")
+
+    @property
+    def column(self) -> str:
+        """Name of its truth column: ``coupling_<a>_<b>``."""
+        return f"coupling_{self.regions[0]}_{self.regions[1]}"
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], key: str, tr_s: float | None = None) -> "Coupling":
+        _check_keys(d, key, cls._KEYS, cls._REQUIRED)
+        regs = d["regions"]
+        if not isinstance(regs, (list, tuple)) or len(regs) != 2:
+            raise _fail(f"{key}.regions", regs, "a list of 2 region names")
+        names = tuple(_name(f"{key}.regions[{j}]", v) for j, v in enumerate(regs))
+        if names[0] == names[1]:
+            raise _fail(f"{key}.regions", list(regs), "2 different region names")
+        band = d.get("band_hz", [0.01, 0.1])
+        nyquist = None if tr_s is None else 0.5 / tr_s
+        band_allowed = "[low, high] in hertz with 0 < low < high" + (
+            f" <= {nyquist:g} (half the sampling rate 1 / tr_s)" if nyquist is not None else "")
+        if not isinstance(band, (list, tuple)) or len(band) != 2:
+            raise _fail(f"{key}.band_hz", band, band_allowed)
+        lo, hi = (_number(f"{key}.band_hz[{j}]", v, gt=0, unit="hertz") for j, v in enumerate(band))
+        if not lo < hi or (nyquist is not None and hi > nyquist + 1e-12):
+            raise _fail(f"{key}.band_hz", list(band), band_allowed)
+
+        def corr(name: str, default: float) -> float:
+            v = d.get(name, default)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not -1 <= v <= 1:
+                raise _fail(f"{key}.{name}", v, "a number in [-1, 1] (a correlation)")
+            return float(v)
+
+        return cls(
+            regions=names,  # type: ignore[arg-type]
+            condition=_name(f"{key}.condition", d["condition"]),
+            high=corr("high", 0.8),
+            low=corr("low", 0.0),
+            pct=_number(f"{key}.pct", d.get("pct", 1.0), ge=0, lt=100, unit="percent"),
+            band_hz=(lo, hi),
         )
 
 
@@ -683,6 +783,9 @@ class RunSpec:
         Task blocks; times relative to the acquisition start of volume 0.
     regions : tuple of Region
         Active regions.
+    couplings : tuple of Coupling
+        Pairs of regions sharing a fluctuation whose correlation follows a
+        condition's blocks (TOML ``[[couplings]]``; truth ``coupling_<a>_<b>``).
     noise_pct : float
         Gaussian noise sigma as a percentage of the mean brain intensity.
     ar1 : float
@@ -774,6 +877,7 @@ class RunSpec:
     noise_from_series: int | None = None
     noise_from_skip: int = 0
     noise_from_scale: float = 1.0
+    couplings: tuple[Coupling, ...] = ()
 
     _REQUIRED = ("tr_s", "n_volumes")
 
@@ -848,6 +952,8 @@ class RunSpec:
         for k in ("physio", "motion_signal", "spontaneous", "noise_from", "noise_from_series"):
             if d[k] is None:
                 del d[k]
+        if not d["couplings"]:
+            del d["couplings"]
         return d
 
     @classmethod
@@ -922,6 +1028,21 @@ class RunSpec:
                     f"one of the block conditions {list(conditions)}",
                 )
 
+        couplings_raw = d.get("couplings", [])
+        if not isinstance(couplings_raw, (list, tuple)):
+            raise _fail("couplings", couplings_raw, "a list of {regions, condition, high, low, pct, band_hz} tables")
+        couplings = tuple(Coupling.from_dict(c, f"couplings[{i}]", tr_s) for i, c in enumerate(couplings_raw))
+        coupled: set[str] = set()
+        for i, c in enumerate(couplings):
+            for j, name in enumerate(c.regions):
+                if name not in seen:
+                    raise _fail(f"couplings[{i}].regions[{j}]", name, f"one of the region names {sorted(seen)}")
+                if name in coupled:
+                    raise _fail(f"couplings[{i}].regions[{j}]", name, "a region in no other coupling")
+                coupled.add(name)
+            if c.condition not in conditions:
+                raise _fail(f"couplings[{i}].condition", c.condition, f"one of the block conditions {list(conditions)}")
+
         motion = None
         if d.get("motion") is not None:
             motion = Motion.from_dict(d["motion"])
@@ -991,6 +1112,7 @@ class RunSpec:
             else _integer("noise_from_series", d["noise_from_series"], ge=0),
             noise_from_skip=_integer("noise_from_skip", d.get("noise_from_skip", 0), ge=0),
             noise_from_scale=_number("noise_from_scale", d.get("noise_from_scale", 1.0), gt=0),
+            couplings=couplings,
         )
 
 

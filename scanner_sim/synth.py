@@ -6,7 +6,11 @@ Signal model (per voxel v, volume i, t_i = i * tr_s)::
     moved_i    = clean_i resampled for head pose i (cubic spline), if motion
     vol_i      = (moved_i + noise_i) * (1 + spike_pct / 100 if i is a spike)
 
-with a_r = amplitude_pct / 100 * block_response of the region's condition,
+with a_r = amplitude_pct / 100 * block_response of the region's condition
+(plus, for a region in a ``[[couplings]]`` pair, its fluctuation
+``fluctuation_<region> / 100``: a shared and a private slow process whose
+mix gives the pair the correlation ``coupling_<a>_<b>``; see
+:class:`scanner_sim.spec.Coupling`),
 in_r the region's sphere (brain voxels within radius_mm of its centre), and
 noise_i a per-voxel AR(1) Gaussian process (stationary sigma = noise_pct % of the
 mean brain baseline). Noise is added *after* motion on purpose: thermal noise
@@ -91,6 +95,7 @@ _STREAM_DRIFT_POLY = 3
 _STREAM_DRIFT_WALK = 4
 _STREAM_PHYSIO = 5
 _STREAM_SPONTANEOUS = 6
+_STREAM_COUPLING = 7
 
 #: Columns of the truth folder's ``nuisance.tsv`` (one row per volume; see :meth:`SyntheticRun.write_noise_truth`).
 NUISANCE_COLUMNS = (
@@ -245,7 +250,10 @@ class GroundTruth:
     Columns: ``volume`` (0-based), ``onset_s`` (i * tr_s), ``condition``
     (active block's condition or ``"n/a"``), ``activation_<region>`` (true
     percent signal change), ``trans_x`` ... ``rot_z`` (mm, radians),
-    ``drift_pct`` (percent), ``spike`` (0/1). A real-noise run (``noise_from``)
+    ``drift_pct`` (percent), ``spike`` (0/1); with ``[[couplings]]`` also
+    ``coupling_<a>_<b>`` (the true correlation of the pair's fluctuations,
+    in [-1, 1]) and ``fluctuation_<region>`` (each one's fluctuation, percent
+    of its baseline). A real-noise run (``noise_from``)
     has no motion and drift columns: the real series' own are unknown.
     """
 
@@ -351,6 +359,7 @@ class SyntheticRun:
             r.name: r.amplitude_pct * block_response(spec.blocks, r.condition, spec.tr_s, spec.n_volumes)
             for r in spec.regions
         }
+        self._fluct, self._coupling = self._coupling_timecourses()
         brain_mean = float(phantom.data[phantom.brain_mask].mean())
         #: Mean brain baseline intensity B: the unit of every ``*_pct`` noise amplitude.
         self.brain_mean = brain_mean
@@ -506,6 +515,31 @@ class SyntheticRun:
         scale = ms.pct_per_mm / 100.0 * d + ms.deriv_pct_per_mm / 100.0 * dd  # type: ignore[union-attr]
         return self.brain_mean * self.edge_weight * scale
 
+    def _coupling_timecourses(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Each coupled region's fluctuation (percent) and each pair's true correlation per volume.
+
+        See :class:`scanner_sim.spec.Coupling` for the model. Each coupling
+        draws from its own random stream, so adding one changes nothing else.
+        """
+        from .physio import slow_process
+
+        spec = self.spec
+        t = np.arange(spec.n_volumes) * spec.tr_s
+        fluct: dict[str, np.ndarray] = {}
+        truth: dict[str, np.ndarray] = {}
+        for k, c in enumerate(spec.couplings):
+            rng = np.random.default_rng([spec.seed, _STREAM_COUPLING, k])
+            # 32 sinusoids: a richer spectrum than 8, so short windows see independent-looking processes
+            shared, own_a, own_b = (slow_process(rng, t, c.band_hz[0], c.band_hz[1], n_terms=32) for _ in range(3))
+            on = np.clip(block_response(spec.blocks, c.condition, spec.tr_s, spec.n_volumes), 0.0, 1.0)
+            corr = c.low + (c.high - c.low) * on
+            w_shared, w_own = np.sqrt(np.abs(corr)), np.sqrt(1.0 - np.abs(corr))
+            a, b = c.regions
+            fluct[a] = c.pct * (w_shared * shared + w_own * own_a)
+            fluct[b] = c.pct * (np.sign(corr) * w_shared * shared + w_own * own_b)
+            truth[c.column] = corr
+        return fluct, truth
+
     def _region_masks(self) -> dict[str, np.ndarray]:
         xyz = voxel_world_coords(self.spec.shape, self.phantom.affine)
         masks = {}
@@ -531,6 +565,9 @@ class SyntheticRun:
         cols: dict[str, np.ndarray] = {"volume": np.arange(n), "onset_s": t, "condition": cond}
         for name, a in self._act.items():
             cols[f"activation_{name}"] = a
+        cols.update(self._coupling)
+        for name, x in self._fluct.items():
+            cols[f"fluctuation_{name}"] = x
         if not spec.real_noise:
             # a real series' motion and drift are its own and unknown here: no columns rather than false zeros
             for k, c in enumerate(MOTION_COLUMNS):
@@ -566,6 +603,8 @@ class SyntheticRun:
         gain = np.ones(self.spec.shape)
         for name, m in self.region_masks.items():
             gain[m] += self._act[name][i] / 100.0
+            if name in self._fluct:
+                gain[m] += self._fluct[name][i] / 100.0
         return gain
 
     def activation_signal(self, i: int) -> np.ndarray:
