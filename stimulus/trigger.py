@@ -259,8 +259,7 @@ class SerialTriggerReader:
             raise SerialTriggerError(f"cannot read the serial trigger port {self.port!r} (display.trigger.port): "
                                      "pyserial is not installed (pip install pyserial)") from None
         try:
-            self._serial = serial.serial_for_url(self.port, baudrate=self.baud, timeout=READ_TIMEOUT_S,
-                                                 exclusive=True)
+            self._serial = serial.Serial(self.port, baudrate=self.baud, timeout=READ_TIMEOUT_S, exclusive=True)
             self._serial.reset_input_buffer()  # bytes from before the screen started have no usable time
         except (serial.SerialException, OSError, ValueError) as exc:
             self._serial = None

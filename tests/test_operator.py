@@ -57,14 +57,15 @@ def test_a_replay_waits_for_the_worker_and_loses_no_volume():
     assert previews[-1]["index"] == MAX_PENDING + 5 and all(isinstance(p["t_ready"], float) for p in previews)
 
 
-def test_a_failing_product_stops_the_products_not_the_run(caplog):
+def test_a_failing_volume_costs_its_own_products_only_and_a_replay_never_deadlocks(caplog):
+    """Before: the first failure stopped the worker; a replay then waited forever on a full queue."""
     added, made = [], []
-    worker = OperatorWorker(wake=lambda: None)
+    worker = OperatorWorker(wake=lambda: None, wait_when_behind=True)
     worker.submit(_job(0, added, made, fail=True))
-    deadline = time.monotonic() + 5
-    while worker.error is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    worker.submit(_job(1, added, made))  # ignored: the products stopped, submit still returns at once
-    worker.close()
-    assert isinstance(worker.error, RuntimeError) and added == []
-    assert "operator's products failed" in caplog.text
+    for i in range(1, MAX_PENDING + 8):  # more than the queue holds: submit must not block for good
+        worker.submit(_job(i, added, made))
+    worker.close(timeout_s=10)
+    assert not worker.busy
+    assert isinstance(worker.error, RuntimeError) and worker.n_failed == 1
+    assert added == list(range(1, MAX_PENDING + 8))
+    assert caplog.text.count("operator's products failed") == 1

@@ -141,6 +141,8 @@ def test_clock_sets_time_zero_and_checks_gaps_against_the_tr():
 @pytest.mark.parametrize(("table", "message"), [
     ({"port": ""}, "'display.trigger.port': '' (str). Allowed: a serial port name such as '/dev/ttyUSB0'"),
     ({"port": 3}, "'display.trigger.port': 3 (int). Allowed: a serial port name"),
+    # pyserial URLs would open a network connection or a file (spy://...?file=): a device name only
+    ({"port": "socket://10.0.0.1:7777"}, "'display.trigger.port': 'socket://10.0.0.1:7777' (str). Allowed"),
     ({"byte": "55"}, "'display.trigger.byte': '55' (str). Allowed: one ASCII character such as '5'"),
     ({"byte": 256}, "'display.trigger.byte': 256 (int). Allowed: one ASCII character"),
     ({"baud": 1000}, "'display.trigger.baud': 1000 (int). Input should be 1200, 2400"),

@@ -26,7 +26,17 @@ class Flaky(FeedbackSignal):
     def step(self, volume):
         if volume.index == 12:
             raise RuntimeError("boom at 12")
+        if volume.index == 15:
+            self.outputs["x"] = "abc"  # not a number: costs this signal's value, not the volume
         return float(volume.index)
+
+
+class BadFit(FeedbackSignal):
+    def fit(self, context):
+        raise RuntimeError("no training data")
+
+    def step(self, volume):
+        return 0.0
 '''
 
 
@@ -90,7 +100,17 @@ def test_a_failing_signal_costs_one_value_and_raises_an_alarm_not_the_run(tmp_pa
     assert by_index[12]["signal_flaky"] == "n/a" and "boom at 12" in by_index[12]["signal_flaky_reason"]
     assert by_index[12]["feedback_value"] == "n/a" and "flaky" in by_index[12]["feedback_reason"]
     assert _num(by_index[13]["signal_flaky"]) == 13.0 and _num(by_index[11]["signal_flaky"]) == 11.0
+    assert by_index[15]["signal_flaky"] == "n/a" and "ValueError" in by_index[15]["signal_flaky_reason"]
+    assert by_index[15]["missing"] == "0" and by_index[15]["acc_raw"] != "n/a"  # the volume itself is kept
+    assert all(_num(r["signal_flaky_s"]) >= 0 for r in rows)
     assert proc.stderr.count("signal flaky failed") == 1  # one alarm, not one line per volume
+
+
+def test_a_signal_whose_fit_fails_stops_the_run_with_one_message(tmp_path, installed):
+    rows, proc = _replay(tmp_path, installed, {"signals": {"bad": {"class": "flaky_signal:BadFit"}}})
+    assert proc.returncode == 2, proc.stderr
+    assert "signals.bad: fit failed: RuntimeError: no training data" in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_signal_configs_are_checked_at_load(tmp_path, installed):
@@ -102,6 +122,7 @@ def test_signal_configs_are_checked_at_load(tmp_path, installed):
         ({"signals": {"x": {"target": "acc"}}}, "a 'class' is required"),
         ({"feedback.source": "nothing"}, "'feedback.source'"),
         ({"signals": {"x": {"class": "math:sqrt"}}}, "is not a feedback signal"),
+        ({"signals": {"x": {"class": ":X"}}}, "is not 'module:Class'"),
     ]
     for overrides, message in bad:
         with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -79,21 +79,25 @@ class OperatorWorker:
         self._thread = threading.Thread(target=self._loop, name="rtnf-operator", daemon=True)
         self.n_dropped = 0  # volumes whose whole-brain update was dropped (live runs only)
         self.n_skipped = 0  # volumes that got no preview because a newer one was waiting
-        self.error: BaseException | None = None  # the first failure; the products stop, the run goes on
+        self.error: BaseException | None = None  # the first failure (each failure costs one volume's products)
+        self.n_failed = 0
         self._thread.start()
 
     def submit(self, job: OperatorJob) -> None:
-        """Queue one volume's products; never blocks a live run."""
-        if self.error is not None:
-            return
-        try:
-            self._jobs.put(job, block=self._wait)
-        except queue.Full:
-            self.n_dropped += 1
-            if self.n_dropped == 1:
-                log.warning("volume %d: the operator's products (whole-brain t-map, preview) are %d volumes behind; "
-                            "dropping volumes from the whole-brain model so the feedback never waits",
-                            job.index + 1, MAX_PENDING)
+        """Queue one volume's products; never blocks a live run (a replay waits while the worker is alive)."""
+        while True:
+            try:
+                self._jobs.put(job, block=self._wait and self._thread.is_alive(), timeout=0.5)
+                return
+            except queue.Full:
+                if self._wait and self._thread.is_alive():
+                    continue  # a replay: wait for room, but never for a worker that is gone
+                break
+        self.n_dropped += 1
+        if self.n_dropped == 1:
+            log.warning("volume %d: the operator's products (whole-brain t-map, preview) are %d volumes behind; "
+                        "dropping volumes from the whole-brain model so the feedback never waits",
+                        job.index + 1, MAX_PENDING)
 
     def take_previews(self) -> list[dict[str, Any]]:
         """The preview bodies made since the last call, oldest first."""
@@ -104,10 +108,22 @@ class OperatorWorker:
             except queue.Empty:
                 return out
 
+    @property
+    def busy(self) -> bool:
+        """Whether the worker thread is still running (after :meth:`close`: it did not finish in time)."""
+        return self._thread.is_alive()
+
     def close(self, timeout_s: float = 30.0) -> None:
         """Finish the waiting volumes (the final t-map includes them) and stop the thread."""
-        self._jobs.put(_STOP)
-        self._thread.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        while self._thread.is_alive():
+            try:
+                self._jobs.put(_STOP, timeout=0.2)
+                break
+            except queue.Full:
+                if time.monotonic() > deadline:
+                    break
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         if self._thread.is_alive():
             log.error("the operator's products did not finish within %.0f s; the saved t-map may miss volumes",
                       timeout_s)
@@ -126,10 +142,12 @@ class OperatorWorker:
             try:
                 self._do(job, newest)
             except Exception as exc:  # noqa: BLE001 - the operator's products never stop the run
-                self.error = exc
-                log.error("the operator's products failed (%s: %s); no more t-map or preview this run",
-                          type(exc).__name__, exc, exc_info=exc)
-                return
+                self.n_failed += 1
+                if self.error is None:  # one alarm; each failure costs that volume's products only
+                    self.error = exc
+                    log.error("volume %d: the operator's products failed (%s: %s); that volume is missing from "
+                              "the whole-brain model and its preview", job.index + 1, type(exc).__name__, exc,
+                              exc_info=exc)
 
     def _do(self, job: OperatorJob, newest: bool) -> None:
         t0 = time.perf_counter()

@@ -40,6 +40,9 @@ from rtnf.scanner.volume import Grid
 
 log = logging.getLogger(__name__)
 
+SLOW_SIGNAL_TR_FRACTION = 0.25
+"""A feedback signal whose step takes more than this fraction of the TR is warned about (once a run)."""
+
 
 @dataclass
 class VolumeResult:
@@ -118,6 +121,7 @@ class VolumeProcessor:
         self.feedback = FeedbackComputer(fb, self.roi_names, self.protocol)
         self.signals = [make_signal(name, table) for name, table in cfg.signals.items()]
         self._signal_alarms: set[str] = set()  # signals whose failure has been raised as an alarm
+        self._slow_signals: set[str] = set()  # signals whose slowness has been warned about
         self.preprocessor = Preprocessor(self.rois, cfg.motion, cfg.quality, sample_brain=False)
         self.grid: Grid | None = None
         self._previous_motion: np.ndarray | None = None
@@ -227,17 +231,22 @@ class VolumeProcessor:
                 value = signal.step(volume)
                 value = None if value is None else float(value)
                 reason = signal.reason if value is None else None
+                outputs = {str(k)[:40]: (None if v is None else float(v)) for k, v in (signal.outputs or {}).items()}
             except Exception as exc:  # noqa: BLE001 - a signal's bug costs its value, never the run
+                outputs = {}
                 value, reason = None, f"signal {signal.name} failed: {type(exc).__name__}: {exc}"[:300]
                 if signal.name not in self._signal_alarms:
                     self._signal_alarms.add(signal.name)
                     log.error("%s: %s (the run goes on; this signal's value is null while it fails)",
                               self._label(index), reason, exc_info=exc, extra={"alarm": f"signal_{signal.name}",
                                                                                "ok": False})
-            stage_s[f"signal_{signal.name}"] = time.perf_counter() - t0
-            outputs = {k: (None if v is None else float(v)) for k, v in (signal.outputs or {}).items()}
+            seconds = stage_s[f"signal_{signal.name}"] = time.perf_counter() - t0
+            if seconds > SLOW_SIGNAL_TR_FRACTION * self.protocol.tr_s and signal.name not in self._slow_signals:
+                self._slow_signals.add(signal.name)
+                log.warning("%s: signal %s took %.0f ms, more than %.0f %% of the TR: the feedback waits for it",
+                            self._label(index), signal.name, seconds * 1e3, SLOW_SIGNAL_TR_FRACTION * 100)
             out[signal.name] = {"value": value, "reason": reason or (None if value is not None else "no value"),
-                                "outputs": outputs}
+                                "outputs": outputs, "seconds": seconds}
         return out
 
     def _source(self, signals: dict[str, dict[str, Any]]) -> tuple[float | None, str | None] | None:
@@ -309,8 +318,9 @@ class VolumeProcessor:
             for signal in self.signals:
                 try:
                     signal.fit(context)
-                except SignalError as exc:  # the same for every volume: the run stops with one message
-                    raise ConfigError(f"signals.{signal.name}: {exc}") from None
+                except Exception as exc:  # noqa: BLE001 - the same for every volume: the run stops, one message
+                    what = str(exc) if isinstance(exc, SignalError) else f"fit failed: {type(exc).__name__}: {exc}"
+                    raise ConfigError(f"signals.{signal.name}: {what}") from None
         if self.cfg.model.whole_brain:
             contrast = self.cfg.model.contrast or self.protocol.task_conditions[0]
             column = self.design.names.index(contrast)

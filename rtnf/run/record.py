@@ -56,7 +56,7 @@ def timeseries_columns(roi_names: list[str], signals: dict[str, tuple[str, ...]]
         cols += [f"{name}_raw", f"{name}_clean", f"{name}_psc"]
     cols += [*MOTION_FIELDS, "framewise_displacement", "dvars", "global_signal"]
     for name, outputs in (signals or {}).items():
-        cols += [f"signal_{name}", f"signal_{name}_reason", *(f"signal_{name}_{o}" for o in outputs)]
+        cols += [f"signal_{name}", f"signal_{name}_reason", *(f"signal_{name}_{o}" for o in outputs), f"signal_{name}_s"]
     cols += ["feedback_signal", "feedback_success_signal", "feedback_value", "feedback_reason", *TIMING_FIELDS, "file"]
     return cols
 
@@ -86,6 +86,7 @@ def row_from_messages(volume: dict[str, Any], feedback: dict[str, Any], roi_name
     for name, result in (volume.get("signals") or {}).items():
         row[f"signal_{name}"] = result.get("value")
         row[f"signal_{name}_reason"] = result.get("reason")
+        row[f"signal_{name}_s"] = result.get("seconds")
         for output, value in (result.get("outputs") or {}).items():
             row[f"signal_{name}_{output}"] = value
     row["framewise_displacement"] = volume.get("framewise_displacement")
@@ -157,6 +158,8 @@ def _sidecar(roi_names: list[str], cfg: Config) -> dict[str, Any]:
         side[f"signal_{name}"] = {"Description": f"Feedback signal '{name}' ({spec}, [signals.{name}]) of the "
                                                  f"volume, before any scaling.{source}"}
         side[f"signal_{name}_reason"] = {"Description": f"Why signal_{name} is n/a, else n/a."}
+        side[f"signal_{name}_s"] = {"Units": "s", "Description": f"Time signal '{name}' took this volume, in the "
+                                                                 "feedback path (before t_modelled)."}
         for output in outputs:
             side[f"signal_{name}_{output}"] = {"Description": f"Output '{output}' of feedback signal '{name}'."}
     for name in MOTION_FIELDS:

@@ -229,6 +229,13 @@ def _end_run(watcher, loop, processor, publisher, recorder, lock, handlers, stat
         wholebrain = processor.wholebrain
         if wholebrain is None:
             return
+        if loop.operator.busy:  # still writing the model: reading it now would save a torn t-map
+            recorder.log_event("ERROR", "no whole-brain t-map saved: the operator's products did not finish")
+            return
+        missed = loop.operator.n_dropped + loop.operator.n_failed
+        if missed:
+            recorder.log_event("WARNING", f"the saved whole-brain t-map misses {missed} volumes (the operator's "
+                                          "products fell behind or failed; see the log)")
         if wholebrain.t_map is None:
             recorder.log_event("WARNING", "no whole-brain t-map saved: too few volumes entered the model")
             return

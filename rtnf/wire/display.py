@@ -341,8 +341,9 @@ BAUD_RATES: tuple[int, ...] = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 1152
 def _port_or_false(value: Any) -> str | bool:
     if value is False:
         return False
+    # A device name only: pyserial's URL forms (socket://, spy://...) would open connections or files.
     if (isinstance(value, str) and 0 < len(value) <= 200 and value == value.strip()
-            and all(c.isprintable() for c in value)):
+            and all(c.isprintable() for c in value) and "://" not in value):
         return value
     raise _allowed("a serial port name such as '/dev/ttyUSB0' or 'COM3' (at most 200 printable "
                    "characters), or false")

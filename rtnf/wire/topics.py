@@ -528,6 +528,8 @@ class SignalValue(WirePart):
     """Why ``value`` is null."""
     outputs: Optional[Annotated[dict[Name, Optional[Real]], Field(max_length=MAX_ROIS)]] = None
     """The signal's extra per-volume outputs, by name."""
+    seconds: Optional[Annotated[float, Field(ge=0)]] = None
+    """How long the signal's step took, in seconds (it runs before the feedback is published)."""
 
 
 class VolumeMessage(WireMessage):

@@ -36,9 +36,11 @@ def load_signal_class(spec: str) -> type[FeedbackSignal]:
                               "or 'module:Class'")
         target = found[0].value
     module_name, _, class_name = (target or spec).partition(":")
+    if not module_name or not class_name:
+        raise SignalError(f"{spec!r} is not 'module:Class'")
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure of a plugin's import is one message, not a traceback
         raise SignalError(f"cannot load the feedback signal {spec!r} ({type(exc).__name__}: {exc})") from None
     if not (isinstance(cls, type) and issubclass(cls, FeedbackSignal)):
         raise SignalError(f"{spec!r} is not a feedback signal (a subclass of rtnf.analysis.signals.FeedbackSignal)")
