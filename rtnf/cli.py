@@ -6,6 +6,7 @@
 - ``import-opennft``: a session config from OpenNFT settings (.ini) and protocol (.json)
 - ``demo``: a complete simulated session on this machine
 - ``fidelity``: does a recorded run's feedback follow its ROI?
+- ``decoder``: train a decoder of voxel patterns (decoded neurofeedback)
 - ``roi``: define an ROI on the reference volume
 - ``lsl``: feedback and volume markers republished on Lab Streaming Layer
 - ``session``: the runs of a session file in order (localizer, feedback, transfer)
@@ -190,6 +191,7 @@ def _parser() -> argparse.ArgumentParser:
     from .apps import lsl as lsl_cmd  # pylsl is imported only when the bridge starts
     from .apps import report as report_cmd  # matplotlib is imported only when a report is written
     from .apps import roidef as roi_cmd  # SimpleITK and nilearn are imported only when an ROI is made
+    from .apps import decoder as decoder_cmd  # scikit-learn is imported only when a decoder is trained
 
     roi = _command(
         sub, "roi", "define an ROI on the reference volume (mask + PNG to check)",
@@ -203,6 +205,16 @@ def _parser() -> argparse.ArgumentParser:
         "rtnf roi sphere --center-mm 2 41 12 --radius-mm 8 -r ref.nii.gz -o acc.nii.gz   # scanner coordinates",
     )
     roi_cmd.add_arguments(roi)
+    decoder = _command(
+        sub, "decoder", "train a decoder of voxel patterns for decoded neurofeedback",
+        """Train a classifier of a mask's voxel patterns on a localizer run (realigned, detrended, labelled by
+        its events shifted by the hemodynamic lag) and save it with its reference volume and a training report
+        (cross-validated accuracy). A feedback run uses it as [signals.<name>] class = "decoder" and feeds back
+        the target class's probability each volume.""",
+        "rtnf decoder train --series loc/ --events loc_events.tsv --mask occipital.nii.gz --classes dogs scissors "
+        "-o decoder/",
+    )
+    decoder_cmd.add_arguments(decoder)
     lsl = _command(
         sub, "lsl", "republish feedback and volume markers on Lab Streaming Layer (EEG-fMRI)",
         """Republish rtnf's feedback values and one marker per volume on Lab Streaming Layer, so that EEG-fMRI
@@ -610,6 +622,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from .apps import roidef as roi_cmd
 
         return roi_cmd.run(args)
+    if args.command == "decoder":
+        from .apps import decoder as decoder_cmd
+
+        return decoder_cmd.run(args)
     if args.command == "lsl":
         from .apps import lsl as lsl_cmd
 
