@@ -199,7 +199,7 @@ def _sitk_matrix(tx: Any) -> np.ndarray:
     return m
 
 
-def register_mni(reference: Volume | tuple[np.ndarray, np.ndarray], *, seed: int = 0, threads: int = 2) -> MniRegistration:
+def register_mni(reference: Volume | tuple[np.ndarray, np.ndarray], *, seed: int = 1, threads: int = 2) -> MniRegistration:
     """Register the MNI152 template to the reference volume (affine, once, before the run).
 
     Parameters
@@ -207,7 +207,8 @@ def register_mni(reference: Volume | tuple[np.ndarray, np.ndarray], *, seed: int
     reference : Volume or (data, affine)
         The reference EPI volume.
     seed : int
-        Seed of the metric's random sampling (the result is reproducible).
+        Seed of the metric's random sampling, at least 1 (SimpleITK reads 0 as "seed from the wall clock",
+        which made repeated registrations differ).
     threads : int
         ITK threads (the figures in the docs are for 2).
 
@@ -243,7 +244,7 @@ def register_mni(reference: Volume | tuple[np.ndarray, np.ndarray], *, seed: int
         reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
         if sampling < 1.0:
             reg.SetMetricSamplingStrategy(reg.RANDOM)
-            reg.SetMetricSamplingPercentage(sampling, seed)
+            reg.SetMetricSamplingPercentage(sampling, max(1, int(seed)))  # 0 would mean the wall clock
         else:
             reg.SetMetricSamplingStrategy(reg.NONE)
         reg.SetInterpolator(sitk.sitkLinear)
