@@ -64,7 +64,10 @@ def test_a_failing_volume_costs_its_own_products_only_and_a_replay_never_deadloc
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
     handler.emit = records.append  # the worker logs from its own thread; other tests may stop propagation
-    logging.getLogger("rtnf.run.operator").addHandler(handler)
+    logger = logging.getLogger("rtnf.run.operator")
+    disabled, level = logger.disabled, logger.level
+    logger.disabled, logger.level = False, logging.INFO  # an earlier test's logging setup may have disabled it
+    logger.addHandler(handler)
     added, made = [], []
     worker = OperatorWorker(wake=lambda: None, wait_when_behind=True)
     worker.submit(_job(0, added, made, fail=True))
@@ -74,5 +77,6 @@ def test_a_failing_volume_costs_its_own_products_only_and_a_replay_never_deadloc
     assert not worker.busy
     assert isinstance(worker.error, RuntimeError) and worker.n_failed == 1
     assert added == list(range(1, MAX_PENDING + 8))
-    logging.getLogger("rtnf.run.operator").removeHandler(handler)
+    logger.removeHandler(handler)
+    logger.disabled, logger.level = disabled, level
     assert sum("operator's products failed" in r.getMessage() for r in records) == 1

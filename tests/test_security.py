@@ -179,7 +179,7 @@ def test_no_pickle_or_eval_anywhere():
     banned = re.compile(
         r"\bimport\s+(c?pickle|marshal|dill|cloudpickle|shelve)\b|\bfrom\s+(c?pickle|marshal|dill|cloudpickle|shelve)\b"
         r"|\bpickle\.|\bmarshal\.|\b(send|recv)_(pyobj|serialized)\b|(?<![\w.])eval\(|(?<![\w.])exec\("
-        r"|allow_pickle\s*=\s*True|yaml\.load\(|\.loads?\(.*(?:pickle|marshal)"
+        r"|allow_pickle\s*=\s*True|yaml\.load\(|\.loads?\((?!.*allow_pickle\s*=\s*False).*(?:pickle|marshal)"
     )
     hits = []
     for pkg in PACKAGES:
