@@ -679,8 +679,20 @@ def main(argv: list[str] | None = None) -> int:
     import logging
     import warnings
 
+    # Quiet while fuzzing, and as it was afterwards: test_fuzz calls main() in the test process, and a
+    # global logging.disable left behind silenced every later test's log assertions.
+    disabled_below = logging.root.manager.disable
     logging.disable(logging.CRITICAL)
-    warnings.simplefilter("ignore")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return _fuzz(args)
+        finally:
+            logging.disable(disabled_below)
+
+
+def _fuzz(args: argparse.Namespace) -> int:
+    """The fuzzing loop of :func:`main`; returns its exit code."""
     seeds = sim_seeds() + real_seeds(args.data)
     ws = Workspace(seeds)
     reports: dict[str, TargetReport] = {}

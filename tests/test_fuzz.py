@@ -208,3 +208,12 @@ def test_fuzz_command_runs(tmp_path, capsys):
     assert fuzz.main(["--minutes", "0.05", "--data", str(tmp_path / "none"), "--batch", "5"]) == 0
     out = capsys.readouterr().out
     assert "0 contract failures" in out and "messages.decode" in out
+
+
+def test_fuzz_main_leaves_logging_as_it_found_it(tmp_path):
+    """Regression: main() disabled logging for the whole test process (later log assertions saw nothing)."""
+    import logging
+
+    before = logging.root.manager.disable
+    fuzz.main(["--minutes", "0.01", "--data", str(tmp_path / "none"), "--batch", "2"])
+    assert logging.root.manager.disable == before
