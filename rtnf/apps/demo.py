@@ -34,7 +34,7 @@ from rtnf.wire.messages import TOPICS
 from rtnf.wire.subscription import Subscription
 from rtnf.run.outputs import TIMESERIES, func_dir, output_path
 
-REPO_CONFIG = Path(__file__).resolve().parent.parent / "config"
+REPO_CONFIG = Path(__file__).resolve().parents[2] / "config"  # rtnf/apps/demo.py -> the checkout
 
 
 class DemoError(RuntimeError):
