@@ -51,12 +51,12 @@ Imports only pydantic and :mod:`rtnf.wire.messages`.
 
 from __future__ import annotations
 
-import types
 import typing
 from typing import Annotated, Any, ClassVar, Literal, Optional, Self
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, ValidationError
 
+from ._validation import _unwrap
 from .messages import TOPICS, MessageError, decode
 
 __all__ = [
@@ -309,18 +309,6 @@ def _reason(topic: str, err: Any, path: str | None = None) -> str:
     where = f" at {full!r}" if full != key else ""
     msg = err["msg"][:1].lower() + err["msg"][1:]
     return f"{topic} message: invalid value for {key!r}{where}: {msg}, but got {_shown(err.get('input'))}"
-
-
-def _unwrap(annotation: Any) -> Any:
-    """Strip Annotated and Optional to reach the model or container type."""
-    while True:
-        origin = typing.get_origin(annotation)
-        if origin is Annotated:
-            annotation = typing.get_args(annotation)[0]
-        elif origin in (typing.Union, types.UnionType):
-            annotation = [a for a in typing.get_args(annotation) if a is not type(None)][0]
-        else:
-            return annotation
 
 
 def _droppable(cls: type[BaseModel], loc: tuple[Any, ...]) -> int:
