@@ -52,7 +52,7 @@ def test_models_fill_their_own_motion_rows_in_any_order_and_leave_the_design_alo
 def test_design_rows_need_this_volumes_motion_unless_the_design_holds_it():
     design = make_design(_protocol(), "spm", 128.0, n_motion=6)
     rows = DesignRows(design)
-    with pytest.raises(ValueError, match="motion regressors"):
+    with pytest.raises(ValueError, match="motion or confound"):
         rows.row(0)
     filled = design.with_motion(np.ones((N, 6)))
     assert np.all(DesignRows(filled).row(5)[design.motion_columns] == 1.0)

@@ -4,12 +4,15 @@ Task regressors (the protocol's non-baseline blocks convolved with an HRF),
 cosine drift terms up to the cutoff and a constant are known before the first
 volume and built with nilearn's ``make_first_level_design_matrix``, so that
 rtnf's model is the one batch analyses use. Motion regressors (6 or 24, with
-fMRIPrep's names) are known only as each volume is realigned: their columns
-are filled row by row with :func:`motion_regressors`, by each model in its own
-copy (:class:`DesignRows`): the design itself is read-only and shared.
+fMRIPrep's names) are known only as each volume is realigned, and confound
+regressors (physiological, tissue: :mod:`rtnf.analysis.confounds`) only as
+each volume arrives: these *online* columns are filled row by row, by each
+model in its own copy (:class:`DesignRows`): the design itself is read-only
+and shared.
 
-Column order: task, constant, motion, drifts. The incremental QR then holds
-every nested model "task + constant [+ motion] [+ first k drifts]" at once.
+Column order: task, constant, motion, confounds, drifts. The incremental QR
+then holds every nested model "task + constant [+ online] [+ first k drifts]"
+at once.
 """
 
 from __future__ import annotations
@@ -35,11 +38,14 @@ class Design:
     names : tuple of str
         Column names: task conditions (and ``<condition>_derivative``),
         ``constant``, motion (``trans_x`` ... ``rot_z_derivative1_power2``),
-        ``drift_k``.
+        confounds, ``drift_k``.
+    confounds : tuple of str
+        Names of the confound columns (after motion, before the drifts).
     """
 
     matrix: np.ndarray
     names: tuple[str, ...]
+    confounds: tuple[str, ...] = ()
 
     @property
     def drift_columns(self) -> np.ndarray:
@@ -52,22 +58,33 @@ class Design:
         return np.array([i for i, n in enumerate(self.names) if n.split("_")[0] in ("trans", "rot")], dtype=int)
 
     @property
+    def confound_columns(self) -> np.ndarray:
+        """Indices of the confound columns (:mod:`rtnf.analysis.confounds`)."""
+        return np.array([self.names.index(n) for n in self.confounds], dtype=int)
+
+    @property
+    def online_columns(self) -> np.ndarray:
+        """Motion then confound columns: those filled volume by volume (contiguous, after the constant)."""
+        return np.concatenate([self.motion_columns, self.confound_columns]).astype(int)
+
+    @property
     def nuisance_columns(self) -> np.ndarray:
-        """Motion and drift columns: what 'cleaning' a signal removes."""
-        return np.concatenate([self.motion_columns, self.drift_columns])
+        """Motion, confound and drift columns: what 'cleaning' a signal removes."""
+        return np.concatenate([self.online_columns, self.drift_columns])
 
     def with_motion(self, motion: np.ndarray) -> "Design":
-        """The design with every motion row filled (a batch analysis, a test).
+        """The design with every online row filled (a batch analysis, a test).
 
         Parameters
         ----------
-        motion : ndarray, shape (n_volumes, n_motion)
-            Rows of :func:`motion_regressors`, one per kept volume.
+        motion : ndarray, shape (n_volumes, n_online)
+            Rows of :func:`motion_regressors` (then the confound values, when
+            the design has confounds), one per kept volume.
         """
         matrix = np.array(self.matrix)
-        matrix[:, self.motion_columns] = motion
+        matrix[:, self.online_columns] = motion
         matrix.flags.writeable = False
-        return Design(matrix=matrix, names=self.names)
+        return Design(matrix=matrix, names=self.names, confounds=self.confounds)
 
     @property
     def n_core(self) -> int:
@@ -81,7 +98,7 @@ class Design:
 
 
 class DesignRows:
-    """One model's own copy of the design, whose motion columns it fills as volumes are realigned.
+    """One model's own copy of the design, whose online columns (motion, confounds) it fills volume by volume.
 
     The ROI model and the whole-brain model each hold one, so neither depends
     on the other having seen a volume first.
@@ -95,25 +112,26 @@ class DesignRows:
     def __init__(self, design: Design) -> None:
         self.design = design
         self.matrix = np.array(design.matrix)  # a writable copy
-        self._motion = design.motion_columns
+        self._online = design.online_columns
 
-    def row(self, index: int, motion: np.ndarray | None = None) -> np.ndarray:
-        """Row ``index`` of the design, its motion columns set from ``motion`` first.
+    def row(self, index: int, online: np.ndarray | None = None) -> np.ndarray:
+        """Row ``index`` of the design, its online columns set from ``online`` first.
 
         Parameters
         ----------
         index : int
             Kept-volume index.
-        motion : ndarray, optional
-            This volume's motion regressors (:func:`motion_regressors`);
-            required when the design has motion columns it does not fill
+        online : ndarray, optional
+            This volume's motion regressors (:func:`motion_regressors`)
+            followed by its confound values, in the design's column order;
+            required when the design has online columns it does not fill
             itself (:meth:`Design.with_motion`).
         """
-        if self._motion.size:
-            if motion is not None:
-                self.matrix[index, self._motion] = motion
-            elif np.isnan(self.matrix[index, self._motion]).any():
-                raise ValueError("the design has motion columns: pass this volume's motion regressors")
+        if self._online.size:
+            if online is not None:
+                self.matrix[index, self._online] = online
+            elif np.isnan(self.matrix[index, self._online]).any():
+                raise ValueError("the design has motion or confound columns: pass this volume's values")
         return self.matrix[index]
 
 
@@ -130,7 +148,11 @@ def motion_names(n_motion: int) -> tuple[str, ...]:
 
 
 def make_design(
-    protocol: Protocol, hrf: str = "spm", drift_cutoff_s: float = 128.0, n_motion: int = 0
+    protocol: Protocol,
+    hrf: str = "spm",
+    drift_cutoff_s: float = 128.0,
+    n_motion: int = 0,
+    confounds: tuple[str, ...] = (),
 ) -> Design:
     """Build the run's design matrix.
 
@@ -145,6 +167,9 @@ def make_design(
         than this are modelled.
     n_motion : {0, 6, 12, 24}
         Motion regressors, filled as volumes are realigned.
+    confounds : tuple of str
+        Names of confound regressors (:mod:`rtnf.analysis.confounds`),
+        filled as volumes arrive.
 
     Returns
     -------
@@ -174,8 +199,12 @@ def make_design(
     frame = frame[task + ["constant"] + drifts]
     known = frame.to_numpy(dtype=np.float64)
     n_core = len(task) + 1
-    motion = np.full((protocol.n_volumes, len(motion_names(n_motion))), np.nan)
+    online = motion_names(n_motion) + tuple(confounds)
+    clash = set(online) & set(map(str, frame.columns)) or (len(set(online)) < len(online))
+    if clash:
+        raise ValueError(f"confound names must be unique and differ from the task and drift columns: {sorted(confounds)}")
+    motion = np.full((protocol.n_volumes, len(online)), np.nan)
     matrix = np.hstack([known[:, :n_core], motion, known[:, n_core:]])
-    names = tuple(str(c) for c in task) + ("constant",) + motion_names(n_motion) + tuple(drifts)
-    matrix.flags.writeable = False  # shared by the models: each fills motion in its own DesignRows
-    return Design(matrix=matrix, names=names)
+    names = tuple(str(c) for c in task) + ("constant",) + online + tuple(drifts)
+    matrix.flags.writeable = False  # shared by the models: each fills the online columns in its own DesignRows
+    return Design(matrix=matrix, names=names, confounds=tuple(confounds))

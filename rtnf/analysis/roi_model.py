@@ -72,7 +72,7 @@ class RoiModel:
         running_baseline_volumes: int | None = None,
     ) -> None:
         self.design = design
-        self._rows = DesignRows(design)  # this model's own motion rows
+        self._rows = DesignRows(design)  # this model's own online (motion, confound) rows
         self.tr_s = protocol.tr_s
         self.drift_cutoff_s = drift_cutoff_s
         self.glm = IncrementalGLM(design.n_regressors, n_rois)
@@ -100,8 +100,8 @@ class RoiModel:
         raw : ndarray, shape (n_rois,)
             Mean ROI signals of this volume.
         motion : ndarray, optional
-            This volume's motion regressors (see :func:`rtnf.analysis.motion.motion_regressors`);
-            required when the design has motion columns.
+            This volume's motion regressors (see :func:`rtnf.analysis.motion.motion_regressors`)
+            followed by its confound values; required when the design has such columns.
         include : bool
             False for a censored volume: its values are computed with the
             model so far, but it neither updates the model nor counts as
@@ -216,6 +216,9 @@ TASK_PRIOR_VOLUMES = 1.0
 # or without motion regressors (27 SD before); 5 volumes allowed 0.33 SD, a motion
 # scale of 0.1 mm 0.24 SD; stronger priors leave more of a slow drift in.
 MOTION_SCALE = {"trans": 1.0, "rot": 0.02}
+# Typical size of a confound regressor (rtnf.analysis.confounds): each source delivers
+# its columns standardised (unit-amplitude Fourier terms, z-scored tissue signals).
+CONFOUND_SCALE = 1.0
 
 
 def prior_precision(design: Design) -> np.ndarray:
@@ -227,7 +230,8 @@ def prior_precision(design: Design) -> np.ndarray:
     penalty is on the term's effect ``s * beta``, weighed against squared
     residuals in the same units). The typical size of a cosine drift or a
     task regressor is its root mean square over the run, known in advance;
-    that of a motion regressor is :data:`MOTION_SCALE`. The constant has no
+    that of a motion regressor is :data:`MOTION_SCALE`, that of a confound
+    :data:`CONFOUND_SCALE` (sources standardise them). The constant has no
     prior. Task terms get a weak prior (:data:`TASK_PRIOR_VOLUMES`) so that
     the model is identifiable before the first task block.
     """
@@ -241,6 +245,7 @@ def prior_precision(design: Design) -> np.ndarray:
         name = design.names[k]
         s = MOTION_SCALE[name.split("_")[0]]
         prior[k] = NUISANCE_PRIOR_VOLUMES * (s * s if "power2" in name else s) ** 2
+    prior[design.confound_columns] = NUISANCE_PRIOR_VOLUMES * CONFOUND_SCALE**2
     return prior
 
 

@@ -113,8 +113,8 @@ class WholeBrainModel:
         n_core = design.n_core
         if not usable(n_core):
             return 0
-        q = n_core + design.motion_columns.size
-        if design.motion_columns.size and not usable(q):
+        q = n_core + design.online_columns.size
+        if design.online_columns.size and not usable(q):
             return n_core
         elapsed_s = (index + 1) * self.tr_s
         q_max = q + min(design.drift_columns.size, int(2 * elapsed_s / self.drift_cutoff_s))
