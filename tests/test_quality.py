@@ -95,3 +95,22 @@ def test_monitor_checks_its_parameters():
         QualityMonitor(window=2)
     with pytest.raises(ValueError, match="'min_history' parameter: 50. Allowed: at most window=20"):
         QualityMonitor(window=20, min_history=50)
+
+
+def test_a_lasting_new_dvars_level_is_censored_only_briefly_not_for_the_rest_of_the_run():
+    """Before: flagged DVARS never entered the window, so after a lasting step up (the switch to fitted multi-echo
+    weights, a shim change) every later volume was a 'spike' and censored to the end of the run."""
+    rng = np.random.default_rng(4)
+    monitor = QualityMonitor(spike_z=5.0, new_level_volumes=5)
+    base = 1000 + rng.normal(size=4000)
+    censored = []
+    for i in range(80):
+        noise = 6.0 if i < 30 else 7.0  # a step in the noise level at volume 30, for good
+        row = monitor.update(np.zeros(6), base + rng.normal(scale=noise / np.sqrt(2), size=base.size))
+        censored.append(row.censored)
+    assert not any(censored[:30])
+    assert 0 < sum(censored[30:]) <= 5  # the first volumes of the new level, then it is the level
+    assert not any(censored[40:])
+    # a real spike after the new level is still caught
+    row = monitor.update(np.zeros(6), base + rng.normal(scale=30.0, size=base.size))
+    assert row.spike

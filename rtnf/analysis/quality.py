@@ -27,7 +27,12 @@ Spikes: a volume is a spike when its DVARS, or the absolute backward difference
 of its global signal, lies more than ``spike_z`` robust standard deviations
 (1.4826 x median absolute deviation) above the median of the recent window
 (the run so far, up to ``window`` volumes). Flagged values do not enter the
-window, so one artefact does not hide the next.
+window, so one artefact does not hide the next. A spike is brief: when
+``new_level_volumes`` volumes in a row are flagged by the same measure, its
+level has changed for good (a coil or shim change, the switch to fitted
+multi-echo weights) and those values become its window; otherwise every later
+volume would be flagged against the old level and censored for the rest of
+the run.
 """
 
 from __future__ import annotations
@@ -223,6 +228,10 @@ class QualityMonitor:
         No spike is flagged before this many values are in the window.
     radius_mm : float
         FD sphere radius in millimeters.
+    new_level_volumes : int
+        Consecutive volumes flagged by DVARS (or by the global-signal change)
+        after which that measure's window restarts from them: a lasting new
+        level, not a spike.
 
     Notes
     -----
@@ -238,11 +247,13 @@ class QualityMonitor:
         window: int = 100,
         min_history: int = 10,
         radius_mm: float = FD_RADIUS_MM,
+        new_level_volumes: int = 5,
     ) -> None:
         for name, v in (("fd_threshold_mm", fd_threshold_mm), ("spike_z", spike_z), ("radius_mm", radius_mm)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v) or v <= 0:
                 raise ValueError(f"Invalid value for the '{name}' parameter: {v!r}. Allowed: a number > 0.")
-        for name, v, lo in (("window", window, 3), ("min_history", min_history, 2)):
+        for name, v, lo in (("window", window, 3), ("min_history", min_history, 2),
+                            ("new_level_volumes", new_level_volumes, 2)):
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"Invalid value for the '{name}' parameter: {v!r}. Allowed: an integer >= {lo}.")
         if min_history > window:
@@ -254,6 +265,7 @@ class QualityMonitor:
         self.window = window
         self.min_history = min_history
         self.radius_mm = float(radius_mm)
+        self.new_level_volumes = new_level_volumes
         self.reset()
 
     def reset(self) -> None:
@@ -264,6 +276,20 @@ class QualityMonitor:
         self._gs: float | None = None
         self._dvars_hist: deque[float] = deque(maxlen=self.window)
         self._dgs_hist: deque[float] = deque(maxlen=self.window)
+        # Values of the current streak of consecutive flags, per measure (see new_level_volumes).
+        self._dvars_streak: list[float] = []
+        self._dgs_streak: list[float] = []
+
+    def _track(
+        self, hist: deque[float], streak: list[float], value: float | None, flagged: bool
+    ) -> tuple[deque[float], list[float]]:
+        """A measure's window and streak after this volume: a long enough streak of flags becomes the window."""
+        if not flagged or value is None:
+            return hist, []
+        streak = [*streak, value]
+        if len(streak) < self.new_level_volumes:
+            return hist, streak
+        return deque(streak, maxlen=self.window), []
 
     def skip(self) -> None:
         """Note a missing volume (nothing changes: the next volume compares with the last one seen)."""
@@ -313,6 +339,10 @@ class QualityMonitor:
         if gs_z is not None and gs_z > self.spike_z:
             spike = True
             reasons.append(f"global signal change robust z {gs_z:.1f} > {self.spike_z:g}")
+        dv_flag = dv_z is not None and dv_z > self.spike_z
+        gs_flag = gs_z is not None and gs_z > self.spike_z
+        self._dvars_hist, self._dvars_streak = self._track(self._dvars_hist, self._dvars_streak, dv, dv_flag)
+        self._dgs_hist, self._dgs_streak = self._track(self._dgs_hist, self._dgs_streak, dgs, gs_flag)
         if not spike and not motion_outlier:
             if dv is not None:
                 self._dvars_hist.append(dv)
