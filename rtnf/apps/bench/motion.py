@@ -44,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--noise-pct", type=float, default=1.0, help="noise, percent of brain mean (default 1)")
     parser.add_argument("--sigma-vox", type=float, default=1.0, help="Realigner smoothing sigma, voxels (default 1)")
     parser.add_argument("--sample-step", default="auto",
-                        help="Realigner: every k-th mask voxel, or auto (about 40,000 points; the default)")
+                        help="Realigner: every k-th mask voxel, or auto (about 12,000 points; the default)")
     parser.add_argument("--threads", type=int, default=1, help="BLAS/OpenMP/ITK threads (default 1: one core)")
     parser.add_argument("--seed", type=int, default=0)
 
