@@ -15,6 +15,7 @@ BUILTIN = {
     "connectivity": "rtnf.analysis.signals.connectivity:SlidingCorrelation",
     "ppi": "rtnf.analysis.signals.connectivity:PsychophysiologicalInteraction",
     "decoder": "rtnf.analysis.signals.decoder:DecodedFeedback",
+    "pattern": "rtnf.analysis.signals.pattern:PatternExpression",
 }
 """Signals that come with rtnf, by the name a config uses."""
 
