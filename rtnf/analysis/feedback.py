@@ -20,7 +20,12 @@ config's ``[feedback]`` table:
 6. intermittent feedback: one value per regulation block, the mean over the
    block shifted by the hemodynamic lag, given once after the lagged block
    ends (flipped if that block asked for a decrease);
-7. sham feedback replaces all of this with the values recorded in another run.
+7. sham feedback replaces all of this with the values recorded in another run;
+8. shaping (:mod:`rtnf.analysis.shaping`): each regulation block's value (the
+   signal an intermittent score shows) is judged against a threshold from the
+   previous blocks' values, this run's and (``[feedback.shaping] history``)
+   earlier runs'; :meth:`FeedbackComputer.shaping` gives the threshold in
+   force at each volume and the block scored there.
 
 Spike removal and smoothing work on the ROI's own signal (before the flip),
 so a change of direction between blocks is no jump for them; ``signal`` of
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +44,7 @@ import numpy as np
 
 from .protocol import Protocol
 from .roi_model import RoiModel, RoiValues
+from .shaping import BlockScore, Shaper
 
 
 @dataclass(frozen=True)
@@ -223,6 +230,40 @@ class AdaptiveScaler:
         return self.low * self.gain, self.high * self.gain
 
 
+@dataclass(frozen=True)
+class ShapingState:
+    """Shaping at one volume: the threshold in force and, at the volume where a lagged block ends, its score.
+
+    ``threshold`` is in the units of the feedback signal, oriented as success
+    (what a block's value must exceed); ``block_value`` and ``block_success``
+    are None except where a block is scored.
+    """
+
+    threshold: float | None
+    block_value: float | None = None
+    block_success: bool | None = None
+
+
+def read_sham_shaping(path: Path) -> list[ShapingState]:
+    """The shaping columns of a recorded run's table, per row (a sham run shows its source's, as it shows its values).
+
+    Tables without the columns give thresholds of None, and so do cells that are no finite number (a
+    hand-edited or foreign table must not stop the run, nor show "nan" as a success).
+    """
+    def num(text: str | None) -> float | None:
+        try:
+            value = float(text)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return None
+        return value if math.isfinite(value) else None
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
+    return [ShapingState(num(r.get("shaping_threshold")), num(r.get("block_value")),
+                         None if num(r.get("block_success")) is None else bool(num(r.get("block_success"))))
+            for r in rows]
+
+
 def read_sham_series(path: Path) -> list[float | None]:
     """The ``feedback_value`` column of a recorded run's timeseries table."""
     with open(path, newline="") as f:
@@ -243,9 +284,12 @@ class FeedbackComputer:
         ROIs in the order of the values passed to :meth:`step`.
     protocol : Protocol
         For block boundaries (intermittent feedback) and the TR.
+    shaping_history : iterable of float
+        Earlier runs' block values, oldest first, for ``[feedback.shaping]``
+        (:func:`rtnf.run.shaping_history.load_history`); ignored without shaping.
     """
 
-    def __init__(self, cfg, roi_names: list[str], protocol: Protocol) -> None:
+    def __init__(self, cfg, roi_names: list[str], protocol: Protocol, shaping_history: Iterable[float] = ()) -> None:
         self.cfg = cfg
         targets = [cfg.roi] if isinstance(cfg.roi, str) else list(cfg.roi)
         self._targets = [roi_names.index(n) for n in targets]
@@ -269,6 +313,44 @@ class FeedbackComputer:
             if seg.condition != protocol.baseline and seg.stop - 1 + lag < protocol.n_volumes
         }
         self._signals: dict[int, float] = {}
+        shaping = getattr(cfg, "shaping", None)
+        # The earlier runs' block values this run started from: a computer built in its place (a study arm's)
+        # passes them on, so its thresholds continue the participant's history.
+        self.shaping_history: tuple[float, ...] = tuple(shaping_history)
+        self._shaper = Shaper(self.shaping_history if shaping is not None else (),
+                              shaping.percentile if shaping is not None else None,
+                              shaping.min_blocks if shaping is not None else 2,
+                              shaping.last_blocks if shaping is not None else None)
+        self._scores: dict[int, BlockScore | None] = {}  # by the volume where the block is scored
+        self._sham_shaping = read_sham_shaping(cfg.sham_from) if cfg.sham_from is not None else None
+
+    def shaping(self, index: int) -> ShapingState:
+        """The shaping threshold in force at volume ``index`` and the block scored there, if any.
+
+        Call in volume order, after :meth:`step` for a processed volume (also
+        for a missing one): blocks whose lagged window ended are scored
+        first, so a missing last volume does not lose its block. The
+        threshold at a volume is the one its scored block had to beat; from
+        the next volume on it includes that block.
+        """
+        if self._sham_shaping is not None:
+            return self._sham_shaping[index] if index < len(self._sham_shaping) else ShapingState(None)
+        for end in sorted(self._blocks):
+            if end > index:
+                break
+            if end not in self._scores:
+                value = self._block_signal(end)
+                self._scores[end] = None if value is None else self._shaper.score(signed(value, self._blocks[end][2]))
+        score = self._scores.get(index)
+        if score is None:
+            return ShapingState(self._shaper.threshold)
+        return ShapingState(score.threshold, score.value, score.success)
+
+    def _block_signal(self, end: int) -> float | None:
+        """Mean signal (as the ROI did, before any flip) over the lagged window of the block scored at ``end``."""
+        first, stop, _ = self._blocks[end]
+        values = [self._signals[i] for i in range(first, stop) if i in self._signals]
+        return float(np.mean(values)) if values else None
 
     def direction(self, index: int) -> str | None:
         """The direction in which volume ``index``'s feedback value counts success.
@@ -345,11 +427,9 @@ class FeedbackComputer:
         block = self._blocks.get(index)
         if block is None:
             return FeedbackValue(None, "intermittent: between scores", kind="intermittent", direction=direction)
-        first, stop, _ = block
-        values = [self._signals[i] for i in range(first, stop) if i in self._signals]
-        if not values:
+        signal = self._block_signal(index)
+        if signal is None:
             return FeedbackValue(None, "intermittent: no value in the block", kind="intermittent", direction=direction)
-        signal = float(np.mean(values))
         return FeedbackValue(
             self._scale(signed(signal, direction)), None, signal=signal, kind="intermittent",
             display_s=self.cfg.intermittent_display_s, direction=direction,

@@ -22,6 +22,11 @@ Modules: :mod:`.read` (the run's files), :mod:`.summary` (the numbers),
 templates in ``templates/``), :mod:`.write` (page and figures into a folder),
 :mod:`.command` (the command line). matplotlib and jinja2 are imported only
 when a report is written.
+
+``rtnf report longitudinal`` (a study: per participant across sessions, per
+arm code) arranges the same per-run numbers: :mod:`.longitudinal` (the
+numbers), :mod:`.longitudinal_figures`, :mod:`.longitudinal_write` (page,
+figures, TSV and JSON).
 """
 
 from .command import add_arguments, main, run
