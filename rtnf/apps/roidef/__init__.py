@@ -14,14 +14,17 @@ into the session config as ``[rois.<name>] mask = "..."``.
 ``sphere``      a sphere at scanner RAS millimetres (same voxels as
                 :class:`rtnf.analysis.rois.SphereROI`)
 ``atlas``       labels of a label image in any space + its table
-``mni``         a region defined in MNI152 space (built-in approximations of
-                anterior cingulate, insula, ...; an MNI sphere; an MNI-space
-                mask or atlas) brought to the reference by an affine
-                registration of the MNI152 template to the reference volume
-                (SimpleITK, once, before the run)
+``mni``         a region defined in MNI152 space (Harvard-Oxford or HCP atlas
+                labels, :mod:`.atlases`; an MNI sphere; an MNI-space mask;
+                built-in approximate ellipsoids) brought to the reference by a
+                multi-start registration of the MNI152 template to the
+                reference volume, directly or through the session's T1
+                (SimpleITK, :mod:`.registration`, once, before the run)
 ``localizer``   a threshold or the top k voxels of a t-map from a localizer
                 run, inside a search mask; :func:`localizer_tmap` computes the
                 t-map from a series and its events with rtnf's GLM
+``transfer``    day-1 masks carried onto a day-N reference by a rigid
+                registration of the two reference EPIs (:mod:`.transfer`)
 ==============  ==============================================================
 
 Regions that are empty, or whose larger part falls outside the field of view
@@ -33,13 +36,16 @@ Built-in MNI regions are *approximations*, not atlas labels: nilearn's package
 data holds only the MNI152 templates and masks (no network, so no
 Harvard-Oxford), so each region is an ellipsoid in MNI millimetres placed on
 the structure from standard coordinates, intersected with the MNI152
-grey-matter probability map (>= ``gm_threshold``). For a real atlas region,
-pass an MNI-space atlas with ``rtnf roi mni --labels ... --table ... --name``.
+grey-matter probability map (>= ``gm_threshold``). For a real atlas region use
+``rtnf roi mni --atlas harvard-oxford|hcp --label NAME`` (``--atlas-dir`` offline) or
+``--atlas-file IMAGE --table CSV --label NAME``; in code, :func:`atlas_region` and
+``mni_roi(grid, registration, mask=(data, affine))``.
 """
 
 from ._common import DEFAULT_MIN_COVERAGE, RoiDefError, RoiDefinition
 from .cli import KINDS, add_arguments, main, run
 from .localizer import blocks_from_events, epi_mask, localizer_roi, localizer_tmap
+from .atlases import ATLAS_FILES, atlas_region, find_label, load_atlas
 from .mni import (
     MNI_REGIONS,
     REGISTRATION_PARAMETERS,
@@ -51,7 +57,9 @@ from .mni import (
 )
 from .output import plot_roi, save_mask
 from .reference import load_reference, load_series
-from .regions import atlas_roi, mask_from_image, read_label_table, sphere_roi
+from .regions import atlas_roi, mask_from_image, read_label_table, restrict_to, sphere_roi
+from .registration import MultiStart, RegistrationResult, Stage, register
+from .transfer import Transfer, TransferredMask, transfer_masks
 
 __all__ = [
     "DEFAULT_MIN_COVERAGE",
@@ -76,6 +84,18 @@ __all__ = [
     "blocks_from_events",
     "save_mask",
     "plot_roi",
+    "ATLAS_FILES",
+    "load_atlas",
+    "find_label",
+    "atlas_region",
+    "restrict_to",
+    "MultiStart",
+    "Stage",
+    "RegistrationResult",
+    "register",
+    "Transfer",
+    "TransferredMask",
+    "transfer_masks",
     "KINDS",
     "add_arguments",
     "run",

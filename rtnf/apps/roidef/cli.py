@@ -13,16 +13,18 @@ import numpy as np
 from rtnf.scanner.volume import Volume
 from ._common import DEFAULT_MIN_COVERAGE, RoiDefError, RoiDefinition
 from .localizer import blocks_from_events, localizer_roi, localizer_tmap
+from .atlases import ATLAS_FILES, HEMISPHERES, atlas_region, load_atlas
 from .mni import MNI_REGIONS, MniRegistration, mni_roi, register_mni
 from .output import plot_roi, save_mask
+from .transfer_cli import add_transfer_arguments, run_transfer
 from .reference import _is_nifti, load_reference, load_series
-from .regions import atlas_roi, mask_from_image, sphere_roi
+from .regions import atlas_roi, mask_from_image, restrict_to, sphere_roi
 
 
 # --------------------------------------------------------------------------- command line
 
 
-KINDS = ("mask", "sphere", "atlas", "mni", "localizer")
+KINDS = ("mask", "sphere", "atlas", "mni", "localizer", "tissue", "transfer")
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -85,28 +87,52 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(p)
 
     p = _kind(
-        sub, "mni", "a region in MNI space, via an affine registration of MNI152 to the reference",
-        """Place an ROI given in MNI space (a built-in region, a sphere at MNI coordinates, an MNI mask or
-        atlas label) on the participant: the MNI152 template is registered to the reference volume once
-        (affine, SimpleITK), the region is carried through it onto the functional grid, and the
-        registration is saved for reuse with --transform. This is the way to use MNI coordinates: the
-        config's center_mm is in the participant's scanner space.""",
-        "rtnf roi mni --region anterior_cingulate -r ref.nii.gz -o acc.nii.gz",
-        "rtnf roi mni --center-mm 0 30 15 --radius-mm 8 -r ref.nii.gz -o acc.nii.gz --transform acc_mni.json",
+        sub, "mni", "a region in MNI space (atlas labels, sphere, mask), via a registration of MNI152 to the reference",
+        """Place an ROI given in MNI space (labels of the Harvard-Oxford or HCP multi-modal atlas, a sphere at
+        MNI coordinates, an MNI mask, a built-in approximate region) on the participant: the MNI152 template
+        is registered to the reference volume once (SimpleITK, multi-start; through the session's T1 with
+        --t1), the region is carried through it onto the functional grid, and the registration is saved
+        as <out>_xfm.json (reuse with --transform) with a check image <out>_reg.png. Labels: --label
+        (repeat for a union; case-insensitive; L_/R_ picks a hemisphere), --hemisphere, --sphere-mm
+        (intersection with an MNI sphere), --within (intersection with a localizer mask on the participant).
+        This is the way to use MNI coordinates: the config's center_mm is in the participant's scanner space.""",
+        "rtnf roi mni --atlas harvard-oxford --label Cingulate_Gyrus_anterior_division -r ref.nii.gz -o acc.nii.gz",
+        "rtnf roi mni --atlas hcp --atlas-dir atlases/ --label Area_a24 --label Area_p32 --hemisphere both "
+        "--t1 T1.nii.gz -r ref.nii.gz -o pgacc.nii.gz",
+        "rtnf roi mni --atlas hcp --atlas-dir atlases/ --label R_Anterior_Agranular_Insula_Complex "
+        "--within localizer_top.nii.gz -r ref.nii.gz -o ains.nii.gz --transform pgacc_xfm.json",
+        "rtnf roi mni --center-mm 0 30 15 --radius-mm 8 -r ref.nii.gz -o acc.nii.gz --transform acc_xfm.json",
     )
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--region", choices=sorted(MNI_REGIONS), help="built-in approximate region (see docs)")
+    g.add_argument("--atlas", choices=sorted(ATLAS_FILES),
+                   help="a named MNI atlas: from --atlas-dir, else nilearn's fetcher (harvard-oxford only; cached)")
+    g.add_argument("--atlas-file", type=Path, help="a local MNI-space label image (with --table and --label)")
+    g.add_argument("--region", choices=sorted(MNI_REGIONS),
+                   help="built-in approximate ellipsoid (kept for old commands; an atlas label is better: "
+                        "anterior_cingulate ~ harvard-oxford Cingulate_Gyrus_anterior_division, "
+                        "insula_left ~ --label L_Insular_Cortex, amygdala_right ~ Right_Amygdala)")
     g.add_argument("--center-mm", type=float, nargs=3, metavar=("X", "Y", "Z"),
                    help="sphere centre in MNI coordinates, mm (with --radius-mm)")
     g.add_argument("--mask", type=Path, help="a mask in MNI space")
     g.add_argument("--labels", type=Path, help="an MNI-space label image (with --table and --name)")
     p.add_argument("--radius-mm", type=float, default=None, help="sphere radius in mm (with --center-mm)")
     p.add_argument("--table", type=Path, default=None, help="TSV/CSV of index,name (with --labels)")
-    p.add_argument("--name", dest="label_names", action="append", metavar="NAME", help="label name (with --labels)")
+    p.add_argument("--label", "--name", dest="label_names", action="append", metavar="NAME",
+                   help="atlas label name (repeat for a union; with --atlas, --atlas-file or --labels)")
+    p.add_argument("--atlas-dir", type=Path, default=None,
+                   help="folder with the atlas files (offline; names as in rtnf.apps.roidef.atlases.ATLAS_FILES)")
+    p.add_argument("--hemisphere", choices=HEMISPHERES, default="both",
+                   help="hemisphere of labels without an L_/R_ prefix (MNI x < 0 is left; default both)")
+    p.add_argument("--sphere-mm", type=float, nargs=4, metavar=("X", "Y", "Z", "R"), default=None,
+                   help="keep only atlas voxels within R mm of (X, Y, Z) MNI mm")
+    p.add_argument("--within", type=Path, default=None,
+                   help="keep only voxels inside this mask (participant space, e.g. a localizer ROI)")
+    p.add_argument("--t1", type=Path, default=None,
+                   help="the session's T1 (NIfTI or DICOM folder): register EPI -> T1 -> MNI instead of EPI -> MNI")
     p.add_argument("--gm-threshold", type=float, default=0.5,
                    help="keep MNI voxels with grey-matter probability >= this (region/sphere; 0 = all; default 0.5)")
     p.add_argument("--transform", type=Path, default=None,
-                   help="reuse a registration JSON written earlier (default: register now and write <out>_mni.json)")
+                   help="reuse a registration JSON written earlier (default: register now and write <out>_xfm.json)")
     _common(p)
 
     p = _kind(
@@ -130,6 +156,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--search-mask", type=Path, default=None, help="NIfTI mask in any space (default: whole t-map)")
     _common(p)
 
+    from .tissue import add_parser as add_tissue  # WM/CSF masks for [confounds.tissue]: a folder, not one ROI
+
+    add_tissue(sub)
+
+    add_transfer_arguments(_kind(
+        sub, "transfer", "carry day-1 masks onto the day-N reference (rigid registration, Dice, centroid shift)",
+        """Register the day-1 reference EPI to the day-N reference (rigid, multi-start, a few seconds), write
+        each day-1 mask resampled onto the day-N grid, a check PNG (day-1 brain and masks over day N) and
+        transfer.json (transforms, centroid shift in mm, and the Dice against a re-derived day-N mask given
+        with --compare, in the order of --masks).""",
+        "rtnf roi transfer --from day1_ref.nii.gz --masks acc.nii.gz insula.nii.gz --to day3_ref.nii.gz -o day3_rois/",
+        "rtnf roi transfer --from day1_ref.nii.gz --masks acc.nii.gz --to day3_ref.nii.gz -o day3_rois/ "
+        "--compare acc_day3_atlas.nii.gz",
+    ))
+
 
 def _build(args: argparse.Namespace, ref: Volume) -> RoiDefinition:
     grid = ref.grid
@@ -148,19 +189,38 @@ def _build(args: argparse.Namespace, ref: Volume) -> RoiDefinition:
             raise RoiDefError("--radius-mm", "missing: an MNI sphere needs --center-mm X Y Z and --radius-mm R")
         if args.labels is not None and (args.table is None or not args.label_names):
             raise RoiDefError("--table", "an MNI atlas needs --labels, --table and --name")
+        mask, picked = args.mask, None
+        if args.atlas is not None or args.atlas_file is not None:
+            # The labels first: a misspelt name stops here, before a registration.
+            images = load_atlas(args.atlas, atlas_dir=args.atlas_dir, atlas_file=args.atlas_file, table=args.table)
+            data, aff, picked = atlas_region(images, args.label_names or [], hemisphere=args.hemisphere,
+                                             sphere_mm=args.sphere_mm)
+            mask = (data, aff)
+        elif args.sphere_mm is not None:
+            raise RoiDefError("--sphere-mm", "applies to atlas labels (--atlas or --atlas-file)")
         if args.transform is not None:
             reg = MniRegistration.load(args.transform)
             print(f"registration: read {args.transform}")
         else:
-            reg = register_mni(ref)
-            tpath = args.out.with_name(_stem(args.out) + "_mni.json")
+            t1 = None if args.t1 is None else load_reference(args.t1)
+            reg = register_mni(ref, t1=t1)
+            tpath = args.out.with_name(_stem(args.out) + "_xfm.json")
             tpath.parent.mkdir(parents=True, exist_ok=True)
             reg.save(tpath)
-            print(f"registration: MNI152 -> reference, affine, {reg.seconds:.1f} s, Mattes MI {reg.metric:.3f}; "
-                  f"wrote {tpath} (reuse with --transform)")
-        return mni_roi(grid, reg, region=args.region, center_mm=args.center_mm, radius_mm=args.radius_mm,
-                       mask=args.mask, labels=args.labels, table=args.table, names=args.label_names,
-                       gm_threshold=args.gm_threshold, name=name, min_coverage=cov)
+            png = plot_registration(ref, reg, args.out.with_name(_stem(args.out) + "_reg.png"))
+            print(f"registration: {reg.parameters.get('route', 'EPI -> MNI152')}, {reg.seconds:.1f} s, "
+                  f"Mattes MI {reg.metric:.3f}, brain overlap (Dice) {reg.quality.get('brain_dice', float('nan')):.3f}; "
+                  f"wrote {tpath} (reuse with --transform) and {png}")
+        roi = mni_roi(grid, reg, region=args.region, center_mm=args.center_mm, radius_mm=args.radius_mm,
+                      mask=mask, labels=args.labels, table=args.table, names=args.label_names,
+                      gm_threshold=args.gm_threshold, name=name, min_coverage=cov)
+        if picked is not None:
+            roi.details.update(atlas=args.atlas or str(args.atlas_file), labels=picked, hemisphere=args.hemisphere,
+                               sphere_mm=args.sphere_mm)
+            print("atlas labels: " + "; ".join(f"{p['name']} ({p['index']}, {p['hemisphere']})" for p in picked))
+        if args.within is not None:
+            roi = restrict_to(roi, args.within)
+        return roi
     # localizer
     if args.tmap is not None:
         return localizer_roi(args.tmap, grid, threshold=args.threshold, top_k=args.top_k,
@@ -191,6 +251,24 @@ def _build(args: argparse.Namespace, ref: Volume) -> RoiDefinition:
                          search_mask=args.search_mask, name=name)
 
 
+def plot_registration(ref: Volume, reg: MniRegistration, path: Path) -> Path:
+    """The registration check: the MNI152 brain outline and its darkest inner voxels (ventricles) on the reference EPI."""
+    from ._common import _resample
+    from .mni import _mni_template
+    from .output import plot_overlay
+
+    tmpl, brain, aff = _mni_template()
+    grid = ref.grid
+    brain_on_ref = _resample(brain.astype(np.float32), aff, grid, 1, world_to_src=reg.ref_to_mni) >= 0.5
+    # The template's ventricles (dark inside the brain) show the inner fit.
+    dark = brain & (tmpl < np.percentile(tmpl[brain], 8))
+    dark_on_ref = _resample(dark.astype(np.float32), aff, grid, 1, world_to_src=reg.ref_to_mni) >= 0.5
+    dice = reg.quality.get("brain_dice", float("nan"))
+    return plot_overlay(ref.data, ref.affine, [(brain_on_ref, "cyan", "MNI152 brain"),
+                                               (dark_on_ref, "yellow", "MNI152 CSF/ventricles")], path,
+                        f"MNI152 on the reference: Mattes MI {reg.metric:.3f}, brain overlap (Dice) {dice:.3f}")
+
+
 def _stem(path: Path) -> str:
     name = path.name
     for suffix in (".nii.gz", ".nii"):
@@ -201,6 +279,12 @@ def _stem(path: Path) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``rtnf roi <kind>``; 0 on success, 2 (with one message, no traceback) on a bad input."""
+    if args.roi_kind == "transfer":
+        return run_transfer(args)
+    if args.roi_kind == "tissue":
+        from .tissue import run as run_tissue
+
+        return run_tissue(args)
     if args.roi_name is None:
         args.roi_name = _stem(args.out)
     try:

@@ -79,3 +79,62 @@ def plot_roi(roi: RoiDefinition, reference: np.ndarray, path: str | Path, title:
     fig.savefig(path, dpi=80, facecolor="black")
     plt.close(fig)
     return path
+
+
+def plot_overlay(
+    background: np.ndarray, affine: np.ndarray, outlines: list[tuple[np.ndarray, str, str]], path: str | Path,
+    title: str,
+) -> Path:
+    """PNG of outlines (boolean images on the background's grid) over a volume: the registration check.
+
+    Parameters
+    ----------
+    background : ndarray, 3D
+        The image the others were carried onto (the reference EPI).
+    affine : ndarray (4, 4)
+        Its voxel -> world affine.
+    outlines : list of (mask, colour, label)
+        Boolean images on the same grid; each is drawn as a contour, named in the title.
+    path : path
+        Where to write the PNG.
+    title : str
+        First line of the title (a quality figure, for instance).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    import nibabel as nib
+
+    def canonical(x: np.ndarray) -> np.ndarray:
+        return np.asarray(nib.as_closest_canonical(nib.Nifti1Image(np.asarray(x, dtype=np.float32), affine)).dataobj)
+
+    ref = canonical(background)
+    masks = [(canonical(m.astype(np.float32)) > 0.5, colour, label) for m, colour, label in outlines]
+    zooms = np.asarray(nib.as_closest_canonical(nib.Nifti1Image(np.asarray(background, np.float32), affine))
+                       .header.get_zooms()[:3], dtype=float)
+    vmax = float(np.percentile(ref[ref > 0], 99.5)) if np.any(ref > 0) else 1.0
+    centre = [int(round(c)) for c in (np.argwhere(ref > np.percentile(ref, 75)).mean(axis=0))]
+    nz = ref.shape[2]
+    ks = np.linspace(nz * 0.2, nz * 0.8, 3).round().astype(int)
+    views = [("sagittal", lambda a: a[centre[0], :, :].T, zooms[2] / zooms[1]),
+             ("coronal", lambda a: a[:, centre[1], :].T, zooms[2] / zooms[0]),
+             ("axial", lambda a: a[:, :, centre[2]].T, zooms[1] / zooms[0])]
+    views += [(f"axial slice {k}", (lambda kk: (lambda a: a[:, :, kk].T))(k), zooms[1] / zooms[0]) for k in ks]
+    fig = plt.figure(figsize=(12, 7.6), facecolor="black")
+    for n, (label, cut, aspect) in enumerate(views):
+        ax = fig.add_subplot(2, 3, n + 1)
+        ax.imshow(cut(ref), cmap="gray", origin="lower", vmin=0, vmax=vmax, aspect=aspect, interpolation="nearest")
+        for m, colour, _ in masks:
+            sl = cut(m)
+            if sl.any() and not sl.all():
+                ax.contour(sl.astype(float), levels=[0.5], colors=colour, linewidths=1.0, origin="lower")
+        ax.set_title(label, color="white", fontsize=9)
+        ax.axis("off")
+    legend = ",  ".join(f"{label} ({colour})" for _, colour, label in masks)
+    fig.suptitle(f"{title}\n{legend}", color="white", fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=80, facecolor="black")
+    plt.close(fig)
+    return path

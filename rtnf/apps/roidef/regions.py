@@ -192,3 +192,19 @@ def atlas_roi(
     _check_not_empty(mask, "--name", grid, f"label(s) {names}", "labels that overlap the functional volume")
     _check_coverage(coverage, min_coverage, "--name", grid)
     return RoiDefinition(name, "atlas", mask, grid, coverage, {"labels": names, "indices": indices})
+
+
+def restrict_to(roi: RoiDefinition, image: str | Path, *, threshold: float = 0.5) -> RoiDefinition:
+    """The ROI intersected with a mask in the participant's space (a functional localizer's, any grid: nearest).
+
+    Raises
+    ------
+    RoiDefError
+        When nothing of the ROI is left (param ``--within``).
+    """
+    data, affine = _load_image(image, "--within")
+    keep = _resample(np.asarray(data, dtype=np.float32), affine, roi.grid, order=0) > threshold
+    mask = roi.mask & keep
+    _check_not_empty(mask, "--within", roi.grid, f"the ROI within {image}", "a mask that overlaps the ROI")
+    details = dict(roi.details, within=str(image), voxels_before_within=roi.n_voxels)
+    return RoiDefinition(roi.name, roi.kind, mask, roi.grid, roi.coverage, details)
