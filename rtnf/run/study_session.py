@@ -173,13 +173,22 @@ def run_study_session(
 
 def _localizer_roi(spec: dict[str, Any], earlier: list[Config]) -> dict[str, Any]:
     """Write a localizer ROI mask from an earlier run's t-map; return the config override that uses it."""
+    return localizer_roi(spec, earlier[int(spec["run"]) - 1])
+
+
+def localizer_roi(spec: dict[str, Any], source: Config) -> dict[str, Any]:
+    """Write ROI ``spec["roi"]`` from the t-map of the localizer run ``source``; return the config override.
+
+    ``spec``: ``roi``, ``top_k`` (default 50) or ``threshold``, optional
+    ``search_mask``; ``run`` only names the localizer in messages. The mask
+    is written beside the localizer's outputs (:func:`rtnf.run.outputs.localizer_mask`).
+    """
     import nibabel as nib
     import numpy as np
 
     from . import outputs
     from .outputs import output_path
 
-    source = earlier[int(spec["run"]) - 1]
     stat = output_path(source, outputs.STATMAP)
     if not stat.is_file():
         raise ConfigError(
