@@ -10,8 +10,9 @@
 - ``roi``: define an ROI on the reference volume
 - ``lsl``: feedback and volume markers republished on Lab Streaming Layer
 - ``session``: the runs of a session file in order (localizer, feedback, transfer)
+- ``study``: a multi-session study with concealed arms (``init``, ``next``, ``status``, ``unblind``)
 - ``keys``: ZeroMQ CURVE keys for a screen or console on another machine
-- ``report``: an HTML report of a recorded run
+- ``report``: an HTML report of a recorded run (``report longitudinal``: of a study, per participant and arm code)
 - ``console``: the live operator console (a read-only web page on loopback)
 - ``bench``: latency benchmarks of the pipeline's stages (``read``, ``motion``, ``glm``, ``pipeline``, ``soak``, ``e2e``)
 
@@ -200,9 +201,13 @@ def _parser() -> argparse.ArgumentParser:
         a region or sphere in MNI space (the MNI152 template registered to the reference volume), or the top
         voxels of a localizer t-map. Writes the mask, a PNG of it over the reference volume to check, and
         prints the lines to paste into the config.""",
-        "rtnf roi mni --region anterior_cingulate -r ref.nii.gz -o acc.nii.gz",
+        "rtnf roi mni --atlas harvard-oxford --label Cingulate_Gyrus_anterior_division -r ref.nii.gz -o acc.nii.gz",
+        "rtnf roi mni --atlas hcp --atlas-dir atlases/ --label Area_a24 --label Area_p32 --t1 T1.nii.gz "
+        "-r ref.nii.gz -o pgacc.nii.gz",
         "rtnf roi mni --center-mm 0 30 15 --radius-mm 8 -r ref.nii.gz -o acc.nii.gz   # MNI coordinates",
+        "rtnf roi transfer --from day1_ref.nii.gz --masks acc.nii.gz --to day3_ref.nii.gz -o day3_rois/   # day 1 -> N",
         "rtnf roi sphere --center-mm 2 41 12 --radius-mm 8 -r ref.nii.gz -o acc.nii.gz   # scanner coordinates",
+        "rtnf roi tissue --atlas HO_sub.nii.gz --table HO_sub.csv -r ref.nii.gz -o tissue/   # WM/CSF masks",
     )
     roi_cmd.add_arguments(roi)
     decoder = _command(
@@ -235,6 +240,19 @@ def _parser() -> argparse.ArgumentParser:
     ses.add_argument("--replay", type=Path, nargs="+", metavar="SOURCE",
                      help="replay recorded runs instead of watching the scanner: one source per run, in order")
     ses.add_argument("--overwrite", action="store_true", help="replace earlier outputs of the same runs")
+    from rtnf.study import command as study_cmd  # light: the pipeline is imported only when a run starts
+
+    study = _command(
+        sub, "study", "a multi-session study: participants, sessions, arms under codes (init, next, status, unblind)",
+        """A study file lists participants, sessions, the runs of each session, the ROI strategy and the arms.
+        `init` allocates participants to arm codes and writes the blinding key; `next` prints and runs a
+        participant's next run (resuming one a crash interrupted); `status` shows where everyone stands,
+        by arm code only; `unblind --key KEY` reveals the arms.""",
+        "rtnf study init study.toml",
+        "rtnf study next P01 --study study.toml",
+        "rtnf study unblind --study study.toml --key accpain.key",
+    )
+    study_cmd.add_arguments(study)
     from rtnf.apps.console import cli as console_cli  # light: the web stack is imported only when serving
 
     keys = _command(
@@ -249,11 +267,15 @@ def _parser() -> argparse.ArgumentParser:
     keys.add_argument("--overwrite", action="store_true", help="replace existing keys")
 
     rep = _command(
-        sub, "report", "HTML report with PNG figures for a recorded run",
+        sub, "report", "HTML report with PNG figures for a recorded run, or a study's longitudinal report",
         """Write an HTML report per recorded run: ROI time courses over the blocks, feedback, motion and
         framewise displacement, latency per stage, missing and censored volumes, percent signal change per
-        condition, regulation success per block and temporal SNR.""",
+        condition, regulation success per block and temporal SNR. `rtnf report longitudinal DERIVATIVES_DIR`
+        writes one page for a study instead: per participant across sessions (learning curve, transfer-run
+        effect, PSC by condition, FD, tSNR, ratings) and per arm code, with its numbers as TSV and JSON.""",
         "rtnf report out/sub-01/ses-01/func -o reports/",
+        "rtnf report longitudinal out/ -o reports/study.html --arms study-state/",
+        "rtnf report longitudinal out/ --participant sub-01 -o reports/sub-01.html",
     )
     report_cmd.add_arguments(rep)
 
@@ -528,6 +550,13 @@ def _cmd_check(args: argparse.Namespace) -> int:
     protocol = cfg.make_protocol()
     print(f"{args.config}: valid")
     print(f"  run: {cfg.scanner.n_volumes} volumes ({cfg.scanner.dummy_volumes} dummies) at TR {cfg.scanner.tr_s} s")
+    if cfg.scanner.echoes > 1:
+        tes = cfg.scanner.echo_times_ms
+        print(f"  multi-echo: {cfg.scanner.echoes} echoes per volume "
+              f"({', '.join(f'{t:g}' for t in tes) + ' ms' if tes else 'echo times from the headers'}), "
+              f"T2*-weighted combination fitted on the first {cfg.multiecho.fit_volumes} kept volumes "
+              f"({'the mean of the echoes' if cfg.multiecho.before_fit == 'mean' else 'the echo closest to 30 ms'} "
+              "until then)")
     # In the config's own terms: kept volumes from 0, as the protocol's onsets count them
     # (the log and progress lines say "volume N of M" with N = this index + 1).
     print(f"  protocol, volumes counted from 1 at the first kept volume (as the progress lines, the log, "
@@ -632,6 +661,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return lsl_cmd.run(args)
     if args.command == "session":
         return _cmd_session(args)
+    if args.command == "study":
+        from rtnf.study import command as study_cmd
+
+        return study_cmd.run(args)
     if args.command == "keys":
         from rtnf.wire.keys import main as keys_main
 

@@ -76,6 +76,21 @@ class ScannerConfig(_Model):
     stale_after_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
     missing_timeout_s: Optional[Annotated[float, Field(gt=0, le=3600)]] = None
     reference_volume: Optional[FilePath] = None
+    # Multi-echo: echoes per volume (each echo its own file, or the frames of one NIfTI file; a volume is
+    # complete when all its echoes are), and their echo times in ms when the headers do not say
+    # (DICOM EchoTime, NIfTI descrip "TE=<ms>"); see rtnf.scanner.echoes and [multiecho].
+    echoes: Annotated[int, Field(ge=1, le=8)] = 1
+    echo_times_ms: Optional[Annotated[list[Annotated[float, Field(gt=0, le=1000)]],
+                                      Field(min_length=2, max_length=8)]] = None
+
+
+class MultiEchoConfig(_Model):
+    """How the echoes of a multi-echo volume are combined (:mod:`rtnf.analysis.multiecho`)."""
+
+    # The T2* map behind the weights is fitted on this many first volumes (after the dummies).
+    fit_volumes: Annotated[int, Field(ge=2, le=1000)] = 10
+    # Until then: the plain mean of the echoes, or the echo closest to 30 ms.
+    before_fit: Literal["mean", "closest_30ms"] = "mean"
 
 
 # Bounded like the screen's checks of the wire (stimulus/link.py): names and texts the screen shows.
@@ -133,6 +148,68 @@ class ModelConfig(_Model):
     contrast: Optional[str] = None
 
 
+class PhysioConfig(_Model):
+    """Physiological noise regressors: RETROICOR and RVT (``[confounds.physio]``, :mod:`rtnf.analysis.confounds.physio`).
+
+    The recording comes from a growing text log (``log``) or an LSL stream
+    (``lsl_name`` / ``lsl_type``). Columns (log) or channels (LSL) are 0-based
+    indices, or header names for a log whose last header line names them.
+    Clock: a time column is in seconds (times ``time_unit_s``) from the
+    acquisition start of the scanner's first volume (dummies included) plus
+    ``time_offset_s``; without one, sample n of the log is at ``n / sampling_hz``
+    on that clock, and an LSL stream's own timestamps are matched with the
+    volumes' acquisition times.
+    """
+
+    log: Optional[str] = None  # relative to the export folder (the scanner writes it beside the images)
+    lsl_name: Optional[str] = None
+    lsl_type: Optional[str] = None
+    delimiter: Optional[str] = None  # None: any whitespace
+    header_lines: Annotated[int, Field(ge=0, le=1000)] = 0
+    time_column: Optional[int | str] = None
+    cardiac_column: Optional[int | str] = None
+    resp_column: Optional[int | str] = None
+    sampling_hz: Optional[Annotated[float, Field(gt=0, le=10000)]] = None
+    time_unit_s: Annotated[float, Field(gt=0)] = 1.0  # 0.001 for a time column in ms
+    time_offset_s: float = 0.0
+    sample_offset_s: Annotated[float, Field(ge=0, le=60)] = 0.0  # when in the volume to sample (e.g. the ROI's slices)
+    cardiac_order: Annotated[int, Field(ge=0, le=6)] = 2
+    resp_order: Annotated[int, Field(ge=0, le=6)] = 2
+    rvt: bool = True
+    rvt_rrf: bool = True  # convolve RVT with the respiration response function (Birn et al. 2008)
+    max_wait_s: Annotated[float, Field(ge=0, le=1)] = 0.05
+    buffer_s: Annotated[float, Field(ge=30, le=3600)] = 300.0
+
+
+class TissueConfig(_Model):
+    """White-matter, CSF, CompCor and global signals (``[confounds.tissue]``, :mod:`rtnf.analysis.confounds.tissue`)."""
+
+    # Which signals: mean WM and CSF signals, anatomical CompCor (WM/CSF masks), temporal CompCor (no anatomy),
+    # and the global signal (all brain voxels; only when listed: it also removes widespread neural signal).
+    signals: Annotated[list[Literal["white_matter", "csf", "acompcor", "tcompcor", "global_signal"]],
+                       Field(min_length=1, max_length=5)] = ["acompcor"]
+    # Masks on the functional grid (relative to the config's folder); `rtnf roi tissue` writes eroded ones.
+    wm_mask: Optional[FilePath] = None
+    csf_mask: Optional[FilePath] = None
+    # CompCor components kept (per tissue with acompcor_masks = "separate").
+    n_components: Annotated[int, Field(ge=1, le=20)] = 5
+    acompcor_masks: Literal["combined", "separate"] = "combined"
+    # Components fixed from a localizer 4-D NIfTI on the run's grid, else from the run's first fit_volumes
+    # volumes (CompCor columns are 0 until then); the WM/CSF/global means are z-scored with a running
+    # estimate over the same first volumes, then frozen.
+    fit_from: Optional[FilePath] = None
+    fit_volumes: Annotated[int, Field(ge=10, le=1000)] = 30
+    # tCompCor: fraction of brain voxels with the largest temporal SD.
+    tcompcor_fraction: Annotated[float, Field(gt=0, le=0.5)] = 0.02
+
+
+class ConfoundsConfig(_Model):
+    """Confound regressors that arrive with each volume; each table present turns its source on."""
+
+    physio: Optional[PhysioConfig] = None
+    tissue: Optional[TissueConfig] = None
+
+
 class MotionConfig(_Model):
     """Rigid-body realignment of every volume (see :mod:`rtnf.analysis.motion`)."""
 
@@ -144,12 +221,51 @@ class MotionConfig(_Model):
     fwhm_mm: Annotated[float, Field(ge=0, le=20)] = 0.0
 
 
+class SliceTimingConfig(_Model):
+    """Real-time slice-timing correction (``[slice_timing]``, :mod:`rtnf.analysis.slicetiming`); off by default.
+
+    Slice times come from ``slice_times_s`` or ``order`` when given, else from the volumes' headers
+    (Siemens ``MosaicRefAcqTimes``, enhanced DICOM frame times, a NIfTI's BIDS sidecar).
+    """
+
+    enabled: bool = False
+    # Seconds from the volume's start, one per slice along the slice axis (index 0 first); below scanner.tr_s.
+    slice_times_s: Optional[Annotated[list[Annotated[float, Field(ge=0, le=60)]],
+                                      Field(min_length=2, max_length=1024)]] = None
+    # A single-band order instead of the list: slices TR / n apart (rtnf.analysis.slicetiming.ORDERS).
+    order: Optional[Literal["ascending", "descending", "interleaved", "interleaved_siemens"]] = None
+    # The time every slice is moved to: "first" (the earliest slice, the only choice that never
+    # extrapolates in real time) or seconds from the volume's start.
+    reference: Literal["first"] | Annotated[float, Field(ge=0, le=60)] = "first"
+    # "linear" (last 2 volumes) or "cubic" (Lagrange through the last 4).
+    method: Literal["linear", "cubic"] = "linear"
+
+
 class QualityConfig(_Model):
     """Per-volume quality checks and what the feedback does for a censored volume."""
 
     fd_threshold_mm: Annotated[float, Field(gt=0, le=100)] = 0.5
     spike_z: Annotated[float, Field(gt=0, le=1000)] = 5.0
     censor_action: Literal["hold", "null", "keep"] = "hold"
+
+
+class ShapingConfig(_Model):
+    """``[feedback.shaping]``: adaptive success thresholds across blocks, runs and sessions (OpenNFT's shaping).
+
+    A regulation block succeeds when its value (the mean feedback signal over the block shifted by the
+    hemodynamic lag, oriented as success) exceeds ``percentile`` of the previous blocks' values: those of
+    this run and, with ``history`` "session" or "study", of the participant's earlier feedback runs in the
+    same derivatives dataset (read from their recorded tables). See :mod:`rtnf.analysis.shaping`.
+    """
+
+    # 50: the median of the previous blocks, as OpenNFT's intermittent PSC feedback.
+    percentile: Annotated[float, Field(ge=0, le=100)] = 50.0
+    # Which earlier blocks count: this run's only, also the same session's earlier runs, or every session's.
+    history: Literal["study", "session", "run"] = "study"
+    # Until this many previous blocks exist the threshold is 0: the block must beat its baseline.
+    min_blocks: Annotated[int, Field(ge=1, le=10_000)] = 2
+    # Only the most recent blocks of the history (OpenNFT: 3); default: all of them.
+    last_blocks: Optional[Annotated[int, Field(ge=1, le=10_000)]] = None
 
 
 class FeedbackConfig(_Model):
@@ -182,6 +298,8 @@ class FeedbackConfig(_Model):
     # The [signals.<name>] whose value is fed back (connectivity, a decoder, a plugin), scaled like ROI
     # activity; default: ROI activity (roi, signal, reference_roi).
     source: Optional[Annotated[str, Field(pattern=r"^[A-Za-z][A-Za-z0-9_]{0,39}$")]] = None
+    # Adaptive success thresholds ([feedback.shaping]); without it a block succeeds when it beats its baseline.
+    shaping: Optional[ShapingConfig] = None
 
     @property
     def targets(self) -> list[str]:
@@ -221,7 +339,10 @@ class Config(_Model):
     protocol: ProtocolConfig
     rois: Annotated[dict[str, RoiConfig], Field(min_length=1)]
     model: ModelConfig = ModelConfig()
+    multiecho: MultiEchoConfig = MultiEchoConfig()
+    confounds: ConfoundsConfig = ConfoundsConfig()
     motion: MotionConfig = MotionConfig()
+    slice_timing: SliceTimingConfig = SliceTimingConfig()
     quality: QualityConfig = QualityConfig()
     feedback: FeedbackConfig
     publish: PublishConfig = PublishConfig()
@@ -303,6 +424,21 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any) -> None:
 # ---------------------------------------------------------------- paths and cross-checks
 
 
+def _check_echoes(sc: ScannerConfig) -> None:
+    """Echo times agree with the echo count, increase, and multi-echo data come one file per echo."""
+    tes = sc.echo_times_ms
+    if tes is not None and len(tes) != sc.echoes:
+        raise ConfigError(f"invalid value for 'scanner.echo_times_ms': {tes} gives {len(tes)} echo times for "
+                          f"scanner.echoes = {sc.echoes}. Allowed: one echo time (ms) per echo.")
+    if tes is not None and any(b <= a for a, b in zip(tes, tes[1:])):
+        raise ConfigError(f"invalid value for 'scanner.echo_times_ms': {tes}. Allowed: increasing echo times (ms).")
+    if sc.echoes > 1 and (sc.slices_per_volume is not None or sc.format == "parrec"):
+        what = "scanner.slices_per_volume" if sc.slices_per_volume is not None else "scanner.format = \"parrec\""
+        raise ConfigError(f"scanner.echoes = {sc.echoes} with {what}: multi-echo volumes are read one file per echo "
+                          "(NIfTI, Siemens mosaic or enhanced DICOM) or as the frames of one NIfTI file. "
+                          "Allowed: scanner.echoes = 1 for slice files and PAR/REC.")
+
+
 def _resolve_paths(cfg: Config, base: Path) -> Config:
     def resolve(p: Path | None) -> Path | None:
         return None if p is None else (p if p.is_absolute() else (base / p)).resolve()
@@ -345,8 +481,42 @@ def _check_signals(cfg: Config) -> None:
                           f"Allowed: a configured signal ({allowed}), or leave it out for ROI activity.")
 
 
+def _check_physio(ph: PhysioConfig | None) -> None:
+    """A physiological recording has one source, the columns its terms need, and a clock."""
+    if ph is None:
+        return
+    key = "confounds.physio"
+    lsl = ph.lsl_name is not None or ph.lsl_type is not None
+    if (ph.log is None) == (not lsl):
+        raise ConfigError(f"invalid '[{key}]': {'both' if lsl else 'neither'} 'log' and 'lsl_name'/'lsl_type' set. "
+                          "Allowed: a growing text log (log = \"physio.log\") or an LSL stream, one of them.")
+    needs = (("cardiac_column", ph.cardiac_order > 0, "cardiac_order = 0"),
+             ("resp_column", ph.resp_order > 0 or ph.rvt, "resp_order = 0 and rvt = false"))
+    for name, needed, off in needs:
+        if needed and getattr(ph, name) is None:
+            raise ConfigError(f"missing key '{key}.{name}' (the column of that signal, 0-based or its header name), "
+                              f"or set {key}.{off}.")
+    if ph.cardiac_order == 0 and ph.resp_order == 0 and not ph.rvt:
+        raise ConfigError(f"invalid '[{key}]': no regressor asked for. Allowed: cardiac_order or resp_order > 0, "
+                          "or rvt = true.")
+    if ph.log is not None and ph.time_column is None and ph.sampling_hz is None:
+        raise ConfigError(f"missing key '{key}.time_column' or '{key}.sampling_hz': a log needs one to place its "
+                          "samples in time.")
+    columns = [c for c in (ph.time_column, ph.cardiac_column, ph.resp_column) if c is not None]
+    if lsl and any(isinstance(c, str) for c in columns):
+        raise ConfigError(f"invalid '[{key}]': LSL channels are 0-based indices, not names ({columns}).")
+    if any(isinstance(c, int) and c < 0 for c in columns):
+        raise ConfigError(f"invalid '[{key}]': column indices are 0-based, >= 0 ({columns}).")
+    if any(isinstance(c, str) for c in columns) and ph.header_lines == 0:
+        raise ConfigError(f"invalid '[{key}]': columns named {[c for c in columns if isinstance(c, str)]} need "
+                          "header_lines >= 1 (the last header line names the columns), or give 0-based indices.")
+
+
 def _check_consistency(cfg: Config) -> None:
     _check_signals(cfg)
+    _check_physio(cfg.confounds.physio)
+    _check_echoes(cfg.scanner)
+    _check_slice_timing(cfg)
     sc = cfg.scanner
     out_dir, export_dir = cfg.output.dir, sc.export_dir
     if out_dir is not None and export_dir is not None and (out_dir == export_dir or export_dir in out_dir.parents):
@@ -469,6 +639,26 @@ def _check_consistency(cfg: Config) -> None:
         check_motion_reference(cfg.motion.reference, functional, f"scanner.reference_volume {sc.reference_volume}")
 
 
+def _check_slice_timing(cfg: Config) -> None:
+    """Slice times: a list or an order, not both; every time and the reference within the TR."""
+    st, tr = cfg.slice_timing, cfg.scanner.tr_s
+    if st.slice_times_s is not None and st.order is not None:
+        raise ConfigError(
+            "invalid value for 'slice_timing.order': given together with slice_timing.slice_times_s. "
+            "Allowed: one of them (or neither: the slice times in the volumes' headers)."
+        )
+    if st.slice_times_s is not None and max(st.slice_times_s) >= tr:
+        raise ConfigError(
+            f"invalid value for 'slice_timing.slice_times_s': {max(st.slice_times_s):g} s is not within the "
+            f"TR (scanner.tr_s = {tr:g} s). Allowed: seconds from the volume's start, each below {tr:g}."
+        )
+    if st.reference != "first" and st.reference >= tr:
+        raise ConfigError(
+            f"invalid value for 'slice_timing.reference': {st.reference:g} s. "
+            f"Allowed: \"first\" or seconds below the TR (scanner.tr_s = {tr:g} s)."
+        )
+
+
 def _check_drift_cutoff(cfg: Config) -> None:
     """``model.drift_cutoff_s`` is a period: a value below a second was meant as a frequency."""
     cutoff = cfg.model.drift_cutoff_s
@@ -552,6 +742,10 @@ def _check_files(cfg: Config) -> None:
             _check_nifti(f"rois.{name}.mask", roi.mask, "a 3-D NIfTI mask", read_data=True)
     if cfg.feedback.sham_from is not None:
         _check_sham(cfg.feedback.sham_from)
+    if cfg.confounds.tissue is not None:  # masks given for the signals asked, and present
+        from rtnf.analysis.confounds.tissue import check_config
+
+        check_config(cfg.confounds.tissue, cfg.base_dir)
 
 
 def _check_output_dir(folder: Path) -> None:

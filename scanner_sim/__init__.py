@@ -30,6 +30,8 @@ synth
     :class:`SyntheticRun`: volumes generated lazily, plus the ground truth.
 physio
     Realistic noise parts: cardiac/respiratory traces, drifts, spatial weights.
+physio_stream
+    The cardiac/respiratory recording written as it happens during an export: a growing log, an LSL outlet.
 realnoise
     A real series (4D NIfTI or DICOM folder) read onto its own grid for ``noise_from``.
 generate

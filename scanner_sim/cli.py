@@ -36,9 +36,12 @@ import logging
 import signal
 import sys
 import threading
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from .spec import FORMATS, NOISE_PRESETS, REAL_NOISE_REPLACES, Faults, SpecError, load_spec
+
+if TYPE_CHECKING:
+    from .physio_stream import PhysioStreamOptions
 
 __all__ = ["main", "build_parser"]
 
@@ -88,6 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leading real volumes to leave out (default 0)")
     s.add_argument("--noise-from-scale", type=float, default=None, metavar="F",
                    help="factor on the real values before the activation (default 1; e.g. 100 for Philips 0-10 scaling)")
+    ph = s.add_argument_group("physiological recording, written as it happens (needs [physio] in the spec)")
+    ph.add_argument("--physio-log", metavar="NAME", default=None,
+                    help="growing log in the export folder: time_s, cardiac, respiratory (tab-separated, one header line)")
+    ph.add_argument("--physio-lsl", metavar="NAME", default=None,
+                    help="LSL outlet of that name (type physio; channels time_s, cardiac, respiratory)")
+    ph.add_argument("--physio-stall", metavar="START:DURATION", default=None,
+                    help="stall the recording from START for DURATION scanner seconds, then catch up")
     _common(s)
     r = sub.add_parser("replay", help="replay a real DICOM folder or 4D NIfTI at TR pace")
     r.add_argument("source", help="DICOM folder or 4D NIfTI (.nii/.nii.gz)")
@@ -160,6 +170,25 @@ def _noise_overrides(args: argparse.Namespace) -> dict | None:
     return d
 
 
+def _physio_options(args: argparse.Namespace) -> "PhysioStreamOptions | None":
+    """The physiological recording asked for by --physio-log / --physio-lsl / --physio-stall, or None."""
+    from .physio_stream import PhysioStreamOptions
+
+    if args.physio_log is None and args.physio_lsl is None:
+        if args.physio_stall is not None:
+            raise SpecError("'--physio-stall' needs '--physio-log' or '--physio-lsl'.")
+        return None
+    stall = None
+    if args.physio_stall is not None:
+        try:
+            start, duration = (float(x) for x in args.physio_stall.split(":"))
+        except ValueError:
+            raise SpecError(f"Invalid value for '--physio-stall': {args.physio_stall!r}. "
+                            "Allowed: START:DURATION in scanner seconds, e.g. 30:8.") from None
+        stall = (start, duration)
+    return PhysioStreamOptions(log=args.physio_log, lsl_name=args.physio_lsl, stall=stall)
+
+
 def _install_stop() -> tuple[threading.Event, dict]:
     stop = threading.Event()
     # SIGTERM/SIGINT finish the file in progress, then stop: no partial file left behind.
@@ -199,7 +228,8 @@ def _synth(args: argparse.Namespace) -> int:
         flush=True,
     )
     try:
-        summary = writer.write_run(run, args.truth_dir, stop_event=stop, start_delay_s=args.start_delay_s)
+        summary = writer.write_run(run, args.truth_dir, stop_event=stop, start_delay_s=args.start_delay_s,
+                                   physio=_physio_options(args))
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

@@ -333,8 +333,13 @@ def mosaic_bytes(
     volume: int,
     t_acq: float,
     geometry: SliceGeometry | None = None,
+    echo: tuple[int, float] | None = None,
 ) -> bytes:
     """One Siemens-style mosaic DICOM file of ``vol`` (0-based ``volume``).
+
+    ``echo``: (1-based echo number, echo time in ms) of one echo of a
+    multi-echo volume: EchoNumbers and EchoTime, its own SOPInstanceUID; the
+    echoes of a volume share AcquisitionNumber and InstanceNumber (``volume + 1``).
 
     The mosaic tiles the stored slices row by row on a ``m x m`` grid,
     ``m = ceil(sqrt(n_slices))``. ``ImagePositionPatient`` follows Siemens'
@@ -359,8 +364,12 @@ def mosaic_bytes(
 
     tr_ms = info.tr_s * 1000.0
     slice_times = [s * tr_ms / ns for s in range(ns)]
-    sop = info.uid("sop", info.series_number, volume)
+    sop = info.uid("sop", info.series_number, volume) if echo is None else info.uid("sop", info.series_number, volume,
+                                                                                      "echo", echo[0])
     ds = _base_dataset(info, sop, t_acq, "SIEMENS", "scanner_sim")
+    if echo is not None:
+        ds.EchoNumbers = echo[0]
+        ds.EchoTime = _ds_str(echo[1])
     ds.ImageType = ["ORIGINAL", "PRIMARY", "M", "ND", "MOSAIC"]
     ds.SequenceName = f"*epfid2d1_{nc}"
     ds.AcquisitionMatrix = [nc, 0, 0, nr]

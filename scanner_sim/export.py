@@ -119,6 +119,16 @@ class FileSlot:
     write_offset_s: float
 
 
+class Companion(Protocol):
+    """Something that runs beside an export on its clock (the physiological recording)."""
+
+    def start(self, t0_wall: float, t0_mono: float, speed: float, stop: threading.Event) -> None:
+        """Begin: scanner time 0 (volume 0's acquisition start) is ``t0_wall`` / ``t0_mono``."""
+
+    def finish(self) -> None:
+        """The export is over."""
+
+
 class Producer(Protocol):
     """What :func:`export_run` needs from a run (synthetic or replayed)."""
 
@@ -303,11 +313,14 @@ def export_run(
     seed: int = 0,
     stop_event: threading.Event | None = None,
     start_delay_s: float = 0.0,
+    companions: Sequence["Companion"] = (),
 ) -> WriteSummary:
     """Write every file of ``producer`` at TR pace into ``export_dir``.
 
     ``files.tsv`` and ``faults.tsv`` go to ``truth_dir`` (created if missing).
-    See the module docstring for the timeline and the faults.
+    See the module docstring for the timeline and the faults. ``companions``
+    (the physiological recording, :class:`scanner_sim.physio_stream.PhysioStream`)
+    start with volume 0's clock and finish when the export ends.
     """
     export_dir = Path(export_dir)
     truth_dir = Path(truth_dir)
@@ -337,6 +350,8 @@ def export_run(
 
     t0_wall = time.time() + start_delay_s
     t0_mono = time.monotonic() + start_delay_s
+    for companion in companions:
+        companion.start(t0_wall, t0_mono, speed, stop)
 
     def payload(role: str, v: int, k: int) -> bytes:
         key = (role, v)
@@ -436,5 +451,7 @@ def export_run(
         if is_away:  # aborted while away: bring the folder back, never leave it missing
             if not export_abs.exists():
                 os.rename(away, export_abs)
+    for companion in companions:
+        companion.finish()
     return WriteSummary(n_written=n_written, duration_s=max(0.0, t_last - t0_wall), aborted=aborted, t0=t0_wall,
                         n_files=n_files)

@@ -107,6 +107,7 @@ _DERIVED = {
                      "motion_signal", "motion"),
     "noise_from": ("noise_from_series", "tr_s"),
     "format": ("filename_template",),
+    "multiecho": ("filename_template",),
 }
 
 

@@ -64,6 +64,16 @@ the true correlation of the two fluctuations, and ``fluctuation_<region>``)::
     pct = 1.0                     # RMS of each region's fluctuation, % of its baseline intensity
     band_hz = [0.01, 0.1]         # frequency band of the fluctuations (Hz)
 
+Multi-echo (:class:`MultiEcho`): each volume written as one file per echo, with a
+known T2* map (truth ``t2star_ms.nii.gz``, ``s0.nii.gz``, ``region-lowt2star_mask.nii.gz``)::
+
+    [multiecho]
+    echo_times_ms = [12.0, 30.0, 48.0]
+    t2star_ms = 45.0                 # tissue
+    low_t2star_ms = 12.0             # where the tissue meets air: signal drops out at later echoes
+    low_center_mm = [38.0, 14.0, -14.0]
+    low_radius_mm = 10.0
+
 Real noise instead of synthetic noise (the grid, affine, TR and number of
 volumes come from the series; regions' ``center_mm`` are its scanner RAS mm)::
 
@@ -101,6 +111,8 @@ __all__ = [
     "FORMATS",
     "DEFAULT_TEMPLATES",
     "Faults",
+    "MultiEcho",
+    "MULTIECHO_TEMPLATES",
 ]
 
 MOTION_KINDS = ("smooth", "random_walk")
@@ -555,6 +567,87 @@ class MotionSignal:
 
 
 @dataclass(frozen=True)
+class MultiEcho:
+    """Multi-echo acquisition with a known T2* map (TOML table ``[multiecho]``).
+
+    Each volume is acquired at every echo time and written as one file per
+    echo (the file name template's ``{echo}`` field, 1-based; DICOM
+    ``EchoNumbers`` and ``EchoTime``; NIfTI ``descrip`` ``TE=<ms>``). The
+    signal of echo ``e`` follows a mono-exponential decay::
+
+        S_e(v, t) = clean_t(v) * exp(TE_ref / t2star_ms - TE_e / T2*(v)) * gain_t(v) ** (TE_e / TE_ref - 1)
+
+    with ``clean_t`` the single-echo image of the run (what a run without
+    ``[multiecho]`` shows at ``TE_ref``: baseline, drift, activation,
+    physiology), ``T2*(v)`` the map (``t2star_ms`` in tissue,
+    ``low_t2star_ms`` in the sphere ``low_center_mm`` / ``low_radius_mm``,
+    where the tissue meets air and signal drops out at later echoes), so
+    ``S0(v) = baseline(v) * exp(TE_ref / t2star_ms)``; and ``gain_t`` the
+    regions' activation, a change of R2* (BOLD): its percent change at echo
+    ``e`` is ``TE_e / TE_ref`` times the region's ``amplitude_pct``. Motion
+    moves every echo alike; thermal noise is white, independent per echo,
+    of sd ``noise_pct`` % of the mean brain baseline (the AR(1) noise of
+    single-echo runs is not used). The truth folder gets ``t2star_ms.nii.gz``,
+    ``s0.nii.gz``, ``region-lowt2star_mask.nii.gz`` and ``multiecho.json``.
+
+    Parameters
+    ----------
+    echo_times_ms : tuple of float
+        Echo times in milliseconds, increasing (2 to 8 echoes).
+    t2star_ms : float
+        T2* of tissue outside the low-T2* sphere, milliseconds.
+    reference_te_ms : float
+        The echo time at which the baseline and ``amplitude_pct`` are given, milliseconds.
+    low_t2star_ms : float
+        T2* inside the low-T2* sphere, milliseconds.
+    low_center_mm : tuple of float
+        Centre of the low-T2* sphere, scanner RAS mm (default: where the right
+        anterior insula meets the air of the skull base).
+    low_radius_mm : float
+        Radius of the low-T2* sphere, mm (0: no low-T2* region).
+    """
+
+    echo_times_ms: tuple[float, ...] = (12.0, 30.0, 48.0)
+    t2star_ms: float = 45.0
+    reference_te_ms: float = 30.0
+    low_t2star_ms: float = 12.0
+    low_center_mm: tuple[float, float, float] = (38.0, 14.0, -14.0)
+    low_radius_mm: float = 10.0
+
+    _KEYS = ("echo_times_ms", "t2star_ms", "reference_te_ms", "low_t2star_ms", "low_center_mm", "low_radius_mm")
+
+    @property
+    def n_echoes(self) -> int:
+        """Echoes per volume."""
+        return len(self.echo_times_ms)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], key: str = "multiecho") -> "MultiEcho":
+        _check_keys(d, key, cls._KEYS, ())
+        dflt = cls()
+        tes = d.get("echo_times_ms", list(dflt.echo_times_ms))
+        allowed = "a list of 2 to 8 increasing echo times in milliseconds, each > 0"
+        if not isinstance(tes, (list, tuple)) or not 2 <= len(tes) <= 8:
+            raise _fail(f"{key}.echo_times_ms", tes, allowed)
+        te = tuple(_number(f"{key}.echo_times_ms[{j}]", v, gt=0, lt=1000, unit="ms") for j, v in enumerate(tes))
+        if any(b <= a for a, b in zip(te, te[1:])):
+            raise _fail(f"{key}.echo_times_ms", list(tes), allowed)
+        c = d.get("low_center_mm", list(dflt.low_center_mm))
+        if not isinstance(c, (list, tuple)) or len(c) != 3:
+            raise _fail(f"{key}.low_center_mm", c, "a list of 3 numbers [x, y, z] (mm)")
+        return cls(
+            echo_times_ms=te,
+            t2star_ms=_number(f"{key}.t2star_ms", d.get("t2star_ms", dflt.t2star_ms), gt=0, lt=1000, unit="ms"),
+            reference_te_ms=_number(f"{key}.reference_te_ms", d.get("reference_te_ms", dflt.reference_te_ms), gt=0,
+                                    lt=1000, unit="ms"),
+            low_t2star_ms=_number(f"{key}.low_t2star_ms", d.get("low_t2star_ms", dflt.low_t2star_ms), gt=0, lt=1000,
+                                  unit="ms"),
+            low_center_mm=tuple(_number(f"{key}.low_center_mm[{j}]", v, unit="mm") for j, v in enumerate(c)),  # type: ignore[arg-type]
+            low_radius_mm=_number(f"{key}.low_radius_mm", d.get("low_radius_mm", dflt.low_radius_mm), ge=0, unit="mm"),
+        )
+
+
+@dataclass(frozen=True)
 class Faults:
     """Scanner faults to inject while exporting (synthetic runs and replays).
 
@@ -701,6 +794,14 @@ DEFAULT_TEMPLATES = {
 }
 
 
+#: Default file name template per format of a multi-echo run (``[multiecho]``): one file per echo,
+#: field ``echo`` (1-based), BIDS-like ``_echo-<n>`` for NIfTI.
+MULTIECHO_TEMPLATES = {
+    "nifti": "rtsim_{series:03d}_{volume:05d}_echo-{echo}.nii",
+    "siemens-mosaic": "001_{series:06d}_{volume:06d}_e{echo}.dcm",
+}
+
+
 #: Noise presets: ``"none"`` (the spec's own values) or ``"realistic"``.
 NOISE_PRESETS = ("none", "realistic")
 
@@ -786,6 +887,10 @@ class RunSpec:
     couplings : tuple of Coupling
         Pairs of regions sharing a fluctuation whose correlation follows a
         condition's blocks (TOML ``[[couplings]]``; truth ``coupling_<a>_<b>``).
+    multiecho : MultiEcho or None
+        Multi-echo acquisition with a known T2* map, one file per echo (TOML
+        table ``[multiecho]``; formats ``nifti`` and ``siemens-mosaic``; the
+        default template is :data:`MULTIECHO_TEMPLATES`, a template must use ``{echo}``).
     noise_pct : float
         Gaussian noise sigma as a percentage of the mean brain intensity.
     ar1 : float
@@ -878,6 +983,7 @@ class RunSpec:
     noise_from_skip: int = 0
     noise_from_scale: float = 1.0
     couplings: tuple[Coupling, ...] = ()
+    multiecho: MultiEcho | None = None
 
     _REQUIRED = ("tr_s", "n_volumes")
 
@@ -917,17 +1023,17 @@ class RunSpec:
         """Slices per volume (the grid's third dimension)."""
         return int(self.shape[2])
 
-    def filename(self, index: int, slice: int | None = None, series: int | None = None) -> str:
+    def filename(self, index: int, slice: int | None = None, series: int | None = None, echo: int = 0) -> str:
         """File name of the volume with 0-based ``index`` (the template's ``volume`` is 1-based).
 
         ``slice`` is the 0-based stored slice for ``dicom-slices`` (template
         fields ``slice`` and ``instance`` are 1-based); ``series`` defaults to
-        the spec's.
+        the spec's; ``echo`` is the 0-based echo of a multi-echo run (template field ``echo``, 1-based).
         """
         s = 0 if slice is None else slice
         return self.filename_template.format(
             series=self.series if series is None else series, volume=index + 1, slice=s + 1,
-            instance=index * self.n_slices + s + 1,
+            instance=index * self.n_slices + s + 1, echo=echo + 1,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -949,7 +1055,7 @@ class RunSpec:
             del d["faults"]
         else:
             d["faults"] = self.faults.to_dict()
-        for k in ("physio", "motion_signal", "spontaneous", "noise_from", "noise_from_series"):
+        for k in ("physio", "motion_signal", "spontaneous", "noise_from", "noise_from_series", "multiecho"):
             if d[k] is None:
                 del d[k]
         if not d["couplings"]:
@@ -983,16 +1089,22 @@ class RunSpec:
         fmt = d.get("format", "nifti")
         if fmt not in FORMATS:
             raise _fail("format", fmt, " or ".join(repr(f) for f in FORMATS))
-        default_t = DEFAULT_TEMPLATES[fmt]
+        multiecho = None if d.get("multiecho") is None else MultiEcho.from_dict(d["multiecho"])
+        if multiecho is not None and fmt not in MULTIECHO_TEMPLATES:
+            raise _fail("format", fmt, " or ".join(repr(f) for f in MULTIECHO_TEMPLATES) + " with [multiecho]")
+        default_t = (MULTIECHO_TEMPLATES if multiecho is not None else DEFAULT_TEMPLATES)[fmt]
         template = d.get("filename_template", default_t)
-        fields = "{series}, {volume}" + (", {slice}, {instance}" if fmt == "dicom-slices" else "")
+        fields = "{series}, {volume}" + (", {slice}, {instance}" if fmt == "dicom-slices" else "") + (
+            ", {echo}" if multiecho is not None else "")
         tmpl_allowed = f"a str.format template using {fields}, e.g. " + repr(default_t)
         if not isinstance(template, str):
             raise _fail("filename_template", template, tmpl_allowed)
         nk = int(shape[2]) if isinstance(shape, (list, tuple)) and len(shape) == 3 else 2
         try:
-            names = [template.format(series=1, volume=v, slice=k, instance=(v - 1) * nk + k)
+            names = [template.format(series=1, volume=v, slice=k, instance=(v - 1) * nk + k, echo=1)
                      for v, k in ((1, 1), (2, 1), (1, 2))]
+            if multiecho is not None and template.format(series=1, volume=1, slice=1, instance=1, echo=2) == names[0]:
+                raise _fail("filename_template", template, tmpl_allowed + " (must vary with {echo} with [multiecho])")
         except (KeyError, IndexError, ValueError) as exc:
             raise _fail("filename_template", template, tmpl_allowed) from exc
         distinct = len(set(names)) == 3 if fmt == "dicom-slices" else names[0] != names[1]
@@ -1113,6 +1225,7 @@ class RunSpec:
             noise_from_skip=_integer("noise_from_skip", d.get("noise_from_skip", 0), ge=0),
             noise_from_scale=_number("noise_from_scale", d.get("noise_from_scale", 1.0), gt=0),
             couplings=couplings,
+            multiecho=multiecho,
         )
 
 
@@ -1142,7 +1255,7 @@ def _with_real_series(d: Mapping[str, Any]) -> dict[str, Any]:
         if k in out and out[k] != 0:
             raise _fail(k, out[k], "0 or absent with noise_from (the real series brings its own noise and drift)")
         out[k] = 0.0
-    for k in ("motion", "physio", "motion_signal", "spontaneous"):
+    for k in ("motion", "physio", "motion_signal", "spontaneous", "multiecho"):
         if out.get(k) is not None:
             raise _fail(k, out[k], "absent with noise_from (the real series brings its own)")
     series = out.get("noise_from_series")

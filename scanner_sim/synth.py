@@ -59,6 +59,7 @@ import csv
 import gzip
 import json
 import logging
+from dataclasses import asdict as dataclasses_asdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -96,6 +97,7 @@ _STREAM_DRIFT_WALK = 4
 _STREAM_PHYSIO = 5
 _STREAM_SPONTANEOUS = 6
 _STREAM_COUPLING = 7
+_STREAM_ECHO_NOISE = 8
 
 #: Columns of the truth folder's ``nuisance.tsv`` (one row per volume; see :meth:`SyntheticRun.write_noise_truth`).
 NUISANCE_COLUMNS = (
@@ -369,6 +371,7 @@ class SyntheticRun:
         self._setup_physio()
         self._setup_spontaneous()
         self._setup_motion_signal()
+        self._setup_multiecho()
 
     # ----------------------------------------------------------------- setup
     @property
@@ -796,6 +799,82 @@ class SyntheticRun:
                 "files": [[p.name for p in v] for v in used],
             }, indent=1) + "\n")
         return [truth_dir / "noise_source.json"]
+
+    # ----------------------------------------------------------------- multi-echo
+    def _setup_multiecho(self) -> None:
+        """The true T2* map and each echo's decay factor (``[multiecho]``; see :class:`scanner_sim.spec.MultiEcho`)."""
+        me = self.spec.multiecho
+        #: True T2* (ms) per voxel, None for a single-echo run.
+        self.t2star_ms: np.ndarray | None = None
+        #: Voxels of the low-T2* sphere, None for a single-echo run.
+        self.low_t2star_mask: np.ndarray | None = None
+        self._echo_decay: list[np.ndarray] = []
+        if me is None:
+            return
+        xyz = voxel_world_coords(self.spec.shape, self.phantom.affine)
+        d2 = np.sum((xyz - np.asarray(me.low_center_mm)) ** 2, axis=-1)
+        self.low_t2star_mask = d2 <= me.low_radius_mm ** 2
+        self.t2star_ms = np.where(self.low_t2star_mask, me.low_t2star_ms, me.t2star_ms)
+        # clean_volume is the image at reference_te_ms of tissue with t2star_ms: S0 = clean * exp(TE_ref / T2*_tissue)
+        self._echo_decay = [np.exp(me.reference_te_ms / me.t2star_ms - te / self.t2star_ms) for te in me.echo_times_ms]
+
+    @property
+    def s0(self) -> np.ndarray | None:
+        """True S0 of the baseline (the reference image extrapolated to TE 0), None for a single-echo run."""
+        me = self.spec.multiecho
+        if me is None:
+            return None
+        return self.phantom.data.astype(np.float64) * np.exp(me.reference_te_ms / me.t2star_ms)
+
+    def echo_volumes(self, i: int) -> list[np.ndarray]:
+        """Every echo of volume i (float32, in echo order), for a run with ``[multiecho]``.
+
+        ``clean * decay_e * gain ** (TE_e / TE_ref - 1)``, moved with the head, plus
+        the motion signal (scaled by the echo's decay) and white noise independent per echo.
+        """
+        me = self.spec.multiecho
+        if me is None:
+            raise ValueError("echo_volumes needs a run spec with [multiecho]")
+        self._check_index(i)
+        clean = self.clean_volume(i)
+        log_gain = np.log(np.clip(self._gain(i), 1e-6, None))
+        params = self._motion[i]
+        moved_signal = self.motion_signal(i) if self.edge_weight is not None else None
+        out = []
+        for e, te in enumerate(me.echo_times_ms):
+            img = clean * self._echo_decay[e] * np.exp(log_gain * (te / me.reference_te_ms - 1.0))
+            if np.any(params):
+                img = apply_motion(img, self.phantom.affine, params, order=3)
+            if moved_signal is not None:
+                img = img + moved_signal * self._echo_decay[e]
+            if self.noise_sigma > 0:
+                rng = np.random.default_rng([self.spec.seed, _STREAM_ECHO_NOISE, i, e])
+                img = img + rng.standard_normal(self.spec.shape) * self.noise_sigma
+            if i in self.spec.spikes:
+                img = img * (1.0 + self.spec.spike_pct / 100.0)
+            out.append(img.astype(np.float32))
+        return out
+
+    def write_multiecho_truth(self, truth_dir: str | Path) -> list[Path]:
+        """``t2star_ms.nii.gz``, ``s0.nii.gz``, ``region-lowt2star_mask.nii.gz``, ``multiecho.json`` (with ``[multiecho]``)."""
+        import nibabel as nib
+
+        me = self.spec.multiecho
+        if me is None:
+            return []
+        truth_dir = Path(truth_dir)
+        truth_dir.mkdir(parents=True, exist_ok=True)
+        files = {"t2star_ms.nii.gz": self.t2star_ms.astype(np.float32), "s0.nii.gz": self.s0.astype(np.float32),
+                 "region-lowt2star_mask.nii.gz": self.low_t2star_mask.astype(np.uint8)}
+        for name, data in files.items():
+            nib.save(nib.Nifti1Image(data, self.affine), truth_dir / name)
+        (truth_dir / "multiecho.json").write_text(json.dumps({
+            **dataclasses_asdict(me),
+            "signal": "S_e = clean * exp(reference_te_ms / t2star_ms - TE_e / T2*(v)) * gain ** (TE_e / reference_te_ms - 1)"
+                      ", then motion, motion signal * decay, white noise per echo",
+            "files": list(files),
+        }, indent=1) + "\n")
+        return [truth_dir / n for n in files] + [truth_dir / "multiecho.json"]
 
     def _check_index(self, i: int) -> None:
         if not (isinstance(i, (int, np.integer)) and 0 <= i < self.spec.n_volumes):

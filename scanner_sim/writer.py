@@ -40,7 +40,7 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
@@ -52,6 +52,9 @@ from .synth import SyntheticRun
 __all__ = ["ScannerWriter", "WriteSummary", "WRITE_MODES", "FILES_TSV_COLUMNS", "FAULTS_TSV_COLUMNS",
            "to_nifti_bytes", "SECOND_SERIES_SCALE"]
 
+if TYPE_CHECKING:
+    from .physio_stream import PhysioStreamOptions
+
 logger = logging.getLogger(__name__)
 
 _INT16 = np.iinfo(np.int16)
@@ -59,11 +62,13 @@ _INT16 = np.iinfo(np.int16)
 SECOND_SERIES_SCALE = 0.8
 
 
-def to_nifti_bytes(data: np.ndarray, affine: np.ndarray, tr_s: float, acq_time: float) -> bytes:
+def to_nifti_bytes(data: np.ndarray, affine: np.ndarray, tr_s: float, acq_time: float,
+                   echo_time_ms: float | None = None) -> bytes:
     """Single-file NIfTI-1 bytes: int16 (rounded, clipped), pixdim[4] = TR, mm/s units.
 
     The header ``descrip`` is ``acq_time=<unix seconds, 3 decimals>``, the
-    nominal acquisition start of the volume.
+    nominal acquisition start of the volume, and for one echo of a
+    multi-echo run ``;TE=<ms>`` (as dcm2niix writes it).
     """
     import nibabel as nib
 
@@ -77,7 +82,8 @@ def to_nifti_bytes(data: np.ndarray, affine: np.ndarray, tr_s: float, acq_time: 
     hdr["scl_slope"], hdr["scl_inter"] = 1.0, 0.0
     img.set_qform(affine, code="scanner")
     img.set_sform(affine, code="scanner")
-    hdr["descrip"] = f"acq_time={acq_time:.3f}".encode()
+    te = "" if echo_time_ms is None else f";TE={echo_time_ms:g}"
+    hdr["descrip"] = f"acq_time={acq_time:.3f}{te}".encode()
     return img.to_bytes()
 
 
@@ -156,6 +162,7 @@ class ScannerWriter:
             nib.save(nib.Nifti1Image(m.astype(np.uint8), run.affine), truth_dir / f"region-{name}_mask.nii.gz")
         # nuisance and physiological traces, weights, the real series used: only for runs that have them
         run.write_noise_truth(truth_dir)
+        run.write_multiecho_truth(truth_dir)
         return truth_dir
 
     # ----------------------------------------------------------------- file writing
@@ -170,6 +177,7 @@ class ScannerWriter:
         stop_event: threading.Event | None = None,
         start_delay_s: float = 0.0,
         faults: Faults | None = None,
+        physio: "PhysioStreamOptions | None" = None,
     ) -> WriteSummary:
         """Write every volume of ``run`` at TR pace, with ground truth in ``truth_dir``.
 
@@ -186,6 +194,9 @@ class ScannerWriter:
             Seconds between this call's setup and the acquisition start of volume 0.
         faults : Faults, optional
             Faults to inject; default the spec's ``faults`` (none if unset).
+        physio : PhysioStreamOptions, optional
+            Write the physiological recording as it happens (a log beside the
+            images, an LSL outlet; :mod:`scanner_sim.physio_stream`); needs ``[physio]``.
 
         Returns
         -------
@@ -202,11 +213,19 @@ class ScannerWriter:
         if faults is not None and faults.second_series is not None:
             producer.set_second_series(faults.second_series[1], faults.second_series[2])
         self.export_dir.mkdir(parents=True, exist_ok=True)
+        companions = []
+        if physio is not None and (physio.log is not None or physio.lsl_name is not None):
+            from .physio_stream import PhysioStream
+
+            if run.physio_traces is None:
+                raise ValueError("Invalid value for 'physio': a physiological recording needs [physio] in the spec "
+                                 "(cardiac_pct or resp_pct > 0).")
+            companions.append(PhysioStream(run.physio_traces, self.export_dir, physio))
         truth_dir = self.write_truth(run, truth_dir)
         return export_run(
             producer, self.export_dir, truth_dir, tr_s=self.spec.tr_s, mode=self.mode, n_chunks=self.n_chunks,
             chunk_delay_s=self.chunk_delay_s, speed=self.speed, recon_delay_s=self.recon_delay_s, faults=faults,
-            seed=self.spec.seed, stop_event=stop_event, start_delay_s=start_delay_s,
+            seed=self.spec.seed, stop_event=stop_event, start_delay_s=start_delay_s, companions=companions,
         )
 
 
@@ -249,6 +268,9 @@ class SyntheticProducer:
     def slots(self, volume: int, role: str) -> list[FileSlot]:
         spec = self.spec
         ser = self.series if role == MAIN else self.series2
+        if spec.multiecho is not None and role == MAIN:  # one file per echo, in echo order
+            return [FileSlot(spec.filename(volume, series=ser, echo=e), None, 0.0, spec.tr_s)
+                    for e in range(spec.multiecho.n_echoes)]
         if spec.format != "dicom-slices":
             return [FileSlot(spec.filename(volume, series=ser), None, 0.0, spec.tr_s)]
         ns = spec.n_slices
@@ -259,6 +281,8 @@ class SyntheticProducer:
         from . import dicom_writer as dw
 
         run, spec = self.run, self.spec
+        if spec.multiecho is not None and role == MAIN:
+            return self._echo_payloads(volume, t_acq[0])
         data = run.volume(volume) if role == MAIN else run.reference * np.float32(SECOND_SERIES_SCALE)
         if spec.format == "nifti":
             return [to_nifti_bytes(data, run.affine, spec.tr_s, t_acq[0])]
@@ -268,3 +292,16 @@ class SyntheticProducer:
         stored = dw.stored_volume(data, "dicom-slices")
         return [dw.slice_bytes(stored, run.affine, info, volume, s, t_acq[s], self._geo)  # type: ignore[arg-type]
                 for s in range(spec.n_slices)]
+
+    def _echo_payloads(self, volume: int, t_acq: float) -> list[bytes]:
+        """One file per echo of a multi-echo run: NIfTI with ``TE=`` in ``descrip``, or a mosaic with
+        EchoNumbers and EchoTime."""
+        from . import dicom_writer as dw
+
+        run, spec = self.run, self.spec
+        tes = spec.multiecho.echo_times_ms  # type: ignore[union-attr]
+        echoes = run.echo_volumes(volume)
+        if spec.format == "nifti":
+            return [to_nifti_bytes(data, run.affine, spec.tr_s, t_acq, te) for data, te in zip(echoes, tes)]
+        return [dw.mosaic_bytes(data, run.affine, self._info[MAIN], volume, t_acq, self._geo,  # type: ignore[arg-type]
+                                echo=(e + 1, te)) for e, (data, te) in enumerate(zip(echoes, tes))]

@@ -226,8 +226,11 @@ def run_processes(
     silent_rois: list[str] | None = None,
     mode: str = "reopen",
     timeout_s: float = 240.0,
+    spec_changes: Mapping[str, Any] | None = None,
 ):
     """Run scanner-sim, `rtnf run` (and the screen) as real processes; return (cfg, listener).
+
+    ``spec_changes``: top-level keys set in the simulator's run spec (e.g. ``{"multiecho": {}}``).
 
     ``config`` holds the overrides of :data:`DEFAULT_CONFIG` (or a whole TOML
     text), written to ``tmp_path / "session.toml"``. The listener has every
@@ -249,7 +252,11 @@ def run_processes(
     spec = sim_spec(cfg, amplitude_pct=1.5, noise_pct=1.0, seed=3)
     spec["regions"] = [r for r in spec["regions"] if r["name"] not in (silent_rois or [])]
     spec_path = tmp_path / "spec.toml"
-    write_toml(spec, spec_path)
+    if spec_changes:
+        spec.update(copy.deepcopy(dict(spec_changes)))
+        spec_path.write_text(toml_text(spec), encoding="utf-8")
+    else:
+        write_toml(spec, spec_path)
     listener = Listener([address] + ([ack_address] if with_screen else []))
     procs = Processes()
     logs = tmp_path / "logs"

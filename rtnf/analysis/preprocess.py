@@ -1,10 +1,24 @@
-"""Per-volume preprocessing: realignment, optional smoothing, ROI signals, quality.
+"""Per-volume preprocessing: slice timing, realignment, optional smoothing, ROI signals, quality.
 
 :class:`Preprocessor` is fitted on the run's first kept volume (or the
 configured motion reference): it places the ROIs on the functional grid and
 prepares the realigner. For each volume it estimates head motion, samples
 every ROI from the realigned data (only the ROI voxels are resampled) and
 measures framewise displacement, DVARS, the global signal and spikes.
+
+Slice-timing correction (``[slice_timing]``, off by default) comes first, on
+the volume as read, before realignment (SPM's order): a slice's time belongs
+to the scanner's slice, which realignment's resampling would mix with its
+neighbours. Motion is then estimated on the corrected volume too (fMRIPrep
+estimates it before the correction, to avoid blending two volumes' head
+positions): measured on the simulator (36 ascending slices, TR 1 s, 2 %
+respiratory signal sampled per slice), estimating on the corrected volume
+halves the motion that slice-dependent physiology fakes in a still head
+(largest framewise displacement 0.05 mm instead of 0.15 mm), keeps the ROI's
+correlation with the true respiratory trace at 0.985 instead of 0.946, and
+with 2 mm / 2 degree smooth motion recovers the true translations slightly
+better (largest error 0.09 mm instead of 0.12 mm). The quality checks
+(DVARS, spikes) read the volume as acquired, so a spike stays in its volume.
 """
 
 from __future__ import annotations
@@ -20,6 +34,7 @@ from scipy.ndimage import gaussian_filter
 from .motion import MOTION_COLUMNS, Realigner
 from .quality import QualityMonitor, QualityRow
 from .rois import MaskROI, SphereROI
+from .slicetiming import SliceTimer, order_slice_times
 from rtnf.scanner.volume import Grid, Volume
 
 log = logging.getLogger(__name__)
@@ -43,10 +58,15 @@ class Preprocessed:
     n_nonfinite: int = 0  # NaN or infinite voxels of the volume as read, replaced (see Preprocessor.run)
     realign_s: float = 0.0  # seconds spent estimating motion (a stage of rtnf bench pipeline)
     data: np.ndarray | None = None  # the volume as sampled (smoothed when configured), not realigned
+    slice_timing_s: float | None = None  # seconds of slice-timing correction; None when it is off
 
     def motion_dict(self) -> dict[str, float] | None:
         """Motion with fMRIPrep's names, or None."""
         return None if self.motion is None else dict(zip(MOTION_COLUMNS, map(float, self.motion)))
+
+
+QUALITY_VOXELS = 8000
+"""Brain voxels sampled per volume for the quality measures (DVARS, global signal)."""
 
 
 class Preprocessor:
@@ -60,10 +80,19 @@ class Preprocessor:
     quality : rtnf.config.QualityConfig
     sample_brain : bool
         Also return the realigned value of every brain voxel (whole-brain model).
+    slice_timing : rtnf.config.SliceTimingConfig, optional
+        Slice-timing correction (off when None or not enabled).
+    tr_s : float, optional
+        Repetition time (s); needed when slice timing is on.
     """
 
-    def __init__(self, rois: list[SphereROI | MaskROI], motion: Any, quality: Any, sample_brain: bool = False) -> None:
+    def __init__(self, rois: list[SphereROI | MaskROI], motion: Any, quality: Any, sample_brain: bool = False,
+                 slice_timing: Any = None, tr_s: float | None = None) -> None:
         self.rois = rois
+        self.slice_timing_cfg = slice_timing
+        self.tr_s = tr_s
+        self.slice_timer: SliceTimer | None = None
+        self._index = 0  # volumes seen, missing ones included: the slice timer's clock
         self.sample_brain = sample_brain
         self.motion_cfg = motion
         self.quality_cfg = quality
@@ -94,10 +123,12 @@ class Preprocessor:
             first = replace(first, data=self._fill)
         # The configured reference first: a config error must stop the run before any state is set.
         configured = self._configured_reference(first) if self.motion_cfg.enabled else None
+        slice_timer = self._make_slice_timer(first)
         for roi in self.rois:
             roi.fit(grid)
             log.info("ROI %s: %d voxels", roi.name, roi.n_voxels)
         self.grid = grid
+        self.slice_timer = slice_timer
         voxel_mm = np.sqrt(np.sum(grid.affine[:3, :3] ** 2, axis=0))
         fwhm = self.motion_cfg.fwhm_mm
         self._sigma_vox = fwhm / np.sqrt(8 * np.log(2)) / voxel_mm if fwhm > 0 else None
@@ -107,8 +138,10 @@ class Preprocessor:
             else:
                 self.realigner = self._fit_configured(configured, grid)
             self.brain_indices = self.realigner.brain_indices_
-            # Every second brain voxel is plenty for DVARS and the global signal.
-            self._brain = self.realigner.brain_indices_[::2]
+            # About QUALITY_VOXELS brain voxels are plenty for DVARS and the global signal (a mean of
+            # squares over 8,000 voxels varies by 1.6 %), and sampling every second one cost 1 ms a volume.
+            brain = self.realigner.brain_indices_
+            self._brain = brain[:: max(1, brain.size // QUALITY_VOXELS)]
             self.monitor = QualityMonitor(
                 fd_threshold_mm=self.quality_cfg.fd_threshold_mm, spike_z=self.quality_cfg.spike_z
             )
@@ -116,6 +149,65 @@ class Preprocessor:
             flat = first.data.reshape(-1)
             self.brain_indices = np.flatnonzero(flat > 0.2 * np.percentile(flat, 98))
         return self
+
+    def _make_slice_timer(self, first: Volume) -> SliceTimer | None:
+        """The slice timer of ``[slice_timing]`` on the first volume's slices, or None when it is off.
+
+        The config's slice times (``slice_times_s`` or ``order``) win over the header's (a warning
+        when they differ); with neither, the header's are used. They are fixed for the run from its
+        first volume: slice times are part of the protocol, like the grid.
+
+        Raises
+        ------
+        ConfigError
+            Slice timing on, but no slice times (none configured, none in the header), the wrong
+            number of them for the volume's slices, or header times beyond the TR.
+        """
+        cfg = self.slice_timing_cfg
+        if cfg is None or not cfg.enabled:
+            return None
+        from rtnf.config import ConfigError
+
+        if not self.tr_s:
+            raise ValueError("Preprocessor: slice timing needs the TR (tr_s)")
+        tr = float(self.tr_s)
+        axis = first.slice_axis
+        n = int(first.data.shape[axis])
+        header = first.slice_times_s
+        if cfg.slice_times_s is not None:
+            times, source = tuple(cfg.slice_times_s), "slice_timing.slice_times_s"
+            if len(times) != n:
+                raise ConfigError(
+                    f"invalid value for 'slice_timing.slice_times_s': {len(times)} slice times, but the first "
+                    f"volume {first.path.name} has {n} slices along axis {axis}. Allowed: one time per slice."
+                )
+        elif cfg.order is not None:
+            times, source = order_slice_times(cfg.order, n, tr), f"slice_timing.order ({cfg.order})"
+        elif header is not None:
+            times, source = tuple(header), f"the header of {first.path.name}"
+            # Slices of a 2D EPI spread over most of the TR; a much shorter span is the time files were
+            # written (a fast replay, a converter), not when their slices were acquired.
+            if len(times) != n or max(times) >= tr or max(times) < tr / 4:
+                raise ConfigError(
+                    f"invalid value for 'slice_timing.slice_times_s': not set, and the slice times in the header of "
+                    f"{first.path.name} ({len(times)} times from 0 to {max(times):g} s) do not spread its {n} slices "
+                    f"over the TR ({tr:g} s). Allowed: slice_timing.slice_times_s or slice_timing.order for this series."
+                )
+        else:
+            raise ConfigError(
+                f"invalid value for 'slice_timing.enabled': true, but the first volume {first.path.name} has no "
+                "slice times in its header. Allowed: set slice_timing.slice_times_s or slice_timing.order, or "
+                "enabled = false."
+            )
+        configured = cfg.slice_times_s is not None or cfg.order is not None
+        if configured and header is not None and len(header) == n and not np.allclose(header, times, atol=1e-3):
+            log.warning("slice timing: %s differ from the header's slice times (up to %.3f s); %s used", source,
+                        float(np.max(np.abs(np.subtract(header, times)))), source)
+        reference = None if cfg.reference == "first" else float(cfg.reference)
+        timer = SliceTimer(times, tr, axis=axis, reference_s=reference, method=cfg.method)
+        log.info("slice timing: %d slices along axis %d from %s, moved to %.3f s (%s)", n, axis, source,
+                 timer.reference_s, cfg.method)
+        return timer
 
     def _configured_reference(self, first: Volume) -> np.ndarray | None:
         """The ``motion.reference`` file's data in the first volume's voxel order, or None for "first"."""
@@ -171,15 +263,22 @@ class Preprocessor:
     def run(self, volume: Volume) -> Preprocessed:
         """Preprocess one volume on the fitted grid (non-finite voxels replaced and counted)."""
         volume, n_bad = self._finite(volume)
-        data = volume.data
+        index, self._index = self._index, self._index + 1
+        corrected = volume.data  # slice-time corrected when that is on: what realignment sees
+        slice_timing_s = None
+        if self.slice_timer is not None:
+            t0 = time.perf_counter()
+            corrected = self.slice_timer.correct(index, volume.data)
+            slice_timing_s = time.perf_counter() - t0
+        data = corrected
         if self._sigma_vox is not None:
             data = gaussian_filter(data, self._sigma_vox, mode="nearest")
         if self.realigner is None:
             raw = np.array([roi.transform(data) for roi in self.rois])
             brain = data.reshape(-1)[self.brain_indices] if self.sample_brain else None
-            return Preprocessed(raw, None, None, brain, n_bad, data=data)
+            return Preprocessed(raw, None, None, brain, n_bad, data=data, slice_timing_s=slice_timing_s)
         t0 = time.perf_counter()
-        params = self.realigner.estimate(volume.data)
+        params = self.realigner.estimate(corrected)
         realign_s = time.perf_counter() - t0
         raw = np.array([self.realigner.sample(data, params, roi.indices_).mean() for roi in self.rois])
         brain = None
@@ -194,9 +293,11 @@ class Preprocessor:
         quality = self.monitor.update(params, quality_values)
         if not self.realigner.result_.converged:
             log.warning("realignment did not converge for %s", volume.path.name)
-        return Preprocessed(raw, params, quality, brain, n_bad, realign_s, data)
+        return Preprocessed(raw, params, quality, brain, n_bad, realign_s=realign_s, data=data,
+                            slice_timing_s=slice_timing_s)
 
     def skip(self) -> None:
         """Note a missing volume."""
+        self._index += 1
         if self.monitor is not None:
             self.monitor.skip()

@@ -7,7 +7,8 @@ measures, for one ROI:
   design, summed) of the raw ROI mean, the cleaned signal, its percent
   signal change and the value shown on the screen;
 - the agreement of the online cleaned signal with an offline analysis of the
-  whole run (batch least squares, same regressors, every kept volume);
+  whole run (batch least squares, same regressors, every kept volume: the
+  recorded ``confound_*`` columns included);
 - the largest step a model update makes in the cleaned value of the previous
   volume (the model is run again on the recorded raw signals and motion), in
   units of the raw signal's standard deviation;
@@ -124,15 +125,18 @@ def offline_clean(raw: np.ndarray, design: Design, fitted: np.ndarray) -> np.nda
     return raw - X[:, nuisance] @ beta[nuisance]
 
 
-def model_steps(cfg: Config, protocol: Protocol, raw: np.ndarray, motion: np.ndarray | None, fitted: np.ndarray) -> np.ndarray:
+def model_steps(cfg: Config, protocol: Protocol, raw: np.ndarray, motion: np.ndarray | None, fitted: np.ndarray,
+                confounds: tuple[str, ...] = ()) -> np.ndarray:
     """Change of the previous volume's cleaned value at each model update (signal units).
 
-    The ROI model is run again on the recorded signals, as the run did;
+    ``motion`` holds each volume's online rows: the motion regressors, then the values of the
+    ``confounds`` columns (as recorded). The ROI model is run again on the recorded signals, as the run did;
     after the update of volume t the cleaned value of volume t-1 is compared
     with the value the model gave it after volume t-1. Element t is that
     change (NaN where volume t-1 is missing or t did not update the model).
     """
-    design = make_design(protocol, cfg.model.hrf, cfg.model.drift_cutoff_s, cfg.model.motion_regressors)
+    design = make_design(protocol, cfg.model.hrf, cfg.model.drift_cutoff_s, cfg.model.motion_regressors,
+                         confounds=confounds)
     model = RoiModel(design, protocol, 1, cfg.model.drift_cutoff_s, cfg.feedback.min_baseline_volumes)
     steps = np.full(raw.size, np.nan)
     before = np.nan
@@ -191,13 +195,19 @@ def assess(cfg: Config, rows: list[dict[str, str]], roi: str | None = None, firs
     censored = _flag(table, "censored")
     fitted = np.isfinite(raw) & ~censored
     motion = _motion_rows(table, cfg.model.motion_regressors)
+    # The recorded confound columns enter the offline model as they entered the online one (a missing value as 0).
+    confounds = tuple(k[len("confound_"):] for k in (rows[0] if rows else {}) if k.startswith("confound_"))
+    if confounds:
+        values = np.nan_to_num(np.column_stack([_column(table, f"confound_{c}") for c in confounds]))
+        motion = values if motion is None else np.hstack([motion, values])
 
-    design = make_design(protocol, cfg.model.hrf, cfg.model.drift_cutoff_s, cfg.model.motion_regressors)
+    design = make_design(protocol, cfg.model.hrf, cfg.model.drift_cutoff_s, cfg.model.motion_regressors,
+                         confounds=confounds)
     if motion is not None:
         design = design.with_motion(motion)
     task = task_regressor(design)
     offline = offline_clean(raw, design, fitted)
-    steps = model_steps(cfg, protocol, raw, motion, fitted)
+    steps = model_steps(cfg, protocol, raw, motion, fitted, confounds)
 
     use = fitted & (np.arange(n) >= first_index)
     sd = float(np.nanstd(raw[use])) if use.any() else float("nan")

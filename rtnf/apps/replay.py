@@ -95,6 +95,12 @@ class ReplayFeeder:
             raise ValueError(f"{self.source}: expected a 4D NIfTI (x, y, z, time), got shape {img.shape}")
         affine = np.asarray(img.affine, dtype=np.float64)
         first = self.first_volume_number + dummies_removed(self.source)
+        # A BIDS run's slice times (its sidecar's SliceTiming, along the header's slice dimension)
+        from rtnf.scanner.nifti import header_slice_axis
+        from rtnf.scanner.sidecar import sidecar_slice_times
+
+        axis = header_slice_axis(img.header)
+        slice_times = sidecar_slice_times(self.source, int(img.shape[axis]))
         t0 = time.time()
         for i in range(img.shape[3]):
             if not self._wait_until(t0 + i * self.pace_s):
@@ -102,7 +108,8 @@ class ReplayFeeder:
 
             def load(i: int = i) -> Volume:
                 data = np.asarray(img.dataobj[..., i], dtype=np.float32)
-                return Volume(data=data, affine=affine, t_acquired=None, path=self.source)
+                return Volume(data=data, affine=affine, t_acquired=None, path=self.source,
+                              slice_times_s=slice_times, slice_axis=axis)
 
             self.put(Arrival(i + first, [self.source], time.time(), None, load, names=self.export.names))
 

@@ -11,6 +11,7 @@ holds the run's model state and nothing else: no sockets, no files, no threads.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -19,9 +20,12 @@ from typing import Any
 import numpy as np
 
 from rtnf.config import Config
+from rtnf.analysis.confounds import ConfoundContext, ConfoundError, ConfoundInput, ConfoundSource, make_confounds
 from rtnf.analysis.design import Design, make_design
 from rtnf.analysis.feedback import FeedbackComputer, FeedbackValue
+from rtnf.run.shaping_history import load_history
 from rtnf.analysis.motion import motion_regressors
+from rtnf.analysis.multiecho import EchoCombiner
 from rtnf.analysis.preprocess import NonFiniteVolume, Preprocessed, Preprocessor
 from rtnf.analysis.roi_model import RoiModel
 from rtnf.analysis.wholebrain import WholeBrainModel, preview_body, slice_indices
@@ -56,7 +60,8 @@ class VolumeResult:
     received : Volume or None
         The volume as read (for ``output.save_volumes``); None when missing.
     stage_s : dict of str to float
-        Seconds per stage of this volume (``decode``, ``realign``, ``glm``,
+        Seconds per stage of this volume (``decode``, ``multiecho`` for multi-echo volumes, ``slice_timing``
+        when on, ``realign``, ``glm``,
         ``feedback``; ``wholebrain`` and ``preview`` once the operator's
         worker has made them), for ``rtnf bench pipeline``.
     operator : OperatorJob or None
@@ -97,15 +102,25 @@ class VolumeProcessor:
     protocol : Protocol, optional
         Defaults to ``cfg.make_protocol()``.
     design : Design, optional
-        Defaults to the design built from the protocol and ``cfg.model``.
+        Defaults to the design built from the protocol, ``cfg.model`` and the confound sources.
+    confounds : list of ConfoundSource, optional
+        Defaults to the sources ``[confounds]`` asks for (:func:`rtnf.analysis.confounds.make_confounds`).
     """
 
-    def __init__(self, cfg: Config, protocol: Protocol | None = None, design: Design | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        protocol: Protocol | None = None,
+        design: Design | None = None,
+        confounds: list[ConfoundSource] | None = None,
+    ) -> None:
         self.cfg = cfg
         self.names = FileNames(cfg.output.file_names)
         self.protocol = protocol or cfg.make_protocol()
+        self.confounds = make_confounds(cfg) if confounds is None else confounds
         self.design = design or make_design(
-            self.protocol, cfg.model.hrf, cfg.model.drift_cutoff_s, cfg.model.motion_regressors
+            self.protocol, cfg.model.hrf, cfg.model.drift_cutoff_s, cfg.model.motion_regressors,
+            confounds=tuple(name for source in self.confounds for name in source.names),
         )
         self.labels = self.protocol.labels()
         self.block_of = np.empty(self.protocol.n_volumes, dtype=int)
@@ -118,11 +133,17 @@ class VolumeProcessor:
         self.model = RoiModel(
             self.design, self.protocol, len(self.rois), cfg.model.drift_cutoff_s, fb.min_baseline_volumes, running
         )
-        self.feedback = FeedbackComputer(fb, self.roi_names, self.protocol)
+        # [feedback.shaping]: the participant's earlier blocks, read once from the recorded runs.
+        self.feedback = FeedbackComputer(fb, self.roi_names, self.protocol, shaping_history=load_history(cfg))
         self.signals = [make_signal(name, table) for name, table in cfg.signals.items()]
         self._signal_alarms: set[str] = set()  # signals whose failure has been raised as an alarm
+        self._confound_alarms: set[str] = set()  # confound sources whose values are missing, as alarmed
         self._slow_signals: set[str] = set()  # signals whose slowness has been warned about
-        self.preprocessor = Preprocessor(self.rois, cfg.motion, cfg.quality, sample_brain=False)
+        # Multi-echo volumes (scanner.echoes > 1) are combined before everything else (rtnf.analysis.multiecho).
+        self.multiecho = (EchoCombiner(cfg.multiecho.fit_volumes, cfg.multiecho.before_fit)
+                          if cfg.scanner.echoes > 1 else None)
+        self.preprocessor = Preprocessor(self.rois, cfg.motion, cfg.quality, sample_brain=False,
+                                         slice_timing=cfg.slice_timing, tr_s=self.protocol.tr_s)
         self.grid: Grid | None = None
         self._previous_motion: np.ndarray | None = None
         self._last_value: float | None = None  # last uncensored feedback value, for censor_action "hold"
@@ -149,6 +170,19 @@ class VolumeProcessor:
             log.warning("%s unreadable, treated as missing: %s", self._label(index), self.names.redact(str(exc), *arrival.paths))
             return self.missing(index, acquisition, name, t_detected, reason="unreadable file")
         stage_s = {"decode": time.perf_counter() - t0}
+        if self.multiecho is not None:
+            if volume.echoes is None:  # only a 4D NIfTI replay hands over volumes without the export reader
+                raise ConfigError(f"scanner.echoes = {self.cfg.scanner.echoes}, but {name} is one echo (a replayed 4D "
+                                  "NIfTI gives one volume per frame). Allowed: scanner.echoes = 1, or replay the "
+                                  "export folder of the echo files.")
+            t0 = time.perf_counter()
+            volume = dataclasses.replace(volume, data=self.multiecho.combine(volume.echoes, volume.echo_times_ms))
+            stage_s["multiecho"] = time.perf_counter() - t0
+            if self.multiecho.n_fitted == 1 and self.preprocessor.monitor is not None:
+                # The fitted combination's noise differs from the pre-fit mean's: against the pre-fit volumes'
+                # DVARS every later volume was a spike (a flagged volume never joins the history), censored
+                # for the rest of the run. The quality statistics start again from the first combined volume.
+                self.preprocessor.monitor.reset()
         t_read = time.time()
         if self.grid is None:
             n_bad = int(volume.data.size - np.count_nonzero(np.isfinite(volume.data)))
@@ -160,7 +194,7 @@ class VolumeProcessor:
                 return self.missing(index, acquisition, name, t_detected, reason="non-finite voxels in the first volume")
             self.preprocessor.fit(volume)
             self.grid = volume.grid
-            self._fit_extras(volume)
+            self._fit_extras(volume, index)
         elif not volume.grid.same_as(self.grid):
             log.warning(
                 "%s (%s) has shape %s, expected %s (or a different affine); treated as missing",
@@ -173,12 +207,18 @@ class VolumeProcessor:
             log.warning("%s: %s; treated as missing", self._label(index), exc)
             return self.missing(index, acquisition, name, t_detected, reason="no finite voxel")
         stage_s["realign"] = pre.realign_s
+        if pre.slice_timing_s is not None:
+            stage_s["slice_timing"] = pre.slice_timing_s
         t_preprocessed = time.time()
         censored = pre.quality is not None and pre.quality.censored
         regressors = None
         if self.cfg.model.motion_regressors:
             regressors = motion_regressors(pre.motion, self._previous_motion, self.cfg.model.motion_regressors)
         self._previous_motion = pre.motion
+        confounds = self._confound_values(index, volume.t_acquired, pre, stage_s)
+        if confounds is not None:  # a source without values enters zeros: its terms have no effect on this volume
+            filled = np.nan_to_num(confounds, nan=0.0)
+            regressors = filled if regressors is None else np.concatenate([regressors, filled])
         # A censored volume is shown to the operator but kept out of the model.
         t0 = time.perf_counter()
         values = self.model.update(index, pre.raw, regressors, include=not censored)
@@ -187,6 +227,9 @@ class VolumeProcessor:
         t1 = time.perf_counter()
         fb = self._censor(self.feedback.step(index, values, self.model, self._source(signals)), pre.quality)
         stage_s["feedback"] = time.perf_counter() - t1
+        t1 = time.perf_counter()
+        self.feedback.shaping(index)  # scores a block whose lagged window ends here (the messages read it again)
+        stage_s["shaping"] = time.perf_counter() - t1
         t_modelled = time.time()
         timing = {
             "t_acquired": volume.t_acquired,
@@ -198,8 +241,58 @@ class VolumeProcessor:
         }
         rois = {name: {"raw": v.raw, "clean": v.clean, "psc": v.psc} for name, v in zip(self.roi_names, values)}
         body, feedback = self._bodies(index, acquisition, name, rois, timing, fb, missing=False, pre=pre,
-                                      signals=signals)
+                                      signals=signals, confounds=confounds)
         return VolumeResult(body, feedback, volume, stage_s, self._operator_job(index, pre, regressors, censored, stage_s))
+
+    def _confound_values(
+        self, index: int, t_acquired: float | None, pre: Preprocessed, stage_s: dict[str, float]
+    ) -> np.ndarray | None:
+        """Every confound source's values for this volume, in the design's order (None without sources).
+
+        A source without values for this volume (a stalled stream) gives NaN (the model enters zeros: its
+        terms then have no effect on this volume; the table records n/a) and raises an alarm once, and says
+        so again when it recovers.
+        """
+        if not self.confounds:
+            return None
+        data, params = pre.data, pre.motion
+        volume = ConfoundInput(index=index, onset_s=index * self.protocol.tr_s, t_acquired=t_acquired,
+                               motion=pre.motion, sample=lambda indices: self.preprocessor.sample(data, params, indices))
+        parts = []
+        for source in self.confounds:
+            t0 = time.perf_counter()
+            source.reason = None
+            try:
+                values = source.row(volume)
+            except Exception as exc:  # noqa: BLE001 - a source's failure costs its terms for this volume, never the run
+                values, source.reason = None, f"failed: {type(exc).__name__}: {exc}"[:300]
+            if values is not None:
+                values = np.asarray(values, dtype=np.float64).reshape(-1)
+                if values.shape != (len(source.names),) or not np.all(np.isfinite(values)):
+                    values, source.reason = None, f"gave {values.size} values (finite: {np.isfinite(values).all()}), " \
+                                                  f"expected {len(source.names)} finite ones"
+            stage_s[f"confound_{source.name}"] = time.perf_counter() - t0
+            if values is None:
+                if source.name not in self._confound_alarms:
+                    self._confound_alarms.add(source.name)
+                    log.error("%s: confounds.%s has no values (%s): the model goes on without its terms until it "
+                              "recovers", self._label(index), source.name, source.reason or "no reason given",
+                              extra={"alarm": f"confound_{source.name}", "ok": False})
+                values = np.full(len(source.names), np.nan)
+            elif source.name in self._confound_alarms:
+                self._confound_alarms.discard(source.name)
+                log.info("%s: confounds.%s has values again", self._label(index), source.name,
+                         extra={"alarm": f"confound_{source.name}", "ok": True})
+            parts.append(values)
+        return np.concatenate(parts)
+
+    def close(self) -> None:
+        """Release what the confound sources opened (physiological streams); once, at the end of the run."""
+        for source in self.confounds:
+            try:
+                source.close()
+            except Exception as exc:  # noqa: BLE001 - the other sources still close
+                log.error("confounds.%s did not close cleanly: %s", source.name, exc)
 
     def _step_signals(
         self, index: int, values: list, pre: Preprocessed, censored: bool, stage_s: dict[str, float]
@@ -305,9 +398,23 @@ class VolumeProcessor:
                 log.info("%s: whole-brain t-map from the full model again", self._label(index))
             self._trust_note = note
 
-    def _fit_extras(self, first: Any) -> None:
-        """Feedback signals, whole-brain model and preview planes, set up on the first volume."""
+    def _fit_extras(self, first: Any, index: int) -> None:
+        """Confound sources, feedback signals, whole-brain model and preview planes, set up on the first volume."""
         grid = first.grid
+        if self.confounds:
+            t_first = None if first.t_acquired is None else first.t_acquired - index * self.protocol.tr_s
+            context = ConfoundContext(
+                grid_shape=tuple(grid.shape), affine=grid.affine, reference=first.data,
+                brain_indices=self.preprocessor.brain_indices,
+                roi_indices={roi.name: roi.indices_ for roi in self.rois},
+                tr_s=self.protocol.tr_s, n_volumes=self.protocol.n_volumes, t_first=t_first,
+                config_dir=self.cfg.base_dir,
+            )
+            for source in self.confounds:
+                try:
+                    source.fit(context)
+                except ConfoundError as exc:  # the same for every volume: the run stops, one message
+                    raise ConfigError(f"confounds.{source.name}: {exc}") from None
         if self.signals:
             context = SignalContext(
                 grid_shape=tuple(grid.shape), affine=grid.affine, reference=first.data,
@@ -373,6 +480,7 @@ class VolumeProcessor:
         missing: bool,
         pre: Preprocessed | None = None,
         signals: dict[str, dict[str, Any]] | None = None,
+        confounds: np.ndarray | None = None,
     ) -> tuple[VolumeMessage, FeedbackMessage]:
         """The ``volume`` and ``feedback`` messages: the one place they are built.
 
@@ -403,6 +511,10 @@ class VolumeProcessor:
             timing=timing,
             file=file,
         )
+        if self.confounds:  # only then: clients of a run without confounds see the message they always saw
+            names = self.design.confounds
+            volume.confounds = dict.fromkeys(names) if confounds is None else {
+                n: (float(v) if np.isfinite(v) else None) for n, v in zip(names, confounds)}
         if self.signals:  # only then: clients of a run without signals see the message they always saw
             volume.signals = signals or {
                 s.name: {"value": None, "reason": "missing volume", "outputs": {}} for s in self.signals
@@ -418,4 +530,8 @@ class VolumeProcessor:
             display_s=fb.display_s,
             t_published=None,
         )
+        shaping = self.feedback.shaping(index)
+        feedback.threshold = shaping.threshold
+        if shaping.block_value is not None:  # only where a block is scored: other messages stay as they were
+            feedback.block_value, feedback.block_success = shaping.block_value, shaping.block_success
         return volume, feedback

@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 TIMING_FIELDS = tuple(Timing.model_fields)
 MOTION_FIELDS = tuple(Motion.model_fields)
 NA = "n/a"
+SHAPING_COLUMNS = ("shaping_threshold", "block_value", "block_success")
+"""Shaping's columns (:mod:`rtnf.analysis.shaping`): the threshold in force, and a block's value and success
+where it is scored; their meaning is in the sidecar (:func:`_sidecar`)."""
 
 
 def signal_columns(cfg: Config) -> dict[str, tuple[str, ...]]:
@@ -48,16 +51,28 @@ def signal_columns(cfg: Config) -> dict[str, tuple[str, ...]]:
     return {name: tuple(load_signal_class(table["class"]).columns) for name, table in cfg.signals.items()}
 
 
-def timeseries_columns(roi_names: list[str], signals: dict[str, tuple[str, ...]] | None = None) -> list[str]:
-    """Column names of the per-volume table, in order (``signals``: see :func:`signal_columns`)."""
+def confound_columns(cfg: Config) -> tuple[str, ...]:
+    """The design's confound regressors (``[confounds]``), in order; recorded as ``confound_<name>``."""
+    from rtnf.analysis.confounds import make_confounds
+
+    return tuple(name for source in make_confounds(cfg) for name in source.names)
+
+
+def timeseries_columns(
+    roi_names: list[str], signals: dict[str, tuple[str, ...]] | None = None, confounds: tuple[str, ...] = ()
+) -> list[str]:
+    """Column names of the per-volume table, in order (``signals``: see :func:`signal_columns`;
+    ``confounds``: :func:`confound_columns`)."""
     cols = ["index", "acquisition", "onset_s", "condition", "direction", "block", "missing", "late", "out_of_order",
             "censored"]
     for name in roi_names:
         cols += [f"{name}_raw", f"{name}_clean", f"{name}_psc"]
     cols += [*MOTION_FIELDS, "framewise_displacement", "dvars", "global_signal"]
+    cols += [f"confound_{name}" for name in confounds]
     for name, outputs in (signals or {}).items():
         cols += [f"signal_{name}", f"signal_{name}_reason", *(f"signal_{name}_{o}" for o in outputs), f"signal_{name}_s"]
-    cols += ["feedback_signal", "feedback_success_signal", "feedback_value", "feedback_reason", *TIMING_FIELDS, "file"]
+    cols += ["feedback_signal", "feedback_success_signal", "feedback_value", "feedback_reason", *SHAPING_COLUMNS,
+             *TIMING_FIELDS, "file"]
     return cols
 
 
@@ -83,6 +98,8 @@ def row_from_messages(volume: dict[str, Any], feedback: dict[str, Any], roi_name
     motion = volume.get("motion") or {}
     for name in MOTION_FIELDS:
         row[name] = motion.get(name)
+    for name, value in (volume.get("confounds") or {}).items():
+        row[f"confound_{name}"] = value
     for name, result in (volume.get("signals") or {}).items():
         row[f"signal_{name}"] = result.get("value")
         row[f"signal_{name}_reason"] = result.get("reason")
@@ -99,6 +116,10 @@ def row_from_messages(volume: dict[str, Any], feedback: dict[str, Any], roi_name
         -signal if feedback.get("direction") == "decrease" else signal)
     row["feedback_value"] = feedback["value"]
     row["feedback_reason"] = feedback["reason"]
+    row["shaping_threshold"] = feedback.get("threshold")
+    row["block_value"] = feedback.get("block_value")
+    success = feedback.get("block_success")
+    row["block_success"] = None if success is None else int(success)
     for field in TIMING_FIELDS:
         row[field] = volume["timing"][field]
     row["file"] = volume["file"]
@@ -152,6 +173,9 @@ def _sidecar(roi_names: list[str], cfg: Config) -> dict[str, Any]:
             "Description": f"Cleaned ROI '{name}' signal as percent change from its mean over the most recent "
             "baseline period (baseline blocks shifted by the hemodynamic lag).",
         }
+    for name in confound_columns(cfg):
+        side[f"confound_{name}"] = {"Description": f"Confound regressor '{name}' of the model ([confounds]), "
+                                                   "standardised; n/a where its source had no value."}
     for name, outputs in signal_columns(cfg).items():
         spec = cfg.signals[name]["class"]
         source = " It is the value fed back (feedback.source)." if cfg.feedback.source == name else ""
@@ -197,6 +221,25 @@ def _sidecar(roi_names: list[str], cfg: Config) -> dict[str, Any]:
         + (" (sham: replayed from another run)" if fb.sham_from else "") + "."
     }
     side["feedback_reason"] = {"Description": "Why feedback_value is n/a, else n/a."}
+    shaping = fb.shaping
+    rule = ("no [feedback.shaping]: always 0, the block must beat its baseline" if shaping is None else
+            f"[feedback.shaping]: percentile {shaping.percentile:g} of the previous blocks' block_value"
+            + (f" (the last {shaping.last_blocks})" if shaping.last_blocks else "")
+            + {"run": " of this run", "session": " of this run and the session's earlier feedback runs",
+               "study": " of this run and the participant's earlier feedback runs in every session"}[shaping.history]
+            + f"; 0 until {shaping.min_blocks} exist")
+    side["shaping_threshold"] = {
+        "Description": "Success threshold in force at this volume, in the units of feedback_success_signal: the "
+        f"next block scored succeeds when its block_value exceeds it ({rule}). Where a block is scored, the "
+        "threshold that block had to beat; from the next row on it counts that block too."
+        + (" Sham: copied from the source run." if fb.sham_from else "")
+    }
+    side["block_value"] = {
+        "Description": "Only at the row where a regulation block is scored (the last row of the block shifted by "
+        "the hemodynamic lag): the mean of feedback_signal over those rows, minus it in a block whose direction "
+        "is 'decrease' (for intermittent feedback: that row's feedback_success_signal); else n/a."
+    }
+    side["block_success"] = {"Description": "With block_value: 1 if block_value > shaping_threshold, else 0."}
     for field in TIMING_FIELDS:
         side[field] = {"Units": "s", "Description": "UNIX time (time.time()): "
                        + _lower_first(Timing.model_fields[field].description or field)}
@@ -259,7 +302,7 @@ class RunRecorder:
         self.dir = func_dir(cfg)
         self.prefix = bids_prefix(cfg)
         self.roi_names = roi_names
-        self.columns = timeseries_columns(roi_names, signal_columns(cfg))
+        self.columns = timeseries_columns(roi_names, signal_columns(cfg), confound_columns(cfg))
         self.timeseries_path = self._path(outputs.TIMESERIES)
         self.recorded: dict[int, dict[str, str]] = {}
         if resume:

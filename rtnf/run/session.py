@@ -249,6 +249,7 @@ def _end_run(watcher, loop, processor, publisher, recorder, lock, handlers, stat
     step("reporting unfinished volumes", loop.export.close)
     step("writing the rows and the provenance", lambda: recorder.finalise(status))
     step("saving the whole-brain t-map", statmap)
+    step("closing the confound sources", processor.close)
     if loop.screen is not None:
         step("recording the feedback screen's events", lambda: loop.screen.finish(loop.last_index))
     try:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .echoes import EchoGrouper, config_raiser, echo_from_name, read_echo_frames, without_echo
 from .filenames import AS_IS, FileNames
 from .nifti import MAX_VOLUME_BYTES, VolumeReadError, read_nifti
 from .nifti import judge as nifti_judge
@@ -131,24 +132,26 @@ class Arrival:
     series: str | None = None
     load: Callable[[], Volume] = field(repr=False, default=None)  # type: ignore[assignment]
     names: FileNames = field(repr=False, default=AS_IS)  # how the run shows file names
+    parts: str = "slices"  # what the files beyond the first are: "slices" or "echoes"
 
     @property
     def name(self) -> str:
         """A short name for logs and the recorded table."""
         first = self.names.label(self.paths[0].name, self.number)
-        return first if len(self.paths) == 1 else f"{first} (+{len(self.paths) - 1} slices)"
+        return first if len(self.paths) == 1 else f"{first} (+{len(self.paths) - 1} {self.parts})"
 
 
 def template_to_regex(template: str) -> str:
     """Turn a file-name template such as ``001_{series:06d}_{volume:06d}.dcm`` into a regex.
 
-    ``{series}`` and ``{volume}`` fields (with an optional zero-padded width
+    ``{series}``, ``{volume}`` and ``{echo}`` fields (with an optional zero-padded width
     such as ``:06d``) become named groups; everything else matches literally.
     """
-    field = re.compile(r"\{(series|volume)(?::0?(\d+)d)?\}")
+    field = re.compile(r"\{(series|volume|echo)(?::0?(\d+)d)?\}")
     leftover = field.sub("", template)
     if "{" in leftover or "}" in leftover:
-        raise ValueError(f"unknown field in file-name template {template!r}; allowed fields: {{series}}, {{volume}}")
+        raise ValueError(f"unknown field in file-name template {template!r}; allowed fields: {{series}}, {{volume}}, "
+                         "{echo}")
     out, pos = "", 0
     for m in field.finditer(template):
         out += re.escape(template[pos : m.start()])
@@ -205,6 +208,8 @@ class ExportReader:
         self._assembler = None
         self._series_reader = None
         self._decoded: dict[Path, Any] = {}  # slice files decoded on arrival, until their volume is complete
+        self._echo_error: str | None = None  # single-echo run: a file of echo > 1 seen; every later volume stops it
+        self._echoes = EchoGrouper(scanner.echoes, scanner.echo_times_ms, names) if scanner.echoes > 1 else None
 
     # -------------------------------------------------------------- watcher thread
 
@@ -311,7 +316,12 @@ class ExportReader:
             if isinstance(probe.info, int) and self._volume_bytes is None:
                 self._volume_bytes = probe.info
             bound = self.max_volume_bytes()
-            return [Arrival(number, [path], t_detected, series, lambda: read_nifti(path, bound), names=self.names)]
+            echo = self._echo_from_name(path)
+            if self._echoes is not None and echo is None:  # the echoes as the frames of this one file
+                n, tes = self.scanner.echoes, self.scanner.echo_times_ms
+                return [Arrival(number, [path], t_detected, series, lambda: read_echo_frames(path, n, tes, bound),
+                                names=self.names)]
+            return self._one_echo(number, series, echo, None, path, t_detected, lambda: read_nifti(path, bound))
         info = probe.info
         if info.problem is not None:
             self._report_once(f"problem:{path}", f"{self.names.label(path.name)}: {self.names.redact(str(info.problem), path)}; skipped",
@@ -323,8 +333,16 @@ class ExportReader:
             return []
         name_number = self._number_from_name(path)
         if info.kind == "slice":
+            if self._echoes is not None:  # slice files are not grouped by echo (see _check_echoes in rtnf.config)
+                number = info.volume_number if info.volume_number is not None else self.scanner.first_volume_number
+                return [Arrival(number, [path], t_detected, series, config_raiser(
+                    f"scanner.echoes = {self.scanner.echoes}, but {self.names.label(path.name)} is a slice file: "
+                    "multi-echo volumes are read from one file per echo (NIfTI, Siemens mosaic, enhanced DICOM). "
+                    "Allowed: scanner.echoes = 1 for slice files."), names=self.names)]
             return self._accept_slice(probe, t_detected, series)
         number = name_number if name_number is not None else info.volume_number
+        if self._echoes is not None and name_number is None and info.acquisition_number is not None:
+            number = info.acquisition_number  # the echoes of a volume share it; InstanceNumber may count echoes
         if number is None:
             self._report_once(f"number:{path}", f"{self.names.label(path.name)}: no volume number in the name or header; skipped",
                               kind="no-number", summary="files without a volume number skipped")
@@ -334,7 +352,33 @@ class ExportReader:
 
             return [Arrival(number, [path], t_detected, series, lambda: read_volume([path]), names=self.names)]
         reader = self._fast_reader()
-        return [Arrival(number, [path], t_detected, series, lambda: reader.read(path), names=self.names)]
+        return self._one_echo(number, series, info.echo_number, info.echo_time_ms, path, t_detected,
+                              lambda: reader.read(path))
+
+    def _one_echo(self, number: int, series: str | None, echo: int | None, echo_time_ms: float | None, path: Path,
+                  t_detected: float, load: Callable[[], Volume]) -> list[Arrival]:
+        """The arrivals of a file holding one volume, or one echo of a multi-echo volume (see :mod:`.echoes`)."""
+        if self._echoes is None:
+            if echo is not None and echo > 1 and self._echo_error is None:
+                self._echo_error = (
+                    f"{self.names.label(path.name, number)} is echo {echo} of a multi-echo series, but scanner.echoes "
+                    "= 1. Allowed: scanner.echoes set to the echoes per volume (scanner.echo_times_ms when the "
+                    "headers do not give them).")
+            if self._echo_error is None:
+                return [Arrival(number, [path], t_detected, series, load, names=self.names)]
+            if echo is not None and echo > 1:
+                return []  # a later echo of a volume handed over with its first echo: the next volume stops the run
+            return [Arrival(number, [path], t_detected, series, config_raiser(self._echo_error), names=self.names)]
+        if echo is None:
+            return [Arrival(number, [path], t_detected, series, config_raiser(
+                f"scanner.echoes = {self.scanner.echoes}, but {self.names.label(path.name, number)} gives no echo "
+                "number (DICOM EchoNumbers; in a NIfTI name _echo-<n>, _e<n> or the template's {echo}). Allowed: "
+                "scanner.echoes = 1 for single-echo data."), names=self.names)]
+
+        def make(n: int, paths: list[Path], t: float, ser: str | None, loader: Callable[[], Volume]) -> Arrival:
+            return Arrival(n, paths, t, ser, loader, names=self.names, parts="echoes")
+
+        return self._echoes.add(number, series, echo, path, load, t_detected, echo_time_ms, make)
 
     def _accept_slice(self, probe: Probe, t_detected: float, series: str | None) -> list[Arrival]:
         from .dicom import SliceAssembler, read_volume
@@ -390,7 +434,9 @@ class ExportReader:
         self.warnings.warn(f"slices-{kind}", message, what + (f" (series {series})" if series else ""))
 
     def unfinished(self) -> list[str]:
-        """Volumes started but never complete (slice files): one line each, for the end of a run."""
+        """Volumes started but never complete (slice files, echoes): one line each, for the end of a run."""
+        if self._echoes is not None:
+            return self._echoes.unfinished()
         if self._assembler is None:
             return []
         out = []
@@ -424,9 +470,17 @@ class ExportReader:
             if m and m.groupdict().get("volume") is not None:
                 return int(m.group("volume"))
         if path.name.lower().endswith(NIFTI_SUFFIXES):
-            numbers = re.findall(r"\d+", re.sub(r"\.nii(\.gz)?$", "", path.name, flags=re.I))
+            numbers = re.findall(r"\d+", without_echo(re.sub(r"\.nii(\.gz)?$", "", path.name, flags=re.I)))
             return int(numbers[-1]) if numbers else None
         return None
+
+    def _echo_from_name(self, path: Path) -> int | None:
+        """The echo number a NIfTI file's name gives: the template's ``{echo}`` field, else ``_echo-<n>`` / ``_e<n>``."""
+        if self.pattern is not None:
+            m = self.pattern.search(path.name)
+            if m and m.groupdict().get("echo") is not None:
+                return int(m.group("echo"))
+        return echo_from_name(re.sub(r"\.nii(\.gz)?$", "", path.name, flags=re.I))
 
     def _series_from_name(self, path: Path) -> str | None:
         if self.pattern is None:

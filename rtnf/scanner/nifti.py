@@ -3,6 +3,10 @@
 Acquisition time: when the header's ``descrip`` field holds
 ``acq_time=<UNIX seconds>`` (as rtnf's scanner simulator and some export
 scripts write it), it becomes ``Volume.t_acquired``; otherwise that is None.
+Echo time: ``TE=<ms>`` in ``descrip`` (dcm2niix, scanner-sim's multi-echo
+runs) becomes ``Volume.echo_times_ms``. Slice times: a BIDS sidecar's
+``SliceTiming`` (``x.json`` beside ``x.nii[.gz]``, :mod:`rtnf.scanner.sidecar`)
+along the header's ``slice_dim`` (else axis 2) become ``Volume.slice_times_s``.
 
 Hostile input: files are opened only when they are regular files (a FIFO
 named like a volume would block a reader forever), and a ``.nii.gz`` is never
@@ -29,9 +33,17 @@ from typing import BinaryIO
 import nibabel as nib
 import numpy as np
 
+from .sidecar import sidecar_slice_times
 from .volume import Volume
 
 _ACQ_TIME = re.compile(rb"acq_time=([0-9]+(?:\.[0-9]*)?)")
+_ECHO_TIME = re.compile(rb"(?:^|;)TE=([0-9]+(?:\.[0-9]*)?)")  # dcm2niix's descrip "TE=30;Time=..."; scanner-sim's
+
+
+def descrip_echo_time_ms(descrip: bytes) -> float | None:
+    """The echo time (ms) a NIfTI ``descrip`` field records as ``TE=<ms>``, else None."""
+    match = _ECHO_TIME.search(bytes(descrip))
+    return float(match.group(1)) if match else None
 
 #: Largest uncompressed volume a ``.nii.gz`` may promise when nothing tighter is known (bytes).
 MAX_VOLUME_BYTES = 512 << 20
@@ -377,4 +389,17 @@ def read_nifti(path: str | Path, max_bytes: int | None = None) -> Volume:
         raise VolumeReadError(f"{path}: expected one 3D volume, got an array of shape {data.shape}")
     match = _ACQ_TIME.search(bytes(img.header["descrip"]))
     t_acquired = float(match.group(1)) if match else None
-    return Volume(data=data, affine=np.asarray(img.affine, dtype=np.float64), t_acquired=t_acquired, path=path)
+    te = descrip_echo_time_ms(img.header["descrip"])
+    slice_axis = header_slice_axis(img.header)
+    return Volume(data=data, affine=np.asarray(img.affine, dtype=np.float64), t_acquired=t_acquired, path=path,
+                  slice_times_s=sidecar_slice_times(path, data.shape[slice_axis]), slice_axis=slice_axis,
+                  echo_times_ms=None if te is None else (te,))
+
+
+def header_slice_axis(header: object) -> int:
+    """The header's ``slice_dim`` (0-based) when it names a spatial axis, else 2 (slices along k)."""
+    try:
+        dim = header.get_dim_info()[2]  # type: ignore[attr-defined]
+    except Exception:  # noqa: BLE001 - a malformed dim_info only costs the slice axis
+        return 2
+    return int(dim) if dim in (0, 1, 2) else 2

@@ -86,6 +86,8 @@ MAX_CONDITIONS = 64
 """Most conditions (and instructions) in a run message."""
 MAX_ROIS = 1000
 """Most ROIs in a run or volume message."""
+MAX_CONFOUNDS = 256
+"""Most confound regressors in a volume message (physiological and tissue terms)."""
 MAX_BLOCKS = 10_000
 """Most protocol blocks in a run message."""
 MAX_ABS_NUMBER = 1e9
@@ -551,6 +553,10 @@ class VolumeMessage(WireMessage):
     """The volume's file name (redacted like the outputs)."""
     signals: Optional[Annotated[dict[Name, SignalValue], Field(max_length=MAX_ROIS)]] = None
     """Optional: every configured feedback signal's result, by name (absent when none is configured)."""
+    confounds: Optional[Annotated[dict[Name, Optional[Real]], Field(max_length=MAX_CONFOUNDS)]] = None
+    """Optional: every confound regressor's value for this volume (``[confounds]``: physiological noise, tissue
+    signals), standardised, by design column name; null where the source had none (absent when none is
+    configured)."""
 
 
 # --------------------------------------------------------------------------- feedback
@@ -581,6 +587,15 @@ class FeedbackMessage(WireMessage):
     t_published: Optional[Time] = None
     reward: Optional[Text] = None
     """Optional: reward text shown with an intermittent score."""
+    threshold: Optional[Real] = None
+    """Optional: the success threshold in force (``[feedback.shaping]``), in the units of ``signal`` oriented as
+    success: the block being judged succeeds when its value exceeds it (0 without shaping: the block must beat
+    its baseline). At a volume where a block is scored, the threshold that block had to beat."""
+    block_value: Optional[Real] = None
+    """Optional, only where a block is scored (where its window, shifted by the hemodynamic lag, ends): the
+    block's mean feedback signal, oriented as success (minus the mean in a block that asks for a decrease)."""
+    block_success: Optional[bool] = None
+    """Optional, with ``block_value``: whether it exceeds ``threshold``."""
 
 
 # --------------------------------------------------------------------------- heartbeat

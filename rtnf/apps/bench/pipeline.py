@@ -27,9 +27,14 @@ Stages per volume (wall clock, ``time.time()``, from the recorded timing block
 and a few ``perf_counter`` probes):
 
 ``detect``      file closed by the producer (``files.tsv``) -> ``t_detected``
-``read``        ``t_detected`` -> ``t_read`` (queue hop, sorting, decoding; ``decode`` is the file read alone)
-``preprocess``  ``t_read`` -> ``t_preprocessed`` (``realign``: motion estimate; the rest: ROI sampling, quality)
-``model``       ``t_preprocessed`` -> ``t_modelled`` (``glm``: ROI model; ``feedback``)
+``read``        ``t_detected`` -> ``t_read`` (queue hop, sorting, decoding; ``decode`` is the file read alone;
+                ``multiecho``: the T2*-weighted combination of the echoes with ``--echoes``)
+``preprocess``  ``t_read`` -> ``t_preprocessed`` (``realign``: motion estimate; ``slice_timing``: the slice-timing
+                correction with ``--slice-timing``; the rest: ROI sampling, quality)
+``model``       ``t_preprocessed`` -> ``t_modelled`` (``glm``: ROI model; ``feedback``; ``confound_physio``:
+                RETROICOR and RVT from the physio log the producer writes as it goes, with ``--confounds physio``;
+                ``confound_tissue``: WM and CSF means and aCompCor on the synthetic head's masks, with
+                ``--confounds tissue``)
 ``publish``     ``t_modelled`` -> ``t_published`` (message bodies)
 ``processing``  ``t_published - t_detected``: the latency the issue's targets are about
 ``send``        the ``feedback`` + ``volume`` ZeroMQ sends, after ``t_published``
@@ -38,6 +43,7 @@ and a few ``perf_counter`` probes):
 ``preview``     the operator's worker: t-map refresh and the console's preview (three planes and the t-map)
 ``operator``    ``t_published`` -> the volume's preview is ready to send (the operator's products' latency)
 ``deliver``     ``t_published`` -> the subscriber holds the feedback message
+``signal_<name>`` each feedback signal's ``step`` (``--signals``: built-in signals on the synthetic runs)
 
 Side by side (in the same invocation): rtnf's realignment against SimpleITK
 (:mod:`rtnf.apps.bench.motion`), the incremental whole-brain GLM against a batch
@@ -61,6 +67,8 @@ import numpy as np
 
 from . import SHARED_DATA
 from ._stats import summarize_ms, table
+from .signals import SIGNALS, parse_signals
+from .signals import prepare as prepare_signals
 
 NAME = "pipeline"
 HELP = "the whole pipeline, export folder -> ZeroMQ publish, per stage (synthetic 64/74/104 grids and real series)"
@@ -70,8 +78,8 @@ _DEFAULT_DATA = SHARED_DATA
 TARGETS_MS = {(64, 64, 36): (5.0, 10.0), (74, 74, 36): (6.0, 12.0), (104, 104, 72): (12.0, 24.0)}
 """Processing (t_published - t_detected) targets by grid: (median, p99) in ms (issue 21)."""
 MEMORY_TARGET_MB = 500.0
-STAGES = ("detect", "read", "decode", "preprocess", "realign", "model", "glm", "feedback", "publish", "processing",
-          "send", "record", "deliver", "wholebrain", "preview", "operator")
+STAGES = ("detect", "read", "decode", "multiecho", "preprocess", "slice_timing", "realign", "model", "glm", "feedback", "shaping", "publish",
+          "processing", "send", "record", "deliver", "wholebrain", "preview", "operator")
 ROIS = {"acc": (0.0, 30.0, 15.0), "insula": (37.0, 1.0, -1.0)}
 
 
@@ -96,6 +104,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="distinct synthetic volumes rendered before the run and played back and forth (default 40)")
     parser.add_argument("--fwhm-mm", type=float, default=0.0, help="motion.fwhm_mm smoothing (default 0: none)")
     parser.add_argument("--no-whole-brain", action="store_true", help="leave out the whole-brain GLM and t-map")
+    parser.add_argument("--signals", type=parse_signals, default=(), metavar="NAMES",
+                        help="built-in feedback signals on the synthetic runs, each its own stage signal_<name>: "
+                             f"comma-separated of {', '.join(SIGNALS)}, or all (see rtnf.apps.bench.signals)")
+    parser.add_argument("--slice-timing", choices=("linear", "cubic"), default=None,
+                        help="add slice-timing correction with this method (slice times from the headers; "
+                             "\"ascending\" where a series has none)")
+    parser.add_argument("--echoes", type=int, default=1, metavar="N",
+                        help="multi-echo synthetic runs: N echoes 12 ms apart from 12 ms, one file each, combined by "
+                             "T2*-weighted averaging (stage multiecho; default 1: single echo)")
+    parser.add_argument("--confounds", type=parse_confounds, default=(), metavar="NAMES",
+                        help="confound sources on the synthetic runs, each its own stage confound_<name>: "
+                             f"comma-separated of {', '.join(CONFOUNDS)} (physio: the producer writes a physio log "
+                             "as it goes; RETROICOR and RVT from it)")
     parser.add_argument("--no-preview", action="store_true", help="leave out the console preview message")
     parser.add_argument("--warmup", type=int, default=5, help="first volumes left out of the statistics (default 5)")
     parser.add_argument("--data", type=Path, default=_DEFAULT_DATA, help="real data folder (default: %(default)s)")
@@ -109,6 +130,62 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # --------------------------------------------------------------------------- geometry and configs
+#: ``--confounds`` names -> the config lines that turn each on (the physio log is written by the producer).
+CONFOUNDS: dict[str, list[str]] = {
+    "physio": ["", "[confounds.physio]", 'log = "physio.log"', "header_lines = 1", 'time_column = "time_s"',
+               'cardiac_column = "cardiac"', 'resp_column = "respiratory"'],
+    # WM/CSF masks of the synthetic head, written beside the config by write_tissue_masks
+    "tissue": ["", "[confounds.tissue]", 'signals = ["white_matter", "csf", "acompcor"]',
+               'wm_mask = "tissue_wm.nii.gz"', 'csf_mask = "tissue_csf.nii.gz"', "fit_volumes = 10"],
+}
+
+
+def write_tissue_masks(spec: dict[str, Any], folder: Path) -> None:
+    """``tissue_wm.nii.gz`` and ``tissue_csf.nii.gz`` of the simulator's head, on the grid rtnf reads the run on.
+
+    As ``rtnf roi tissue --wm-map/--csf-map`` makes them (fraction >= 0.9 in the brain, WM eroded once). The grid
+    is that of the run's first file as rtnf's reader gives it (a DICOM mosaic's voxel order is not the
+    simulator's), so one volume is written and read back first.
+    """
+    import nibabel as nib
+
+    from rtnf.apps.roidef._common import _resample
+    from rtnf.apps.roidef.tissue import DEFAULT_SETTINGS, tissue_mask
+    from rtnf.scanner.volume import Grid
+    from scanner_sim.export import MAIN
+    from scanner_sim.spec import RunSpec
+    from scanner_sim.synth import SyntheticRun
+    from scanner_sim.writer import SyntheticProducer
+
+    run = SyntheticRun(RunSpec.from_dict({**spec, "n_volumes": 1, "blocks": [], "regions": [], "motion": None}))
+    probe = folder / ("grid_probe.nii" if run.spec.format == "nifti" else "grid_probe.dcm")
+    probe.write_bytes(SyntheticProducer(run).payloads(0, MAIN, [0.0])[0])
+    if run.spec.format == "nifti":
+        img = nib.load(probe)
+        grid = Grid(tuple(img.shape[:3]), np.asarray(img.affine, dtype=np.float64))
+    else:
+        from rtnf.scanner.dicom import read_volume
+
+        grid = read_volume([probe]).grid
+    probe.unlink()
+    head = run.phantom
+    wm = np.where(head.brain_mask, 1.0 - head.gm - head.csf, 0.0)
+    brain = _resample(head.brain_mask.astype(np.float32), head.affine, grid, order=0) > 0.5
+    for tissue, fraction in (("wm", wm), ("csf", head.csf)):
+        on_grid = _resample(np.asarray(fraction, np.float32), head.affine, grid, order=0)
+        roi = tissue_mask(on_grid, brain, grid, tissue, DEFAULT_SETTINGS[tissue], "--confounds")
+        nib.save(nib.Nifti1Image(roi.mask.astype(np.uint8), grid.affine), folder / f"tissue_{tissue}.nii.gz")
+
+
+def parse_confounds(text: str) -> tuple[str, ...]:
+    """``"physio"`` -> ``("physio",)``; an unknown name is an argparse error."""
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    bad = [n for n in names if n not in CONFOUNDS]
+    if bad:
+        raise argparse.ArgumentTypeError(f"unknown confound source {bad[0]!r}. Allowed: {', '.join(CONFOUNDS)}")
+    return names
+
+
 def parse_grid(spec: str) -> tuple[tuple[int, int, int], float]:
     """``"64x64x36@3"`` -> ((64, 64, 36), 3.0)."""
     dims, _, mm = spec.strip().partition("@")
@@ -137,6 +214,8 @@ def _config_text(case: dict[str, Any], export_dir: Path, output_dir: Path, addre
                "first_volume_number": case.get("first_volume_number", 1)}
     if case.get("slices_per_volume"):
         scanner["slices_per_volume"] = case["slices_per_volume"]
+    if case.get("echoes", 1) > 1:
+        scanner["echoes"] = case["echoes"]
     model: dict[str, Any] = {"hrf": "spm", "drift_cutoff_s": 128.0, "motion_regressors": 6}
     if case["whole_brain"]:
         model["whole_brain"] = True
@@ -149,7 +228,16 @@ def _config_text(case: dict[str, Any], export_dir: Path, output_dir: Path, addre
     for name, centre in case["rois"].items():
         lines += [f"[rois.{name}]", f"center_mm = {_toml_value(list(centre))}", "radius_mm = 8.0", ""]
     lines += ["[model]"] + [f"{k} = {_toml_value(v)}" for k, v in model.items()]
-    lines += ["", "[motion]", "enabled = true", f"fwhm_mm = {case['fwhm_mm']!r}", ""]
+    lines += case.get("signal_lines", [])  # --signals: [signals.<name>] tables (rtnf.apps.bench.signals)
+    for name in case.get("confounds", ()):  # --confounds: [confounds.<name>] tables
+        lines += CONFOUNDS[name]
+    lines += ["", "[motion]", "enabled = true", f"fwhm_mm = {case['fwhm_mm']!r}"]
+    lines += [f"reference = {_toml_value(case['motion_reference'])}"] if case.get("motion_reference") else []
+    lines.append("")
+    if case.get("slice_timing"):
+        lines += ["[slice_timing]", "enabled = true", f'method = "{case["slice_timing"]}"']
+        lines += [f'order = "{case["slice_order"]}"'] if case.get("slice_order") else []
+        lines.append("")
     lines += ["[feedback]", f'roi = "{next(iter(case["rois"]))}"', "", "[publish]", f'address = "{address}"']
     lines.append(f"preview = {_toml_value(case['preview'])}")
     lines += ["", "[output]", f'dir = "{output_dir}"', ""]
@@ -165,6 +253,10 @@ class _CycledRun:
         self.frames = frames
         self.affine = affine
         self.reference = reference
+
+    def echo_volumes(self, i: int) -> list[np.ndarray]:
+        """The echoes of volume ``i`` (multi-echo runs: each frame is the list of a volume's echoes)."""
+        return self.volume(i)  # type: ignore[return-value]
 
     def volume(self, i: int) -> np.ndarray:
         k = len(self.frames)
@@ -196,17 +288,26 @@ def _producer_main(job: dict[str, Any], ready: Any, go: Any) -> None:
     spec = RunSpec.from_dict(job["spec"])
     k = max(1, min(int(job["cycle"]), spec.n_volumes))
     short = SyntheticRun(dataclasses.replace(spec, n_volumes=k))
-    frames = [short.volume(i) for i in range(k)]
+    frames = [short.echo_volumes(i) if spec.multiecho is not None else short.volume(i) for i in range(k)]
     producer = SyntheticProducer(short)
     producer.run = _CycledRun(spec, frames, short.affine, short.reference)
     producer.spec = spec
     producer.n_volumes = spec.n_volumes
+    companions = []
+    if job.get("physio_log"):  # the whole run's traces (the cycled frames cover only the first volumes)
+        import numpy as np
+
+        from scanner_sim.physio import make_physio_traces
+        from scanner_sim.physio_stream import PhysioStream, PhysioStreamOptions
+
+        traces = make_physio_traces(spec.physio, spec.duration_s, np.random.default_rng([spec.seed, 5]))
+        companions.append(PhysioStream(traces, Path(job["export_dir"]), PhysioStreamOptions(log=job["physio_log"])))
     ready.set()
     go.wait(600)
     Path(job["truth_dir"]).mkdir(parents=True, exist_ok=True)
     export_run(producer, job["export_dir"], job["truth_dir"], tr_s=spec.tr_s, mode=job["mode"],
                n_chunks=job["n_chunks"], chunk_delay_s=job["chunk_delay_s"], speed=job["speed"],
-               recon_delay_s=0.0, seed=spec.seed, start_delay_s=0.2)
+               recon_delay_s=0.0, seed=spec.seed, start_delay_s=0.2, companions=companions)
 
 
 # --------------------------------------------------------------------------- pipeline process
@@ -367,6 +468,8 @@ def run_case(case: dict[str, Any], workdir: Path) -> dict[str, Any]:
     export_dir.mkdir(exist_ok=True)
     address = free_address()
     cfg_path = workdir / "session.toml"
+    if case.get("signals"):  # the decoder's model and the pattern's map, written before the config names them
+        case = {**case, **prepare_signals(case, workdir)}
     cfg_path.write_text(_config_text(case, export_dir, out_dir, address))
     period = case["tr_s"] / case["speed"]
     job = {k: case[k] for k in ("kind", "mode", "n_chunks", "chunk_delay_s", "speed")}
@@ -383,6 +486,13 @@ def run_case(case: dict[str, Any], workdir: Path) -> dict[str, Any]:
             "regions": [{"name": n, "center_mm": list(c), "radius_mm": 8.0, "amplitude_pct": 1.5,
                          "condition": "regulate"} for n, c in case["rois"].items()],
         }
+        if case.get("echoes", 1) > 1:  # one file per echo, the simulator's T2* map (scanner_sim.spec.MultiEcho)
+            job["spec"]["multiecho"] = {"echo_times_ms": [12.0 * (e + 1) for e in range(case["echoes"])]}
+        if "tissue" in case.get("confounds", ()):  # WM/CSF masks on the grid rtnf will read
+            write_tissue_masks(job["spec"], workdir)
+        if "physio" in case.get("confounds", ()):  # noise in the volumes, and the recording written as it happens
+            job["spec"]["physio"] = {"cardiac_pct": 1.0, "resp_pct": 1.0}
+            job["physio_log"] = "physio.log"
     ready, go, started = ctx.Event(), ctx.Event(), ctx.Event()
     result_path = workdir / "result.json"
     pjob = {"config_path": str(cfg_path), "timeout_s": 120.0 + 3.0 * case["n_volumes"] * max(period, 0.05)}
@@ -421,8 +531,8 @@ def _stage_samples(rows: list[dict[str, Any]], closed: dict[int, float]) -> dict
         out["model"].append(t["t_modelled"] - t["t_preprocessed"])
         out["publish"].append(t["t_published"] - t["t_modelled"])
         out["processing"].append(t["t_published"] - t["t_detected"])
-        for name, seconds in p.items():  # the probes, and each feedback signal's stage (signal_<name>)
-            if name in out or name.startswith("signal_"):
+        for name, seconds in p.items():  # the probes, each feedback signal's stage (signal_<name>) and confound source's
+            if name in out or name.startswith(("signal_", "confound_")):
                 out.setdefault(name, []).append(seconds)
         for name in ("deliver", "operator"):
             if r.get(name) is not None:
@@ -489,7 +599,9 @@ def _synthetic_cases(args: argparse.Namespace, whole_brain: bool, preview: bool)
             "format": args.format, "n_volumes": int(n), "tr_s": args.tr_s, "speed": args.speed, "cycle": args.cycle,
             "rois": ROIS, "whole_brain": whole_brain, "preview": preview, "fwhm_mm": args.fwhm_mm,
             "mode": args.mode, "n_chunks": args.n_chunks, "chunk_delay_s": args.chunk_delay_s,
-            "warmup": args.warmup,
+            "warmup": args.warmup, "slice_timing": args.slice_timing, "signals": getattr(args, "signals", ()),
+            "echoes": getattr(args, "echoes", 1), "confounds": getattr(args, "confounds", ()),
+            "slice_order": None if args.format == "siemens-mosaic" else "ascending",  # NIfTI: no slice times
         })
     return cases
 
@@ -525,7 +637,8 @@ def _real_cases(args: argparse.Namespace, whole_brain: bool, preview: bool) -> t
             "rois": _real_rois(list(src.volumes[0])), "whole_brain": whole_brain, "preview": preview,
             "fwhm_mm": args.fwhm_mm, "mode": args.mode, "n_chunks": n_chunks, "chunk_delay_s": delay,
             "warmup": args.warmup, "slices_per_volume": slices,
-            "first_volume_number": 1,
+            "first_volume_number": 1, "slice_timing": getattr(args, "slice_timing", None),
+            "slice_order": None if slices is None else "ascending",  # Philips slices carry no slice times
         })
     return cases, notes
 

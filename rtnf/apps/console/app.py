@@ -48,6 +48,7 @@ import math
 import queue
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any, Callable
 
 from bokeh.application import Application
@@ -231,6 +232,44 @@ def _fmt_saturation(sat: dict[str, Any]) -> str:
         return "feedback at the bar's ends: –"
     return (f"feedback at the bar's ends: {sat['at_end']} of {sat['regulation']} regulation volumes "
             f"({100 * sat['fraction']:.0f} %; full {sat['top']}, empty {sat['bottom']})")
+
+
+def _fmt_shaping(threshold: float, scores: Iterable[dict[str, Any]]) -> str:
+    """The status line's success threshold ([feedback.shaping]) with the last block's score and the tally."""
+    scores = list(scores)
+    text = (f'block threshold <b data-threshold="{threshold!r}">{threshold:.3g}</b>'
+            ' <span class="muted" title="a regulation block succeeds when its mean feedback signal (oriented as '
+            'success, shifted by the hemodynamic lag) exceeds it">(signal units)</span>')
+    if scores:
+        last = scores[-1]
+        verdict = "success" if last["success"] else "no success"
+        text += (f" · last block {last['value']:.3g}: <b>{verdict}</b>"
+                 f" · {sum(bool(b['success']) for b in scores)} of {len(scores)} blocks succeeded")
+    return text
+
+
+def _fmt_cleaning(cleaning: dict[str, Any]) -> str:
+    """Per ROI: tSNR raw -> cleaned, and the share of its variance each nuisance set alone explains."""
+    parts = []
+    for roi, v in cleaning["rois"].items():
+        if not math.isfinite(v["tsnr_raw"]):
+            continue
+        shares = ", ".join(f"{s} {100 * r:.0f} %" for s, r in v["unique_r2"].items() if math.isfinite(r))
+        parts.append(f'<span data-cleaning="{html.escape(roi)}" title="tSNR of the raw ROI mean and of the signal '
+                     f'cleaned of every nuisance set; % of its variance only that set explains">{html.escape(roi)} '
+                     f'tSNR {v["tsnr_raw"]:.0f} → {v["tsnr_clean"]:.0f} ({shares})</span>')
+    return "cleaning: " + "; ".join(parts) if parts else "cleaning: –"
+
+
+def _finite_only(value: Any) -> Any:
+    """``value`` with every NaN or infinite float as None: the page parses the status as strict JSON."""
+    if isinstance(value, dict):
+        return {k: _finite_only(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_only(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def _fmt_ms(value: float | None) -> str:
@@ -618,6 +657,8 @@ class ConsolePage:
         elif latest is not None and not math.isnan(latest["block"]):
             parts.append(f"block {int(latest['block']) + 1}")
         parts.append(f"elapsed <b>{_fmt_duration(elapsed)}</b>")
+        if st.threshold is not None:
+            parts.append(_fmt_shaping(st.threshold, st.block_scores))
         shading = getattr(self, "block_colors", {})
         if shading:
             parts.append("shaded: " + " ".join(
@@ -636,6 +677,9 @@ class ConsolePage:
             f"end-to-end median {_fmt_ms(st.median_ms('e2e_ms'))} · "
             f"run {html.escape(st.run_id or '–')}"
         )
+        cleaning = st.cleaning()
+        if cleaning is not None:
+            detail += " · " + _fmt_cleaning(cleaning)
         keys = st.keys
         trigger = f" (last {clock_time(keys['t_last_trigger'])})" if keys["t_last_trigger"] is not None else ""
         response = "–" if keys["last_response"] is None else (
@@ -670,7 +714,9 @@ class ConsolePage:
             "keys": keys, "n_events": st.n_events, "saturation": saturation,
             "preview_index": None if st.preview is None else st.preview.index,
             "n_ratings": st.n_ratings, "rating_on_screen": st.rating_on_screen,
-            "export_dir": st.export_dir, "output_dir": st.output_dir,
+            "threshold": st.threshold, "n_blocks_scored": len(st.block_scores),
+            "n_blocks_succeeded": sum(bool(b["success"]) for b in st.block_scores),
+            "export_dir": st.export_dir, "output_dir": st.output_dir, "cleaning": _finite_only(cleaning),
         }
         self._set("status_tags", self.status, "tags", [json.dumps(status)])
         if alerts:

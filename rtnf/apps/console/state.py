@@ -26,6 +26,8 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from rtnf.wire.messages import SATURATION_EPS, SATURATION_WARN_FRACTION, MessageError, reason_kind, volume_label
 from rtnf.wire.topics import (
     MAX_LOG_CHARS,
@@ -66,6 +68,7 @@ RECORDING_FAILED = "RECORDING FAILED"  # rtnf.run.record's alarm, raised until .
 RECORDING_WORKS = "recording works again"  # ... its all-clear
 SATURATION_ALERT_MIN_VOLUMES = 10  # regulation volumes with a value before the saturation alert can fire
 NO_FEEDBACK_REASON = "no feedback in this run"  # rtnf's reason when feedback.enabled is false
+BLOCK_SCORES_MAX = 1000  # scored blocks kept per run (shaping)
 DEFAULT_LAG_S = 6.0  # feedback.hemodynamic_lag_s when the run message does not say
 
 BASE_COLUMNS: tuple[str, ...] = (
@@ -282,7 +285,13 @@ class RunState:
         self.rating_on_screen: str | None = None
         self.trigger_error: str | None = None  # the screen's serial trigger port problem, once per run in events
         self._feedback: dict[int, dict[str, Any]] = {}  # feedback that came before its volume
+        # Shaping ([feedback.shaping]): the success threshold in force and the blocks scored so far.
+        self.threshold: float | None = None
+        self.block_scores: deque[dict[str, Any]] = deque(maxlen=BLOCK_SCORES_MAX)
         self._displayed: dict[int, float] = {}  # acknowledgements that came before their volume
+        self.confounds: dict[int, dict[str, float]] = {}  # each volume's confound values ([confounds]), by index
+        self._cleaning: tuple[int, dict[str, Any] | None] = (-1, None)  # (rows it was computed from, result)
+        self._cleaning_thread = None  # the thread computing it (see cleaning)
 
     @property
     def fd_threshold_mm(self) -> float:
@@ -472,6 +481,11 @@ class RunState:
 
     def _on_feedback(self, msg: FeedbackMessage) -> bool:
         index = msg.index
+        if msg.threshold is not None:
+            self.threshold = float(msg.threshold)
+        if msg.block_value is not None:
+            self.block_scores.append({"index": index, "value": float(msg.block_value), "success": msg.block_success,
+                                      "threshold": self.threshold})
         values = {"feedback": _num(msg.value), "feedback_reason": _str(msg.reason)}
         if index in self.position:
             self._update(index, values)
@@ -519,6 +533,8 @@ class RunState:
             values = rois.get(roi)
             for kind in ("raw", "clean", "psc"):
                 row[f"{kind}_{roi}"] = _num(getattr(values, kind) if values is not None else None)
+        if msg.confounds:
+            self.confounds[index] = {k: _num(v) for k, v in msg.confounds.items()}
         row.update(self._feedback.pop(index, {}))
         self._set_display(row, self._displayed.pop(index, NAN))
         self._set_marks(row)
@@ -750,6 +766,77 @@ class RunState:
             if shown == 0:
                 out["silent"].append(number)
         return out
+
+    def cleaning(self, every: int = 10, wait: bool = False) -> dict[str, Any] | None:
+        """What the nuisance regressors buy in each ROI so far (:mod:`rtnf.analysis.benefit`), or None.
+
+        Recomputed every ``every`` volumes (and at the run's end) in a thread of its own, from a copy of the
+        rows: the first computation imports the design's HRF code (over a second), which must not hold up the
+        page. Returns the latest result. The console knows the protocol but not the model's settings: the
+        design here has SPM's HRF, 128 s drift terms, the six motion parameters when they are recorded and
+        the run's confound columns. ``{"sets": [...], "rois": {roi: RoiBenefit dict}}``. ``wait``: wait for a
+        computation started now (tests, scripts).
+        """
+        import threading
+
+        n_rows = len(self.rows)
+        done, result = self._cleaning
+        due = n_rows != done and (done < 0 or n_rows - done >= every or self.end is not None)
+        if due and (self._cleaning_thread is None or not self._cleaning_thread.is_alive()):
+            snapshot = ([dict(r) for r in self.rows], dict(self.confounds), self.rois[:], self.blocks)
+            generation = self.generation
+
+            def work() -> None:
+                value = self._compute_cleaning(*snapshot)
+                if self.generation == generation:  # not a later run's
+                    self._cleaning = (n_rows, value)
+
+            self._cleaning = (n_rows, result)  # not started again for these rows
+            self._cleaning_thread = threading.Thread(target=work, name="console-cleaning", daemon=True)
+            self._cleaning_thread.start()
+        if wait and self._cleaning_thread is not None:
+            self._cleaning_thread.join()
+        return self._cleaning[1]
+
+    def _compute_cleaning(self, all_rows: list[dict[str, Any]], confounds: dict[int, dict[str, float]],
+                          roi_names: list[str], run_blocks: list[dict[str, Any]]) -> dict[str, Any] | None:
+        from rtnf.analysis.benefit import SETS, roi_benefit
+        from rtnf.analysis.design import make_design
+        from rtnf.analysis.protocol import Block, Protocol, ProtocolError
+
+        tr, baseline = self.tr_s, self.baseline
+        rows = [r for r in all_rows if not r["missing"]]
+        if tr is None or baseline is None or len(rows) < 20:
+            return None
+        n = max(self.n_volumes or 0, max(r["index"] for r in all_rows) + 1)
+        blocks = tuple(Block(b["condition"], b["start"] * tr, (b["stop"] - b["start"]) * tr, "run")
+                       for b in run_blocks if b["condition"] != baseline)
+        try:
+            protocol = Protocol(blocks=blocks, baseline=baseline,
+                                conditions=tuple(dict.fromkeys([baseline, *(b.condition for b in blocks)])),
+                                tr_s=tr, n_volumes=n)
+        except (ProtocolError, ValueError):
+            return None
+        names = tuple(dict.fromkeys(k for values in confounds.values() for k in values))
+        has_motion = any(math.isfinite(r["trans_x"]) for r in rows)
+        online = np.full((n, (6 if has_motion else 0) + len(names)), np.nan)
+        use = np.zeros(n, dtype=bool)
+        for r in rows:
+            i = r["index"]
+            values = confounds.get(i, {})
+            motion = [r[p] for p in MOTION_PARAMETERS] if has_motion else []
+            online[i] = motion + [0.0 if not math.isfinite(values.get(c, NAN)) else values[c] for c in names]
+            use[i] = not r["censored"]
+        design = make_design(protocol, "spm", 128.0, 6 if has_motion else 0, confounds=names)
+        if online.shape[1]:
+            design = design.with_motion(online)
+        rois = {}
+        for roi in roi_names:
+            raw = np.full(n, np.nan)
+            for r in rows:
+                raw[r["index"]] = r.get(f"raw_{roi}", NAN)
+            rois[roi] = roi_benefit(design, raw, use).as_dict()
+        return {"sets": [s for s in SETS if any(s in v["unique_r2"] for v in rois.values())], "rois": rois}
 
     def median_ms(self, column: str) -> float | None:
         values = [r[column] for r in self.rows if not math.isnan(r[column])]

@@ -16,6 +16,7 @@ import numpy as np
 from rtnf.analysis.motion import MOTION_COLUMNS
 from rtnf.wire.messages import SATURATION_EPS, SATURATION_WARN_FRACTION, reason_kind
 
+from .cleaning import cleaning
 from .read import NA, RecordedRun
 
 FLAG_COLUMNS = ("missing", "late", "out_of_order", "censored")
@@ -66,6 +67,9 @@ def summarise(run: RecordedRun) -> dict[str, Any]:
     - ``tsnr``: per ROI, mean / standard deviation (ddof=1) of the cleaned
       signal over the volumes that are not missing (task variance
       included);
+    - ``cleaning``: what the nuisance regressors buy per ROI (raw vs cleaned tSNR, the variance each set
+      explains, the correlation with the simulator's truth when it is beside the run), or None without
+      events (:func:`rtnf.apps.report.cleaning.cleaning`);
     - ``latency_ms``: per stage (and total detect -> published), n, median,
       95th percentile, max and mean in milliseconds over non-missing volumes;
     - ``motion``: whether motion parameters were recorded, the FD threshold,
@@ -99,6 +103,7 @@ def summarise(run: RecordedRun) -> dict[str, Any]:
         "psc_by_condition": psc_by_condition(run, lag),
         "blocks": regulation_blocks(run, lag),
         "tsnr": tsnr(run),
+        "cleaning": cleaning(run),
         "latency_ms": latency_ms(run),
         "motion": motion_summary(run),
         "saturation": saturation(run),

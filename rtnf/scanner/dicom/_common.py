@@ -93,6 +93,14 @@ class DicomInfo:
     note : str or None
         Why ``n_slices`` differs from a header count (an implausible
         ImagesInAcquisition, the configured ``scanner.slices_per_volume``).
+    echo_number : int or None
+        EchoNumbers (1-based) when the header gives it: which echo of a
+        multi-echo volume the file holds.
+    echo_time_ms : float or None
+        EchoTime (ms).
+    acquisition_number : int or None
+        AcquisitionNumber: the volume of a multi-echo series whose echoes share it
+        (InstanceNumber may count echoes).
     """
 
     path: Path
@@ -112,6 +120,9 @@ class DicomInfo:
     n_temporal: int | None = None
     volume_from_instance: bool = False
     note: str | None = None
+    echo_number: int | None = None
+    echo_time_ms: float | None = None
+    acquisition_number: int | None = None
 
     @property
     def usable(self) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 from rtnf.scanner.volume import Volume
 from ._common import LPS_TO_RAS, DicomReadError, UnsupportedDicomError, acquisition_time, dicomwrappers, rescale
 from .pixels import check_pixel_length
+from .slicetimes import frame_slice_times
 
 
 def _affine(wrapper: Any) -> np.ndarray:
@@ -88,9 +89,11 @@ def read_enhanced(path: Path, ds: Any) -> list[Volume]:
     if data.ndim == 2:
         data = data[:, :, None]
     if data.ndim == 3:
-        return [Volume(data=data, affine=affine, t_acquired=t, path=path)]
+        times = frame_slice_times(wrapper, data.shape[2], 1)
+        return [Volume(data=data, affine=affine, t_acquired=t, path=path, slice_times_s=times[0])]
     if data.ndim == 4:
-        return [Volume(data=np.ascontiguousarray(data[..., i]), affine=affine, t_acquired=t, path=path)
-                for i in range(data.shape[3])]
+        times = frame_slice_times(wrapper, data.shape[2], data.shape[3])
+        return [Volume(data=np.ascontiguousarray(data[..., i]), affine=affine, t_acquired=t, path=path,
+                       slice_times_s=times[i]) for i in range(data.shape[3])]
     raise UnsupportedDicomError(f"{path}: enhanced MR file with {data.ndim} dimensions {data.shape}; "
                                 "rtnf reads 3D or 3D+time files")

@@ -102,6 +102,7 @@ class _Recipe:
     count: int
     transform: Callable[[np.ndarray], np.ndarray]
     affine: np.ndarray
+    slice_times_s: tuple[float, ...] | None = None  # the first file's: protocol, like the geometry
 
 
 class SeriesReader:
@@ -141,7 +142,8 @@ class SeriesReader:
             if recipe is not None and recipe.header.pixel_length == header.pixel_length:
                 raw = np.frombuffer(buf, dtype=recipe.dtype, count=recipe.count, offset=header.pixel_offset)
                 vol = Volume(data=recipe.transform(raw), affine=recipe.affine.copy(),
-                             t_acquired=acquisition_time(header.times), path=path)
+                             t_acquired=acquisition_time(header.times), path=path,
+                             slice_times_s=recipe.slice_times_s)
                 self.stats["fast"] += 1
                 if self.verify:
                     _assert_same(vol, read_volume(path))
@@ -161,6 +163,10 @@ def _assert_same(a: Volume, b: Volume) -> None:
     np.testing.assert_array_equal(a.data, b.data)
     np.testing.assert_allclose(a.affine, b.affine, atol=1e-9)
     assert a.t_acquired == b.t_acquired, (a.t_acquired, b.t_acquired)
+    # Slice times are the series' (its first file's) on the fast path: equal to the file's own within 1 ms.
+    assert (a.slice_times_s is None) == (b.slice_times_s is None), (a.slice_times_s, b.slice_times_s)
+    if a.slice_times_s is not None:
+        np.testing.assert_allclose(a.slice_times_s, b.slice_times_s, atol=1e-3)
 
 
 def _make_recipe(path: Path, buf: bytes, header: _Header, vol: Volume) -> _Recipe | None:
@@ -213,10 +219,11 @@ def _make_recipe(path: Path, buf: bytes, header: _Header, vol: Volume) -> _Recip
         return None
     if count * dtype.itemsize > header.pixel_length:
         return None
-    recipe = _Recipe(header, dtype, count, transform, np.array(vol.affine))
+    recipe = _Recipe(header, dtype, count, transform, np.array(vol.affine), vol.slice_times_s)
     raw = np.frombuffer(buf, dtype=dtype, count=count, offset=header.pixel_offset)
     try:
-        _assert_same(Volume(recipe.transform(raw), recipe.affine, acquisition_time(header.times), path), vol)
+        _assert_same(Volume(recipe.transform(raw), recipe.affine, acquisition_time(header.times), path,
+                            slice_times_s=recipe.slice_times_s), vol)
     except AssertionError:
         return None
     return recipe

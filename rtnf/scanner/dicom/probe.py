@@ -215,7 +215,18 @@ def header_fields(ds: Any, path: Path) -> dict[str, Any]:
         n_temporal=n_temporal,
         volume_from_instance=from_instance,
         note=note,
+        echo_number=as_int(ds.get("EchoNumbers")),
+        echo_time_ms=_as_float(ds.get("EchoTime")),
+        acquisition_number=acq_number,
     )
+
+
+def _as_float(value: Any) -> float | None:
+    """A float from a DICOM DS value, None when absent or unreadable."""
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 _MAX_PLAUSIBLE_SLICES = 512  # slices of one volume of a multi-volume 2D series; more means a series count

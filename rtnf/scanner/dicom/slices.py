@@ -17,6 +17,7 @@ import numpy as np
 from rtnf.scanner.volume import Volume
 from ._common import LPS_TO_RAS, DicomReadError, UnsupportedDicomError, acquisition_time, iop, ipp, rescale, slice_normal
 from .pixels import check_pixel_length
+from .slicetimes import slice_file_times
 
 _POS_TOL_MM = 0.01
 
@@ -83,7 +84,8 @@ def read_slices(paths: Sequence[Path], datasets: Sequence[Any], arrays: Sequence
         data[:, :, k] = arr * slope + inter if (slope != 1.0 or inter != 0.0) else arr
     times = [t for t in (acquisition_time(it[3]) for it in items) if t is not None]
     return Volume(data=data, affine=slice_affine(orient0, ipps[0], ps0, step),
-                  t_acquired=min(times) if times else None, path=items[0][2])
+                  t_acquired=min(times) if times else None, path=items[0][2],
+                  slice_times_s=slice_file_times([it[3] for it in items]))
 
 
 def _pixels(path: Path, ds: Any) -> np.ndarray:
