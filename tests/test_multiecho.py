@@ -453,3 +453,19 @@ def test_echo_number_zero_is_named_as_such(tmp_path, nifti_run):
     (source / "rtsim_001_00003_echo-1.nii").rename(source / "rtsim_001_00003_echo-0.nii")
     with pytest.raises(ConfigError, match=r"is echo 0: echoes are numbered from 1"):
         _replay(tmp_path, source)
+
+
+def test_an_echo_mismatch_found_mid_run_costs_volumes_not_the_run(tmp_path, nifti_run, caplog):
+    """Before: a config error found at any volume (here a fourth echo appearing at acquisition 8) stopped the run
+    there, losing the rest of it; only the first volume's may stop it (it would be the same for every volume)."""
+    source = tmp_path / "export"
+    shutil.copytree(nifti_run.export_dir, source)
+    shutil.copy(source / "rtsim_001_00008_echo-3.nii", source / "rtsim_001_00008_echo-4.nii")
+    with caplog.at_level(logging.WARNING):
+        result = _replay(tmp_path, source)
+    assert result["status"] == "ended", result
+    rows = _rows(result["timeseries"])
+    assert len(rows) == N_REPLAY - REPLAY_DUMMIES
+    assert [r["missing"] for r in rows[:5]] == ["0"] * 5  # every volume before the odd file is kept
+    assert "1" in [r["missing"] for r in rows[5:]]  # the odd echo costs volumes from where it shows up
+    assert any("is echo 4, but scanner.echoes = 3" in r.getMessage() for r in caplog.records)

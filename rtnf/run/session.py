@@ -513,8 +513,14 @@ class _RunLoop:
         else:
             try:
                 result = self.processor.process(index, number, arrival)
-            except (RoiError, ConfigError):
+            except RoiError:
                 raise  # the same for every volume: the run stops (see execute)
+            except ConfigError as exc:
+                if self.processor.grid is None:
+                    raise  # found on the first volume, it is the same for every volume: the run stops (see execute)
+                # Found later (a file unlike those before: an extra echo, other echo times): it costs this volume,
+                # never the rows and feedback of the run so far.
+                result = self._failed(index, number, arrival, exc)
             except Exception as exc:  # a bug or a foreign file must cost one volume, never the run
                 result = self._failed(index, number, arrival, exc)
         self._publish_and_record(result, t_released)
