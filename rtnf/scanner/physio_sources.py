@@ -20,10 +20,19 @@ from typing import Any
 
 import numpy as np
 
+from rtnf.scanner.nifti import open_regular
+
 log = logging.getLogger("rtnf.confounds.physio")
 
 #: Seconds between two looks at the log file or the LSL inlet.
 POLL_S = 0.01
+#: Bytes of the log read at a time: a log holding hours before the run is caught up with in pieces (one
+#: ``read()`` of it all took about 11 bytes of memory per byte of log: 571 MB for 51 MB).
+READ_BYTES = 1 << 20
+#: Sample times (s) at or beyond this magnitude, or not finite, are dropped as damaged (epoch seconds are 1.7e9).
+MAX_TIME_S = 1e11
+#: A "line" this long without a newline is no sample (a binary file, a log without line ends): dropped.
+MAX_LINE_BYTES = 1 << 16
 
 
 class SampleBuffer:
@@ -48,6 +57,11 @@ class SampleBuffer:
     def append(self, rows: np.ndarray) -> None:
         """Add samples, shape ``(n, 3)``; rows not later than the last kept sample are dropped (counted)."""
         rows = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+        # One inf or absurd time would otherwise hold back every later sample (they must be later than it).
+        bad = ~(np.abs(rows[:, 0]) < MAX_TIME_S)
+        if bad.any():
+            self.n_out_of_order += int(bad.sum())
+            rows = rows[~bad]
         if not len(rows):
             return
         with self._lock:
@@ -177,7 +191,7 @@ class LogTail(_Reader):
         if self.path.is_dir():
             raise ValueError(f"physio log {self.path.name} is a folder, not a text file")
         try:
-            with open(self.path, "rb") as fh:
+            with open_regular(self.path) as fh:  # a FIFO in its place must not block the run's first volume
                 head = fh.read(65536)
         except OSError as exc:
             raise ValueError(f"physio log {self.path.name} cannot be read ({exc.strerror or exc})") from None
@@ -211,19 +225,22 @@ class LogTail(_Reader):
         while not self._stop.is_set():
             if fh is None:
                 try:
-                    fh = open(self.path, "rb")
+                    fh = open_regular(self.path)
                 except OSError:
                     self.ready.set()  # nothing to catch up with
                     self._stop.wait(POLL_S * 5)
                     continue
                 self.status = f"physio log {self.path.name} has no sample yet"
-            chunk = fh.read()
+            chunk = fh.read(READ_BYTES)
             if not chunk:
                 self.ready.set()
                 self._stop.wait(POLL_S)
                 continue
             lines = (partial + chunk).split(b"\n")
             partial = lines.pop()  # an incomplete last line waits for its end
+            if len(partial) > MAX_LINE_BYTES:  # no sample line; kept, it would grow with the file
+                self.n_bad_lines += 1
+                partial = b""
             rows = []
             for raw in lines:
                 self._n_lines += 1
