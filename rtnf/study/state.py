@@ -112,8 +112,11 @@ class StudyState:
         """Append one event to the journal, durably (``fsync``) before returning it."""
         entry = {"event": event, "t": time.time(), **fields}
         line = (json.dumps(entry, sort_keys=True) + "\n").encode("utf-8")
-        fd = os.open(self.journal_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.journal_path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
+            size = os.fstat(fd).st_size
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                line = b"\n" + line  # a line cut short by a crash must not swallow this event
             os.write(fd, line)  # one write with O_APPEND: lines of two processes never interleave
             os.fsync(fd)
         finally:
