@@ -469,3 +469,14 @@ def test_an_echo_mismatch_found_mid_run_costs_volumes_not_the_run(tmp_path, nift
     assert [r["missing"] for r in rows[:5]] == ["0"] * 5  # every volume before the odd file is kept
     assert "1" in [r["missing"] for r in rows[5:]]  # the odd echo costs volumes from where it shows up
     assert any("is echo 4, but scanner.echoes = 3" in r.getMessage() for r in caplog.records)
+
+
+def test_a_single_echo_run_reads_names_with_an_e_number_as_they_are(tmp_path, nifti_run):
+    """Before: '_e<n>' in a single-echo run's names was taken for an echo: '_e2' stopped the run as multi-echo
+    data, and the volume number was read from the name without it."""
+    source = tmp_path / "single"
+    source.mkdir()
+    for n in range(1, N_REPLAY + 1):
+        shutil.copy(nifti_run.export_dir / f"rtsim_001_{n:05d}_echo-2.nii", source / f"scan_e2_{n:05d}.nii")
+    result = _replay(tmp_path, source, **{"scanner.echoes": 1, "multiecho.fit_volumes": None})
+    assert result["status"] == "ended" and result["processed"] == N_REPLAY - REPLAY_DUMMIES, result

@@ -141,6 +141,10 @@ class Arrival:
         return first if len(self.paths) == 1 else f"{first} (+{len(self.paths) - 1} {self.parts})"
 
 
+BIDS_ECHO = re.compile(r"[_-]echo-?\d+(?=[._-]|$)", re.IGNORECASE)
+"""The explicit echo token of a file name (BIDS ``_echo-<n>``), the only one a single-echo run heeds."""
+
+
 def template_to_regex(template: str) -> str:
     """Turn a file-name template such as ``001_{series:06d}_{volume:06d}.dcm`` into a regex.
 
@@ -470,7 +474,11 @@ class ExportReader:
             if m and m.groupdict().get("volume") is not None:
                 return int(m.group("volume"))
         if path.name.lower().endswith(NIFTI_SUFFIXES):
-            numbers = re.findall(r"\d+", without_echo(re.sub(r"\.nii(\.gz)?$", "", path.name, flags=re.I)))
+            stem = re.sub(r"\.nii(\.gz)?$", "", path.name, flags=re.I)
+            # The echo token is no volume number; a single-echo run only knows BIDS's explicit 'echo-<n>' (an '_e2'
+            # there is part of the study's own naming).
+            stem = without_echo(stem) if self._echoes is not None else BIDS_ECHO.sub("", stem)
+            numbers = re.findall(r"\d+", stem)
             return int(numbers[-1]) if numbers else None
         return None
 
@@ -480,7 +488,12 @@ class ExportReader:
             m = self.pattern.search(path.name)
             if m and m.groupdict().get("echo") is not None:
                 return int(m.group("echo"))
-        return echo_from_name(re.sub(r"\.nii(\.gz)?$", "", path.name, flags=re.I))
+        stem = re.sub(r"\.nii(\.gz)?$", "", path.name, flags=re.I)
+        if self._echoes is None:
+            # A single-echo run only notices BIDS's explicit 'echo-<n>': a short '_e2' in a single-echo name
+            # (a study's own naming) must not stop the run as "multi-echo data".
+            return echo_from_name(stem) if BIDS_ECHO.search(stem) else None
+        return echo_from_name(stem)
 
     def _series_from_name(self, path: Path) -> str | None:
         if self.pattern is None:
