@@ -110,3 +110,70 @@ def record_study(
                 runs.append(record_run(root, subject, session, 1, task="transfer", feedback=False,
                                        amplitude_pct=amplitude, seed=seed, extra=extra))
     return runs
+
+
+def read_rows(tsv: Path) -> list[dict[str, str]]:
+    """A recorded table's rows (every value as written)."""
+    import csv
+
+    with open(tsv, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f, delimiter="\t"))
+
+
+def column(rows: list[dict[str, str]], name: str) -> "np.ndarray":
+    """A numeric column (NaN for n/a)."""
+    import math
+
+    import numpy as np
+
+    return np.array([math.nan if r[name] == "n/a" else float(r[name]) for r in rows])
+
+
+def recompute_run(tsv: Path, lag: int, roi: str = "acc") -> dict[str, Any]:
+    """Blocks, success, PSC, FD and tSNR of one recorded table, with NumPy only (not the report's code).
+
+    ``lag`` is the hemodynamic lag in volumes: volume i takes the block and
+    condition of volume i - lag. Each non-rest block's change of the feedback
+    signal from the preceding rest block (usable volumes only, every block an
+    "increase" block) is its change toward the goal; > 0 is a success.
+    """
+    import math
+
+    import numpy as np
+
+    rows = read_rows(tsv)
+    n = len(rows)
+    usable = np.array([r["missing"] == "0" and r["censored"] == "0" for r in rows])
+    block = [int(r["block"]) for r in rows]
+    cond = [r["condition"] for r in rows]
+    shifted_block = [block[i - lag] if i >= lag else None for i in range(n)]
+    shifted_cond = [cond[i - lag] if i >= lag else None for i in range(n)]
+    signal = column(rows, "feedback_signal")
+
+    def mean_where(values, mask):
+        v = values[mask & np.isfinite(values)]
+        return float(v.mean()) if v.size else math.nan
+
+    toward, success, baseline = [], [], None
+    for b in dict.fromkeys(block):
+        c = cond[block.index(b)]
+        if c == "rest":
+            baseline = b
+            continue
+        in_block = np.array([s == b for s in shifted_block]) & usable
+        ref = np.array([s == baseline for s in shifted_block]) & usable
+        d = mean_where(signal, in_block) - mean_where(signal, ref)
+        toward.append(d)
+        success.append(d > 0)
+    psc = column(rows, f"{roi}_psc")
+    clean = column(rows, f"{roi}_clean")[[r["missing"] == "0" for r in rows]]
+    clean = clean[np.isfinite(clean)]
+    fd = column(rows, "framewise_displacement")
+    shaped = [r["block_success"] for r in rows if r.get("block_success", "n/a") != "n/a"]
+    return {
+        "toward": toward, "success": success,
+        "psc_rest": mean_where(psc, np.array([c == "rest" for c in shifted_cond]) & usable),
+        "psc_regulate": mean_where(psc, np.array([c == "regulate" for c in shifted_cond]) & usable),
+        "fd_mean": float(np.nanmean(fd)), "tsnr": float(clean.mean() / clean.std(ddof=1)),
+        "n_shaped": len(shaped), "n_shaped_success": shaped.count("1"),
+    }

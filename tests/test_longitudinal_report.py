@@ -13,7 +13,6 @@ learning the simulation built in (a larger activation in session 2) must show.
 
 from __future__ import annotations
 
-import csv
 import html.parser
 import json
 import math
@@ -23,7 +22,7 @@ import numpy as np
 import pytest
 
 from rtnf.run.ratings import COLUMNS as RATING_COLUMNS
-from tests.longitudinal_data import record_study
+from tests.longitudinal_data import read_rows, recompute_run, record_study
 
 LAG = 2  # hemodynamic_lag_s 4 s at TR 2 s (tests/longitudinal_data.py)
 ARMS = {"01": "A", "02": "B"}
@@ -63,55 +62,6 @@ def report(study):
 # ---------------------------------------------------------------- the numbers, recomputed from the tables
 
 
-def _rows(tsv: Path) -> list[dict[str, str]]:
-    with open(tsv, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
-
-
-def _num(rows: list[dict[str, str]], column: str) -> np.ndarray:
-    return np.array([math.nan if r[column] == "n/a" else float(r[column]) for r in rows])
-
-
-def recompute_run(tsv: Path) -> dict:
-    """Blocks, success, PSC, FD and tSNR of one recorded table, with NumPy only."""
-    rows = _rows(tsv)
-    n = len(rows)
-    usable = np.array([r["missing"] == "0" and r["censored"] == "0" for r in rows])
-    block = [int(r["block"]) for r in rows]
-    cond = [r["condition"] for r in rows]
-    shifted_block = [block[i - LAG] if i >= LAG else None for i in range(n)]
-    shifted_cond = [cond[i - LAG] if i >= LAG else None for i in range(n)]
-    signal = _num(rows, "feedback_signal")
-
-    def mean_where(values, mask):
-        v = values[mask & np.isfinite(values)]
-        return float(v.mean()) if v.size else math.nan
-
-    toward, success, baseline = [], [], None
-    for b in dict.fromkeys(block):
-        c = cond[block.index(b)]
-        if c == "rest":
-            baseline = b
-            continue
-        in_block = np.array([s == b for s in shifted_block]) & usable
-        ref = np.array([s == baseline for s in shifted_block]) & usable
-        d = mean_where(signal, in_block) - mean_where(signal, ref)
-        toward.append(d)  # every block "increase" here
-        success.append(d > 0)
-    psc = _num(rows, "acc_psc")
-    clean = _num(rows, "acc_clean")[[r["missing"] == "0" for r in rows]]
-    clean = clean[np.isfinite(clean)]
-    fd = _num(rows, "framewise_displacement")
-    shaped = [r["block_success"] for r in rows if r["block_success"] != "n/a"]
-    return {
-        "toward": toward, "success": success,
-        "psc_rest": mean_where(psc, np.array([c == "rest" for c in shifted_cond]) & usable),
-        "psc_regulate": mean_where(psc, np.array([c == "regulate" for c in shifted_cond]) & usable),
-        "fd_mean": float(np.nanmean(fd)), "tsnr": float(clean.mean() / clean.std(ddof=1)),
-        "n_shaped": len(shaped), "n_shaped_success": shaped.count("1"),
-    }
-
-
 def _close(a, b, tol=1e-9) -> bool:
     a, b = float(a), float(b)
     return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= tol * max(1.0, abs(b))
@@ -119,12 +69,12 @@ def _close(a, b, tol=1e-9) -> bool:
 
 def test_every_run_row_equals_the_recomputation_from_its_table(study, report):
     _, runs, _ = study
-    written = _rows(report.with_name("study_runs.tsv"))
+    written = read_rows(report.with_name("study_runs.tsv"))
     assert len(written) == len(runs) == 12
     by_key = {(r["participant"], r["session"], r["task"], r["run"]): r for r in written}
     for run in runs:
         got = by_key[(run.subject, run.session, run.task, str(run.run))]
-        want = recompute_run(run.timeseries)
+        want = recompute_run(run.timeseries, LAG)
         assert got["role"] == ("feedback" if run.feedback else "transfer")
         assert int(got["n_blocks"]) == len(want["success"]) == 3
         assert int(got["n_success"]) == sum(want["success"])
@@ -145,8 +95,8 @@ def test_sessions_transfer_effect_and_learning_equal_the_recomputation(study, re
         sub = p["participant"]
         for s in p["sessions"]:
             mine = [r for r in runs if r.subject == sub and r.session == s["session"]]
-            fb = [recompute_run(r.timeseries) for r in mine if r.feedback]
-            tr = [recompute_run(r.timeseries) for r in mine if not r.feedback]
+            fb = [recompute_run(r.timeseries, LAG) for r in mine if r.feedback]
+            tr = [recompute_run(r.timeseries, LAG) for r in mine if not r.feedback]
             assert _close(s["success_rate"], np.mean([x for w in fb for x in w["success"]]))
             assert _close(s["toward_goal"], np.mean([x for w in fb for x in w["toward"]]))
             assert _close(s["transfer_toward_goal"], np.mean([x for w in tr for x in w["toward"]]))
@@ -156,7 +106,7 @@ def test_sessions_transfer_effect_and_learning_equal_the_recomputation(study, re
         first, second = p["sessions"]
         assert second["toward_goal"] > first["toward_goal"] + 0.2, (sub, first["toward_goal"], second["toward_goal"])
         assert second["psc_regulate_acc"] > first["psc_regulate_acc"]
-        feedback_means = [np.mean(recompute_run(r.timeseries)["toward"]) for r in runs if r.subject == sub and r.feedback]
+        feedback_means = [np.mean(recompute_run(r.timeseries, LAG)["toward"]) for r in runs if r.subject == sub and r.feedback]
         slope = np.polyfit(np.arange(len(feedback_means)), feedback_means, 1)[0]
         assert _close(p["learning_slope_toward_goal"], slope) and slope > 0
 
@@ -303,7 +253,7 @@ def test_a_figure_that_cannot_be_drawn_is_left_out_not_the_report(study, tmp_pat
         if run.subject != runs[0].subject:
             continue
         table = out / run.timeseries.relative_to(root / "out")
-        rows = _rows(table)
+        rows = read_rows(table)
         for r in rows:
             r["framewise_displacement"] = "1e308"
         table.write_text("\t".join(rows[0]) + "\n" + "".join("\t".join(r.values()) + "\n" for r in rows),

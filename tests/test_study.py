@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import stat
 import subprocess
@@ -24,10 +23,10 @@ from rtnf.apps.demo import Listener, free_address, read_tsv, sim_spec, write_tom
 from rtnf.cli import main
 from rtnf.config import ConfigError, load_config
 from rtnf.study.studyfile import check_participant_id, load_study
-from tests.helpers import make_config, pattern, wait_until
+from tests.helpers import make_config, wait_until
+from tests.study_data import ARM_WORDS, func_dir, neutral, next_run, repositioned, run_config, table_path
 
 N_VOLUMES = 40
-ARM_WORDS = re.compile(r"\b(real|sham|yoked|control|none)\b")  # as the study names the arms
 
 STUDY = """
 [study]
@@ -55,15 +54,9 @@ block_size = 2                # 2 participants: one per arm
 """
 
 
-def _run_config(address: str) -> dict:
-    return {"session.subject": "x", "scanner.n_volumes": N_VOLUMES, "scanner.dummy_volumes": 0, "scanner.tr_s": 0.5,
-            "protocol.pattern": pattern(rest=8, regulate=8), "publish.preview": False, "publish.address": address,
-            "output.dir": "unused", "scanner.export_dir": "export"}
-
-
 def _make_study(tmp_path: Path, address: str) -> Path:
-    make_config(tmp_path, {**_run_config(address), "session.task": "loc"}, name="localizer.toml")
-    make_config(tmp_path, {**_run_config(address), "session.task": "nf"}, name="nf.toml")
+    make_config(tmp_path, {**run_config(address), "session.task": "loc"}, name="localizer.toml")
+    make_config(tmp_path, {**run_config(address), "session.task": "nf"}, name="nf.toml")
     (tmp_path / "study.toml").write_text(STUDY)
     return tmp_path / "study.toml"
 
@@ -78,27 +71,6 @@ def _simulate(tmp_path: Path, name: str, seed: int, noise_pct: float = 1.0) -> P
                            "--speed", "100", "--recon-delay-s", "0"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     return folder
-
-
-def _next(capsys, study: Path, subject: str, source: Path, pace_s: float = 0.0) -> str:
-    code = main(["study", "next", subject, "--study", str(study), "--replay", str(source), "--pace-s", str(pace_s)])
-    out = capsys.readouterr()
-    assert code == 0, out.out + out.err
-    return out.out + out.err
-
-
-def _func(root: Path, subject: str, session: str) -> Path:
-    return root / "derivatives" / f"sub-{subject}" / f"ses-{session}" / "func"
-
-
-def _table(root: Path, subject: str, session: str, task: str = "nf", run: int = 1) -> Path:
-    return _func(root, subject, session) / f"sub-{subject}_ses-{session}_task-{task}_run-{run}_desc-rtnf_timeseries.tsv"
-
-
-def _neutral(text: str, subject: str) -> str:
-    """A line with the participant's label, run ids' random part and every number taken out."""
-    text = re.sub(r"_[0-9a-f]{6}\b", "_RANDOM", text.replace(subject, "SUBJECT"))
-    return re.sub(r"\d+(\.\d+)?(e-?\d+)?", "#", text)
 
 
 def test_participant_ids_must_be_codes():
@@ -145,33 +117,33 @@ def test_study_end_to_end_sham_blinding_and_crash_resume(tmp_path, capsys):
     capsys.readouterr()
 
     # the sham participant cannot start its feedback run before a real participant's matched run exists
-    printed = [_next(capsys, study, sham, scans[sham, "01"])]
+    printed = [next_run(capsys, study, sham, scans[sham, "01"])]
     assert main(["study", "next", sham, "--study", str(study), "--replay", str(scans[sham, "01"])]) == 2
     refused = capsys.readouterr().err
     assert "needs another participant's matched run first" in refused and not ARM_WORDS.search(refused)
 
-    printed.append(_next(capsys, study, real, scans[real, "01"]))
+    printed.append(next_run(capsys, study, real, scans[real, "01"]))
     listener = Listener([address])  # the messages of the two feedback runs, buffered by the socket meanwhile
     try:
         time.sleep(0.3)
-        printed.append(_next(capsys, study, real, scans[real, "01"]))
+        printed.append(next_run(capsys, study, real, scans[real, "01"]))
         real_messages = _drain(listener)
-        printed.append(_next(capsys, study, sham, scans[sham, "01"]))
+        printed.append(next_run(capsys, study, sham, scans[sham, "01"]))
         sham_messages = _drain(listener)
     finally:
         listener.close()
 
     # yoked sham: what the sham participant was shown is what the real participant was shown
-    src, yoked = read_tsv(_table(tmp_path, real, "01")), read_tsv(_table(tmp_path, sham, "01"))
+    src, yoked = read_tsv(table_path(tmp_path, real, "01")), read_tsv(table_path(tmp_path, sham, "01"))
     shown = [(s, y) for s, y in zip(src, yoked) if y["feedback_value"] != "n/a"]
     assert len(shown) >= 20
     assert all(s["feedback_value"] == y["feedback_value"] for s, y in shown)
     assert all(s["feedback_signal"] == y["feedback_signal"] for s, y in shown)
     # ... while its own ROI was computed and recorded (its own localizer mask, its own data)
     for subject in (real, sham):
-        table = _table(tmp_path, subject, "01")
+        table = table_path(tmp_path, subject, "01")
         prov = json.loads(table.with_name(table.name.replace("timeseries.tsv", "provenance.json")).read_text())
-        mask = _func(tmp_path, subject, "01") / f"sub-{subject}_ses-01_task-loc_run-1_desc-acclocalizer_mask.nii.gz"
+        mask = func_dir(tmp_path, subject, "01") / f"sub-{subject}_ses-01_task-loc_run-1_desc-acclocalizer_mask.nii.gz"
         assert prov["config"]["rois"]["acc"]["mask"] == str(mask) and mask.is_file()
     assert all(y["acc_raw"] != "n/a" for y in yoked)
     assert sum(s["acc_raw"] != y["acc_raw"] for s, y in zip(src, yoked)) == N_VOLUMES
@@ -179,10 +151,10 @@ def test_study_end_to_end_sham_blinding_and_crash_resume(tmp_path, capsys):
     # blinding: the sham run's files, columns, sidecars, config, provenance, log and messages are a real run's
     _check_outputs_blind(tmp_path, real, sham)
     _check_messages_blind(real_messages, sham_messages, real, sham)
-    printed.append(_next(capsys, study, real, scans[real, "02"]))  # localizer, session 02
+    printed.append(next_run(capsys, study, real, scans[real, "02"]))  # localizer, session 02
 
     # crash: SIGKILL the real participant's session-02 feedback run mid-run, then `rtnf study next` resumes it
-    table = _table(tmp_path, real, "02")
+    table = table_path(tmp_path, real, "02")
     proc = subprocess.Popen([sys.executable, "-m", "rtnf", "study", "next", real, "--study", str(study), "--replay",
                              str(scans[real, "02"]), "--pace-s", "0.15"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -198,7 +170,7 @@ def test_study_end_to_end_sham_blinding_and_crash_resume(tmp_path, capsys):
     assert main(["study", "status", "--study", str(study)]) == 0
     status = capsys.readouterr().out
     assert f"resume (interrupted): sub-{real} ses-02, run 2 of 2" in status and not ARM_WORDS.search(status)
-    printed.append(_next(capsys, study, real, scans[real, "02"]))
+    printed.append(next_run(capsys, study, real, scans[real, "02"]))
     after = read_tsv(table)
     assert [r["index"] for r in after] == [str(i) for i in range(N_VOLUMES)]  # every volume once
     assert after[: len(before)] == before  # the rows recorded before the kill are kept as they were
@@ -206,8 +178,8 @@ def test_study_end_to_end_sham_blinding_and_crash_resume(tmp_path, capsys):
     assert prov["status"] == "ended" and len(prov["resumed"]) == 1
 
     # the sham participant's session 02 is yoked to the resumed run
-    printed += [_next(capsys, study, sham, scans[sham, "02"]), _next(capsys, study, sham, scans[sham, "02"])]
-    src, yoked = read_tsv(_table(tmp_path, real, "02")), read_tsv(_table(tmp_path, sham, "02"))
+    printed += [next_run(capsys, study, sham, scans[sham, "02"]), next_run(capsys, study, sham, scans[sham, "02"])]
+    src, yoked = read_tsv(table_path(tmp_path, real, "02")), read_tsv(table_path(tmp_path, sham, "02"))
     shown = [(s, y) for s, y in zip(src, yoked) if y["feedback_value"] != "n/a"]
     assert len(shown) >= 20 and all(s["feedback_value"] == y["feedback_value"] for s, y in shown)
 
@@ -243,7 +215,7 @@ def _check_messages_blind(real_messages, sham_messages, real: str, sham: str) ->
         assert keys_r == keys_s, topic
 
     def texts(messages, subject: str, topic: str) -> set[str]:
-        return {_neutral(json.dumps({k: v for k, v in b.items() if k not in ("t", "run_id")}, sort_keys=True), subject)
+        return {neutral(json.dumps({k: v for k, v in b.items() if k not in ("t", "run_id")}, sort_keys=True), subject)
                 for t, b in messages if t == topic and (topic != "run" or b.get("event") == "end")}
 
     for topic in ("run", "log"):
@@ -254,7 +226,7 @@ def _check_messages_blind(real_messages, sham_messages, real: str, sham: str) ->
 
 def _check_outputs_blind(root: Path, real: str, sham: str) -> None:
     """Nothing in the sham run's outputs differs from the real run's but numbers and labels."""
-    rf, sf = _func(root, real, "01"), _func(root, sham, "01")
+    rf, sf = func_dir(root, real, "01"), func_dir(root, sham, "01")
 
     def names(func: Path, subject: str) -> set[str]:
         return {p.name.replace(subject, "SUBJECT") for p in func.iterdir()}
@@ -269,10 +241,10 @@ def _check_outputs_blind(root: Path, real: str, sham: str) -> None:
     assert r("events.tsv").read_text() == s("events.tsv").read_text()
     pr, ps = (json.loads(f("desc-rtnf_provenance.json").read_text()) for f in (r, s))
     assert set(pr) == set(ps)
-    assert _neutral(json.dumps(pr["config"]), real) == _neutral(json.dumps(ps["config"]), sham)
-    assert _neutral(" ".join(pr["command"]), real) == _neutral(" ".join(ps["command"]), sham)
-    log_r = {_neutral(line.split("\t", 1)[-1], real) for line in r("desc-rtnf_log.tsv").read_text().splitlines()}
-    log_s = {_neutral(line.split("\t", 1)[-1], sham) for line in s("desc-rtnf_log.tsv").read_text().splitlines()}
+    assert neutral(json.dumps(pr["config"]), real) == neutral(json.dumps(ps["config"]), sham)
+    assert neutral(" ".join(pr["command"]), real) == neutral(" ".join(ps["command"]), sham)
+    log_r = {neutral(line.split("\t", 1)[-1], real) for line in r("desc-rtnf_log.tsv").read_text().splitlines()}
+    log_s = {neutral(line.split("\t", 1)[-1], sham) for line in s("desc-rtnf_log.tsv").read_text().splitlines()}
     assert log_r == log_s
     for func in (rf, sf):
         for path in func.iterdir():
@@ -299,7 +271,7 @@ def test_control_and_no_feedback_arms_against_plain_configs(tmp_path):
     """
     from rtnf.study.armfeedback import ArmRun
 
-    make_config(tmp_path, {**_run_config("inproc://study-arms"), "rois.ctl": {"center_mm": [0.0, -60.0, 10.0],
+    make_config(tmp_path, {**run_config("inproc://study-arms"), "rois.ctl": {"center_mm": [0.0, -60.0, 10.0],
                                                                             "radius_mm": 8.0}}, name="nf.toml")
     source = _simulate(tmp_path, "scan", seed=3)
     cfg_path = tmp_path / "nf.toml"
@@ -366,11 +338,11 @@ def test_atlas_strategy_puts_the_mni_region_on_each_sessions_grid(tmp_path, caps
     # 0.5 % noise: this test is about the study's plumbing; `rtnf roi mni`'s own tests judge the registration
     source = _simulate(tmp_path, "scan", seed=9, noise_pct=0.5)
     assert main(["study", "init", str(study)]) == 0
-    _next(capsys, study, "P01", source)
-    _next(capsys, study, "P01", source)
-    func = _func(tmp_path, "P01", "01")
+    next_run(capsys, study, "P01", source)
+    next_run(capsys, study, "P01", source)
+    func = func_dir(tmp_path, "P01", "01")
     mask_path = func / "sub-P01_ses-01_task-loc_run-1_desc-accatlas_mask.nii.gz"
-    table = _table(tmp_path, "P01", "01")
+    table = table_path(tmp_path, "P01", "01")
     prov = json.loads(table.with_name(table.name.replace("timeseries.tsv", "provenance.json")).read_text())
     assert prov["config"]["rois"]["acc"]["mask"] == str(mask_path)
     assert mask_path.with_name(mask_path.name.replace(".nii.gz", ".png")).is_file()
@@ -383,21 +355,6 @@ def test_atlas_strategy_puts_the_mni_region_on_each_sessions_grid(tmp_path, caps
     com = mask.affine[:3, :3] @ ijk.mean(axis=0) + mask.affine[:3, 3]
     assert np.linalg.norm(com - [0.0, 30.0, 12.0]) < 6.0
     assert sum(r["feedback_value"] != "n/a" for r in read_tsv(table)) >= 20
-
-
-def _repositioned(source: Path, out: Path, pose: list[float]) -> Path:
-    """The simulated run ``source`` (an export folder of 3D NIfTI files) as a 4D NIfTI of a head moved by ``pose``."""
-    import nibabel as nib
-    import numpy as np
-
-    from scanner_sim.synth import apply_motion
-
-    files = sorted(source.glob("*.nii*"))
-    first = nib.load(files[0])
-    data = np.stack([apply_motion(np.asarray(nib.load(f).dataobj, dtype=np.float32), first.affine, pose, order=1)
-                     for f in files], axis=-1).astype(np.float32)
-    nib.save(nib.Nifti1Image(data, first.affine), out)
-    return out
 
 
 def test_carried_strategy_moves_the_first_sessions_roi_with_the_head(tmp_path, capsys):
@@ -414,15 +371,15 @@ def test_carried_strategy_moves_the_first_sessions_roi_with_the_head(tmp_path, c
     study.write_text(text.replace('arms = ["real", "sham"]\nblock_size = 2', 'arms = ["real"]'))
     day1 = _simulate(tmp_path, "day1", seed=11)
     pose = [6.0, -5.0, 4.0, 0.10, -0.06, 0.08]  # mm, radians: the head lies elsewhere on day 2
-    day2 = _repositioned(_simulate(tmp_path, "day2", seed=12), tmp_path / "day2.nii.gz", pose)
+    day2 = repositioned(_simulate(tmp_path, "day2", seed=12), tmp_path / "day2.nii.gz", pose)
     assert main(["study", "init", str(study)]) == 0
     for source in (day1, day1, day2, day2):
-        _next(capsys, study, "P01", source)
-    f1, f2 = _func(tmp_path, "P01", "01"), _func(tmp_path, "P01", "02")
+        next_run(capsys, study, "P01", source)
+    f1, f2 = func_dir(tmp_path, "P01", "01"), func_dir(tmp_path, "P01", "02")
     mask1 = nib.load(f1 / "sub-P01_ses-01_task-loc_run-1_desc-acclocalizer_mask.nii.gz")
     carried_path = f2 / "sub-P01_ses-02_task-loc_run-1_desc-acccarried_mask.nii.gz"
     carried = nib.load(carried_path)
-    table = _table(tmp_path, "P01", "02")
+    table = table_path(tmp_path, "P01", "02")
     prov = json.loads(table.with_name(table.name.replace("timeseries.tsv", "provenance.json")).read_text())
     assert prov["config"]["rois"]["acc"]["mask"] == str(carried_path)
     # truth: every voxel of the day-1 ROI lands where the head took it, within a third of a 3 mm voxel
@@ -436,7 +393,7 @@ def test_carried_strategy_moves_the_first_sessions_roi_with_the_head(tmp_path, c
     from rtnf.scanner.volume import Grid
 
     true_mask = carry_mask(np.asarray(mask1.dataobj) > 0, mask1.affine, Grid(carried.shape, carried.affine),
-                           np.linalg.inv(rigid_matrix(pose)))
+                           np.linalg.inv(rigid_matrix(pose)), interpolation="nearest")
     got = np.asarray(carried.dataobj) > 0
     assert 2 * (got & true_mask).sum() / (got.sum() + true_mask.sum()) >= 0.9
     assert summary["brain_dice"] > 0.9

@@ -136,7 +136,8 @@ def carried_roi(study: Study, events: list[dict[str, Any]], step: Step) -> dict[
 
     The first session's localizer reference (its first volume) is registered
     rigidly to this session's (its localizer's first volume) and the mask
-    resampled, once per session: the mask and a JSON summary (centroid shift,
+    resampled by nearest neighbour (keeping each of its scattered voxels),
+    once per session: the mask and a JSON summary (centroid shift,
     registration quality, Dice against this session's own localizer ROI) are
     written beside this session's localizer outputs.
     """
@@ -160,9 +161,11 @@ def carried_roi(study: Study, events: list[dict[str, Any]], step: Step) -> dict[
         ref1 = roidef.load_reference(outputs.output_path(cfg1, outputs.BOLD), volume=0)
         ref_n = roidef.load_reference(outputs.output_path(cfg_n, outputs.BOLD), volume=0)
         mask_img = nib.load(day1_mask)
+        # Nearest neighbour: a localizer ROI is top-k voxels, often scattered, and trilinear >= 0.5 drops an
+        # isolated voxel (its weight spreads over up to 8 voxels), shrinking the ROI and shifting its centre.
         result = transfer_masks((ref1.data, ref1.affine), (ref_n.data, ref_n.affine),
                                 {name: (np.asarray(mask_img.dataobj), mask_img.affine)},
-                                compare={name: np.asarray(own.dataobj) > 0})
+                                compare={name: np.asarray(own.dataobj) > 0}, interpolation="nearest")
     except (roidef.RoiDefError, OSError) as exc:
         raise ConfigError(f"roi.strategy 'carried': {exc} (save_volumes must be on in the localizer config)") from None
     moved = result.masks[0]
