@@ -193,8 +193,8 @@ class VolumeProcessor:
                             "as missing, the next volume becomes the reference", self._label(index), name, n_bad)
                 return self.missing(index, acquisition, name, t_detected, reason="non-finite voxels in the first volume")
             self.preprocessor.fit(volume)
-            self.grid = volume.grid
             self._fit_extras(volume, index)
+            self.grid = volume.grid  # only now is the run set up: a config error before this stops the run
         elif not volume.grid.same_as(self.grid):
             log.warning(
                 "%s (%s) has shape %s, expected %s (or a different affine); treated as missing",
