@@ -116,11 +116,12 @@ def test_study_end_to_end_sham_blinding_and_crash_resume(tmp_path, capsys):
     assert main(["study", "init", str(study)]) == 2  # once per study
     capsys.readouterr()
 
-    # the sham participant cannot start its feedback run before a real participant's matched run exists
+    # the sham participant cannot start its feedback run before the first participant's (the real arm's) matched run
     printed = [next_run(capsys, study, sham, scans[sham, "01"])]
     assert main(["study", "next", sham, "--study", str(study), "--replay", str(scans[sham, "01"])]) == 2
     refused = capsys.readouterr().err
-    assert "needs another participant's matched run first" in refused and not ARM_WORDS.search(refused)
+    assert "waits until the study's first participant has finished" in refused and not ARM_WORDS.search(refused)
+    assert real == "P01"  # arms.conceal_order: the first participant leads, in the real arm
 
     printed.append(next_run(capsys, study, real, scans[real, "01"]))
     listener = Listener([address])  # the messages of the two feedback runs, buffered by the socket meanwhile

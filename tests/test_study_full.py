@@ -156,7 +156,7 @@ def study(tmp_path_factory):
         allocation = json.loads((root / "full-state" / "study.json").read_text())["allocation"]
         arm = {p: codes[allocation[p]] for p in PARTICIPANTS}
         assert sorted(set(arm.values())) == ["real", "sham"]
-        # a sham participant's feedback run needs a real participant's matched run: the real arm goes first
+        # every feedback run waits for the first participant's (P01, allocated to the real arm): it goes first
         order = sorted(PARTICIPANTS, key=lambda p: (arm[p] != "real", p))
         seed = 0
         for session in SESSIONS:

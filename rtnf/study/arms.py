@@ -67,12 +67,14 @@ def make_codes(arms: list[str], rng: secrets.SystemRandom | None = None) -> dict
 
 
 def allocate(participants: list[str], codes: list[str], block_size: int | None = None,
-             rng: secrets.SystemRandom | None = None) -> dict[str, str]:
+             rng: secrets.SystemRandom | None = None, lead: str | None = None) -> dict[str, str]:
     """Participants -> arm codes in permuted blocks, in the participants' order.
 
     Each block of ``block_size`` participants (default twice the number of
     codes) holds every code equally often, in a random order: the arms stay
-    balanced along recruitment.
+    balanced along recruitment. With ``lead``, the first participant gets that
+    code (swapped within the first block, which stays balanced): the study's
+    leader under ``arms.conceal_order``.
     """
     rng = rng or secrets.SystemRandom()
     size = block_size or 2 * len(codes)
@@ -81,6 +83,9 @@ def allocate(participants: list[str], codes: list[str], block_size: int | None =
         block = [codes[i % len(codes)] for i in range(size)]
         rng.shuffle(block)
         sequence += block
+    if lead is not None and sequence and sequence[0] != lead:
+        i = sequence.index(lead)  # in the first block: every block holds every code
+        sequence[0], sequence[i] = sequence[i], sequence[0]
     return dict(zip(participants, sequence))
 
 

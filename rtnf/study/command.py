@@ -13,6 +13,7 @@ from rtnf.config import ConfigError
 
 from .progress import attempts, next_step
 from .runner import PreparedRun, execute, init_study, load_key, prepare
+from .sham import YokedSourceError
 from .state import StudyState
 from .studyfile import Study, load_study
 
@@ -142,7 +143,12 @@ def _next(study: Study, args: argparse.Namespace) -> int:
             check_source(args.replay)
         except ReplaySourceError as exc:
             raise ConfigError(str(exc)) from None
-    prepared = prepare(study, record, events, step, lambda: load_key(study, record, args.key))
+    try:
+        prepared = prepare(study, record, events, step, lambda: load_key(study, record, args.key))
+    except YokedSourceError as exc:  # which table, and why, in the journal only: the screen names no one
+        state.append("refused", subject=step.subject, session=step.session, position=step.planned.position,
+                     detail=exc.detail)
+        raise
     if args.replay is None:
         _ensure_export_dir(prepared.cfg.scanner.export_dir, args.create_export_dir)
     try:

@@ -23,6 +23,7 @@ from rtnf.run.session import RunParts, RunResult
 from .armfeedback import ArmRun
 from .arms import BlindingKey, allocate, key_is_private, make_codes, read_key, write_key
 from .progress import Attempt, Step, attempts, completed
+from .sham import YokedSourceError, read_yoked
 from .state import StudyRecord, StudyState, atomic_write_text
 from .studyfile import Study
 
@@ -43,7 +44,11 @@ def init_study(study: Study) -> StudyRecord:
                           f"{study.state_dir}: an interrupted `rtnf study init`? Remove the key and run it again")
     spec = study.spec.arms
     codes = make_codes(list(spec.arms))
-    allocation = allocate(study.participants, sorted(codes), spec.block_size)
+    # conceal_order: the first participant leads every feedback run, so is every sham run's source: real
+    lead = None
+    if spec.ordered and "sham" in spec.arms:
+        lead = next(c for c, arm in codes.items() if arm == "real")
+    allocation = allocate(study.participants, sorted(codes), spec.block_size, lead=lead)
     digest = write_key(study.key_file, study.name, codes)
     record = StudyRecord(study.name, allocation, digest, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     state.create(record)
@@ -101,6 +106,8 @@ def prepare(study: Study, record: StudyRecord, events: list[dict[str, Any]], ste
     cfg = load_config(step.planned.config, overrides)
     code = record.allocation[step.subject]
     parts = RunParts()
+    if kind == "feedback" and study.spec.arms.ordered:
+        check_turn(study, record, events, step)
     if kind == "feedback":
         parts = arm_run(study, events, step, key(), code).parts()
     return PreparedRun(step, cfg, step.planned.config.read_text(encoding="utf-8"), parts, code)
@@ -245,6 +252,41 @@ def arm_run(study: Study, events: list[dict[str, Any]], step: Step, key: Blindin
     return ArmRun(arm, control_roi=study.spec.arms.control_roi)
 
 
+def leader(study: Study, record: StudyRecord) -> str:
+    """The study's first allocated participant: under ``arms.conceal_order`` it runs every feedback run first."""
+    return next(p for p in study.participants if p in record.allocation)
+
+
+def check_turn(study: Study, record: StudyRecord, events: list[dict[str, Any]], step: Step) -> None:
+    """``arms.conceal_order``: a feedback run starts once the leader's matched run has ended usable.
+
+    The rule reads no arm, so a refusal tells none: every participant but the
+    leader waits for the leader's matched run (same session, same planned
+    run), and the leader's table must be readable, whatever the participant's
+    arm. As the leader is allocated to the real arm and runs first, every sham
+    run has its source (the leader's run).
+
+    Raises
+    ------
+    ConfigError
+        When the leader's matched run has not ended usable; a
+        :class:`~rtnf.study.sham.YokedSourceError` (its ``detail`` for the
+        journal) when its table cannot be read.
+    """
+    lead = leader(study, record)
+    if step.subject == lead:
+        return
+    where = f"sub-{step.subject} ses-{step.session} run {step.planned.position + 1} cannot start yet: "
+    done = [a for a in completed(events, step.session, step.planned.position) if a.subject == lead]
+    if not done:
+        raise ConfigError(where + "every feedback run waits until the study's first participant has finished the "
+                          "matched run (arms.conceal_order; see `rtnf study status`)")
+    try:
+        read_yoked(Path(done[0].ended["table"]), 0)
+    except YokedSourceError as exc:
+        raise YokedSourceError(exc.detail, prefix=where) from None
+
+
 def yoke_source(events: list[dict[str, Any]], step: Step, key: BlindingKey, study: Study) -> Path:
     """The table of the earliest real-arm participant's matched run (same session, same planned run).
 
@@ -277,7 +319,9 @@ def execute(state: StudyState, prepared: PreparedRun,
     try:
         result = run(prepared)
     except ConfigError as exc:
-        state.append("end", **ident, status="config error", ok=False, reason=str(exc)[:300])
+        # an unreadable sham source: its path (whose run it is) goes to the journal, never to the screen
+        reason = exc.detail if isinstance(exc, YokedSourceError) else str(exc)
+        state.append("end", **ident, status="config error", ok=False, reason=reason[:300])
         raise
     state.append("end", **ident, status=result.status, ok=result.ok, n_processed=result.n_processed,
                  n_missing=result.n_missing, table=str(result.timeseries))

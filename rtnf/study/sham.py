@@ -5,7 +5,8 @@ participant was shown at the same volume of the same session and run of
 the study (read from that run's recorded table), while this participant's
 own ROI values are computed and recorded as in any run. The study picks the
 source (:func:`rtnf.study.runner.yoke_source`): the earliest participant of
-the real arm to complete the matched run.
+the real arm to complete the matched run (under ``arms.conceal_order``, the
+study's first participant, who leads every feedback run).
 
 :class:`YokedFeedback` stands in for the run's
 :class:`~rtnf.analysis.feedback.FeedbackComputer` (through
@@ -27,6 +28,21 @@ from rtnf.config import ConfigError
 NA = "n/a"
 
 
+class YokedSourceError(ConfigError):
+    """The matched run's table cannot be read: the message names no table (nor its participant).
+
+    ``detail`` (the table and the reason) goes to the study's journal only:
+    on the operator's screen, a source's path would tell whose run a sham
+    participant's feedback comes from.
+    """
+
+    MESSAGE = "the matched run's recorded table cannot be read; see the study log"
+
+    def __init__(self, detail: str, prefix: str = "") -> None:
+        super().__init__(prefix + self.MESSAGE)
+        self.detail = detail
+
+
 @dataclass(frozen=True)
 class YokedRow:
     """What the source run showed at one volume."""
@@ -45,17 +61,17 @@ def read_yoked(table: Path, n_volumes: int) -> list[YokedRow | None]:
 
     Raises
     ------
-    ConfigError
+    YokedSourceError
         When the table cannot be read or is not an rtnf run's table.
     """
     try:
         with open(table, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the matched run's table {table}: {exc}") from None
+        raise YokedSourceError(f"cannot read the matched run's table {table}: {exc}") from None
     needed = {"index", "feedback_value", "feedback_signal", "feedback_reason"}
     if rows and not needed <= set(rows[0]):
-        raise ConfigError(f"{table} is not an rtnf run's table (columns {', '.join(sorted(needed))} needed)")
+        raise YokedSourceError(f"{table} is not an rtnf run's table (columns {', '.join(sorted(needed))} needed)")
     out: list[YokedRow | None] = [None] * n_volumes
     for r in rows:
         index = int(r["index"])

@@ -26,6 +26,7 @@ Example (every relative path is relative to the study file's folder)::
     [arms]
     arms = ["real", "sham"]            # 2 to 4 of "real", "sham", "control", "none"
     control_roi = "wm"                 # only with "control": the ROI it feeds back instead
+    # conceal_order = true             # feedback runs wait for the first participant's (default with "sham")
 """
 
 from __future__ import annotations
@@ -138,6 +139,14 @@ class ArmsSpec(_Model):
     control_roi: Optional[Label] = None
     # Participants are allocated in permuted blocks of this size (a multiple of the number of arms; default: 2 x arms).
     block_size: Optional[Annotated[int, Field(ge=1, le=1000)]] = None
+    # Every participant's feedback run waits for the study's first participant's matched run (allocated to the
+    # real arm): refusals then never depend on an arm. Default: on when there is a sham arm.
+    conceal_order: Optional[bool] = None
+
+    @property
+    def ordered(self) -> bool:
+        """Whether ``conceal_order`` applies (its value, or whether a sham arm is compared)."""
+        return "sham" in self.arms if self.conceal_order is None else self.conceal_order
 
     @model_validator(mode="after")
     def _consistent(self) -> "ArmsSpec":
