@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,7 +35,7 @@ import numpy as np
 
 from rtnf.config import ConfigError
 from .filenames import AS_IS, FileNames
-from .nifti import VolumeReadError, _read_bytes, descrip_echo_time_ms
+from .nifti import VolumeReadError, decode_nifti, descrip_echo_time_ms
 from .volume import Volume
 
 #: An echo number in a file name: BIDS ``_echo-2`` / ``-echo2``, dcm2niix's ``_e2`` suffix.
@@ -89,15 +88,7 @@ def read_echo_frames(path: Path, n_echoes: int, configured_ms: list[float] | Non
     VolumeReadError
         The file cannot be read (see :func:`rtnf.scanner.nifti.read_nifti`).
     """
-    import nibabel as nib
-
-    raw = _read_bytes(path, max_bytes)
-    try:
-        klass = nib.Nifti2Image if struct.unpack("<i", raw[:4])[0] in (540, 0x1C020000) else nib.Nifti1Image
-        img = klass.from_bytes(raw)
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as exc:  # nibabel's errors vary by failure; report them all the same way
-        raise VolumeReadError(f"{path}: not a readable NIfTI volume ({exc})") from exc
+    img, data = decode_nifti(path, max_bytes)
     frames = data.shape[3] if data.ndim == 4 else 1
     if data.ndim not in (3, 4) or frames != n_echoes:
         raise ConfigError(

@@ -28,7 +28,7 @@ import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import nibabel as nib
 import numpy as np
@@ -350,6 +350,23 @@ def _read_bytes(path: Path, max_bytes: int | None) -> bytes:
         raise VolumeReadError(f"{path}: cannot open ({exc})") from exc
 
 
+def decode_nifti(path: Path, max_bytes: int | None = None) -> tuple[Any, np.ndarray]:
+    """The NIfTI-1 or NIfTI-2 image of a regular file read within ``max_bytes``, and its data as float32.
+
+    Raises
+    ------
+    IncompleteFileError, VolumeReadError
+        As :func:`read_nifti`.
+    """
+    data_bytes = _read_bytes(path, max_bytes)
+    try:
+        klass = nib.Nifti2Image if struct.unpack("<i", data_bytes[:4])[0] in (540, 0x1C020000) else nib.Nifti1Image
+        img = klass.from_bytes(data_bytes)
+        return img, np.asarray(img.dataobj, dtype=np.float32)
+    except Exception as exc:  # nibabel's errors vary by failure; report them all the same way
+        raise VolumeReadError(f"{path}: not a readable NIfTI volume ({exc})") from exc
+
+
 def read_nifti(path: str | Path, max_bytes: int | None = None) -> Volume:
     """Read one 3D volume (or the single volume of a 4D file).
 
@@ -376,13 +393,7 @@ def read_nifti(path: str | Path, max_bytes: int | None = None) -> Volume:
         a regular file, or decompresses to more than its header promises.
     """
     path = Path(path)
-    data_bytes = _read_bytes(path, max_bytes)
-    try:
-        klass = nib.Nifti2Image if struct.unpack("<i", data_bytes[:4])[0] in (540, 0x1C020000) else nib.Nifti1Image
-        img = klass.from_bytes(data_bytes)
-        data = np.asarray(img.dataobj, dtype=np.float32)
-    except Exception as exc:  # nibabel's errors vary by failure; report them all the same way
-        raise VolumeReadError(f"{path}: not a readable NIfTI volume ({exc})") from exc
+    img, data = decode_nifti(path, max_bytes)
     if data.ndim == 4 and data.shape[3] == 1:
         data = data[..., 0]
     if data.ndim != 3:
