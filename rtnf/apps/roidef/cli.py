@@ -14,7 +14,7 @@ from rtnf.scanner.volume import Volume
 from ._common import DEFAULT_MIN_COVERAGE, RoiDefError, RoiDefinition
 from .localizer import blocks_from_events, localizer_roi, localizer_tmap
 from .atlases import ATLAS_FILES, HEMISPHERES, atlas_region, load_atlas
-from .mni import MNI_REGIONS, MniRegistration, mni_roi, register_mni
+from .mni import MNI_REGIONS, MniRegistration, load_or_register, mni_roi
 from .output import plot_roi, save_mask
 from .transfer_cli import add_transfer_arguments, run_transfer
 from .reference import _is_nifti, load_reference, load_series
@@ -198,15 +198,11 @@ def _build(args: argparse.Namespace, ref: Volume) -> RoiDefinition:
             mask = (data, aff)
         elif args.sphere_mm is not None:
             raise RoiDefError("--sphere-mm", "applies to atlas labels (--atlas or --atlas-file)")
-        if args.transform is not None:
-            reg = MniRegistration.load(args.transform)
+        tpath = args.out.with_name(_stem(args.out) + "_xfm.json")
+        reg, new = load_or_register(ref, args.transform, args.t1, tpath)
+        if not new:
             print(f"registration: read {args.transform}")
         else:
-            t1 = None if args.t1 is None else load_reference(args.t1)
-            reg = register_mni(ref, t1=t1)
-            tpath = args.out.with_name(_stem(args.out) + "_xfm.json")
-            tpath.parent.mkdir(parents=True, exist_ok=True)
-            reg.save(tpath)
             png = plot_registration(ref, reg, args.out.with_name(_stem(args.out) + "_reg.png"))
             print(f"registration: {reg.parameters.get('route', 'EPI -> MNI152')}, {reg.seconds:.1f} s, "
                   f"Mattes MI {reg.metric:.3f}, brain overlap (Dice) {reg.quality.get('brain_dice', float('nan')):.3f}; "

@@ -302,6 +302,37 @@ def register_mni(
     return MniRegistration(ref_to_mni, metric, time.perf_counter() - t0, params, quality, steps)
 
 
+def load_or_register(
+    reference: Volume, transform: str | Path | None, t1: str | Path | None, save_to: Path
+) -> tuple["MniRegistration", bool]:
+    """The registration of ``rtnf roi mni``/``tissue``: ``--transform``'s saved one, or a new one saved to ``save_to``.
+
+    Parameters
+    ----------
+    reference : Volume
+        The reference EPI volume.
+    transform : path or None
+        A registration saved by an earlier command (``*_xfm.json``); when given, nothing is registered.
+    t1 : path or None
+        The session's T1, for the route through it (:func:`register_mni`).
+    save_to : Path
+        Where a new registration is saved (reuse it with ``--transform``).
+
+    Returns
+    -------
+    (MniRegistration, bool)
+        The registration and whether it is new.
+    """
+    if transform is not None:
+        return MniRegistration.load(transform), False
+    from .reference import load_reference
+
+    reg = register_mni(reference, t1=None if t1 is None else load_reference(t1))
+    save_to.parent.mkdir(parents=True, exist_ok=True)
+    reg.save(save_to)
+    return reg, True
+
+
 def mni_roi(
     grid: Grid, registration: MniRegistration | np.ndarray, *, region: str | None = None,
     center_mm: Sequence[float] | None = None, radius_mm: float | None = None,

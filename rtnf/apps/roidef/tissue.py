@@ -160,8 +160,7 @@ def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 def _fractions(args: argparse.Namespace, ref: Volume) -> dict[str, np.ndarray]:
     """Each tissue's fraction map on the reference grid, from the atlas or the probability maps."""
-    from .mni import MniRegistration, register_mni
-    from .reference import load_reference
+    from .mni import load_or_register
 
     maps = {"wm": args.wm_map, "csf": args.csf_map}
     if any(v is not None for v in maps.values()):
@@ -170,15 +169,11 @@ def _fractions(args: argparse.Namespace, ref: Volume) -> dict[str, np.ndarray]:
         return {t: probability_fraction(path, ref.grid, f"--{t}-map") for t, path in maps.items() if path is not None}
     if args.atlas is None or args.table is None:
         raise RoiDefError("--atlas", "missing: give --atlas with --table (an MNI label atlas), or --wm-map/--csf-map")
-    if args.transform is not None:
-        reg = MniRegistration.load(args.transform)
+    path = args.out / "tissue_mni.json"
+    reg, new = load_or_register(ref, args.transform, args.t1, path)
+    if not new:
         print(f"registration: read {args.transform}")
     else:
-        t1 = None if args.t1 is None else load_reference(args.t1)
-        reg = register_mni(ref, t1=t1)
-        path = args.out / "tissue_mni.json"
-        args.out.mkdir(parents=True, exist_ok=True)
-        reg.save(path)
         print(f"registration: MNI152 -> reference, {reg.seconds:.1f} s, brain Dice "
               f"{reg.quality.get('brain_dice', float('nan')):.2f}; wrote {path} (reuse with --transform)")
     names = {"wm": args.wm_label or HARVARD_OXFORD_TISSUES["wm"], "csf": args.csf_label or HARVARD_OXFORD_TISSUES["csf"]}
