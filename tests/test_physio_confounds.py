@@ -242,6 +242,17 @@ def test_a_stalled_physio_log_mid_run_costs_its_terms_with_one_alarm_and_recover
 
 
 # ----------------------------------------------------------------------------- LSL
+def _until_recorded(source: PhysioRegressors, next_volume: ConfoundInput) -> None:
+    """Wait until the stream has delivered its samples through the volume's acquisition.
+
+    A scanner writes a volume after its acquisition, by which time a real recorder has sent those samples; the
+    simulator's outlet is a Python thread that a loaded CI machine can delay by a TR (CI failed once at
+    R^2 0.868 with the cardiac trace, 0.999 on a quiet machine), so the test waits for the data, not the clock.
+    """
+    t_end = source.volume_time(next_volume)
+    wait_until(lambda: source.buffer.latest is not None and source.buffer.latest >= t_end, 10.0, 0.005)
+
+
 def test_lsl_stream_with_its_own_timestamps_matches_the_true_cardiac_phase(tmp_path):
     """The simulator's LSL outlet stamps each sample when it is due; rtnf matches the volumes' acquisition times."""
     pytest.importorskip("pylsl")
@@ -259,6 +270,7 @@ def test_lsl_stream_with_its_own_timestamps_matches_the_true_cardiac_phase(tmp_p
         values = []
         for i in range(n):  # each volume processed a TR after its acquisition starts, as from a scanner
             wait_until(lambda: time.monotonic() >= t0_mono + (i + 1) * tr, 10.0, 0.005)
+            _until_recorded(source, _input(i + 1, tr, t_acquired=t0_wall + (i + 1) * tr))
             values.append(source.row(_input(i, tr, t_acquired=t0_wall + i * tr)))
     finally:
         stream.finish()
@@ -283,6 +295,7 @@ def test_lsl_stream_with_a_time_channel_on_the_scanners_clock(tmp_path):
         values = []
         for i in range(n):
             wait_until(lambda: time.monotonic() >= t0_mono + (i + 1) * tr / speed, 10.0, 0.005)
+            _until_recorded(source, _input(i + 1, tr))
             values.append(source.row(_input(i, tr)))
     finally:
         stream.finish()
