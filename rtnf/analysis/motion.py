@@ -37,6 +37,8 @@ from typing import Sequence
 
 import numpy as np
 
+from ._kernels import gaussian_weights, smooth3d, trilinear
+
 __all__ = [
     "MOTION_COLUMNS",
     "Realigner",
@@ -47,6 +49,8 @@ __all__ = [
 ]
 
 MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
+_IDENTITY = np.eye(4)
+_TRUNCATE = 3.0  # Gaussian kernels cut at 3 sigma (SciPy's ``truncate``)
 
 
 # --------------------------------------------------------------------------- conventions
@@ -131,45 +135,18 @@ def motion_regressors(params: np.ndarray, previous: np.ndarray | None, n: int = 
 
 # --------------------------------------------------------------------------- sampling
 class _Sampler:
-    """Trilinear sampling of volumes on one grid at arbitrary voxel coordinates.
+    """Trilinear sampling of volumes on one grid at points mapped by an affine (see :mod:`._kernels`).
 
     Coordinates outside the grid are clamped to the nearest edge voxel (the
-    background there is what the scanner saw). All work is in NumPy calls.
+    background there is what the scanner saw).
     """
 
     def __init__(self, shape: tuple[int, int, int]) -> None:
         self.shape = shape
-        self.hi = np.array(shape, dtype=np.float64) - 1.0
-        self.hi_int = np.array(shape, dtype=np.intp) - 2
-        self.sx, self.sy = shape[1] * shape[2], shape[2]
 
-    def __call__(self, flat: np.ndarray, coords: np.ndarray) -> np.ndarray:
-        """Values of ``flat`` (a C-order raveled volume) at ``coords`` (3, n) voxel coordinates."""
-        c = np.empty_like(coords)
-        np.clip(coords, 0.0, self.hi[:, None], out=c)
-        i = c.astype(np.intp)  # floor, since c >= 0
-        np.minimum(i, self.hi_int[:, None], out=i)
-        w = c - i
-        base = i[0] * self.sx
-        base += i[1] * self.sy
-        base += i[2]
-        sx, sy = self.sx, self.sy
-        wx, wy, wz = w
-        v000 = flat[base]
-        v001 = flat[base + 1]
-        v010 = flat[base + sy]
-        v011 = flat[base + (sy + 1)]
-        v100 = flat[base + sx]
-        v101 = flat[base + (sx + 1)]
-        v110 = flat[base + (sx + sy)]
-        v111 = flat[base + (sx + sy + 1)]
-        c00 = v000 + wz * (v001 - v000)
-        c01 = v010 + wz * (v011 - v010)
-        c10 = v100 + wz * (v101 - v100)
-        c11 = v110 + wz * (v111 - v110)
-        c0 = c00 + wy * (c01 - c00)
-        c1 = c10 + wy * (c11 - c10)
-        return c0 + wx * (c1 - c0)
+    def __call__(self, flat: np.ndarray, ijk: np.ndarray, voxel_map: np.ndarray = _IDENTITY) -> np.ndarray:
+        """Values of ``flat`` (a C-order raveled volume) at ``voxel_map`` applied to ``ijk`` (3, n) voxels."""
+        return trilinear(flat, self.shape, voxel_map, ijk)[0]
 
 
 def _rodrigues(w: np.ndarray) -> np.ndarray:
@@ -472,11 +449,10 @@ class Realigner:
 
     @staticmethod
     def _smooth(vol: np.ndarray, sigma: float) -> np.ndarray:
+        """``gaussian_filter(vol, sigma, mode="nearest", truncate=3)`` of a float32 volume, compiled."""
         if sigma <= 0:
             return vol
-        from scipy.ndimage import gaussian_filter
-
-        return gaussian_filter(vol, sigma, mode="nearest", truncate=3.0)
+        return smooth3d(np.ascontiguousarray(vol, dtype=np.float32), gaussian_weights(sigma, _TRUNCATE))
 
     # ----------------------------------------------------------------- estimation
     def _voxel_map(self, m: np.ndarray) -> np.ndarray:
@@ -490,16 +466,14 @@ class Realigner:
         shift[:3, 3] = c
         unshift = np.eye(4)
         unshift[:3, 3] = -c
-        hi = self.sampler_.hi[:, None]
         converged = False
         rms = np.inf
         it = 0
         size = np.inf
+        n = level.n
+        err, inside_now = np.empty(n), np.empty(n, dtype=bool)
         for it in range(1, self.max_iter + 1):
-            v = self._voxel_map(m)
-            coords = v[:3, :3] @ level.ijk  # BLAS: about 2x faster than einsum here
-            coords += v[:3, 3:4]
-            err = self.sampler_(flat, coords)
+            _, _, n_in = trilinear(flat, self.shape_, self._voxel_map(m), level.ijk, err, inside_now)
             err -= level.ref_vals
             if level.basis_q is not None:
                 err -= (level.basis_q @ err) @ level.basis_q
@@ -507,19 +481,17 @@ class Realigner:
                 # Points mapped outside the field of view (beyond the edge voxels' centres) carry
                 # no information: drop them. The set is frozen once the steps are small, so
                 # points near an edge cannot make the iteration oscillate.
-                inside = np.all((coords >= 0.0) & (coords <= hi), axis=0)
-                n_in = int(inside.sum())
-                if n_in < level.n // 4:
+                if n_in < n // 4:
                     break
-                if n_in < level.n:
+                if n_in < n:
+                    inside = inside_now.copy()
                     jac = level.jac[:, inside]
                     hess_inv = np.linalg.inv(jac @ jac.T)
                 else:
                     inside, jac, hess_inv = None, level.jac, level.hess_inv
-            if inside is not None:
-                err = err[inside]
-            step = hess_inv @ (jac @ err)
-            rms = float(np.sqrt((err @ err) / err.size))
+            e = err[inside] if inside is not None else err
+            step = hess_inv @ (jac @ e)
+            rms = float(np.sqrt((e @ e) / e.size))
             # m <- m o W(step)^-1, with W(step) a rotation about the mask centre plus a translation.
             r = _rodrigues(step[3:])
             w = np.eye(4)
@@ -589,10 +561,6 @@ class Realigner:
         return self.params_.copy()
 
     # ----------------------------------------------------------------- resampling
-    def _coords(self, params: Sequence[float], ijk: np.ndarray) -> np.ndarray:
-        v = self._voxel_map(rigid_matrix(params))
-        return v[:3, :3] @ ijk + v[:3, 3:4]
-
     def sample(self, volume: np.ndarray, params: Sequence[float], voxel_indices: np.ndarray) -> np.ndarray:
         """Values of the realigned volume at reference-grid voxels (trilinear).
 
@@ -612,7 +580,7 @@ class Realigner:
             ``volume(R p + t)`` at each reference voxel ``p``.
         """
         vol = self._check_volume(volume)
-        return self.sampler_(vol.reshape(-1), self._coords(params, self._ijk_of(voxel_indices))).astype(np.float64)
+        return self.sampler_(vol.reshape(-1), self._ijk_of(voxel_indices), self._voxel_map(rigid_matrix(params)))
 
     def _ijk_of(self, voxel_indices: np.ndarray) -> np.ndarray:
         """Voxel coordinates (3, n) of ``voxel_indices``, cached for the arrays a run passes every volume.
@@ -631,7 +599,7 @@ class Realigner:
         if ind.ndim == 1:
             ijk = np.array(np.unravel_index(ind, self.shape_), dtype=np.float64)
         elif ind.ndim == 2 and ind.shape[1] == 3:
-            ijk = ind.T.astype(np.float64)
+            ijk = np.ascontiguousarray(ind.T, dtype=np.float64)
         else:
             raise ValueError(
                 f"Invalid value for the 'voxel_indices' parameter: an array of shape {ind.shape}. "
@@ -660,5 +628,5 @@ class Realigner:
         vol = self._check_volume(volume)
         if not hasattr(self, "_grid_ijk"):
             self._grid_ijk = np.indices(self.shape_, dtype=np.float64).reshape(3, -1)
-        out = self.sampler_(vol.reshape(-1), self._coords(params, self._grid_ijk))
+        out = self.sampler_(vol.reshape(-1), self._grid_ijk, self._voxel_map(rigid_matrix(params)))
         return out.astype(np.float32).reshape(self.shape_)
