@@ -31,21 +31,14 @@ import logging
 import os
 import signal
 import sys
-import textwrap
 import threading
 from pathlib import Path
 
 from rtnf import __version__
+from rtnf._cli_help import add_command as _command
 
 EXIT_USAGE = 2
 EXIT_RUN_FAILED = 1  # a run aborted, or ended without one usable volume
-
-
-def _command(sub, name: str, help: str, description: str, *examples: str) -> argparse.ArgumentParser:
-    """A sub-command whose ``--help`` has a one-paragraph description and examples."""
-    epilog = "\n".join(["example:" if len(examples) == 1 else "examples:"] + [f"  {e}" for e in examples])
-    return sub.add_parser(name, help=help, description=textwrap.fill(" ".join(description.split()), 79),
-                          epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def _address_options(parser: argparse.ArgumentParser, what: str) -> None:

@@ -512,6 +512,57 @@ def _check_physio(ph: PhysioConfig | None) -> None:
                           "header_lines >= 1 (the last header line names the columns), or give 0-based indices.")
 
 
+def resolve_path(path: Path | None, base_dir: Path | None) -> Path | None:
+    """A config path made absolute against the config's folder (as given when absolute or without a folder)."""
+    if path is None:
+        return None
+    path = Path(path)
+    return path if path.is_absolute() or base_dir is None else (Path(base_dir) / path).resolve()
+
+
+def check_tissue(tissue: TissueConfig, base_dir: Path | None) -> None:
+    """Cross-checks of ``[confounds.tissue]`` that do not need the run: masks given and present for what is asked.
+
+    Run when the config is loaded and again where the source is built
+    (:class:`rtnf.analysis.confounds.tissue.TissueRegressors`), for a table made in code.
+
+    Parameters
+    ----------
+    tissue : TissueConfig
+        The table.
+    base_dir : Path, optional
+        Folder of the session config: relative mask and localizer paths are relative to it.
+
+    Raises
+    ------
+    ConfigError
+        With one message naming the key.
+    """
+    signals = set(tissue.signals)
+    needs = {"wm_mask": ("white_matter",), "csf_mask": ("csf",)}
+    for key, users in needs.items():
+        for signal in users:
+            if signal in signals and getattr(tissue, key) is None:
+                raise ConfigError(f"missing key 'confounds.tissue.{key}': signals lists {signal!r}, which needs it. "
+                                  f"Allowed: a mask on the functional grid (`rtnf roi tissue -r ref.nii.gz -o DIR/` "
+                                  f"writes one), or leave {signal!r} out.")
+    if "acompcor" in signals:
+        if tissue.wm_mask is None and tissue.csf_mask is None:
+            raise ConfigError("missing key 'confounds.tissue.wm_mask': aCompCor needs wm_mask and/or csf_mask. "
+                              "Allowed: masks on the functional grid (`rtnf roi tissue`), or \"tcompcor\" without "
+                              "anatomy.")
+        if tissue.acompcor_masks == "separate" and (tissue.wm_mask is None or tissue.csf_mask is None):
+            raise ConfigError("invalid value for 'confounds.tissue.acompcor_masks': \"separate\" needs both wm_mask "
+                              "and csf_mask. Allowed: \"combined\".")
+    for key in ("wm_mask", "csf_mask", "fit_from"):
+        path = resolve_path(getattr(tissue, key), base_dir)
+        if path is not None and not path.is_file():
+            raise ConfigError(f"invalid value for 'confounds.tissue.{key}': file not found: {path}.")
+    if tissue.fit_from is not None and not ({"acompcor", "tcompcor"} & signals):
+        raise ConfigError("invalid value for 'confounds.tissue.fit_from': no CompCor signal is asked for. "
+                          "Allowed: leave it out, or add \"acompcor\" or \"tcompcor\" to signals.")
+
+
 def _check_consistency(cfg: Config) -> None:
     _check_signals(cfg)
     _check_physio(cfg.confounds.physio)
@@ -743,9 +794,7 @@ def _check_files(cfg: Config) -> None:
     if cfg.feedback.sham_from is not None:
         _check_sham(cfg.feedback.sham_from)
     if cfg.confounds.tissue is not None:  # masks given for the signals asked, and present
-        from rtnf.analysis.confounds.tissue import check_config
-
-        check_config(cfg.confounds.tissue, cfg.base_dir)
+        check_tissue(cfg.confounds.tissue, cfg.base_dir)
 
 
 def _check_output_dir(folder: Path) -> None:

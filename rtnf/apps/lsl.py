@@ -66,6 +66,7 @@ from typing import Any, Callable
 import zmq
 
 from rtnf import __version__
+from rtnf.scanner.lsl import LslUnavailableError, load_pylsl
 from rtnf.wire.messages import DEFAULT_ADDRESS
 from rtnf.wire.subscription import Received, Subscription
 from rtnf.wire.topics import FeedbackMessage, RunMessage, VolumeMessage, WireMessage, parse_body
@@ -77,31 +78,8 @@ TOPICS: tuple[str, ...] = ("run", "feedback", "volume")
 FEEDBACK_SUFFIX = "feedback"
 MARKERS_SUFFIX = "markers"
 DEFAULT_PREFIX = "rtnf"
-INSTALL_HINT = "pip install -e '.[lsl]' (or: pip install 'pylsl>=1.16')"
 MAX_SKEW_S = 0.1  # t_published this far after receipt is tolerated (clock jitter), not more
 MAX_AGE_S = 30.0  # a message older than this on arrival means the clocks do not agree
-
-
-class LslUnavailableError(RuntimeError):
-    """pylsl or its binary library (liblsl) cannot be loaded."""
-
-
-def load_pylsl() -> Any:
-    """Import pylsl, or raise :class:`LslUnavailableError` with what to do.
-
-    Recent pylsl wheels ship liblsl; otherwise pylsl looks for it in the
-    ``PYLSL_LIB`` environment variable and on the system library path.
-    """
-    try:
-        import pylsl
-    except ImportError as exc:
-        raise LslUnavailableError(f"pylsl is not installed ({exc}); install it with: {INSTALL_HINT}") from exc
-    except (RuntimeError, OSError) as exc:  # pylsl raises RuntimeError when liblsl cannot be found or loaded
-        raise LslUnavailableError(
-            f"pylsl is installed but its binary library liblsl cannot be loaded: {str(exc).strip()}. "
-            "Install a pylsl wheel that bundles liblsl, or install liblsl and point PYLSL_LIB at liblsl.so."
-        ) from exc
-    return pylsl
 
 
 def clock_offset(local_clock: Callable[[], float], wall_clock: Callable[[], float] = time.time) -> float:

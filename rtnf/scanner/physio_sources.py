@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from rtnf.scanner.lsl import load_pylsl
 from rtnf.scanner.nifti import open_regular
 
 log = logging.getLogger("rtnf.confounds.physio")
@@ -309,8 +310,6 @@ class LslInlet(_Reader):
         self.label = f"LSL stream with {what}"
 
     def _run(self) -> None:
-        from rtnf.apps.lsl import load_pylsl
-
         pylsl = load_pylsl()
         self.status = f"{self.label} not found"
         pred = " and ".join(f"{k}='{v}'" for k, v in (("name", self.name), ("type", self.stream_type)) if v is not None)

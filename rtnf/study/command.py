@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-import textwrap
 import threading
 from pathlib import Path
 
 from rtnf.config import ConfigError
+from rtnf._cli_help import add_command as _sub
 
 from .progress import attempts, next_step
 from .runner import PreparedRun, execute, init_study, load_key, prepare
@@ -19,13 +19,6 @@ from .studyfile import Study, load_study
 
 EXIT_USAGE = 2
 EXIT_RUN_FAILED = 1
-
-
-def _sub(sub, name: str, help: str, description: str, *examples: str) -> argparse.ArgumentParser:
-    """A sub-command whose ``--help`` has a description and examples (as every rtnf command's)."""
-    epilog = "\n".join(["example:" if len(examples) == 1 else "examples:"] + [f"  {e}" for e in examples])
-    return sub.add_parser(name, help=help, description=textwrap.fill(" ".join(description.split()), 79),
-                          epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -49,6 +49,7 @@ import numpy as np
 from scipy import signal as sps
 
 from .base import ConfoundContext, ConfoundError, ConfoundInput, ConfoundSource
+from rtnf.scanner.lsl import LslUnavailableError, load_pylsl
 from rtnf.scanner.physio_sources import LogTail, LslInlet, SampleBuffer
 
 __all__ = ["PhysioRegressors", "respiration_response", "fourier_terms", "retroicor_names", "PROC_HZ"]
@@ -210,8 +211,6 @@ class PhysioRegressors(ConfoundSource):
             except ValueError as exc:
                 raise ConfoundError(str(exc)) from None
         else:
-            from rtnf.apps.lsl import LslUnavailableError, load_pylsl
-
             try:
                 pylsl = load_pylsl()
             except LslUnavailableError as exc:

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from .base import ConfoundContext, ConfoundError, ConfoundInput, ConfoundSource
+from rtnf.config import check_tissue, resolve_path
 
 log = logging.getLogger("rtnf.confounds.tissue")
 
@@ -81,49 +82,6 @@ def column_names(cfg: Any) -> tuple[str, ...]:
     if "tcompcor" in signals:
         names += [f"tcompcor_{i}" for i in k]
     return tuple(names)
-
-
-def resolve(path: Path | None, base_dir: Path | None) -> Path | None:
-    """A config path made absolute against the config's folder."""
-    if path is None:
-        return None
-    path = Path(path)
-    return path if path.is_absolute() or base_dir is None else (Path(base_dir) / path).resolve()
-
-
-def check_config(cfg: Any, base_dir: Path | None) -> None:
-    """Cross-checks of ``[confounds.tissue]`` that do not need the run: masks given and present for what is asked.
-
-    Raises
-    ------
-    rtnf.config.ConfigError
-        With one message naming the key.
-    """
-    from rtnf.config import ConfigError
-
-    signals = set(cfg.signals)
-    needs = {"wm_mask": ("white_matter",), "csf_mask": ("csf",)}
-    for key, users in needs.items():
-        for signal in users:
-            if signal in signals and getattr(cfg, key) is None:
-                raise ConfigError(f"missing key 'confounds.tissue.{key}': signals lists {signal!r}, which needs it. "
-                                  f"Allowed: a mask on the functional grid (`rtnf roi tissue -r ref.nii.gz -o DIR/` "
-                                  f"writes one), or leave {signal!r} out.")
-    if "acompcor" in signals:
-        if cfg.wm_mask is None and cfg.csf_mask is None:
-            raise ConfigError("missing key 'confounds.tissue.wm_mask': aCompCor needs wm_mask and/or csf_mask. "
-                              "Allowed: masks on the functional grid (`rtnf roi tissue`), or \"tcompcor\" without "
-                              "anatomy.")
-        if cfg.acompcor_masks == "separate" and (cfg.wm_mask is None or cfg.csf_mask is None):
-            raise ConfigError("invalid value for 'confounds.tissue.acompcor_masks': \"separate\" needs both wm_mask "
-                              "and csf_mask. Allowed: \"combined\".")
-    for key in ("wm_mask", "csf_mask", "fit_from"):
-        path = resolve(getattr(cfg, key), base_dir)
-        if path is not None and not path.is_file():
-            raise ConfigError(f"invalid value for 'confounds.tissue.{key}': file not found: {path}.")
-    if cfg.fit_from is not None and not ({"acompcor", "tcompcor"} & signals):
-        raise ConfigError("invalid value for 'confounds.tissue.fit_from': no CompCor signal is asked for. "
-                          "Allowed: leave it out, or add \"acompcor\" or \"tcompcor\" to signals.")
 
 
 def spread(indices: np.ndarray, n: int) -> np.ndarray:
@@ -234,7 +192,7 @@ class TissueRegressors(ConfoundSource):
 
     def __init__(self, cfg: Any, base_dir: Path | None = None) -> None:
         super().__init__("tissue")
-        check_config(cfg, base_dir)
+        check_tissue(cfg, base_dir)
         self.cfg = cfg
         self.base_dir = base_dir
         self.names = column_names(cfg)
@@ -256,7 +214,7 @@ class TissueRegressors(ConfoundSource):
                                         or [np.empty(0, dtype=np.int64)])).astype(np.int64)
         sets: dict[str, np.ndarray] = {}
         for key, tissue in (("wm_mask", "wm"), ("csf_mask", "csf")):
-            path = resolve(getattr(cfg, key), self.base_dir)
+            path = resolve_path(getattr(cfg, key), self.base_dir)
             if path is not None:
                 sets[tissue] = np.setdiff1d(self._mask_indices(path, key, context), rois)
                 if sets[tissue].size == 0:
@@ -279,7 +237,7 @@ class TissueRegressors(ConfoundSource):
             self._compcor["tcompcor"] = CompCor(cfg.n_components)
         self._zs = {s: RunningZ(cfg.fit_volumes) for s in ("white_matter", "csf", "global_signal") if s in self.signals}
         if cfg.fit_from is not None:
-            self._fit_from_localizer(resolve(cfg.fit_from, self.base_dir), context, sets)
+            self._fit_from_localizer(resolve_path(cfg.fit_from, self.base_dir), context, sets)
         elif self._compcor and context.n_volumes < cfg.fit_volumes:
             raise ConfoundError(f"invalid value for 'confounds.tissue.fit_volumes': {cfg.fit_volumes} is more than "
                                 f"the run's {context.n_volumes} volumes. Allowed: fewer, or a localizer in fit_from")

@@ -77,6 +77,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from rtnf.analysis.decoder import MIN_MEAN_FRACTION, OnlineFeatures
+from rtnf.analysis.resample import resample_to_grid
+from rtnf.scanner.volume import Grid
 
 from .base import FeedbackSignal, SignalContext, SignalError, VolumeInput
 
@@ -209,16 +211,13 @@ def weights_on_grid(
         the map) times the ratio of voxel volumes (run voxel over map voxel, in the run's mm), so that
         its sum is about the map's.
     """
-    from rtnf.apps.roidef._common import _resample
-    from rtnf.scanner.volume import Grid
-
     ref_to_mni = np.asarray(ref_to_mni, dtype=np.float64)
     map_affine = np.asarray(map_affine, dtype=np.float64)
     affine = np.asarray(affine, dtype=np.float64)
     # The ROIs' resampling (scipy.ndimage, already loaded by the pipeline: no import at the first volume),
     # trilinear: no overshoot, and a voxel has a weight only within one map voxel of a non-zero weight (a
     # cubic spline's ringing would give every voxel of the grid a tiny one).
-    data = _resample(weights, map_affine, Grid(tuple(shape), affine), order=1, world_to_src=ref_to_mni)
+    data = resample_to_grid(weights, map_affine, Grid(tuple(shape), affine), order=1, world_to_src=ref_to_mni)
     # map voxel -> MNI mm -> the run's scanner mm: a map voxel's volume there
     in_run = np.linalg.inv(ref_to_mni) @ map_affine
     ratio = abs(float(np.linalg.det(affine[:3, :3]))) / abs(float(np.linalg.det(in_run[:3, :3])))
@@ -253,12 +252,10 @@ def _load_map(path: Path, key: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _mask_on(path: Path, shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
     """An MNI-space mask (kept where > 0.5) on the weight map's grid (nearest neighbour), as 0/1."""
-    from rtnf.apps.roidef._common import _resample
-    from rtnf.scanner.volume import Grid
-
     data, mask_affine = _load_map(path, "mask")
     inside = (np.nan_to_num(data) > 0.5).astype(np.float32)
-    return (_resample(inside, mask_affine, Grid(tuple(shape), np.asarray(affine)), order=0) > 0.5).astype(np.float64)
+    on_grid = resample_to_grid(inside, mask_affine, Grid(tuple(shape), np.asarray(affine)), order=0)
+    return (on_grid > 0.5).astype(np.float64)
 
 
 def _registration(value: Any, base: Path | None) -> np.ndarray:

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from rtnf.analysis.resample import resample_to_grid as _resample  # the roidef modules' name for it
 from rtnf.scanner.volume import Grid
 
 
@@ -111,23 +112,6 @@ def _coverage(world_points: np.ndarray, grid: Grid) -> float:
 def _voxel_world(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
     ijk = np.argwhere(mask).astype(np.float64)
     return ijk @ affine[:3, :3].T + affine[:3, 3]
-
-
-def _resample(data: np.ndarray, affine: np.ndarray, grid: Grid, order: int, world_to_src: np.ndarray | None = None) -> np.ndarray:
-    """Sample ``data`` (voxel -> world ``affine``) at the grid's voxel centres (zero outside).
-
-    ``world_to_src`` optionally maps grid world coordinates to the source's
-    world first (a registration); default identity.
-    """
-    from scipy.ndimage import affine_transform
-
-    m = np.linalg.inv(affine) @ (np.eye(4) if world_to_src is None else world_to_src) @ grid.affine
-    src = np.asarray(data, dtype=np.float32 if order > 0 else data.dtype)
-    # 'grid-constant': a grid voxel whose centre lies within half a source voxel of the
-    # source's edge still takes the edge voxel's value (nearest) or a partial-volume
-    # blend with the zero outside (linear); farther out it is 0.
-    return affine_transform(src, m, output_shape=grid.shape, order=order, mode="grid-constant", cval=0,
-                            prefilter=False)
 
 
 def _check_not_empty(mask: np.ndarray, param: str, grid: Grid, what: str, allowed: str) -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from rtnf.scanner.volume import Volume
+from rtnf._cli_help import add_command as _kind
 from ._common import DEFAULT_MIN_COVERAGE, RoiDefError, RoiDefinition
 from .localizer import blocks_from_events, localizer_roi, localizer_tmap
 from .atlases import ATLAS_FILES, HEMISPHERES, atlas_region, load_atlas
@@ -37,13 +37,6 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roi-name", dest="roi_name", default=None, help="ROI name for the config (default: from --out)")
     p.add_argument("--min-coverage", type=float, default=DEFAULT_MIN_COVERAGE,
                    help="smallest fraction of the region inside the field of view (default 0.5)")
-
-
-def _kind(sub, name: str, help: str, description: str, *examples: str) -> argparse.ArgumentParser:
-    """A kind of ROI whose ``--help`` has a one-paragraph description and examples."""
-    epilog = "\n".join(["example:" if len(examples) == 1 else "examples:"] + [f"  {e}" for e in examples])
-    return sub.add_parser(name, help=help, description=textwrap.fill(" ".join(description.split()), 79),
-                          epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
