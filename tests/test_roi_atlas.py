@@ -31,11 +31,28 @@ def test_names_match_without_case_or_punctuation():
     ho = load_atlas("harvard-oxford", atlas_dir=ATLASES)
     assert find_label(ho, "Cingulate_Gyrus_anterior_division")[1:3] == (29, "Cingulate_Gyrus_anterior_division")
     assert find_label(ho, "cingulate gyrus, Anterior Division")[1] == 29  # nilearn's spelling
-    assert find_label(ho, "Left_Amygdala")[1:] == (20, "Left_Amygdala", None)  # subcortical file, as it is
-    assert find_label(ho, "R_Amygdala")[1:] == (10, "Right_Amygdala", "right")
+    # The subcortical file, as it is: value 10 is FSL's Left Amygdala (MNI x = -23 mm), which neuroparc's
+    # table calls Right_Amygdala; load_atlas names the labels after the side their voxels lie on.
+    assert find_label(ho, "Left_Amygdala")[1:] == (10, "Left_Amygdala", None)
+    assert find_label(ho, "R_Amygdala")[1:] == (20, "Right_Amygdala", "right")
     hcp = load_atlas("hcp", atlas_dir=ATLASES)
     assert find_label(hcp, "L_Area_a24")[1:] == (61, "Area_a24", "left")
     assert normalise("Para-Insular_Area") == "para_insular_area"
+
+
+def test_lateralised_labels_lie_on_their_side():
+    """Every Left_/Right_ label of the subcortical atlas has its voxels on that side (MNI x < 0 is left)."""
+    ho = load_atlas("harvard-oxford", atlas_dir=ATLASES)
+    sub = ho[1]
+    x = _world(sub.data.shape, sub.affine)[..., 0]
+    sided = {name: index for name, index in sub.table.items() if name.startswith(("Left_", "Right_"))}
+    assert len(sided) == 20
+    for name, index in sided.items():
+        assert (x[sub.data == index].mean() < 0) == name.startswith("Left_"), name
+    right, _, picked = atlas_region(ho, ["R_Amygdala"])
+    assert picked[0]["index"] == 20 and (x[right > 0] > 0).all()
+    as_named, _, _ = atlas_region(ho, ["Right_Amygdala"])
+    np.testing.assert_array_equal(as_named, right)
 
 
 def test_unknown_label_names_the_closest():

@@ -12,7 +12,8 @@ session (a known rigid transform, different for each), replayed as fast as it go
 3. blinding: no arm's name in any output, log, state or console line; a sham participant's runs have a real
    participant's file names, columns, sidecars and config;
 4. ``rtnf report longitudinal``'s per-participant session numbers and its by-arm-code numbers equal those
-   recomputed with NumPy from the recorded tables.
+   recomputed with NumPy from the recorded tables. The transfer run has the feedback runs' task label (as in
+   ``examples/study``): the report knows it from the kind the study recorded, without ``--transfer-task``.
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ PARTICIPANTS = ("P01", "P02", "P03")
 SESSIONS = ("01", "02", "03")
 AMPLITUDE_PCT = {"01": 3.0, "02": 3.5, "03": 4.0}  # the ROI's true activation: a participant who learns
 ROI_CENTER_MM, ROI_RADIUS_MM = np.array([0.0, 30.0, 15.0]), 8.0  # tests.helpers' default ROI, simulated active
-RUNS = (("loc", 1), ("nf", 1), ("nf", 2), ("transfer", 1))  # each session's runs, as the study numbers them
+RUNS = (("loc", 1), ("nf", 1), ("nf", 2), ("nf", 3))  # each session's runs, as the study numbers them (per task)
+ROLES = {("loc", 1): "no feedback", ("nf", 1): "feedback", ("nf", 2): "feedback", ("nf", 3): "transfer"}
 
 STUDY = """
 [study]
@@ -90,7 +92,8 @@ POSES = {(p, s): _pose(i, k) for i, p in enumerate(PARTICIPANTS) for k, s in enu
 def _make_study(root: Path) -> Path:
     address = free_address()
     common = {**run_config(address, N_VOLUMES), "feedback.hemodynamic_lag_s": LAG_S}
-    for name, task in (("loc", "loc"), ("nf", "nf"), ("transfer", "transfer")):
+    # the transfer run's config has the feedback runs' task label: only the study knows its kind
+    for name, task in (("loc", "loc"), ("nf", "nf"), ("transfer", "nf")):
         make_config(root, {**common, "session.task": task}, name=f"{name}.toml")
     (root / "study.toml").write_text(STUDY)
     return root / "study.toml"
@@ -308,7 +311,7 @@ def _recomputed_session(root: Path, subject: str, session: str) -> dict[str, flo
     """A session's numbers from its four recorded tables, with NumPy (see tests.longitudinal_data.recompute_run)."""
     runs = {(task, run): recompute_run(table_path(root, subject, session, task, run), LAG) for task, run in RUNS}
     fb = [runs["nf", 1], runs["nf", 2]]
-    tr = [runs["transfer", 1]]
+    tr = [runs["nf", 3]]
     out = {
         "success_rate": np.mean([x for w in fb for x in w["success"]]),
         "toward_goal": np.mean([x for w in fb for x in w["toward"]]),
@@ -331,7 +334,7 @@ def test_longitudinal_report_per_run_and_per_session_numbers_equal_the_recorded_
     by_key = {(r["participant"], r["session"], r["task"], r["run"]): r for r in written}
     for (subject, session, task, run), got in by_key.items():
         want = recompute_run(table_path(root, subject, session, task, int(run)), LAG)
-        assert got["role"] == {"loc": "no feedback", "nf": "feedback", "transfer": "transfer"}[task]
+        assert got["role"] == ROLES[task, int(run)]
         assert int(got["n_blocks"]) == len(want["success"]) and int(got["n_success"]) == sum(want["success"])
         for key, value in (("mean_toward_goal", np.mean(want["toward"]) if want["toward"] else math.nan),
                            ("psc_regulate_acc", want["psc_regulate"]), ("psc_rest_acc", want["psc_rest"]),

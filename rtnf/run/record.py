@@ -287,6 +287,9 @@ class RunRecorder:
         Continue the outputs of a run whose process died: the rows recorded
         so far are kept (a last line cut off by the crash is dropped) and
         available as :attr:`recorded`; new rows are appended.
+    about : dict, optional
+        What the caller knows of the run beyond its config, recorded in the
+        provenance as it is (``rtnf study``: ``{"run_kind": "transfer"}``).
     """
 
     def __init__(
@@ -298,6 +301,7 @@ class RunRecorder:
         run_id: str,
         overwrite: bool = False,
         resume: bool = False,
+        about: dict[str, Any] | None = None,
     ) -> None:
         self.dir = func_dir(cfg)
         self.prefix = bids_prefix(cfg)
@@ -326,6 +330,7 @@ class RunRecorder:
             "versions": _versions(),
             # what the run really used: the file plus command-line and session overrides
             "config": cfg.model_dump(mode="json"),
+            **(about or {}),
         }
         if resume:
             previous = self._path(outputs.PROVENANCE)

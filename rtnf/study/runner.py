@@ -10,6 +10,8 @@ handed to the run and nowhere else.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 import logging
 import time
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rtnf.config import Config, ConfigError, load_config
+from rtnf.run.record import RunRecorder
 from rtnf.run.session import RunParts, RunResult
 
 from .armfeedback import ArmRun
@@ -110,7 +113,21 @@ def prepare(study: Study, record: StudyRecord, events: list[dict[str, Any]], ste
         check_turn(study, record, events, step)
     if kind == "feedback":
         parts = arm_run(study, events, step, key(), code).parts()
-    return PreparedRun(step, cfg, step.planned.config.read_text(encoding="utf-8"), parts, code)
+    return PreparedRun(step, cfg, step.planned.config.read_text(encoding="utf-8"), recorded_as(kind, parts), code)
+
+
+RUN_KIND = "run_kind"
+"""The provenance key holding a study run's kind (``localizer``, ``feedback``, ``transfer``)."""
+
+
+def recorded_as(kind: str, parts: RunParts) -> RunParts:
+    """``parts`` whose recorder writes the run's kind in its provenance (``"run_kind": kind``).
+
+    The longitudinal report reads a run's role from it instead of guessing
+    from the task label. The kind is the study file's, the same in every arm
+    (every arm has its feedback and transfer runs), so it tells nothing of the arm.
+    """
+    return dataclasses.replace(parts, recorder=functools.partial(RunRecorder, about={RUN_KIND: kind}))
 
 
 def roi_overrides(study: Study, events: list[dict[str, Any]], step: Step) -> dict[str, Any]:

@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="longitudinal: arm codes by participant, for the by-arm section: the study's state "
                         "folder or its study.json (rtnf study), or a participants.tsv with participant_id and arm")
     parser.add_argument("--transfer-task", action="append", default=None, metavar="TASK",
-                        help="longitudinal: task label of transfer runs (repeatable; default: transfer)")
+                        help="longitudinal: task label of transfer runs, for runs recorded outside `rtnf study` "
+                        "(a study's runs carry their kind; repeatable; default: transfer)")
     parser.add_argument("--embed", action="store_true",
                         help="also embed the figures in the HTML (a single file to send)")
 

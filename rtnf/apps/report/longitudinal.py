@@ -5,9 +5,11 @@ Each run is read and summarised exactly as ``rtnf report`` does
 this module only arranges those numbers across runs, sessions, participants
 and arm codes:
 
-- per run (:func:`run_row`): its role (``feedback``: feedback shown;
-  ``transfer``: no feedback and a transfer task; ``no feedback``: a
-  localizer or another run without feedback), regulation success per block
+- per run (:func:`run_row`): its role (``feedback``, ``transfer`` or ``no
+  feedback``: the kind ``rtnf study`` recorded in the run's provenance, a
+  localizer being ``no feedback``; for a run recorded outside a study,
+  ``feedback`` when feedback was shown, ``transfer`` for a run without
+  feedback whose task label is a transfer task, else ``no feedback``), regulation success per block
   (the per-run report's rule: the block's feedback signal moved from its
   preceding baseline the way the block asked), the block's change toward the
   goal, the shaping threshold and shaped success as recorded
@@ -49,6 +51,8 @@ TRANSFER_TASKS = ("transfer",)
 """Task labels of transfer runs (no feedback, the same regulation): ``--transfer-task`` changes them."""
 ROLES = ("feedback", "transfer", "no feedback")
 """What a run was for, from its config and task label (:func:`run_role`)."""
+STUDY_KINDS = {"feedback": "feedback", "transfer": "transfer", "localizer": "no feedback"}
+"""The role of each run kind ``rtnf study`` records in a run's provenance (``run_kind``, :mod:`rtnf.study.runner`)."""
 _ENTITY = re.compile(r"(?:^|_)(sub|ses|task|run)-([A-Za-z0-9]+)")
 log = logging.getLogger(__name__)
 
@@ -84,7 +88,20 @@ def first_start(provenance: dict[str, Any]) -> float:
 
 
 def run_role(run: RecordedRun, task: str, transfer_tasks: tuple[str, ...] = TRANSFER_TASKS) -> str:
-    """``"feedback"`` when the run showed feedback, else ``"transfer"`` for a transfer task, else ``"no feedback"``."""
+    """The run's role: the one of the kind ``rtnf study`` recorded, else guessed from the config and task label.
+
+    A study run's provenance says what the study ran it as (``run_kind``:
+    localizer, feedback, transfer; :data:`STUDY_KINDS`). Without it (a run
+    recorded by ``rtnf run`` or ``rtnf session``): ``"feedback"`` when the run
+    showed feedback, else ``"transfer"`` when its task label is one of
+    ``transfer_tasks``, else ``"no feedback"``.
+    """
+    kind = run.provenance.get("run_kind")
+    if isinstance(kind, str) and kind in STUDY_KINDS:
+        return STUDY_KINDS[kind]
+    if kind is not None:
+        log.warning("longitudinal report: %s: unknown run_kind %r in its provenance; its role is guessed",
+                    run.prefix, str(kind)[:40])
     config = run.provenance.get("config") if isinstance(run.provenance.get("config"), dict) else None
     feedback = config.get("feedback") if config else None
     enabled = feedback.get("enabled") if isinstance(feedback, dict) else None

@@ -124,7 +124,7 @@ def write_longitudinal(
     arms : dict, optional
         Participant -> arm code (:func:`rtnf.apps.report.longitudinal.read_arms`): adds the by-arm section.
     transfer_tasks : tuple of str
-        Task labels of transfer runs.
+        Task labels of transfer runs, for runs whose provenance has no ``run_kind`` (recorded outside ``rtnf study``).
     embed : bool
         Put the figures in the page as data URIs (one file to send).
 

@@ -12,6 +12,7 @@ cortical atlas label both hemispheres with one index; MNI x < 0 is left).
 from __future__ import annotations
 
 import difflib
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,12 @@ NILEARN_HARVARD_OXFORD = ("cort-maxprob-thr25-2mm", "sub-maxprob-thr25-2mm")
 
 HEMISPHERES = ("left", "right", "both")
 _PREFIXES = {"l": "left", "left": "left", "lh": "left", "r": "right", "right": "right", "rh": "right"}
+#: A side prefix as written in a table and its other side, same spelling style.
+_OTHER_SIDE = {"l": "r", "r": "l", "lh": "rh", "rh": "lh", "left": "right", "right": "left"}
+#: A lateralised label whose voxels' mean MNI x is nearer the midline than this (mm) is not checked.
+_SIDE_MARGIN_MM = 4.0
+
+logger = logging.getLogger(__name__)
 
 
 def normalise(name: str) -> str:
@@ -65,8 +72,57 @@ class LabelImage:
     source: str
 
 
+def _swap_side(name: str) -> str:
+    """``name`` with its side prefix turned to the other side, spelled alike (``Right_X`` -> ``Left_X``)."""
+    match = re.match(r"^([A-Za-z]+)(?=[^A-Za-z0-9])", name)
+    word = match.group(1) if match else ""
+    other = _OTHER_SIDE.get(word.lower())
+    if other is None:
+        return name
+    other = other.upper() if word.isupper() else other.capitalize() if word[:1].isupper() else other
+    return other + name[len(word):]
+
+
+def _named_by_side(img: LabelImage) -> LabelImage:
+    """The image with each lateralised label (``Left_``, ``R_`` ...) named after the side its voxels lie on.
+
+    The voxels are trusted over the names: neuroparc's ``HarvardOxfordsub-maxprob.csv`` (the
+    ``--atlas-dir`` files) names FSL's left structures ``Right_`` and the right ones ``Left_`` (value
+    10, FSL's "Left Amygdala", lies at MNI x = -23 mm), so ``--label R_Amygdala`` would find no voxel
+    and ``--label Right_Amygdala`` the left amygdala. Each renamed label is logged once.
+    """
+    x = (np.indices(img.data.shape, dtype=np.float64).reshape(3, -1).T @ img.affine[:3, :3].T
+         + img.affine[:3, 3])[:, 0]
+    labels = img.data.reshape(-1)
+    inside = labels > 0
+    counts = np.bincount(labels[inside], minlength=max(img.table.values(), default=0) + 1)
+    sums = np.bincount(labels[inside], weights=x[inside], minlength=counts.size)
+    wrong = {}
+    for name, index in img.table.items():
+        side, _ = _split_hemisphere(name)
+        if side is None or index <= 0 or index >= counts.size or counts[index] == 0:
+            continue
+        mean_x = sums[index] / counts[index]
+        if abs(mean_x) > _SIDE_MARGIN_MM and (mean_x < 0) != (side == "left"):
+            wrong[name] = mean_x
+    renamed = {(_swap_side(n) if n in wrong else n): i for n, i in img.table.items()}
+    if len(renamed) != len(img.table):  # one side of a pair mislabelled, not both: no name to give it
+        raise RoiDefError("--atlas", f"{img.source}: the label(s) {sorted(wrong)} lie on the other side of the "
+                                     "midline and their other-side names are taken. Allowed: an atlas table whose "
+                                     "Left/Right names match the voxels")
+    for name, mean_x in wrong.items():
+        logger.warning("%s: label %r lies at mean MNI x = %.1f mm (the %s side): named %r", img.source, name, mean_x,
+                       "left" if mean_x < 0 else "right", _swap_side(name))
+    return LabelImage(img.data, img.affine, renamed, img.source)
+
+
 def _nilearn_harvard_oxford() -> list[LabelImage]:
-    """Harvard-Oxford cortical and subcortical max-probability maps through nilearn (cached download)."""
+    """Harvard-Oxford cortical and subcortical max-probability maps through nilearn.
+
+    nilearn reads them from its data folder (``data_dir``: ``NILEARN_SHARED_DATA``, ``NILEARN_DATA``
+    or ``~/nilearn_data``, under ``fsl/data/atlases``) and downloads them there once when they are
+    missing; without a cached copy and without network the error names both ways out.
+    """
     try:
         from nilearn import datasets
 
@@ -79,8 +135,10 @@ def _nilearn_harvard_oxford() -> list[LabelImage]:
                                   table, f"nilearn fetch_atlas_harvard_oxford({name!r})"))
         return out
     except Exception as exc:  # no network, a proxy, a broken cache: one message either way
-        raise RoiDefError("--atlas", f"harvard-oxford could not be fetched through nilearn ({exc}). Allowed: "
-                                     "--atlas-dir DIR with the atlas files (offline), or --atlas-file and --table") from None
+        raise RoiDefError("--atlas", "harvard-oxford is not in nilearn's data folder and could not be downloaded "
+                                     f"({type(exc).__name__}: {str(exc)[:200]}). Allowed: --atlas-dir DIR with the "
+                                     "atlas files (offline), --atlas-file and --table, or network once so that "
+                                     "nilearn caches it") from None
 
 
 def load_atlas(atlas: str | None = None, *, atlas_dir: str | Path | None = None, atlas_file: str | Path | None = None,
@@ -100,7 +158,8 @@ def load_atlas(atlas: str | None = None, *, atlas_dir: str | Path | None = None,
         if table is None:
             raise RoiDefError("--table", "missing: --atlas-file needs --table (index,name CSV/TSV)")
         data, affine = _load_image(atlas_file, "--atlas-file")
-        return [LabelImage(np.rint(data).astype(np.int32), affine, read_label_table(table), str(atlas_file))]
+        return [_named_by_side(LabelImage(np.rint(data).astype(np.int32), affine, read_label_table(table),
+                                          str(atlas_file)))]
     if atlas not in ATLAS_FILES:
         raise RoiDefError("--atlas", f"{atlas!r}. Allowed: {', '.join(ATLAS_FILES)}, or --atlas-file with --table")
     if atlas_dir is None:
@@ -116,7 +175,8 @@ def load_atlas(atlas: str | None = None, *, atlas_dir: str | Path | None = None,
             raise RoiDefError("--atlas-dir", f"{folder} lacks {image} or {csv}. Allowed: a folder with the files "
                                              f"of {atlas}: " + ", ".join(f"{i}, {c}" for i, c in ATLAS_FILES[atlas]))
         data, affine = _load_image(folder / image, "--atlas-dir")
-        out.append(LabelImage(np.rint(data).astype(np.int32), affine, read_label_table(folder / csv), str(folder / image)))
+        out.append(_named_by_side(LabelImage(np.rint(data).astype(np.int32), affine, read_label_table(folder / csv),
+                                             str(folder / image))))
     return out
 
 
