@@ -12,6 +12,7 @@ import pytest
 from rtnf.apps import roidef
 from rtnf.apps.roidef import RoiDefError
 from rtnf.apps.roidef.atlases import atlas_region, find_label, load_atlas, normalise
+from rtnf.scanner.volume import Grid
 from tests.helpers import SHARED_DATA, requires_shared_data
 
 ATLASES = SHARED_DATA / "atlases"
@@ -53,6 +54,17 @@ def test_lateralised_labels_lie_on_their_side():
     assert picked[0]["index"] == 20 and (x[right > 0] > 0).all()
     as_named, _, _ = atlas_region(ho, ["Right_Amygdala"])
     np.testing.assert_array_equal(as_named, right)
+
+
+def test_atlas_roi_with_the_atlas_table_names_sides_as_roi_mni_does():
+    """``rtnf roi atlas --labels --table`` reads the same swapped neuroparc table: its sides must agree with ``roi mni``."""
+    image, table = ATLASES / "HarvardOxfordsub-maxprob-thr25_space-MNI152NLin6_res-2x2x2.nii.gz", \
+        ATLASES / "HarvardOxfordsub-maxprob.csv"
+    img = nib.load(image)
+    grid = Grid(img.shape[:3], img.affine)
+    roi = roidef.atlas_roi(image, table, "Right_Amygdala", grid, min_coverage=0.0)
+    x = _world(img.shape[:3], img.affine)[..., 0]
+    assert roi.mask.sum() > 100 and (x[roi.mask] > 0).all()
 
 
 def test_unknown_label_names_the_closest():

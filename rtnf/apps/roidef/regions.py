@@ -177,7 +177,12 @@ def atlas_roi(
     names = [names] if isinstance(names, str) else list(names)
     data, affine = _load_image(labels, "--labels") if isinstance(labels, (str, Path)) else labels
     data = np.rint(np.asarray(data)).astype(np.int32)
-    tab = read_label_table(table) if isinstance(table, (str, Path)) else dict(table)
+    if isinstance(table, (str, Path)):
+        from .atlases import LabelImage, _named_by_side  # Left_/Right_ named as rtnf roi mni names them
+
+        tab = _named_by_side(LabelImage(data, affine, read_label_table(table), str(table))).table
+    else:
+        tab = dict(table)
     indices = _select_labels(tab, names)
     src = np.isin(data, indices)
     if not src.any():
