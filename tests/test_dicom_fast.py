@@ -63,3 +63,40 @@ def test_fast_path_on_truncated_file_raises():
     reader.read(PARTIAL / "001_000013_000005.dcm")
     with pytest.raises(DicomReadError, match="trunc_001_000013_000005.dcm"):
         reader.read(PARTIAL / "trunc_001_000013_000005.dcm")
+
+
+@requires_shared_data("dicom-zoo")
+def test_header_walk_finds_the_pixel_data_not_an_overlay_before_it():
+    """The byte search took the first OW element header, an overlay's (6000,3000) here, for the pixel data."""
+    import pydicom
+
+    from rtnf.scanner.dicom.fast import scan_header
+
+    path = ZOO / "siemens_classic_noCSA" / "MR-SIEMENS-DICOM-WithOverlays.dcm"
+    buf = path.read_bytes()
+    header = scan_header(buf)
+    pixels = pydicom.dcmread(path).PixelData
+    assert header is not None and header.pixel_length == len(pixels)
+    assert buf[header.pixel_offset : header.pixel_offset + header.pixel_length] == pixels
+    assert header.pixel_offset + header.pixel_length == len(buf)  # the pixel data ends the file
+    assert buf[header.pixel_offset - 12 : header.pixel_offset - 8] == b"\xe0\x7f\x10\x00"
+
+
+@requires_shared_data("pyneal-series")
+@pytest.mark.parametrize("damage", ["truncated header", "item outside a sequence", "endless sequence", "garbage"])
+def test_header_walk_gives_up_on_damaged_headers(damage):
+    """A header the walk cannot follow goes to the generic path (None), never an exception or a wrong offset."""
+    from rtnf.scanner.dicom.fast import scan_header
+
+    buf = bytearray(sorted(PYNEAL.rglob("*.dcm"))[0].read_bytes())
+    good = scan_header(bytes(buf))
+    assert good is not None
+    if damage == "truncated header":
+        buf = buf[: good.pixel_offset // 2]
+    elif damage == "item outside a sequence":
+        buf[good.pixel_offset - 12 : good.pixel_offset - 8] = b"\xfe\xff\x00\xe0"
+    elif damage == "endless sequence":  # an undefined-length SQ right after the meta group, never closed
+        buf[good.pixel_offset - 12 :] = b"\x08\x00\x40\x11SQ\x00\x00\xff\xff\xff\xff" + b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    else:
+        buf[400:] = np.random.default_rng(0).integers(0, 256, len(buf) - 400, dtype=np.uint8).tobytes()
+    assert scan_header(bytes(buf)) is None
