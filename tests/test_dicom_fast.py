@@ -100,3 +100,52 @@ def test_header_walk_gives_up_on_damaged_headers(damage):
     else:
         buf[400:] = np.random.default_rng(0).integers(0, 256, len(buf) - 400, dtype=np.uint8).tobytes()
     assert scan_header(bytes(buf)) is None
+
+
+def _probe_series(files):
+    """Each file's fast probe (None until the series is remembered) and generic probe."""
+    from rtnf.scanner.dicom import probe
+
+    reader = SeriesReader()
+    out = []
+    for path in files:
+        fast = reader.probe(path)
+        generic = probe(path)
+        reader.remember_probe(generic)
+        out.append((fast, generic))
+    return reader, out
+
+
+@requires_shared_data("pyneal-series")
+def test_fast_probe_equals_the_generic_probe_on_a_mosaic_series():
+    files = sorted((PYNEAL / "siemens-prisma-e11-mosaic").glob("*.dcm"))
+    reader, probes = _probe_series(files)
+    assert probes[0][0] is None and reader.fast_probes == len(files) - 1
+    for fast, generic in probes[1:]:
+        assert fast == generic
+
+
+@requires_shared_data("dicom-zoo")
+@pytest.mark.parametrize("folder", [p.name for p in sorted(ZOO.glob("*")) if p.is_dir()] if ZOO.is_dir() else [])
+def test_fast_probe_equals_the_generic_probe_on_every_zoo_series(folder):
+    files = sorted(p for p in (ZOO / folder).rglob("*") if p.is_file() and not p.name.endswith((".json", ".md", ".txt")))
+    _, probes = _probe_series(files)
+    for fast, generic in probes:
+        assert fast is None or fast == generic, (fast, generic)
+
+
+@requires_shared_data("pyneal-series")
+def test_fast_probe_leaves_a_truncated_or_foreign_file_to_the_generic_probe(tmp_path):
+    files = sorted((PYNEAL / "siemens-prisma-e11-mosaic").glob("*.dcm"))
+    reader, _ = _probe_series(files[:1])
+    cut = tmp_path / "cut.dcm"
+    cut.write_bytes(files[1].read_bytes()[:-100])
+    other = tmp_path / "other.dcm"
+    data = bytearray(files[1].read_bytes())
+    data[-100:] = b"\x00" * 100
+    other.write_bytes(bytes(data))
+    assert reader.probe(cut) is None  # incomplete: the generic probe says why
+    assert reader.probe(other).volume_number == 2  # complete, same series: only pixel values differ
+    huge = tmp_path / "huge.dcm"
+    huge.write_bytes(files[1].read_bytes() + b"\x00" * (3 * files[1].stat().st_size))
+    assert reader.probe(huge) is None  # never read past twice the series' file size here

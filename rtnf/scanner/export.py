@@ -246,7 +246,11 @@ class ExportReader:
                 return None
             from .dicom import probe
 
-            info = probe(path)
+            fast = self._fast_reader()
+            info = fast.probe(path)  # a later file of a series already seen: its header walk (0.1 ms)
+            if info is None:
+                info = probe(path)
+                fast.remember_probe(info)
             configured = self.scanner.slices_per_volume
             if info.kind == "slice" and configured and info.n_slices != configured:
                 from rtnf.scanner.dicom.probe import with_slice_count

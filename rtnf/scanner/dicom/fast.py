@@ -21,7 +21,7 @@ needs Explicit VR Little Endian, the syntax every scanner here writes.
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,7 +29,8 @@ import numpy as np
 
 from rtnf.scanner.nifti import open_regular
 from rtnf.scanner.volume import Volume
-from ._common import DicomReadError, acquisition_time, dicomwrappers
+from ._common import DicomInfo, DicomReadError, acquisition_time, as_int, dicomwrappers
+from .probe import as_float
 from .reader import read_volume
 
 # tag (group, element) -> allowed VRs; geometry / value elements of the signature
@@ -48,7 +49,12 @@ _SIGNATURE_TAGS: dict[tuple[int, int], tuple[bytes, ...]] = {
 _TIME_TAGS = {(0x0008, 0x002A): "AcquisitionDateTime", (0x0008, 0x0022): "AcquisitionDate",
               (0x0008, 0x0032): "AcquisitionTime", (0x0008, 0x0023): "ContentDate",
               (0x0008, 0x0033): "ContentTime", (0x0008, 0x0021): "SeriesDate"}
-_ALL = {**{t: v for t, v in _SIGNATURE_TAGS.items()}, **{t: (b"DT", b"DA", b"TM") for t in _TIME_TAGS}}
+#: per-file identity (not geometry): which volume and echo a file holds, for the probe's fast path
+_IDENTITY_TAGS = {(0x0020, 0x0013): "InstanceNumber", (0x0020, 0x0012): "AcquisitionNumber",
+                  (0x0008, 0x0018): "SOPInstanceUID", (0x0018, 0x0086): "EchoNumbers", (0x0018, 0x0081): "EchoTime"}
+_ALL = {**{t: v for t, v in _SIGNATURE_TAGS.items()}, **{t: (b"DT", b"DA", b"TM") for t in _TIME_TAGS},
+        (0x0020, 0x0013): (b"IS",), (0x0020, 0x0012): (b"IS",), (0x0008, 0x0018): (b"UI",),
+        (0x0018, 0x0086): (b"IS",), (0x0018, 0x0081): (b"DS",)}
 _EXPLICIT_LE = b"1.2.840.10008.1.2.1\x00"
 
 
@@ -58,6 +64,7 @@ class _Header:
     times: dict[str, str]
     pixel_offset: int
     pixel_length: int
+    identity: dict[str, str] = field(default_factory=dict)
 
 
 _UNDEFINED = 0xFFFFFFFF
@@ -73,7 +80,8 @@ class _Malformed(Exception):
 def _walk(buf: bytes, pos: int, end: int, hits: list, depth: int) -> tuple[int, tuple[int, int] | None]:
     """Walk Explicit VR Little Endian elements from ``pos`` to ``end`` or to the delimiter closing an item.
 
-    Appends ``(tag, value)`` of the signature and time elements to ``hits``, descending into sequences.
+    Appends ``(tag, value, depth)`` of the signature, time and identity elements to ``hits``, descending
+    into sequences.
     Returns the position after the walk and, at the top level, (offset, length) of the pixel data.
     """
     while pos + 8 <= end:
@@ -98,7 +106,7 @@ def _walk(buf: bytes, pos: int, end: int, hits: list, depth: int) -> tuple[int, 
         if length == _UNDEFINED:  # e.g. a sequence written as UN: not followed
             raise _Malformed
         if vr in _ALL.get(tag, ()):
-            hits.append((tag, buf[start : start + length]))
+            hits.append((tag, buf[start : start + length], depth))
         pos = start + length
     if depth > 0 and end == len(buf):
         raise _Malformed  # an undefined-length item without its delimiter
@@ -147,14 +155,18 @@ def scan_header(buf: bytes) -> _Header | None:
         return None
     signature = []
     times: dict[str, str] = {}
-    for tag, value in hits:
+    identity: dict[str, str] = {}
+    for tag, value, depth in hits:
         if tag in _TIME_TAGS:
             times.setdefault(_TIME_TAGS[tag], value.decode("ascii", "replace").strip("\x00 "))
+        elif tag in _IDENTITY_TAGS:
+            if depth == 0:  # the file's own, not a referenced image's
+                identity.setdefault(_IDENTITY_TAGS[tag], value.decode("ascii", "replace").strip("\x00 "))
         else:
             signature.append((tag, value))
     if ((0x0002, 0x0010), _EXPLICIT_LE) not in signature:
         return None
-    return _Header(tuple(signature), times, pixel[0], pixel[1])
+    return _Header(tuple(signature), times, pixel[0], pixel[1], identity)
 
 
 @dataclass
@@ -186,7 +198,49 @@ class SeriesReader:
         self.verify = verify
         self._recipes: dict[tuple, _Recipe] = {}
         self._refused: set[tuple] = set()
+        self._probed: dict[tuple, tuple[DicomInfo, int, int]] = {}  # signature -> (info, pixel bytes, file bytes)
         self.stats = {"fast": 0, "generic": 0}
+        self.fast_probes = 0
+
+    def remember_probe(self, info: DicomInfo) -> None:
+        """Keep a complete mosaic/enhanced file's probe: later files of its series are probed by :meth:`probe`."""
+        if info.kind not in ("mosaic", "enhanced") or not info.usable or info.path.name.endswith(".gz"):
+            return
+        try:
+            with open_regular(info.path) as f:
+                buf = f.read()
+        except OSError:
+            return
+        header = scan_header(buf)
+        if header is not None and header.signature not in self._probed:
+            self._probed[header.signature] = (info, header.pixel_length, len(buf))
+
+    def probe(self, path: Path) -> DicomInfo | None:
+        """The probe of a later file of a remembered series from its header walk, or None (use the generic probe).
+
+        A file whose walk gives a remembered series' signature (geometry, matrix, transfer syntax, ...) and
+        its pixel data length, all present, is complete; its own number, identity, echo and time come from
+        its header. pydicom's full parse of a Siemens header took 1.4 ms of every volume's detection.
+        """
+        if not self._probed or path.name.endswith(".gz"):
+            return None
+        limit = 2 * max(size for _, _, size in self._probed.values())  # never read a huge file here
+        try:
+            with open_regular(path) as f:
+                buf = f.read(limit + 1)
+        except OSError:
+            return None
+        header = scan_header(buf) if len(buf) <= limit else None
+        known = None if header is None else self._probed.get(header.signature)
+        if known is None or header.pixel_length != known[1] or header.pixel_offset + header.pixel_length > len(buf):
+            return None
+        ident = header.identity
+        instance, acq = as_int(ident.get("InstanceNumber")), as_int(ident.get("AcquisitionNumber"))
+        self.fast_probes += 1
+        return replace(known[0], path=path, volume_number=instance if instance is not None else acq,
+                       instance_number=instance, acquisition_number=acq, sop_uid=ident.get("SOPInstanceUID") or None,
+                       echo_number=as_int(ident.get("EchoNumbers")), echo_time_ms=as_float(ident.get("EchoTime")),
+                       t_acquired=acquisition_time(header.times))
 
     def read(self, path: str | Path) -> Volume:
         """One volume from one file (mosaic or enhanced); other kinds go to :func:`read_volume`."""

@@ -216,12 +216,12 @@ def header_fields(ds: Any, path: Path) -> dict[str, Any]:
         volume_from_instance=from_instance,
         note=note,
         echo_number=as_int(ds.get("EchoNumbers")),
-        echo_time_ms=_as_float(ds.get("EchoTime")),
+        echo_time_ms=as_float(ds.get("EchoTime")),
         acquisition_number=acq_number,
     )
 
 
-def _as_float(value: Any) -> float | None:
+def as_float(value: Any) -> float | None:
     """A float from a DICOM DS value, None when absent or unreadable."""
     try:
         return None if value in (None, "") else float(value)
