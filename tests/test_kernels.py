@@ -20,6 +20,14 @@ def test_smoothing_equals_scipy_gaussian_filter_with_nearest_edges(shape, sigma)
     np.testing.assert_allclose(got, expected, rtol=2e-6, atol=0)  # float32 rounding between passes only
 
 
+def test_anisotropic_smoothing_equals_scipy_with_one_sigma_per_axis():
+    """The configured smoothing (fwhm in mm over anisotropic voxels) has one sigma per axis, truncated at 4."""
+    vol = (500 + 50 * np.random.default_rng(4).normal(size=(30, 26, 12))).astype(np.float32)
+    sigma = (0.8, 1.1, 2.3)
+    got = smooth3d(vol, tuple(gaussian_weights(s, 4.0) for s in sigma))
+    np.testing.assert_allclose(got, gaussian_filter(vol, sigma, mode="nearest"), rtol=2e-6, atol=0)
+
+
 def test_smoothing_split_over_two_threads_equals_one_thread():
     from concurrent.futures import ThreadPoolExecutor
 

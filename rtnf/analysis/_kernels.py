@@ -22,7 +22,21 @@ import numpy as np
 __all__ = ["gaussian_weights", "smooth3d", "trilinear"]
 
 
-@numba.njit(cache=True, nogil=True)
+def _compiled(func):  # noqa: ANN001, ANN202 (a decorator)
+    """``numba.njit(cache=True, nogil=True)``, without the cache where no folder for it is writable.
+
+    Numba refuses ``cache=True`` at import when neither the package folder nor the user's cache
+    folder (``NUMBA_CACHE_DIR``, ``~/.cache``) is writable (a read-only install, no home): the
+    kernels then compile at each start (about a second, in ``Realigner.fit``) instead of failing
+    the import of everything that realigns.
+    """
+    try:
+        return numba.njit(cache=True, nogil=True)(func)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return numba.njit(nogil=True)(func)
+
+
+@_compiled
 def _trilinear(flat: np.ndarray, nx: int, ny: int, nz: int, m: np.ndarray, ijk: np.ndarray,
                out: np.ndarray, inside: np.ndarray) -> int:
     """See :func:`trilinear`; returns the number of points inside the grid."""
@@ -34,6 +48,10 @@ def _trilinear(flat: np.ndarray, nx: int, ny: int, nz: int, m: np.ndarray, ijk: 
         x = m[0, 0] * a + m[0, 1] * b + m[0, 2] * c + m[0, 3]
         y = m[1, 0] * a + m[1, 1] * b + m[1, 2] * c + m[1, 3]
         z = m[2, 0] * a + m[2, 1] * b + m[2, 2] * c + m[2, 3]
+        if x != x or y != y or z != z:  # NaN (NaN pose, NaN or inf point): no cell; its index would read
+            out[p] = np.nan              # outside the volume's memory
+            inside[p] = False
+            continue
         ok = 0.0 <= x <= hx and 0.0 <= y <= hy and 0.0 <= z <= hz
         inside[p] = ok
         n_in += ok
@@ -80,7 +98,8 @@ def trilinear(flat: np.ndarray, shape: tuple[int, int, int], voxel_map: np.ndarr
     Returns
     -------
     values : ndarray of float64, shape (n,)
-        Points mapped outside the grid take the value at the nearest grid position (clamped).
+        Points mapped outside the grid take the value at the nearest grid position (clamped);
+        points mapped to NaN (a NaN pose or point) are NaN and outside.
     inside : ndarray of bool, shape (n,)
     n_inside : int
     """
@@ -100,7 +119,7 @@ def gaussian_weights(sigma: float, truncate: float) -> np.ndarray:
     return phi / phi.sum()
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _smooth_axis0(src: np.ndarray, w: np.ndarray, dst: np.ndarray, lo: int, hi: int) -> None:
     """Correlate along axis 0 for output planes ``lo:hi``; edges repeat the border plane (mode "nearest")."""
     n, r, ny, nz = src.shape[0], (w.size - 1) // 2, src.shape[1], src.shape[2]
@@ -120,7 +139,7 @@ def _smooth_axis0(src: np.ndarray, w: np.ndarray, dst: np.ndarray, lo: int, hi: 
                 dst[i, j, k] = acc[j, k]
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _smooth_axis1(src: np.ndarray, w: np.ndarray, dst: np.ndarray, lo: int, hi: int) -> None:
     """Correlate along axis 1 for planes ``lo:hi`` of axis 0."""
     n, r, nz = src.shape[1], (w.size - 1) // 2, src.shape[2]
@@ -138,7 +157,7 @@ def _smooth_axis1(src: np.ndarray, w: np.ndarray, dst: np.ndarray, lo: int, hi: 
                 dst[i, j, k] = acc[k]
 
 
-@numba.njit(cache=True, nogil=True)
+@_compiled
 def _smooth_axis2(src: np.ndarray, w: np.ndarray, dst: np.ndarray, lo: int, hi: int) -> None:
     """Correlate along axis 2 (contiguous) for planes ``lo:hi`` of axis 0."""
     n, r, ny = src.shape[2], (w.size - 1) // 2, src.shape[1]
@@ -160,7 +179,8 @@ def _smooth_axis2(src: np.ndarray, w: np.ndarray, dst: np.ndarray, lo: int, hi: 
                 dst[i, j, k] = acc[k]
 
 
-def smooth3d(vol: np.ndarray, weights: np.ndarray, tmp: np.ndarray | None = None,
+def smooth3d(vol: np.ndarray, weights: np.ndarray | tuple[np.ndarray, np.ndarray, np.ndarray],
+             tmp: np.ndarray | None = None,
              out: np.ndarray | None = None, pool: Executor | None = None) -> np.ndarray:
     """Separable smoothing of a float32 volume, as ``gaussian_filter(vol, sigma, mode="nearest")``.
 
@@ -170,8 +190,8 @@ def smooth3d(vol: np.ndarray, weights: np.ndarray, tmp: np.ndarray | None = None
     ----------
     vol : ndarray of float32, shape (nx, ny, nz)
         C-contiguous.
-    weights : ndarray of float64
-        Odd-length symmetric kernel (:func:`gaussian_weights`), applied along each axis.
+    weights : ndarray of float64, or a tuple of three
+        Odd-length symmetric kernel (:func:`gaussian_weights`), applied along each axis, or one per axis.
     tmp, out : ndarray of float32, shape (nx, ny, nz), optional
         Work and output arrays (allocated when not given; ``out`` must not be ``vol``).
     pool : concurrent.futures.Executor, optional
@@ -184,14 +204,15 @@ def smooth3d(vol: np.ndarray, weights: np.ndarray, tmp: np.ndarray | None = None
     """
     tmp = np.empty_like(vol) if tmp is None else tmp
     out = np.empty_like(vol) if out is None else out
+    wx, wy, wz = weights if isinstance(weights, tuple) else (weights, weights, weights)
     nx = vol.shape[0]
     half = nx // 2 if pool is not None and nx >= 2 else nx
 
     def in_planes(lo: int, hi: int) -> None:  # the axis 2 and 1 passes only read their own planes
-        _smooth_axis2(vol, weights, out, lo, hi)
-        _smooth_axis1(out, weights, tmp, lo, hi)
+        _smooth_axis2(vol, wz, out, lo, hi)
+        _smooth_axis1(out, wy, tmp, lo, hi)
 
-    for part in (in_planes, lambda lo, hi: _smooth_axis0(tmp, weights, out, lo, hi)):
+    for part in (in_planes, lambda lo, hi: _smooth_axis0(tmp, wx, out, lo, hi)):
         other = pool.submit(part, half, nx) if half < nx else None
         part(0, half)
         if other is not None:
