@@ -123,6 +123,9 @@ class Stage:
         outweighs the brain and the template collapses along the slab (scale 0.2).
     seed : int
         Seed of that sample (at least 1: SimpleITK reads 0 as "from the wall clock").
+    learning_rate : float
+        First step of the optimizer, mm (the largest shift of a voxel; scales from physical
+        shift): a refinement that starts next to the optimum takes small steps.
     """
 
     transform: str
@@ -131,11 +134,13 @@ class Stage:
     iterations: int = 200
     sampling: float = 1.0
     seed: int = 1
+    learning_rate: float = 1.0
 
     def as_dict(self) -> dict[str, Any]:
         """The stage for provenance."""
         return {"transform": self.transform, "shrink": list(self.shrink), "smoothing_mm": list(self.smoothing_mm),
-                "iterations": self.iterations, "sampling": self.sampling, "seed": self.seed}
+                "iterations": self.iterations, "sampling": self.sampling, "seed": self.seed,
+                "learning_rate": self.learning_rate}
 
 
 @dataclass
@@ -155,7 +160,8 @@ class RegistrationResult:
     start_chosen : dict
         The start that won: rotation (degrees) and shift (mm) added to the centre-of-mass alignment.
     parameters : dict
-        Settings, for provenance.
+        Settings, for provenance, and how each refining stage's optimiser stopped (``stopped``:
+        "step too small" is converged; "maximum number of iterations" is not).
     """
 
     fixed_to_moving: np.ndarray
@@ -188,7 +194,8 @@ def _method(stage: Stage, level: slice, fixed_mask: Any | None, threads: int) ->
         reg.SetMetricFixedMask(fixed_mask)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(
-        learningRate=1.0, minStep=1e-4, numberOfIterations=stage.iterations, gradientMagnitudeTolerance=1e-8)
+        learningRate=float(stage.learning_rate), minStep=1e-4, numberOfIterations=stage.iterations,
+        gradientMagnitudeTolerance=1e-8)
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetShrinkFactorsPerLevel(list(stage.shrink[level]))
     reg.SetSmoothingSigmasPerLevel(list(stage.smoothing_mm[level]))
@@ -297,6 +304,7 @@ def register(
 
     # Refine: the rest of the first stage's levels, then the later stages.
     metric = float("nan")
+    stopped: list[str] = []
     for n, stage in enumerate(stages):
         if stage.transform == "affine":
             aff = sitk.AffineTransform(3)
@@ -314,6 +322,8 @@ def register(
         reg.SetInitialTransform(tx, inPlace=True)
         reg.Execute(f_img, m_img)
         metric = float(reg.GetMetricValue())
+        stopped.append(f"finest level, {reg.GetOptimizerIteration()} iterations: "
+                       f"{reg.GetOptimizerStopConditionDescription()}")
     matrix = _LPS @ _sitk_matrix(tx) @ _LPS
     return RegistrationResult(
         matrix, metric, time.perf_counter() - t0, len(poses),
@@ -326,8 +336,9 @@ def register(
              "rotations_deg": list(multistart.rotations_deg), "shifts_mm": list(multistart.shifts_mm),
              "keep": multistart.keep},
          "stages": [s.as_dict() for s in stages],
-         "optimizer": "regular step gradient descent, scales from physical shift, learning rate 1, min step 1e-4",
-         "interpolator": "linear"},
+         "optimizer": "regular step gradient descent, scales from physical shift, learning rate per stage, "
+                      "min step 1e-4",
+         "interpolator": "linear", "stopped": stopped},
     )
 
 
