@@ -555,8 +555,13 @@ def check_tissue(tissue: TissueConfig, base_dir: Path | None) -> None:
             raise ConfigError("invalid value for 'confounds.tissue.acompcor_masks': \"separate\" needs both wm_mask "
                               "and csf_mask. Allowed: \"combined\".")
     for key in ("wm_mask", "csf_mask", "fit_from"):
-        path = resolve_path(getattr(tissue, key), base_dir)
-        if path is not None and not path.is_file():
+        try:  # a NUL byte or an over-long name raises instead of answering "no such file"
+            path = resolve_path(getattr(tissue, key), base_dir)
+            found = path is None or path.is_file()
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"invalid value for 'confounds.tissue.{key}': not a usable path "
+                              f"({type(exc).__name__}: {str(exc)[:80]}).") from None
+        if not found:
             raise ConfigError(f"invalid value for 'confounds.tissue.{key}': file not found: {path}.")
     if tissue.fit_from is not None and not ({"acompcor", "tcompcor"} & signals):
         raise ConfigError("invalid value for 'confounds.tissue.fit_from': no CompCor signal is asked for. "

@@ -94,17 +94,23 @@ def run_role(run: RecordedRun, task: str, transfer_tasks: tuple[str, ...] = TRAN
     localizer, feedback, transfer; :data:`STUDY_KINDS`). Without it (a run
     recorded by ``rtnf run`` or ``rtnf session``): ``"feedback"`` when the run
     showed feedback, else ``"transfer"`` when its task label is one of
-    ``transfer_tasks``, else ``"no feedback"``.
+    ``transfer_tasks``, else ``"no feedback"``. A run whose recorded config
+    showed feedback is ``"feedback"`` whatever its kind says (a study never
+    shows feedback in a transfer run or localizer: the provenance was edited).
     """
     kind = run.provenance.get("run_kind")
+    config = run.provenance.get("config") if isinstance(run.provenance.get("config"), dict) else None
+    feedback = config.get("feedback") if config else None
+    enabled = feedback.get("enabled") if isinstance(feedback, dict) else None
     if isinstance(kind, str) and kind in STUDY_KINDS:
+        if enabled is True and STUDY_KINDS[kind] != "feedback":
+            log.warning("longitudinal report: %s: run_kind %r but its config showed feedback: counted as feedback",
+                        run.prefix, kind)
+            return "feedback"
         return STUDY_KINDS[kind]
     if kind is not None:
         log.warning("longitudinal report: %s: unknown run_kind %r in its provenance; its role is guessed",
                     run.prefix, str(kind)[:40])
-    config = run.provenance.get("config") if isinstance(run.provenance.get("config"), dict) else None
-    feedback = config.get("feedback") if config else None
-    enabled = feedback.get("enabled") if isinstance(feedback, dict) else None
     if not isinstance(enabled, bool):  # absent or not a boolean (a hand-edited provenance): the run's own config
         enabled = run.setting("feedback", "enabled", True)
     if enabled:

@@ -74,45 +74,78 @@ class LabelImage:
 
 def _swap_side(name: str) -> str:
     """``name`` with its side prefix turned to the other side, spelled alike (``Right_X`` -> ``Left_X``)."""
-    match = re.match(r"^([A-Za-z]+)(?=[^A-Za-z0-9])", name)
-    word = match.group(1) if match else ""
+    # leading punctuation is kept (``_Left_X``): normalise() drops it, so the prefix is still a side
+    match = re.match(r"^([^A-Za-z0-9]*)([A-Za-z]+)(?=[^A-Za-z0-9])", name)
+    lead, word = (match.group(1), match.group(2)) if match else ("", "")
     other = _OTHER_SIDE.get(word.lower())
     if other is None:
         return name
     other = other.upper() if word.isupper() else other.capitalize() if word[:1].isupper() else other
-    return other + name[len(word):]
+    return lead + other + name[len(lead) + len(word):]
 
 
-def _named_by_side(img: LabelImage) -> LabelImage:
+def _mean_x(img: LabelImage) -> dict[int, float]:
+    """Mean world x (mm) of the voxels of each label value (> 0) present in the image."""
+    labels = img.data.reshape(-1)
+    where = np.flatnonzero(labels > 0)
+    # np.unique, not np.bincount over the values: one voxel of value 2e9 would make that a 16 GB array
+    present, inverse = np.unique(labels[where], return_inverse=True)
+    i, j, k = np.unravel_index(where, img.data.shape)
+    a = img.affine
+    x = a[0, 0] * i + a[0, 1] * j + a[0, 2] * k + a[0, 3]
+    counts = np.bincount(inverse.reshape(-1), minlength=present.size)
+    sums = np.bincount(inverse.reshape(-1), weights=x, minlength=present.size)
+    return dict(zip(present.tolist(), (sums / counts).tolist()))
+
+
+def _named_by_side(img: LabelImage, mni: bool = True) -> LabelImage:
     """The image with each lateralised label (``Left_``, ``R_`` ...) named after the side its voxels lie on.
 
     The voxels are trusted over the names: neuroparc's ``HarvardOxfordsub-maxprob.csv`` (the
     ``--atlas-dir`` files) names FSL's left structures ``Right_`` and the right ones ``Left_`` (value
     10, FSL's "Left Amygdala", lies at MNI x = -23 mm), so ``--label R_Amygdala`` would find no voxel
     and ``--label Right_Amygdala`` the left amygdala. Each renamed label is logged once.
+
+    Parameters
+    ----------
+    img : LabelImage
+        The label image and its table.
+    mni : bool
+        The image is in MNI space: a label is on the side of the midline (x = 0 mm) its mean x lies
+        on. Otherwise (a participant's labels in scanner space, where x = 0 mm need not be the
+        midline) only pairs are checked: ``Left_X`` and ``Right_X`` swap names when ``Left_X`` lies
+        right of ``Right_X``.
     """
-    x = (np.indices(img.data.shape, dtype=np.float64).reshape(3, -1).T @ img.affine[:3, :3].T
-         + img.affine[:3, 3])[:, 0]
-    labels = img.data.reshape(-1)
-    inside = labels > 0
-    counts = np.bincount(labels[inside], minlength=max(img.table.values(), default=0) + 1)
-    sums = np.bincount(labels[inside], weights=x[inside], minlength=counts.size)
-    wrong = {}
+    mean = _mean_x(img)
+    sided = {}  # name -> (side, rest of the name, mean x in mm) of the lateralised labels with voxels
     for name, index in img.table.items():
-        side, _ = _split_hemisphere(name)
-        if side is None or index <= 0 or index >= counts.size or counts[index] == 0:
-            continue
-        mean_x = sums[index] / counts[index]
-        if abs(mean_x) > _SIDE_MARGIN_MM and (mean_x < 0) != (side == "left"):
-            wrong[name] = mean_x
+        side, rest = _split_hemisphere(name)
+        if side is not None and index in mean:
+            sided[name] = (side, rest, mean[index])
+    wrong: dict[str, float] = {}
+    if mni:
+        for name, (side, _, mean_x) in sided.items():
+            if abs(mean_x) > _SIDE_MARGIN_MM and (mean_x < 0) != (side == "left"):
+                wrong[name] = mean_x
+    else:
+        pairs: dict[str, dict[str, list[tuple[str, float]]]] = {}
+        for name, (side, rest, mean_x) in sided.items():
+            pairs.setdefault(rest, {}).setdefault(side, []).append((name, mean_x))
+        for by_side in pairs.values():
+            if len(by_side.get("left", ())) == 1 and len(by_side.get("right", ())) == 1:
+                (left, left_x), (right, right_x) = by_side["left"][0], by_side["right"][0]
+                if left_x - right_x > _SIDE_MARGIN_MM:
+                    wrong[left], wrong[right] = left_x, right_x
     renamed = {(_swap_side(n) if n in wrong else n): i for n, i in img.table.items()}
     if len(renamed) != len(img.table):  # one side of a pair mislabelled, not both: no name to give it
         raise RoiDefError("--atlas", f"{img.source}: the label(s) {sorted(wrong)} lie on the other side of the "
                                      "midline and their other-side names are taken. Allowed: an atlas table whose "
                                      "Left/Right names match the voxels")
     for name, mean_x in wrong.items():
-        logger.warning("%s: label %r lies at mean MNI x = %.1f mm (the %s side): named %r", img.source, name, mean_x,
-                       "left" if mean_x < 0 else "right", _swap_side(name))
+        logger.warning("%s: label %r lies at mean %s x = %.1f mm (%s): named %r", img.source, name,
+                       "MNI" if mni else "world", mean_x,
+                       ("the left side" if mean_x < 0 else "the right side") if mni else "the other side of its pair",
+                       _swap_side(name))
     return LabelImage(img.data, img.affine, renamed, img.source)
 
 

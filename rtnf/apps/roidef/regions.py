@@ -180,7 +180,8 @@ def atlas_roi(
     if isinstance(table, (str, Path)):
         from .atlases import LabelImage, _named_by_side  # Left_/Right_ named as rtnf roi mni names them
 
-        tab = _named_by_side(LabelImage(data, affine, read_label_table(table), str(table))).table
+        # the labels are in the reference's world (scanner space, x = 0 need not be the midline): pairs only
+        tab = _named_by_side(LabelImage(data, affine, read_label_table(table), str(table)), mni=False).table
     else:
         tab = dict(table)
     indices = _select_labels(tab, names)
