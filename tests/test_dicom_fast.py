@@ -148,4 +148,25 @@ def test_fast_probe_leaves_a_truncated_or_foreign_file_to_the_generic_probe(tmp_
     assert reader.probe(other).volume_number == 2  # complete, same series: only pixel values differ
     huge = tmp_path / "huge.dcm"
     huge.write_bytes(files[1].read_bytes() + b"\x00" * (3 * files[1].stat().st_size))
-    assert reader.probe(huge) is None  # never read past twice the series' file size here
+    from rtnf.scanner.dicom import probe
+
+    assert reader.probe(huge) == probe(huge)  # trailing bytes: complete for both; only the header is read
+
+
+@requires_shared_data("pyneal-series")
+def test_series_tables_stay_bounded_when_every_volume_has_a_new_geometry(tmp_path):
+    """Slice tracking (PACE) moves ImagePositionPatient every volume: each file is a new signature."""
+    import pydicom
+
+    from rtnf.scanner.dicom import probe
+
+    files = sorted((PYNEAL / "siemens-prisma-e11-mosaic").glob("*.dcm"))[:12]
+    reader = SeriesReader()
+    for k, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        ds.ImagePositionPatient = [float(v) + 0.1 * k for v in ds.ImagePositionPatient]
+        moved = tmp_path / path.name
+        ds.save_as(moved)
+        reader.remember_probe(probe(moved))
+        reader.read(moved)
+    assert len(reader._probed) <= 8 and len(reader._recipes) + len(reader._refused) <= 16

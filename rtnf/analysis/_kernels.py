@@ -214,7 +214,9 @@ def smooth3d(vol: np.ndarray, weights: np.ndarray | tuple[np.ndarray, np.ndarray
 
     for part in (in_planes, lambda lo, hi: _smooth_axis0(tmp, wx, out, lo, hi)):
         other = pool.submit(part, half, nx) if half < nx else None
-        part(0, half)
-        if other is not None:
-            other.result()
+        try:
+            part(0, half)
+        finally:  # never return (or raise) while the other half still writes into the buffers
+            if other is not None:
+                other.result()
     return out

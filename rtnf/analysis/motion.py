@@ -51,6 +51,7 @@ __all__ = [
 
 MOTION_COLUMNS = ("trans_x", "trans_y", "trans_z", "rot_x", "rot_y", "rot_z")
 _IDENTITY = np.eye(4)
+_IDENTITY.flags.writeable = False  # a shared default argument
 _TRUNCATE = 3.0  # Gaussian kernels cut at 3 sigma (SciPy's ``truncate``)
 
 

@@ -266,6 +266,10 @@ class OutputExistsError(FileExistsError):
     """The run's outputs exist already and overwriting was not asked for."""
 
 
+#: The provenance key under which ``rtnf study`` records what it ran a run as (localizer, feedback, transfer).
+RUN_KIND = "run_kind"
+
+
 class RunRecorder:
     """Writes a run's outputs as it goes.
 
@@ -289,7 +293,7 @@ class RunRecorder:
         available as :attr:`recorded`; new rows are appended.
     about : dict, optional
         What the caller knows of the run beyond its config, recorded in the
-        provenance as it is (``rtnf study``: ``{"run_kind": "transfer"}``).
+        provenance as it is (``rtnf study``: ``{RUN_KIND: "transfer"}``).
     """
 
     def __init__(

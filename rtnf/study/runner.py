@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rtnf.config import Config, ConfigError, load_config
-from rtnf.run.record import RunRecorder
+from rtnf.run.record import RUN_KIND, RunRecorder
 from rtnf.run.session import RunParts, RunResult
 
 from .armfeedback import ArmRun
@@ -116,12 +116,8 @@ def prepare(study: Study, record: StudyRecord, events: list[dict[str, Any]], ste
     return PreparedRun(step, cfg, step.planned.config.read_text(encoding="utf-8"), recorded_as(kind, parts), code)
 
 
-RUN_KIND = "run_kind"
-"""The provenance key holding a study run's kind (``localizer``, ``feedback``, ``transfer``)."""
-
-
 def recorded_as(kind: str, parts: RunParts) -> RunParts:
-    """``parts`` whose recorder writes the run's kind in its provenance (``"run_kind": kind``).
+    """``parts`` whose recorder writes the run's kind in its provenance (:data:`rtnf.run.record.RUN_KIND`).
 
     The longitudinal report reads a run's role from it instead of guessing
     from the task label. The kind is the study file's, the same in every arm

@@ -43,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from rtnf.run.record import RUN_KIND
 from .ratings import ratings_summary, toward_goal
 from .read import RecordedRun, ReportError, find_timeseries, read_run, run_prefix
 from .summary import summarise
@@ -98,7 +99,7 @@ def run_role(run: RecordedRun, task: str, transfer_tasks: tuple[str, ...] = TRAN
     showed feedback is ``"feedback"`` whatever its kind says (a study never
     shows feedback in a transfer run or localizer: the provenance was edited).
     """
-    kind = run.provenance.get("run_kind")
+    kind = run.provenance.get(RUN_KIND)
     config = run.provenance.get("config") if isinstance(run.provenance.get("config"), dict) else None
     feedback = config.get("feedback") if config else None
     enabled = feedback.get("enabled") if isinstance(feedback, dict) else None

@@ -178,6 +178,14 @@ def as_int(value: Any) -> int | None:
             return None
 
 
+def as_float(value: Any) -> float | None:
+    """A float from a DICOM DS value, None when absent or unreadable."""
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
 def as_str(value: Any) -> str | None:
     """A str from a DICOM value, None when absent or empty."""
     if value is None:

@@ -20,6 +20,7 @@ needs Explicit VR Little Endian, the syntax every scanner here writes.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,8 +30,7 @@ import numpy as np
 
 from rtnf.scanner.nifti import open_regular
 from rtnf.scanner.volume import Volume
-from ._common import DicomInfo, DicomReadError, acquisition_time, as_int, dicomwrappers
-from .probe import as_float
+from ._common import DicomInfo, DicomReadError, acquisition_time, as_float, as_int, dicomwrappers
 from .reader import read_volume
 
 # tag (group, element) -> allowed VRs; geometry / value elements of the signature
@@ -52,9 +52,10 @@ _TIME_TAGS = {(0x0008, 0x002A): "AcquisitionDateTime", (0x0008, 0x0022): "Acquis
 #: per-file identity (not geometry): which volume and echo a file holds, for the probe's fast path
 _IDENTITY_TAGS = {(0x0020, 0x0013): "InstanceNumber", (0x0020, 0x0012): "AcquisitionNumber",
                   (0x0008, 0x0018): "SOPInstanceUID", (0x0018, 0x0086): "EchoNumbers", (0x0018, 0x0081): "EchoTime"}
+_IDENTITY_VRS = {"InstanceNumber": b"IS", "AcquisitionNumber": b"IS", "SOPInstanceUID": b"UI", "EchoNumbers": b"IS",
+                 "EchoTime": b"DS"}
 _ALL = {**{t: v for t, v in _SIGNATURE_TAGS.items()}, **{t: (b"DT", b"DA", b"TM") for t in _TIME_TAGS},
-        (0x0020, 0x0013): (b"IS",), (0x0020, 0x0012): (b"IS",), (0x0008, 0x0018): (b"UI",),
-        (0x0018, 0x0086): (b"IS",), (0x0018, 0x0081): (b"DS",)}
+        **{t: (_IDENTITY_VRS[name],) for t, name in _IDENTITY_TAGS.items()}}
 _EXPLICIT_LE = b"1.2.840.10008.1.2.1\x00"
 
 
@@ -77,17 +78,19 @@ class _Malformed(Exception):
     """The byte walk met something it does not follow; the file goes to the generic path."""
 
 
-def _walk(buf: bytes, pos: int, end: int, hits: list, depth: int) -> tuple[int, tuple[int, int] | None]:
-    """Walk Explicit VR Little Endian elements from ``pos`` to ``end`` or to the delimiter closing an item.
+def _walk(buf: bytes, pos: int, end: int, hits: list, depth: int,
+          until_delimiter: bool = False) -> tuple[int, tuple[int, int] | None]:
+    """Walk Explicit VR Little Endian elements from ``pos`` to ``end`` (or to an item delimiter).
 
     Appends ``(tag, value, depth)`` of the signature, time and identity elements to ``hits``, descending
-    into sequences.
-    Returns the position after the walk and, at the top level, (offset, length) of the pixel data.
+    into sequences. Every element and item must end within its container, so each byte is walked once.
+    ``until_delimiter``: an undefined-length item, which must close before ``end``. Returns the position
+    after the walk and, at the top level, (offset, length) of the pixel data.
     """
     while pos + 8 <= end:
         group, element = struct.unpack_from("<HH", buf, pos)
         if group == 0xFFFE:  # an item delimiter closes the undefined-length item being walked
-            if element == 0xE00D and depth > 0:
+            if element == 0xE00D and until_delimiter:
                 return pos + 8, None
             raise _Malformed
         vr = buf[pos + 4 : pos + 6]
@@ -101,23 +104,25 @@ def _walk(buf: bytes, pos: int, end: int, hits: list, depth: int) -> tuple[int, 
         if tag == _PIXEL_DATA and depth == 0:
             return start, (start, length)
         if vr == b"SQ":
-            pos = _walk_sequence(buf, start, length, hits, depth + 1)
+            pos = _walk_sequence(buf, start, length, end, hits, depth + 1)
             continue
-        if length == _UNDEFINED:  # e.g. a sequence written as UN: not followed
+        if length == _UNDEFINED or start + length > end:  # e.g. a sequence written as UN; a value overrunning
             raise _Malformed
         if vr in _ALL.get(tag, ()):
             hits.append((tag, buf[start : start + length], depth))
         pos = start + length
-    if depth > 0 and end == len(buf):
+    if until_delimiter:
         raise _Malformed  # an undefined-length item without its delimiter
     return pos, None
 
 
-def _walk_sequence(buf: bytes, start: int, length: int, hits: list, depth: int) -> int:
-    """Walk the items of a sequence starting at ``start``; the position after it."""
+def _walk_sequence(buf: bytes, start: int, length: int, limit: int, hits: list, depth: int) -> int:
+    """Walk the items of a sequence starting at ``start`` within its container's ``limit``; the position after it."""
     if depth > _MAX_DEPTH:
         raise _Malformed
-    end = len(buf) if length == _UNDEFINED else start + length
+    end = limit if length == _UNDEFINED else start + length
+    if end > limit:
+        raise _Malformed
     pos = start
     while pos + 8 <= end:
         group, element, item_length = struct.unpack_from("<HHI", buf, pos)
@@ -126,12 +131,15 @@ def _walk_sequence(buf: bytes, start: int, length: int, hits: list, depth: int) 
         if (group, element) != (0xFFFE, 0xE000):
             raise _Malformed
         if item_length == _UNDEFINED:
-            pos, _ = _walk(buf, pos + 8, len(buf), hits, depth)
+            pos, _ = _walk(buf, pos + 8, end, hits, depth, until_delimiter=True)
         else:
-            _walk(buf, pos + 8, pos + 8 + item_length, hits, depth)
-            pos += 8 + item_length
-    if length == _UNDEFINED:
-        raise _Malformed  # no sequence delimiter
+            item_end = pos + 8 + item_length
+            if item_end > end:
+                raise _Malformed
+            _walk(buf, pos + 8, item_end, hits, depth)
+            pos = item_end
+    if length == _UNDEFINED or pos != end:
+        raise _Malformed  # no sequence delimiter; bytes left over that hold no item
     return end
 
 
@@ -158,7 +166,8 @@ def scan_header(buf: bytes) -> _Header | None:
     identity: dict[str, str] = {}
     for tag, value, depth in hits:
         if tag in _TIME_TAGS:
-            times.setdefault(_TIME_TAGS[tag], value.decode("ascii", "replace").strip("\x00 "))
+            if depth == 0:  # the file's own, as pydicom's top-level values the generic path reads
+                times.setdefault(_TIME_TAGS[tag], value.decode("ascii", "replace").strip("\x00 "))
         elif tag in _IDENTITY_TAGS:
             if depth == 0:  # the file's own, not a referenced image's
                 identity.setdefault(_IDENTITY_TAGS[tag], value.decode("ascii", "replace").strip("\x00 "))
@@ -197,8 +206,8 @@ class SeriesReader:
     def __init__(self, verify: bool = False) -> None:
         self.verify = verify
         self._recipes: dict[tuple, _Recipe] = {}
-        self._refused: set[tuple] = set()
-        self._probed: dict[tuple, tuple[DicomInfo, int, int]] = {}  # signature -> (info, pixel bytes, file bytes)
+        self._refused: dict[tuple, None] = {}  # bounded, as the recipes (see _keep)
+        self._probed: dict[tuple, tuple[DicomInfo, int, int]] = {}  # signature -> (info, pixel bytes, pixel offset)
         self.stats = {"fast": 0, "generic": 0}
         self.fast_probes = 0
 
@@ -206,33 +215,27 @@ class SeriesReader:
         """Keep a complete mosaic/enhanced file's probe: later files of its series are probed by :meth:`probe`."""
         if info.kind not in ("mosaic", "enhanced") or not info.usable or info.path.name.endswith(".gz"):
             return
-        try:
-            with open_regular(info.path) as f:
-                buf = f.read()
-        except OSError:
-            return
-        header = scan_header(buf)
-        if header is not None and header.signature not in self._probed:
-            self._probed[header.signature] = (info, header.pixel_length, len(buf))
+        found = _header_of(info.path, _MAX_HEADER_BYTES)
+        if found is not None and found[0].signature not in self._probed:
+            _keep(self._probed, found[0].signature, (info, found[0].pixel_length, found[0].pixel_offset))
 
     def probe(self, path: Path) -> DicomInfo | None:
         """The probe of a later file of a remembered series from its header walk, or None (use the generic probe).
 
         A file whose walk gives a remembered series' signature (geometry, matrix, transfer syntax, ...) and
         its pixel data length, all present, is complete; its own number, identity, echo and time come from
-        its header. pydicom's full parse of a Siemens header took 1.4 ms of every volume's detection.
+        its header. pydicom's full parse of a Siemens header took 1.4 ms of every volume's detection. Only
+        the header is read (up to twice the remembered headers' size; the file's size says whether the
+        pixel data are all there).
         """
         if not self._probed or path.name.endswith(".gz"):
             return None
-        limit = 2 * max(size for _, _, size in self._probed.values())  # never read a huge file here
-        try:
-            with open_regular(path) as f:
-                buf = f.read(limit + 1)
-        except OSError:
+        found = _header_of(path, 2 * max(offset for _, _, offset in self._probed.values()) + 4096)
+        if found is None:
             return None
-        header = scan_header(buf) if len(buf) <= limit else None
-        known = None if header is None else self._probed.get(header.signature)
-        if known is None or header.pixel_length != known[1] or header.pixel_offset + header.pixel_length > len(buf):
+        header, size = found
+        known = self._probed.get(header.signature)
+        if known is None or header.pixel_length != known[1] or header.pixel_offset + header.pixel_length > size:
             return None
         ident = header.identity
         instance, acq = as_int(ident.get("InstanceNumber")), as_int(ident.get("AcquisitionNumber"))
@@ -269,10 +272,33 @@ class SeriesReader:
         if header is not None and header.signature not in self._recipes and header.signature not in self._refused:
             recipe = _make_recipe(path, buf, header, vol)
             if recipe is None:
-                self._refused.add(header.signature)
+                _keep(self._refused, header.signature, None)
             else:
-                self._recipes[header.signature] = recipe
+                _keep(self._recipes, header.signature, recipe)
         return vol
+
+
+_MAX_HEADER_BYTES = 1 << 20  # a header longer than 1 MiB is not remembered (Siemens mosaics: ~130 kB)
+_MAX_SERIES = 8  # signatures remembered at once (slice tracking gives every volume a new one)
+
+
+def _header_of(path: Path, max_bytes: int) -> tuple[_Header, int] | None:
+    """The header walk of the first ``max_bytes`` of ``path`` and the file's size, None when it does not walk."""
+    try:
+        with open_regular(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            buf = f.read(max_bytes)
+    except OSError:
+        return None
+    header = scan_header(buf)
+    return None if header is None else (header, size)
+
+
+def _keep(table: dict, key: Any, value: Any) -> None:
+    """Add to a bounded table, dropping the oldest entry beyond :data:`_MAX_SERIES`."""
+    table[key] = value
+    while len(table) > _MAX_SERIES:
+        del table[next(iter(table))]
 
 
 def _assert_same(a: Volume, b: Volume) -> None:

@@ -19,6 +19,7 @@ from ._common import (
     DicomInfo,
     UnsupportedDicomError,
     acquisition_time,
+    as_float,
     as_int,
     as_str,
     check_decodable,
@@ -219,14 +220,6 @@ def header_fields(ds: Any, path: Path) -> dict[str, Any]:
         echo_time_ms=as_float(ds.get("EchoTime")),
         acquisition_number=acq_number,
     )
-
-
-def as_float(value: Any) -> float | None:
-    """A float from a DICOM DS value, None when absent or unreadable."""
-    try:
-        return None if value in (None, "") else float(value)
-    except (TypeError, ValueError):
-        return None
 
 
 _MAX_PLAUSIBLE_SLICES = 512  # slices of one volume of a multi-volume 2D series; more means a series count
