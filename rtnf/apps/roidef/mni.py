@@ -235,9 +235,11 @@ def register_mni(
     """Register the MNI152 template to the reference volume (once, before the run).
 
     Without a T1: the template is registered to the EPI directly (rigid, then affine). With the
-    session's T1: the EPI is registered to the T1 (rigid: same head, same session) and the
-    template to the T1 (affine: brain-to-brain, the template's brain mask as the metric's mask),
-    and the two are composed; the T1's contrast and resolution make the MNI step more precise.
+    session's T1: the EPI is registered to the T1 (rigid: same head, same session; first on the
+    whole heads, then on the T1 stripped where that and the direct registration put the brain, so
+    the head may move between T1 and EPI, tested for 3.5 degrees / 4.8 mm) and the template to
+    the stripped T1 (affine, brain-to-brain), and the two are composed; the T1's contrast and
+    resolution make the MNI step more precise.
 
     Parameters
     ----------
@@ -285,27 +287,36 @@ def register_mni(
     if t1 is not None:
         t1_data, t1_affine = (t1.data, t1.affine) if isinstance(t1, Volume) else t1
         t1_small = _downsample(t1_data, np.asarray(t1_affine, dtype=np.float64))
-        # Strip the T1 with the template's brain mask carried through the direct registration
-        # (dilated by 2 mm; 6 mm left dura in and inflated the template, brain Dice 0.85 vs 0.91): EPI and T1
-        # then both show a brain on a zero background, which
-        # mutual information aligns reliably (with the scalp in, it slid the EPI 16 mm).
+        # The head may have moved between the T1 and the EPI: T1 -> EPI is first estimated on the
+        # whole heads (neither stripped, so no strip edge holds the estimate), and the T1 stripped
+        # with the template's brain mask carried through T1 -> EPI -> MNI. (Stripped as if EPI and T1
+        # shared scanner coordinates, the strip's edge, the EPI's brain outline, held EPI -> T1 near
+        # the identity, 0.4 degrees for a 4 degree move, and MNI -> T1 then collapsed, scale 2.9;
+        # wider strips, or the metric inside the EPI's eroded or dilated brain, did not help.)
+        first = register((data, affine), t1_small, stages=_seeded(EPI_TO_T1_STAGES, seed), multistart=multistart,
+                         initial=np.eye(4), threads=threads)
+        # The strip is 2 mm wide (6 mm left dura in and inflated the template, brain Dice 0.85 vs
+        # 0.91): EPI and T1 then both show a brain on a zero background, which mutual information
+        # aligns more precisely; EPI -> T1 is refined on it.
         t1_grid = Grid(tuple(t1_small[0].shape), t1_small[1])
+        t1_to_mni_first = direct.fixed_to_moving @ np.linalg.inv(first.fixed_to_moving)
         t1_brain = _resample(binary_dilation(brain, iterations=1).astype(np.float32), mni_affine, t1_grid, order=1,
-                             world_to_src=direct.fixed_to_moving) >= 0.5
+                             world_to_src=t1_to_mni_first) >= 0.5
         t1_stripped = (np.where(t1_brain, t1_small[0], 0.0), t1_small[1])
-        # Same session, same scanner coordinates: the identity is the first guess for EPI -> T1,
-        # and the direct registration gives the first guess for MNI -> T1.
         epi_t1 = register(fixed, t1_stripped, stages=_seeded(EPI_TO_T1_STAGES, seed), multistart=multistart,
-                          initial=np.eye(4), threads=threads)
+                          initial=first.fixed_to_moving, threads=threads)
         mni_t1 = register((tmpl, mni_affine), t1_stripped, stages=_seeded(MNI_TO_T1_STAGES, seed),
                           multistart=multistart, threads=threads,
                           initial=epi_t1.fixed_to_moving @ np.linalg.inv(direct.fixed_to_moving))
         t1_to_mni = np.linalg.inv(mni_t1.fixed_to_moving)
         ref_to_mni = t1_to_mni @ epi_t1.fixed_to_moving
         steps = {"ref_to_t1": epi_t1.fixed_to_moving, "t1_to_mni": t1_to_mni, "ref_to_mni_direct": direct.fixed_to_moving}
-        quality.update(metric_epi_to_t1=epi_t1.metric, metric_mni_to_t1=mni_t1.metric)
-        params = {"route": "EPI -> T1 rigid, MNI152 -> T1 affine (T1 stripped and both started from EPI -> MNI152), composed",
+        quality.update(metric_epi_to_t1_whole_head=first.metric, metric_epi_to_t1=epi_t1.metric,
+                       metric_mni_to_t1=mni_t1.metric)
+        params = {"route": "EPI -> T1 rigid, MNI152 -> T1 affine (T1 stripped through a whole-head EPI -> T1 and "
+                           "EPI -> MNI152, both started from them), composed",
                   "epi_to_mni": params,
+                  "epi_to_t1_whole_head": dict(first.parameters, start_chosen=first.start_chosen),
                   "epi_to_t1": dict(epi_t1.parameters, start_chosen=epi_t1.start_chosen),
                   "mni_to_t1": dict(mni_t1.parameters, start_chosen=mni_t1.start_chosen)}
         metric = mni_t1.metric
