@@ -28,15 +28,6 @@ def test_anisotropic_smoothing_equals_scipy_with_one_sigma_per_axis():
     np.testing.assert_allclose(got, gaussian_filter(vol, sigma, mode="nearest"), rtol=2e-6, atol=0)
 
 
-def test_smoothing_split_over_two_threads_equals_one_thread():
-    from concurrent.futures import ThreadPoolExecutor
-
-    vol = np.random.default_rng(3).normal(size=(33, 20, 9)).astype(np.float32)  # odd: unequal halves
-    w = gaussian_weights(1.0, 3.0)
-    with ThreadPoolExecutor(1) as pool:
-        np.testing.assert_array_equal(smooth3d(vol, w, pool=pool), smooth3d(vol, w))
-
-
 def test_kernel_weights_are_scipys():
     from scipy.ndimage._filters import _gaussian_kernel1d
 

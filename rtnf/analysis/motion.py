@@ -32,13 +32,12 @@ usual residual (a large jump), is re-estimated from other starting poses
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 
-from ._kernels import gaussian_weights, smooth3d, trilinear
+from ._kernels import gaussian_weights, smooth3d, smooth_work, trilinear
 
 __all__ = [
     "MOTION_COLUMNS",
@@ -255,9 +254,6 @@ class Realigner:
     radius_mm : float
         Radius (mm) used to express rotation steps as displacements in the
         convergence test (50 mm, as for framewise displacement).
-    threads : int
-        Threads that smooth each volume (1 or 2): the second core is idle while
-        the feedback is computed (the operator's products come after it).
 
     Attributes
     ----------
@@ -290,7 +286,6 @@ class Realigner:
         fit_intensity: bool = True,
         recover_factor: float = 3.0,
         radius_mm: float = 50.0,
-        threads: int = 2,
     ) -> None:
         self.sigma_vox = sigma_vox
         self.sample_step = sample_step
@@ -302,7 +297,6 @@ class Realigner:
         self.fit_intensity = fit_intensity
         self.recover_factor = recover_factor
         self.radius_mm = radius_mm
-        self.threads = threads
 
     # ----------------------------------------------------------------- checks
     def _check_params(self) -> None:
@@ -333,9 +327,6 @@ class Realigner:
         integer("max_iter", 1)
         number("recover_factor", 1.0, strict=True)
         number("radius_mm", 0.0, strict=True)
-        integer("threads", 1)
-        if self.threads > 2:
-            raise ValueError(f"Invalid value for the 'threads' parameter: {self.threads!r}. Allowed: 1 or 2.")
         if not isinstance(self.fit_intensity, bool):
             raise ValueError(
                 f"Invalid value for the 'fit_intensity' parameter: {self.fit_intensity!r}. Allowed: True or False."
@@ -434,8 +425,6 @@ class Realigner:
         pts = ijk_all[:, ::step]
         self._weights = gaussian_weights(self.sigma_vox, _TRUNCATE) if self.sigma_vox > 0 else None
         self._buffers: tuple[np.ndarray, np.ndarray] | None = None
-        # a second thread for the per-volume smoothing; its thread ends with the realigner (executor collected)
-        self._pool = ThreadPoolExecutor(1, thread_name_prefix="rtnf-realign") if self.threads == 2 else None
         ref_s = self._smooth(ref, self.sigma_vox)
         coarse_sigma = max(2.0, 2.0 * self.sigma_vox)
         self._coarse_sigma = coarse_sigma
@@ -473,8 +462,8 @@ class Realigner:
         if not reuse:
             return smooth3d(vol, gaussian_weights(sigma, _TRUNCATE))
         if self._buffers is None:
-            self._buffers = (np.empty_like(vol), np.empty_like(vol))
-        return smooth3d(vol, self._weights, *self._buffers, pool=self._pool)
+            self._buffers = (smooth_work(vol.shape, self._weights), np.empty_like(vol))
+        return smooth3d(vol, self._weights, *self._buffers)
 
     # ----------------------------------------------------------------- estimation
     def _voxel_map(self, m: np.ndarray) -> np.ndarray:
