@@ -7,6 +7,7 @@ thread that calls :func:`run_session`, one volume at a time, in order.
 
 from __future__ import annotations
 
+import gc
 import logging
 import queue
 import threading
@@ -338,6 +339,7 @@ class _RunLoop:
         self.n_errors = 0  # volumes whose processing raised
         self._missing_reasons: Counter[str] = Counter()
         self.config_error: ConfigError | None = None  # found at the first volume; stops the run
+        self._heap_frozen = False  # see _freeze_heap
         self._max_seen = -1  # highest acquisition accepted so far, to spot out-of-order arrivals
         self._out_of_order: set[int] = set()
         self._next_beat = 0.0
@@ -384,6 +386,25 @@ class _RunLoop:
 
     def execute(self) -> tuple[str, str | None]:
         """Run until the last volume or a stop request; return (status, reason)."""
+        try:
+            return self._loop()
+        finally:
+            if self._heap_frozen:
+                gc.unfreeze()  # what the run held becomes collectable again (several runs in one process)
+
+    def _freeze_heap(self) -> None:
+        """Collect once, then exempt everything alive from the garbage collector's full passes.
+
+        Called once the run is set up and no file waits. Imports and set-up leave
+        hundreds of thousands of objects that every full collection walks again: at 104x104x72 those
+        pauses held single volumes up to 240 ms (p99 processing 90 ms; 17.5 ms with the collector off).
+        New objects are still collected; :meth:`execute` unfreezes at the end of the run.
+        """
+        gc.collect()
+        gc.freeze()
+        self._heap_frozen = True
+
+    def _loop(self) -> tuple[str, str | None]:
         self.publisher.send("run", self._run_body)
         while not self.stop.is_set():
             self._beat()
@@ -395,6 +416,8 @@ class _RunLoop:
                 pass
             else:
                 self._take(item)
+            if not self._heap_frozen and self.processor.grid is not None and self.files.empty():
+                self._freeze_heap()  # set up, and nothing waiting: the collection delays no volume
             now = time.time()
             if self._source_done and self.files.empty():
                 now = float("inf")  # a finished replay: whatever is still pending will not come
