@@ -226,6 +226,7 @@ def register(
     fixed: tuple[np.ndarray, np.ndarray], moving: tuple[np.ndarray, np.ndarray], *,
     fixed_mask: np.ndarray | None = None, stages: Sequence[Stage] = (Stage("rigid", (4, 2), (6.0, 3.0)),),
     multistart: MultiStart | None = MultiStart(), initial: np.ndarray | None = None, threads: int = 2,
+    plausible_scales: tuple[float, float] = (0.7, 1.4),
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` (linear, Mattes mutual information, multi-start).
 
@@ -246,6 +247,11 @@ def register(
         used (scales and shears are left to an affine stage).
     threads : int
         ITK threads.
+    plausible_scales : (float, float)
+        Smallest and largest scale factor of a successful result (no unit; 0.7-1.4 holds any
+        human head against another or the MNI152 template): a start refined outside them failed,
+        and the next-best start is refined (``parameters["starts_rejected"]``). When every start
+        fails, the last is returned and the caller's own check reports it.
 
     Returns
     -------
@@ -300,30 +306,20 @@ def register(
         reg.SetInitialTransform(tx, inPlace=True)
         reg.Execute(f_img, m_img)
         candidates.append((float(reg.GetMetricValue()), i, tx))
-    _, chosen, tx = min(candidates, key=lambda c: (c[0], c[1]))
-
-    # Refine: the rest of the first stage's levels, then the later stages.
-    metric = float("nan")
-    stopped: list[str] = []
-    for n, stage in enumerate(stages):
-        if stage.transform == "affine":
-            aff = sitk.AffineTransform(3)
-            aff.SetCenter(tx.GetCenter())
-            aff.SetMatrix(tx.GetMatrix())
-            aff.SetTranslation(tx.GetTranslation())
-            tx = aff
-        elif stage.transform != "rigid":
-            raise ValueError(f"stage transform {stage.transform!r}; allowed 'rigid', 'affine'")
-        levels = slice(1, None) if n == 0 else slice(0, None)
-        if n == 0 and len(stage.shrink) == 1:
-            metric = candidates[[c[1] for c in candidates].index(chosen)][0]
-            continue
-        reg = _method(stage, levels, f_mask, threads)
-        reg.SetInitialTransform(tx, inPlace=True)
-        reg.Execute(f_img, m_img)
-        metric = float(reg.GetMetricValue())
-        stopped.append(f"finest level, {reg.GetOptimizerIteration()} iterations: "
-                       f"{reg.GetOptimizerStopConditionDescription()}")
+    # Refine the best-scoring start; an affine result whose scale factors no head has is a failed
+    # start, and the next start is refined instead. (MNI -> T1 on pydecnef-sub1 with the headers
+    # moved ran from its best start down a valley of scales and shears to 0.35 with one ITK thread,
+    # and sometimes with two; ITK's result depended on earlier registrations in the process.)
+    refined = []
+    for coarse_metric, chosen, tx in sorted(candidates, key=lambda c: (c[0], c[1])):
+        tx, metric, stopped = _refine(tx, coarse_metric, stages, f_img, m_img, f_mask, threads)
+        scales = np.linalg.svd(_sitk_matrix(tx)[:3, :3], compute_uv=False)
+        refined.append((tx, metric, stopped, chosen, scales))
+        if plausible_scales[0] <= scales.min() and scales.max() <= plausible_scales[1]:
+            break
+    tx, metric, stopped, chosen, _ = refined[-1]
+    rejected = [{"rotation_deg": np.rad2deg(poses[r[3]][0]).round(3).tolist(), "shift_mm": poses[r[3]][1].tolist(),
+                 "scales": r[4].round(3).tolist()} for r in refined[:-1]]
     matrix = _LPS @ _sitk_matrix(tx) @ _LPS
     return RegistrationResult(
         matrix, metric, time.perf_counter() - t0, len(poses),
@@ -338,8 +334,41 @@ def register(
          "stages": [s.as_dict() for s in stages],
          "optimizer": "regular step gradient descent, scales from physical shift, learning rate per stage, "
                       "min step 1e-4",
-         "interpolator": "linear", "stopped": stopped},
+         "interpolator": "linear", "stopped": stopped,
+         "plausible_scales": list(plausible_scales), "starts_rejected": rejected},
     )
+
+
+def _refine(tx: Any, coarse_metric: float, stages: Sequence[Stage], f_img: Any, m_img: Any, f_mask: Any | None,
+            threads: int) -> tuple[Any, float, list[str]]:
+    """Run the rest of the first stage's levels from one coarse start, then the later stages.
+
+    Returns the final transform, its metric on the finest level (the coarse one when a single-level
+    first stage is all there is) and how each optimiser stopped.
+    """
+    sitk = _sitk()
+    metric = float("nan")
+    stopped: list[str] = []
+    for n, stage in enumerate(stages):
+        if stage.transform == "affine":
+            aff = sitk.AffineTransform(3)
+            aff.SetCenter(tx.GetCenter())
+            aff.SetMatrix(tx.GetMatrix())
+            aff.SetTranslation(tx.GetTranslation())
+            tx = aff
+        elif stage.transform != "rigid":
+            raise ValueError(f"stage transform {stage.transform!r}; allowed 'rigid', 'affine'")
+        levels = slice(1, None) if n == 0 else slice(0, None)
+        if n == 0 and len(stage.shrink) == 1:
+            metric = coarse_metric
+            continue
+        reg = _method(stage, levels, f_mask, threads)
+        reg.SetInitialTransform(tx, inPlace=True)
+        reg.Execute(f_img, m_img)
+        metric = float(reg.GetMetricValue())
+        stopped.append(f"finest level, {reg.GetOptimizerIteration()} iterations: "
+                       f"{reg.GetOptimizerStopConditionDescription()}")
+    return tx, metric, stopped
 
 
 def rigid_parameters(matrix: np.ndarray) -> tuple[np.ndarray, float]:
