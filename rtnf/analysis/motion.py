@@ -134,22 +134,6 @@ def motion_regressors(params: np.ndarray, previous: np.ndarray | None, n: int = 
     return np.concatenate([p, d, p**2, d**2])
 
 
-# --------------------------------------------------------------------------- sampling
-class _Sampler:
-    """Trilinear sampling of volumes on one grid at points mapped by an affine (see :mod:`._kernels`).
-
-    Coordinates outside the grid are clamped to the nearest edge voxel (the
-    background there is what the scanner saw).
-    """
-
-    def __init__(self, shape: tuple[int, int, int]) -> None:
-        self.shape = shape
-
-    def __call__(self, flat: np.ndarray, ijk: np.ndarray, voxel_map: np.ndarray = _IDENTITY) -> np.ndarray:
-        """Values of ``flat`` (a C-order raveled volume) at ``voxel_map`` applied to ``ijk`` (3, n) voxels."""
-        return trilinear(flat, self.shape, voxel_map, ijk)[0]
-
-
 def _rodrigues(w: np.ndarray) -> np.ndarray:
     """Rotation matrix of the rotation vector ``w`` (radians)."""
     theta = float(np.sqrt(w @ w))
@@ -189,12 +173,12 @@ class _Level:
     """Precomputed reference data at one smoothing level."""
 
     def __init__(self, ref_s: np.ndarray, points_ijk: np.ndarray, affine: np.ndarray, center: np.ndarray,
-                 sampler: _Sampler, fit_intensity: bool) -> None:
+                 fit_intensity: bool) -> None:
         self.ijk = points_ijk  # (3, n) reference voxel coordinates, float64
-        flat = ref_s.reshape(-1)
-        self.ref_vals = sampler(flat, self.ijk)
+        shape = ref_s.shape
+        self.ref_vals = trilinear(ref_s.reshape(-1), shape, _IDENTITY, self.ijk)[0]
         grads = np.gradient(ref_s.astype(np.float64))
-        g_vox = np.stack([sampler(g.reshape(-1), self.ijk) for g in grads])  # (3, n)
+        g_vox = np.stack([trilinear(g.reshape(-1), shape, _IDENTITY, self.ijk)[0] for g in grads])  # (3, n)
         a_inv = np.linalg.inv(affine)[:3, :3]
         g = a_inv.T @ g_vox  # world gradient, per mm
         q = affine[:3, :3] @ self.ijk + affine[:3, 3:4] - center[:, None]  # world, about the centre
@@ -395,7 +379,6 @@ class Realigner:
         self.shape_ = tuple(int(n) for n in ref.shape)
         self.affine_ = aff
         self.affine_inv_ = np.linalg.inv(aff)
-        self.sampler_ = _Sampler(self.shape_)
         self._ijk_cache: list = []  # see _ijk_of
 
         if mask is None:
@@ -432,10 +415,10 @@ class Realigner:
         self._coarse_sigma = coarse_sigma
         ref_c = self._smooth(ref, coarse_sigma)
         self.levels_ = {
-            "fine": _Level(ref_s, np.ascontiguousarray(pts), aff, self.center_mm_, self.sampler_, self.fit_intensity),
+            "fine": _Level(ref_s, np.ascontiguousarray(pts), aff, self.center_mm_, self.fit_intensity),
             "coarse": _Level(
                 ref_c, np.ascontiguousarray(ijk_all[:, :: step * 4]), aff, self.center_mm_,
-                self.sampler_, self.fit_intensity,
+                self.fit_intensity,
             ),
         }
         self.n_points_ = self.levels_["fine"].n
@@ -593,7 +576,7 @@ class Realigner:
             ``volume(R p + t)`` at each reference voxel ``p``.
         """
         vol = self._check_volume(volume)
-        return self.sampler_(vol.reshape(-1), self._ijk_of(voxel_indices), self._voxel_map(rigid_matrix(params)))
+        return trilinear(vol.reshape(-1), self.shape_, self._voxel_map(rigid_matrix(params)), self._ijk_of(voxel_indices))[0]
 
     def _ijk_of(self, voxel_indices: np.ndarray) -> np.ndarray:
         """Voxel coordinates (3, n) of ``voxel_indices``, cached for the arrays a run passes every volume.
@@ -641,5 +624,5 @@ class Realigner:
         vol = self._check_volume(volume)
         if not hasattr(self, "_grid_ijk"):
             self._grid_ijk = np.indices(self.shape_, dtype=np.float64).reshape(3, -1)
-        out = self.sampler_(vol.reshape(-1), self._grid_ijk, self._voxel_map(rigid_matrix(params)))
+        out = trilinear(vol.reshape(-1), self.shape_, self._voxel_map(rigid_matrix(params)), self._grid_ijk)[0]
         return out.astype(np.float32).reshape(self.shape_)

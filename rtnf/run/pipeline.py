@@ -145,7 +145,8 @@ class VolumeProcessor:
                           if cfg.scanner.echoes > 1 else None)
         self.preprocessor = Preprocessor(self.rois, cfg.motion, cfg.quality, sample_brain=False,
                                          slice_timing=cfg.slice_timing, tr_s=self.protocol.tr_s)
-        warm_up()  # the compiled kernels load now (0.4 s), not on the first volume with others queued behind it
+        if cfg.motion.enabled or cfg.motion.fwhm_mm > 0:
+            warm_up()  # the compiled kernels load now (0.4 s), not on the first volume with others queued behind it
         self.grid: Grid | None = None
         self._previous_motion: np.ndarray | None = None
         self._last_value: float | None = None  # last uncensored feedback value, for censor_action "hold"

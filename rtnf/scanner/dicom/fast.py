@@ -49,13 +49,13 @@ _SIGNATURE_TAGS: dict[tuple[int, int], tuple[bytes, ...]] = {
 _TIME_TAGS = {(0x0008, 0x002A): "AcquisitionDateTime", (0x0008, 0x0022): "AcquisitionDate",
               (0x0008, 0x0032): "AcquisitionTime", (0x0008, 0x0023): "ContentDate",
               (0x0008, 0x0033): "ContentTime", (0x0008, 0x0021): "SeriesDate"}
-#: per-file identity (not geometry): which volume and echo a file holds, for the probe's fast path
-_IDENTITY_TAGS = {(0x0020, 0x0013): "InstanceNumber", (0x0020, 0x0012): "AcquisitionNumber",
-                  (0x0008, 0x0018): "SOPInstanceUID", (0x0018, 0x0086): "EchoNumbers", (0x0018, 0x0081): "EchoTime"}
-_IDENTITY_VRS = {"InstanceNumber": b"IS", "AcquisitionNumber": b"IS", "SOPInstanceUID": b"UI", "EchoNumbers": b"IS",
-                 "EchoTime": b"DS"}
+#: Per-file identity, not geometry (name, value representation): which volume and echo a file holds, for the
+#: probe's fast path; read from the file itself, not from a referenced image.
+_IDENTITY_TAGS = {(0x0020, 0x0013): ("InstanceNumber", b"IS"), (0x0020, 0x0012): ("AcquisitionNumber", b"IS"),
+                  (0x0008, 0x0018): ("SOPInstanceUID", b"UI"), (0x0018, 0x0086): ("EchoNumbers", b"IS"),
+                  (0x0018, 0x0081): ("EchoTime", b"DS")}
 _ALL = {**{t: v for t, v in _SIGNATURE_TAGS.items()}, **{t: (b"DT", b"DA", b"TM") for t in _TIME_TAGS},
-        **{t: (_IDENTITY_VRS[name],) for t, name in _IDENTITY_TAGS.items()}}
+        **{t: (vr,) for t, (_, vr) in _IDENTITY_TAGS.items()}}
 _EXPLICIT_LE = b"1.2.840.10008.1.2.1\x00"
 
 
@@ -170,7 +170,7 @@ def scan_header(buf: bytes) -> _Header | None:
                 times.setdefault(_TIME_TAGS[tag], value.decode("ascii", "replace").strip("\x00 "))
         elif tag in _IDENTITY_TAGS:
             if depth == 0:  # the file's own, not a referenced image's
-                identity.setdefault(_IDENTITY_TAGS[tag], value.decode("ascii", "replace").strip("\x00 "))
+                identity.setdefault(_IDENTITY_TAGS[tag][0], value.decode("ascii", "replace").strip("\x00 "))
         else:
             signature.append((tag, value))
     if ((0x0002, 0x0010), _EXPLICIT_LE) not in signature:
