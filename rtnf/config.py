@@ -21,6 +21,7 @@ from .wire._validation import format_validation_error
 from rtnf.wire.display import DisplayConfig
 from rtnf.wire.messages import DEFAULT_ADDRESS, DEFAULT_SCREEN_ADDRESS
 from rtnf.wire.pubsocket import is_loopback
+from rtnf.wire.topics import Direction
 from rtnf.analysis.protocol import Block, Protocol, ProtocolError
 
 LABEL = r"^[A-Za-z0-9]+$"  # BIDS labels: alphanumeric only
@@ -126,7 +127,7 @@ class ProtocolConfig(_Model):
     instructions: dict[str, InstructionText] = {}
     # Task condition -> which way of the ROI's signal is success in its blocks; task conditions not
     # listed increase, the baseline has none (see rtnf.analysis.protocol.Protocol.directions).
-    directions: Annotated[dict[ConditionName, Literal["increase", "decrease"]], Field(max_length=64)] = {}
+    directions: Annotated[dict[ConditionName, Direction], Field(max_length=64)] = {}
 
 
 class RoiConfig(_Model):

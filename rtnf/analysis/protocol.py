@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-DIRECTIONS: tuple[str, ...] = ("increase", "decrease")
-"""Which way of the ROI's signal is success in a task condition (the default is the first)."""
+# Which way of the ROI's signal is success in a task condition (the default is the first): the
+# values the wire carries, defined once there.
+from rtnf.wire.topics import DIRECTIONS
 
 
 class ProtocolError(ValueError):

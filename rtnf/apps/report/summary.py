@@ -15,6 +15,7 @@ import numpy as np
 
 from rtnf.analysis.motion import MOTION_COLUMNS
 from rtnf.wire.messages import SATURATION_EPS, SATURATION_WARN_FRACTION, reason_kind
+from rtnf.wire.topics import DIRECTIONS
 
 from .cleaning import cleaning
 from .read import NA, RecordedRun
@@ -34,8 +35,6 @@ FEEDBACK_SHOWN_WARN_FRACTION = 0.5
 """Below this fraction of regulation volumes with a feedback value (continuous feedback), the report warns at the top."""
 NO_FEEDBACK_REASON = "no feedback in this run"
 """The reason rtnf gives for every volume when ``[feedback] enabled`` is false."""
-DIRECTIONS = ("increase", "decrease")
-"""Ways a block's condition can ask the ROI's signal to go (``[protocol] directions``); the first is the default."""
 SIGNAL_UNITS = {"psc": "percent signal change (%)", "beta": "regulation beta (a.u.)", "t": "regulation t (a.u.)"}
 """Units of ``feedback_signal`` by ``[feedback] signal``."""
 
