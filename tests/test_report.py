@@ -495,3 +495,32 @@ def test_report_motion_axes_in_mm_and_degrees_with_a_minimum_range_and_plain_tic
         labels = [t.get_text() for t in ax.get_yticklabels()]
         assert labels and not any("e" in t.lower() for t in labels), labels
         assert ax.yaxis.get_offset_text().get_text() == ""
+
+
+@pytest.mark.parametrize("column", ["framewise_displacement", "feedback_value", "t_detected"])
+def test_a_figure_that_cannot_be_drawn_is_left_out_not_the_report(recorded, tmp_path, caplog, column):
+    """A damaged or hand-edited table with values near the float limit (1e308) made matplotlib's ticks
+    overflow and the whole report stopped with a traceback (as the longitudinal report did): the figure
+    is left out with a warning naming it, the rest of the report is written."""
+    import logging
+
+    from rtnf.apps.report import write_report
+
+    header = _rows(recorded)[0]
+    if column not in header:
+        pytest.skip(f"the table has no {column} column")
+
+    def huge(r):
+        if r[column] != "n/a":
+            r[column] = "1e308" if int(r["index"]) % 2 else "-1e308"
+        return r
+
+    tsv = _variant(recorded, tmp_path / "run", edit_rows=huge)
+    with caplog.at_level(logging.WARNING):
+        out = write_report(tsv, tmp_path / "report")
+    text = out.read_text()
+    assert "<html" in text.lower() and len(_images(text)) >= 1  # the report and its other figures
+    left_out = [r.getMessage() for r in caplog.records if "left out" in r.getMessage()]
+    drawn = {p.name for p in (tmp_path / "report").glob("*.png")}
+    assert left_out or len(drawn) == 3, (left_out, drawn)  # drawn after all, or said
+    assert all(m.split(": ", 1)[1].split(" (")[0] in text for m in left_out)  # and said in the report, too

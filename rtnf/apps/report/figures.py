@@ -9,6 +9,7 @@ it stopped.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,8 @@ from rtnf.analysis.motion import MOTION_COLUMNS
 
 from .read import NA, RecordedRun
 from .summary import FLAG_COLUMNS, SIGNAL_UNITS, stage_durations_ms
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -46,6 +49,24 @@ def draw(name: str, run: RecordedRun, summary: dict[str, Any], path: Path) -> Pa
     makers = {"timecourses": figure_timecourses, "motion": figure_motion, "latency": figure_latency,
               "ratings": figure_ratings}
     return makers[name](run, summary, path)
+
+
+def drawn(name: str, draw: Any, path: Path, notes: list[str] | None = None) -> Path | None:
+    """``draw(path)``, or None when matplotlib cannot draw the numbers: the rest of the report is written.
+
+    Values near the float limits (a damaged or hand-edited table: 1e308) overflow matplotlib's
+    ticks and transforms (``ValueError``, ``LinAlgError``, ``OverflowError``). The figure is left
+    out with a warning naming it, and said in ``notes`` (shown at the top of the report) when given.
+    """
+    try:
+        return draw(path)
+    except (ValueError, OverflowError) as exc:  # numpy's LinAlgError is a ValueError
+        path.unlink(missing_ok=True)
+        reason = f"figure {name} left out: its values cannot be drawn ({type(exc).__name__}: {exc})"
+        log.warning("report: %s", reason)
+        if notes is not None:
+            notes.append(reason)
+        return None
 
 
 def _new_figure(width_in: float, height_in: float) -> Figure:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from . import longitudinal_figures as figs
+from .figures import drawn
 from .longitudinal import TRANSFER_TASKS, longitudinal_summary
 from .read import NA
 from .render import environment, image_source
@@ -85,22 +86,11 @@ def draw_figures(summary: dict[str, Any], stem: Path) -> dict[str, Path | None]:
         ):
             path = Path(f"{stem}_{name}_sub-{sub}.png")
             path.unlink(missing_ok=True)  # a stale figure of an earlier report must not survive
-            out[f"{name}_{sub}"] = _drawn(f"{name}_{sub}", draw, path)
+            out[f"{name}_{sub}"] = drawn(f"{name}_{sub}", draw, path)
     path = Path(f"{stem}_arms.png")
     path.unlink(missing_ok=True)
-    out["arms"] = _drawn("arms", lambda p: figs.figure_arms(summary["arms"], p), path)
+    out["arms"] = drawn("arms", lambda p: figs.figure_arms(summary["arms"], p), path)
     return out
-
-
-def _drawn(name: str, draw: Any, path: Path) -> Path | None:
-    """``draw(path)``, or None with a warning when matplotlib cannot draw the numbers (values near the float
-    limits, from a damaged or hand-edited table, overflow its ticks): the rest of the report is still written."""
-    try:
-        return draw(path)
-    except (ValueError, OverflowError) as exc:
-        path.unlink(missing_ok=True)
-        log.warning("longitudinal report: figure %s left out (%s: %s)", name, type(exc).__name__, exc)
-        return None
 
 
 def write_longitudinal(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .figures import FIGURES, draw
+from .figures import FIGURES, draw, drawn
 from .read import read_run
 from .render import render_html
 from .summary import summarise
@@ -59,7 +59,7 @@ def write_report(timeseries_tsv: Path, out_dir: Path, embed: bool = False) -> Pa
     for name in FIGURES:
         path = figure_path(out_dir, run.prefix, name)
         path.unlink(missing_ok=True)  # a stale figure of an earlier report must not survive
-        figures[name] = draw(name, run, summary, path)
+        figures[name] = drawn(name, lambda p, name=name: draw(name, run, summary, p), path, run.notes)
     out = report_path(out_dir, run.prefix)
     out.write_text(render_html(run, summary, figures, embed), encoding="utf-8")
     return out
