@@ -129,10 +129,15 @@ def _parser() -> argparse.ArgumentParser:
         that cannot be meant (a drift cutoff that looks like a frequency). Prints the protocol block by block,
         or one message naming the key, the bad value and what is allowed (exit code 2). Values that are
         allowed but implausible (a fixed feedback range the signal can never fill) are printed as warnings
-        on stderr; the exit code stays 0.""",
+        on stderr; the exit code stays 0. Slice timing: on or off, the reference time and the slice times the
+        run will use (the config's, or a volume's header: give one with --volume).""",
         "rtnf check my_run.toml",
+        "rtnf check my_run.toml --volume export/001_000005_000001.dcm",
     )
     check.add_argument("config", type=Path, help="session config (TOML)")
+    check.add_argument("--volume", type=Path, nargs="+", metavar="FILE",
+                       help="a volume of the series (one file; slice files: all of one volume's): its slice times "
+                            "and slice count, as the run reads them at its first volume")
     _run_options(check)
 
     opennft = _command(
@@ -537,7 +542,9 @@ def _cmd_import_opennft(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from .apps.check_slice_timing import read_series_volume, slice_timing_report
     from .config import load_config, plausibility_warnings
+    from .scanner.nifti import VolumeReadError
 
     cfg = load_config(args.config, _overrides(args))
     protocol = cfg.make_protocol()
@@ -557,7 +564,15 @@ def _cmd_check(args: argparse.Namespace) -> int:
     for seg in protocol.segments():
         print(f"  volumes {seg.start + 1:4d}-{seg.stop:4d}  {seg.condition}")
     print(f"  ROIs: {', '.join(cfg.rois)}; feedback from {' + '.join(cfg.feedback.targets)}")
-    for warning in plausibility_warnings(cfg):
+    try:
+        volume = None if args.volume is None else read_series_volume(args.volume, cfg.scanner.format)
+    except (VolumeReadError, OSError) as exc:
+        print(f"rtnf check: --volume: {exc} (read as scanner.format = {cfg.scanner.format!r})", file=sys.stderr)
+        return EXIT_USAGE
+    lines, timing_warnings = slice_timing_report(cfg, volume)
+    for line in lines:
+        print(f"  {line}")
+    for warning in [*plausibility_warnings(cfg), *timing_warnings]:
         print(f"rtnf check: warning: {warning}", file=sys.stderr)
     return 0
 

@@ -34,7 +34,8 @@ from ._kernels import gaussian_weights, smooth3d
 from .motion import MOTION_COLUMNS, Realigner
 from .quality import QualityMonitor, QualityRow
 from .rois import MaskROI, SphereROI
-from .slicetiming import SliceTimer, order_slice_times
+from .slicetiming import SliceTimer
+from .slicetiming_source import choose_slice_times
 from rtnf.scanner.volume import Grid, Volume
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class Preprocessor:
         self.slice_timing_cfg = slice_timing
         self.tr_s = tr_s
         self.slice_timer: SliceTimer | None = None
-        self._index = 0  # volumes seen, missing ones included: the slice timer's clock
+        self._index = 0  # the next volume's index when the caller gives none: the slice timer's clock
         self.sample_brain = sample_brain
         self.motion_cfg = motion
         self.quality_cfg = quality
@@ -168,47 +169,17 @@ class Preprocessor:
         cfg = self.slice_timing_cfg
         if cfg is None or not cfg.enabled:
             return None
-        from rtnf.config import ConfigError
-
         if not self.tr_s:
             raise ValueError("Preprocessor: slice timing needs the TR (tr_s)")
         tr = float(self.tr_s)
-        axis = first.slice_axis
-        n = int(first.data.shape[axis])
-        header = first.slice_times_s
-        if cfg.slice_times_s is not None:
-            times, source = tuple(cfg.slice_times_s), "slice_timing.slice_times_s"
-            if len(times) != n:
-                raise ConfigError(
-                    f"invalid value for 'slice_timing.slice_times_s': {len(times)} slice times, but the first "
-                    f"volume {first.path.name} has {n} slices along axis {axis}. Allowed: one time per slice."
-                )
-        elif cfg.order is not None:
-            times, source = order_slice_times(cfg.order, n, tr), f"slice_timing.order ({cfg.order})"
-        elif header is not None:
-            times, source = tuple(header), f"the header of {first.path.name}"
-            # Slices of a 2D EPI spread over most of the TR; a much shorter span is the time files were
-            # written (a fast replay, a converter), not when their slices were acquired.
-            if len(times) != n or max(times) >= tr or max(times) < tr / 4:
-                raise ConfigError(
-                    f"invalid value for 'slice_timing.slice_times_s': not set, and the slice times in the header of "
-                    f"{first.path.name} ({len(times)} times from 0 to {max(times):g} s) do not spread its {n} slices "
-                    f"over the TR ({tr:g} s). Allowed: slice_timing.slice_times_s or slice_timing.order for this series."
-                )
-        else:
-            raise ConfigError(
-                f"invalid value for 'slice_timing.enabled': true, but the first volume {first.path.name} has no "
-                "slice times in its header. Allowed: set slice_timing.slice_times_s or slice_timing.order, or "
-                "enabled = false."
-            )
-        configured = cfg.slice_times_s is not None or cfg.order is not None
-        if configured and header is not None and len(header) == n and not np.allclose(header, times, atol=1e-3):
-            log.warning("slice timing: %s differ from the header's slice times (up to %.3f s); %s used", source,
-                        float(np.max(np.abs(np.subtract(header, times)))), source)
+        chosen = choose_slice_times(cfg, tr, first)
+        if chosen.header_difference_s is not None:
+            log.warning("slice timing: %s differ from the header's slice times (up to %.3f s); %s used", chosen.source,
+                        chosen.header_difference_s, chosen.source)
         reference = None if cfg.reference == "first" else float(cfg.reference)
-        timer = SliceTimer(times, tr, axis=axis, reference_s=reference, method=cfg.method)
-        log.info("slice timing: %d slices along axis %d from %s, moved to %.3f s (%s)", n, axis, source,
-                 timer.reference_s, cfg.method)
+        timer = SliceTimer(chosen.times_s, tr, axis=chosen.axis, reference_s=reference, method=cfg.method)
+        log.info("slice timing: %d slices along axis %d from %s, moved to %.3f s (%s)", len(chosen.times_s),
+                 chosen.axis, chosen.source, timer.reference_s, cfg.method)
         return timer
 
     def _configured_reference(self, first: Volume) -> np.ndarray | None:
@@ -262,10 +233,19 @@ class Preprocessor:
         data = np.where(bad, self._fill, volume.data).astype(volume.data.dtype, copy=False)
         return replace(volume, data=data), n_bad
 
-    def run(self, volume: Volume) -> Preprocessed:
-        """Preprocess one volume on the fitted grid (non-finite voxels replaced and counted)."""
+    def run(self, volume: Volume, index: int | None = None) -> Preprocessed:
+        """Preprocess one volume on the fitted grid (non-finite voxels replaced and counted).
+
+        Parameters
+        ----------
+        volume : Volume
+        index : int, optional
+            The volume's index in the run (0-based, missing volumes counted): when it was acquired, in TRs,
+            for slice timing. None: the volume after the last one run or skipped.
+        """
         volume, n_bad = self._finite(volume)
-        index, self._index = self._index, self._index + 1
+        index = self._index if index is None else int(index)
+        self._index = index + 1
         corrected = volume.data  # slice-time corrected when that is on: what realignment sees
         slice_timing_s = None
         if self.slice_timer is not None:
@@ -298,8 +278,19 @@ class Preprocessor:
         return Preprocessed(raw, params, quality, brain, n_bad, realign_s=realign_s, data=data,
                             slice_timing_s=slice_timing_s)
 
-    def skip(self) -> None:
-        """Note a missing volume."""
-        self._index += 1
+    def skip(self, index: int | None = None) -> None:
+        """Note a missing volume: one that never came, or whose processing failed.
+
+        Parameters
+        ----------
+        index : int, optional
+            Its index in the run. When :meth:`run` already took it (its processing raised afterwards), the
+            slice timer forgets its sample: the volumes around it are interpolated across it, and the clock
+            does not count it twice. None: the volume after the last one run or skipped.
+        """
+        index = self._index if index is None else int(index)
+        self._index = max(self._index, index + 1)
+        if self.slice_timer is not None:
+            self.slice_timer.forget(index)
         if self.monitor is not None:
             self.monitor.skip()

@@ -25,11 +25,17 @@ for that pattern and cached). Samples more than ``n_points`` volumes old are
 dropped: after a longer gap the next volume passes through uncorrected, like
 the run's first volume (there is nothing to interpolate from). The
 uncorrected volumes are kept (interpolation needs the samples as acquired).
+
+The history is keyed by the volume's index (its acquisition slot), never by
+the order of the calls: a volume given again replaces its own sample (it is
+neither counted twice nor left uncorrected), a volume whose processing failed
+after it was corrected is taken out with :meth:`SliceTimer.forget` (the
+volumes around it are then interpolated across it, as around one that never
+came), and a volume only ever interpolates from volumes acquired before it.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from functools import lru_cache
 from typing import Sequence
 
@@ -116,7 +122,8 @@ class SliceTimer:
         self.method = method
         self.n_points = METHOD_POINTS[method]
         self._shifts = tuple(float(v) for v in (times - self.reference_s) / self.tr_s)
-        self._history: deque[tuple[int, np.ndarray]] = deque(maxlen=self.n_points - 1)
+        # Past samples by volume index; those older than n_points volumes before the latest index are dropped.
+        self._history: dict[int, np.ndarray] = {}
 
     @property
     def n_slices(self) -> int:
@@ -136,19 +143,24 @@ class SliceTimer:
     def correct(self, index: int, data: np.ndarray) -> np.ndarray:
         """The corrected volume ``index`` (0-based, volumes counted with the missing ones).
 
-        ``data`` is kept (not copied: the caller must not change it) as a
-        sample for the next volumes. The first volume, and one after a gap
-        longer than the method's reach, is returned as it is.
+        ``data`` is kept (not copied: the caller must not change it) as the
+        sample of volume ``index`` for the next volumes, replacing an earlier
+        one of the same index. Only volumes with a lower index serve as past
+        samples. The first volume, and one after a gap longer than the
+        method's reach, is returned as it is.
         """
         if data.shape[self.axis] != self.n_slices:
             raise ValueError(f"volume has {data.shape[self.axis]} slices along axis {self.axis}, "
                              f"slice times give {self.n_slices}")
-        past = [(j, x) for j, x in self._history if 0 < index - j <= self.n_points]
-        self._history.append((index, data))
+        index = int(index)
+        # The nearest n_points - 1 earlier volumes within reach, newest first.
+        ages = sorted(index - j for j in self._history if 0 < index - j <= self.n_points)[: self.n_points - 1]
+        past = [self._history[index - a] for a in ages]
+        self._remember(index, data)
         if not past:
             return data
-        ages = (0,) + tuple(index - j for j, _ in reversed(past))
-        samples = [data] + [x for _, x in reversed(past)]
+        ages = (0, *ages)
+        samples = [data, *past]
         w = self.weights(ages)
         shape = self._shape(data.ndim)
         if len(samples) == 2:  # linear: x0 + w1 (x1 - x0), the two weights sum to 1
@@ -157,6 +169,17 @@ class SliceTimer:
         for wj, xj in zip(w[1:], samples[1:]):
             out += wj.reshape(shape) * xj
         return out
+
+    def _remember(self, index: int, data: np.ndarray) -> None:
+        """Keep ``data`` as volume ``index``'s sample; drop samples no later volume can reach."""
+        self._history[index] = data
+        oldest = max(self._history) - self.n_points  # a volume after the latest reaches back this far at most
+        for j in [j for j in self._history if j < oldest]:
+            del self._history[j]
+
+    def forget(self, index: int) -> None:
+        """Take volume ``index``'s sample out (its processing failed): later volumes interpolate across it."""
+        self._history.pop(int(index), None)
 
     def reset(self) -> None:
         """Forget the past volumes: the next one passes through as the first."""

@@ -205,7 +205,7 @@ class VolumeProcessor:
             )
             return self.missing(index, acquisition, name, t_detected, reason="wrong matrix or geometry")
         try:
-            pre = self.preprocessor.run(volume)
+            pre = self.preprocessor.run(volume, index)  # the slice timer places it at its true acquisition time
         except NonFiniteVolume as exc:
             log.warning("%s: %s; treated as missing", self._label(index), exc)
             return self.missing(index, acquisition, name, t_detected, reason="no finite voxel")
@@ -464,8 +464,8 @@ class VolumeProcessor:
     def missing(
         self, index: int, acquisition: int | None, name: str | None, t_detected: float | None, reason: str = "missing volume"
     ) -> VolumeResult:
-        """The result of a volume that never arrived or could not be used."""
-        self.preprocessor.skip()
+        """The result of a volume that never arrived or could not be used (also one whose processing raised)."""
+        self.preprocessor.skip(index)  # by index: a volume preprocessed before it failed is not counted twice
         timing = {"t_acquired": None, "t_detected": t_detected, "t_read": None, "t_preprocessed": None,
                   "t_modelled": None, "t_published": None}
         rois = {name: {"raw": None, "clean": None, "psc": None} for name in self.roi_names}

@@ -269,6 +269,65 @@ class OutputExistsError(FileExistsError):
 #: The provenance key under which ``rtnf study`` records what it ran a run as (localizer, feedback, transfer).
 RUN_KIND = "run_kind"
 
+#: What a resumed run's provenance keeps of each earlier attempt (under ``resumed``, oldest first).
+ATTEMPT_KEYS = ("run_id", "started", "finished", "status", "n_rows")
+#: The suffix of an earlier provenance file a resumed run could not read and kept aside.
+UNREADABLE_SUFFIX = ".unreadable"
+
+
+def earlier_attempts(path: Path) -> tuple[list[dict[str, Any]], str | None]:
+    """The earlier attempts of a run being resumed, oldest first, from the provenance file ``path`` they left.
+
+    Returns
+    -------
+    attempts : list of dict
+        Empty when there is no such file. A file that cannot be read (cut short by a crash or a full
+        disk, not UTF-8 JSON, not a JSON object, a ``resumed`` that is no list of objects) is renamed
+        aside to ``<name>.unreadable`` (``<name>.2.unreadable``, ... when that exists), so nothing is
+        lost, and the one attempt returned says where it went: ``{"provenance_unreadable": <file name>}``
+        (None when it could not be renamed either).
+    warning : str or None
+        For an unreadable file: the warning to log, naming it.
+    """
+    if not path.exists():
+        return [], None
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        problem = _provenance_problem(earlier)
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: not JSON or not UTF-8; Recursion: nested
+        problem = str(exc) or type(exc).__name__
+    if problem is None:
+        return earlier.get("resumed", []) + [{k: earlier.get(k) for k in ATTEMPT_KEYS}], None
+    try:
+        aside: Path | None = _unreadable_name(path)
+        path.rename(aside)
+        kept = f"kept as {aside.name}"
+    except OSError as exc:
+        aside, kept = None, f"and could not be kept aside ({exc.strerror or exc}): this run's replaces it"
+    warning = (f"resume: the earlier provenance {path} could not be read ({problem}); {kept}. "
+               "This run's provenance starts afresh and notes it.")
+    return [{"provenance_unreadable": None if aside is None else aside.name}], warning
+
+
+def _provenance_problem(data: Any) -> str | None:
+    """Why a parsed provenance cannot be carried over, or None when it can."""
+    if not isinstance(data, dict):
+        return f"not a JSON object but {type(data).__name__}"
+    resumed = data.get("resumed", [])
+    if not isinstance(resumed, list) or not all(isinstance(r, dict) for r in resumed):
+        return "its 'resumed' is not a list of objects"
+    return None
+
+
+def _unreadable_name(path: Path) -> Path:
+    """The first free ``<name>.unreadable``, ``<name>.2.unreadable``, ... beside ``path``."""
+    k = 1
+    while True:
+        aside = path.with_name(f"{path.name}{'' if k == 1 else f'.{k}'}{UNREADABLE_SUFFIX}")
+        if not os.path.lexists(aside):
+            return aside
+        k += 1
+
 
 class RunRecorder:
     """Writes a run's outputs as it goes.
@@ -290,7 +349,9 @@ class RunRecorder:
     resume : bool
         Continue the outputs of a run whose process died: the rows recorded
         so far are kept (a last line cut off by the crash is dropped) and
-        available as :attr:`recorded`; new rows are appended.
+        available as :attr:`recorded`; new rows are appended. The provenance lists
+        the earlier attempts under ``resumed`` (:func:`earlier_attempts`: an
+        earlier file that cannot be read is kept aside, with one warning).
     about : dict, optional
         What the caller knows of the run beyond its config, recorded in the
         provenance as it is (``rtnf study``: ``{RUN_KIND: "transfer"}``).
@@ -336,13 +397,11 @@ class RunRecorder:
             "config": cfg.model_dump(mode="json"),
             **(about or {}),
         }
+        unreadable = None  # why the earlier attempt's provenance was set aside, logged once the event log is open
         if resume:
-            previous = self._path(outputs.PROVENANCE)
-            if previous.exists():
-                earlier = json.loads(previous.read_text())
-                self.provenance["resumed"] = earlier.get("resumed", []) + [
-                    {k: earlier.get(k) for k in ("run_id", "started", "finished", "status", "n_rows")}
-                ]
+            attempts, unreadable = earlier_attempts(self._path(outputs.PROVENANCE))
+            if attempts:
+                self.provenance["resumed"] = attempts
         self._write_provenance()
         self._tr_s = cfg.scanner.tr_s
         self._n_dummies = cfg.scanner.dummy_volumes
@@ -365,6 +424,9 @@ class RunRecorder:
             self._log.write("time\tlevel\tmessage\n")
         self._log.flush()
         self.n_rows = len(self.recorded)
+        if unreadable is not None:
+            log.warning("%s", unreadable)
+            self.log_event("WARNING", unreadable)  # the run's event log too: the report lists it
 
     def _recover(self) -> dict[int, dict[str, str]]:
         """Rows recorded before a crash; a partial last line is cut off the file."""

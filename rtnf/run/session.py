@@ -10,6 +10,7 @@ from __future__ import annotations
 import gc
 import logging
 import queue
+import sys
 import threading
 import time
 import uuid
@@ -347,8 +348,11 @@ class _RunLoop:
         self._run_body = self._make_run_body()
         for index, row in self.recorded.items():
             if row.get("missing") == "1":
-                # Recorded as missing before the crash: missing again, as in the uninterrupted run.
-                self.sequencer.push(index + sc.dummy_volumes, RECORDED_MISSING, 0.0)
+                # Recorded as missing before the crash: missing again, as in the uninterrupted run. It waits for
+                # its turn without starting the missing timeout (stamped 0.0, its wait had passed it at once, and
+                # every earlier volume not yet read again was declared missing): it "arrives" at the largest
+                # float, not +inf, so that a finished replay's release at now = +inf still ends (inf - inf is NaN).
+                self.sequencer.push(index + sc.dummy_volumes, RECORDED_MISSING, sys.float_info.max)
 
     def _make_run_body(self) -> dict[str, Any]:
         protocol = self.processor.protocol

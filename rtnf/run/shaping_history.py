@@ -60,14 +60,31 @@ def first_start(provenance: dict[str, Any]) -> float | None:
     return min(valid) if valid else None
 
 
-def read_provenance(timeseries: Path) -> dict[str, Any]:
-    """A run's provenance as a dict; empty when absent or unreadable."""
+def read_provenance(timeseries: Path, if_unreadable: str) -> dict[str, Any] | None:
+    """A run's provenance as a dict: empty when absent, None when it cannot be read.
+
+    Parameters
+    ----------
+    timeseries : Path
+        The run's table; its provenance is the sibling file.
+    if_unreadable : str
+        What follows for the caller when the file is there but cannot be read
+        (cut short by a crash or a full disk, not JSON, not an object): said in
+        the one warning that names the file.
+    """
     path = outputs.sibling(timeseries, outputs.PROVENANCE)
+    if not path.exists():
+        return {}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):  # RecursionError: a crafted file nested beyond the parser's limit
-        return {}
-    return data if isinstance(data, dict) else {}
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: a file nested beyond the parser's limit
+        problem = str(exc) or type(exc).__name__
+    else:
+        if isinstance(data, dict):
+            return data
+        problem = f"not a JSON object but {type(data).__name__}"
+    log.warning("shaping: the provenance %s could not be read (%s); %s", path, problem, if_unreadable)
+    return None
 
 
 def block_values(timeseries: Path) -> list[float]:
@@ -129,7 +146,9 @@ def history_runs(
             continue  # a session's table in another session's folder
         if exclude is not None and tsv.resolve() == Path(exclude).resolve():
             continue
-        provenance = read_provenance(tsv)
+        provenance = read_provenance(tsv, "its blocks are left out of the history")
+        if provenance is None:
+            continue
         started = first_start(provenance)
         if started is None:
             log.warning("shaping: %s has no start time in its provenance; its blocks are left out", tsv.name)
@@ -142,7 +161,8 @@ def history_runs(
 
 def own_start(cfg: Config, now: float | None = None) -> float:
     """This run's start for ordering: its first attempt's when it continues a run that did not finish, else now."""
-    provenance = read_provenance(outputs.output_path(cfg, outputs.TIMESERIES))
+    provenance = read_provenance(outputs.output_path(cfg, outputs.TIMESERIES),
+                                 "this run's start is taken as now for its history") or {}
     started = first_start(provenance)
     if provenance and "finished" not in provenance and started is not None:
         return started
@@ -176,7 +196,8 @@ def load_history(cfg: Config, now: float | None = None) -> list[float]:
     if live is not None:
         root = live
         live_table = live / outputs.output_path(cfg, outputs.TIMESERIES).relative_to(cfg.output.dir)
-        start = first_start(read_provenance(live_table)) or start  # no live record: the replay's own start
+        live_provenance = read_provenance(live_table, "the replay's history ends at its own start") or {}
+        start = first_start(live_provenance) or start  # no live record: the replay's own start
     runs = history_runs(root, cfg.session.subject, session, start,
                         exclude=outputs.output_path(cfg, outputs.TIMESERIES))
     values = [v for run in runs for v in run.values]
