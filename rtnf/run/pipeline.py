@@ -28,7 +28,7 @@ from rtnf.run.shaping_history import load_history
 from rtnf.analysis.motion import motion_regressors
 from rtnf.analysis.multiecho import EchoCombiner
 from rtnf.analysis.preprocess import NonFiniteVolume, Preprocessed, Preprocessor
-from rtnf.analysis.roi_model import RoiModel
+from rtnf.analysis.roi_model import RoiModel, RoiValues
 from rtnf.analysis.wholebrain import WholeBrainModel, preview_body, slice_indices
 from rtnf.analysis.signals import SignalContext, SignalError, VolumeInput
 from rtnf.analysis.signals.registry import make_signal
@@ -93,6 +93,24 @@ class VolumeResult:
         self.volume.flags["out_of_order"] = out_of_order
 
 
+def _confound_row(values: Any, n: int) -> tuple[np.ndarray | None, str | None]:
+    """A confound source's row as ``n`` finite float64 values, or (None, why it is not one).
+
+    Accepted: a sequence or 1-D array of ``n`` real numbers (a scalar when ``n`` is 1). Anything else (text,
+    None among the values, a nested or wrong-length list, a non-finite value) is refused, never raised.
+    """
+    try:
+        row = np.asarray(values)
+        if row.dtype.kind not in "iuf" or row.ndim > 1:
+            return None, f"gave {type(values).__name__} values that are not a row of numbers"[:300]
+        row = row.astype(np.float64).reshape(-1)
+    except Exception as exc:  # noqa: BLE001 - whatever the object is, it costs the source's terms only
+        return None, f"gave values that are not numbers ({type(exc).__name__}: {exc})"[:300]
+    if row.shape != (n,) or not np.all(np.isfinite(row)):
+        return None, f"gave {row.size} values (finite: {bool(np.isfinite(row).all())}), expected {n} finite ones"
+    return row, None
+
+
 class VolumeProcessor:
     """The model state of one run and the steps applied to each volume.
 
@@ -140,6 +158,7 @@ class VolumeProcessor:
         self._signal_alarms: set[str] = set()  # signals whose failure has been raised as an alarm
         self._confound_alarms: set[str] = set()  # confound sources whose values are missing, as alarmed
         self._slow_signals: set[str] = set()  # signals whose slowness has been warned about
+        self._failed_steps: set[str] = set()  # steps after the model update that raised, as alarmed
         # Multi-echo volumes (scanner.echoes > 1) are combined before everything else (rtnf.analysis.multiecho).
         self.multiecho = (EchoCombiner(cfg.multiecho.fit_volumes, cfg.multiecho.before_fit)
                           if cfg.scanner.echoes > 1 else None)
@@ -217,35 +236,83 @@ class VolumeProcessor:
         regressors = None
         if self.cfg.model.motion_regressors:
             regressors = motion_regressors(pre.motion, self._previous_motion, self.cfg.model.motion_regressors)
-        self._previous_motion = pre.motion
         confounds = self._confound_values(index, volume.t_acquired, pre, stage_s)
         if confounds is not None:  # a source without values enters zeros: its terms have no effect on this volume
             filled = np.nan_to_num(confounds, nan=0.0)
             regressors = filled if regressors is None else np.concatenate([regressors, filled])
+        timing = {"t_acquired": volume.t_acquired, "t_detected": t_detected, "t_read": t_read,
+                  "t_preprocessed": t_preprocessed, "t_modelled": None, "t_published": None}
         # A censored volume is shown to the operator but kept out of the model.
         t0 = time.perf_counter()
-        values = self.model.update(index, pre.raw, regressors, include=not censored)
-        stage_s["glm"] = time.perf_counter() - t0
-        signals = self._step_signals(index, values, pre, censored, stage_s)
-        t1 = time.perf_counter()
-        fb = self._censor(self.feedback.step(index, values, self.model, self._source(signals)), pre.quality)
-        stage_s["feedback"] = time.perf_counter() - t1
-        t1 = time.perf_counter()
-        self.feedback.shaping(index)  # scores a block whose lagged window ends here (the messages read it again)
-        stage_s["shaping"] = time.perf_counter() - t1
-        t_modelled = time.time()
-        timing = {
-            "t_acquired": volume.t_acquired,
-            "t_detected": t_detected,
-            "t_read": t_read,
-            "t_preprocessed": t_preprocessed,
-            "t_modelled": t_modelled,
-            "t_published": None,
-        }
+        n_before = self.model.glm.n_obs
+        try:
+            values = self.model.update(index, pre.raw, regressors, include=not censored)
+        except Exception as exc:
+            if self.model.glm.n_obs == n_before:
+                raise  # the model never took it: a missing volume (the run loop records it so)
+            # In the model: never "missing", or the model and a resume (which skips it) would disagree.
+            values = [RoiValues(float(r), None, None) for r in pre.raw]
+            self._previous_motion = pre.motion
+            fb, signals, failed = self._step_failed(index, "the ROI model", exc), None, True
+        else:
+            self._previous_motion = pre.motion  # only with the model: a volume missing from it never counts
+            stage_s["glm"] = time.perf_counter() - t0
+            fb, signals, failed = self._feedback_of(index, values, pre, censored, stage_s)
         rois = {name: {"raw": v.raw, "clean": v.clean, "psc": v.psc} for name, v in zip(self.roi_names, values)}
-        body, feedback = self._bodies(index, acquisition, name, rois, timing, fb, missing=False, pre=pre,
-                                      signals=signals, confounds=confounds)
+        timing["t_modelled"] = time.time()
+        body, feedback = self._safe_bodies(index, acquisition, name, rois, timing, fb, pre, signals, confounds, failed)
         return VolumeResult(body, feedback, volume, stage_s, self._operator_job(index, pre, regressors, censored, stage_s))
+
+    def _feedback_of(
+        self, index: int, values: list[RoiValues], pre: Preprocessed, censored: bool, stage_s: dict[str, float]
+    ) -> tuple[FeedbackValue, dict[str, dict[str, Any]] | None, bool]:
+        """The feedback value, the signals' results and whether a step failed, for a volume the model has taken.
+
+        A step that raises (feedback computation, shaping) costs this volume's feedback only (null, with a
+        one-line reason and an alarm once): the volume is in the model, so it is recorded with its values.
+        """
+        signals = None
+        try:
+            signals = self._step_signals(index, values, pre, censored, stage_s)
+            t1 = time.perf_counter()
+            fb = self._censor(self.feedback.step(index, values, self.model, self._source(signals)), pre.quality)
+            stage_s["feedback"] = time.perf_counter() - t1
+            t1 = time.perf_counter()
+            self.feedback.shaping(index)  # scores a block whose lagged window ends here (the messages read it again)
+            stage_s["shaping"] = time.perf_counter() - t1
+        except Exception as exc:  # noqa: BLE001 - after the model update the volume is kept, its feedback is not
+            return self._step_failed(index, "feedback", exc), signals, True
+        return fb, signals, False
+
+    def _step_failed(self, index: int, step: str, exc: Exception) -> FeedbackValue:
+        """The null feedback of a volume whose ``step`` raised once the ROI model had it (one line); alarms once
+        per step and run: the rows give the reason for every volume."""
+        reason = " ".join(f"{step} failed: {type(exc).__name__}: {exc}".split())[:300]
+        if step not in self._failed_steps:
+            self._failed_steps.add(step)
+            log.error("%s: %s (the volume is recorded with its values, its feedback is null; the run goes on)",
+                      self._label(index), reason, exc_info=exc, extra={"alarm": "feedback_failed", "ok": False})
+        return FeedbackValue(None, reason, kind=self.cfg.feedback.kind)
+
+    def _safe_bodies(
+        self, index: int, acquisition: int, name: str | None, rois: dict[str, dict[str, float | None]],
+        timing: dict[str, float | None], fb: FeedbackValue, pre: Preprocessed,
+        signals: dict[str, dict[str, Any]] | None, confounds: np.ndarray | None, failed: bool = False,
+    ) -> tuple[VolumeMessage, FeedbackMessage]:
+        """The messages of a volume the model has taken; if building them raises, the same without what raised.
+
+        Only the feedback's parts that read the feedback state (direction, shaping) can fail here: without
+        them the row keeps its ROI values and a null feedback with the reason. ``failed``: ``fb`` is already
+        the null feedback of a failed step, whose reason is kept (the same fault often raises here again).
+        """
+        try:
+            return self._bodies(index, acquisition, name, rois, timing, fb, missing=False, pre=pre,
+                                signals=signals, confounds=confounds)
+        except Exception as exc:  # noqa: BLE001 - the volume is in the model: it is recorded, never "missing"
+            if not failed:
+                fb = self._step_failed(index, "building the messages", exc)
+            return self._bodies(index, acquisition, name, rois, timing, fb, missing=False, pre=pre,
+                                signals=signals, confounds=confounds, feedback_state=False)
 
     def _confound_values(
         self, index: int, t_acquired: float | None, pre: Preprocessed, stage_s: dict[str, float]
@@ -270,10 +337,11 @@ class VolumeProcessor:
             except Exception as exc:  # noqa: BLE001 - a source's failure costs its terms for this volume, never the run
                 values, source.reason = None, f"failed: {type(exc).__name__}: {exc}"[:300]
             if values is not None:
-                values = np.asarray(values, dtype=np.float64).reshape(-1)
-                if values.shape != (len(source.names),) or not np.all(np.isfinite(values)):
-                    values, source.reason = None, f"gave {values.size} values (finite: {np.isfinite(values).all()}), " \
-                                                  f"expected {len(source.names)} finite ones"
+                # A value that is not a row of finite numbers counts as no value: converted inside the check,
+                # it can never raise out of the volume's processing.
+                values, bad = _confound_row(values, len(source.names))
+                if values is None:
+                    source.reason = bad
             stage_s[f"confound_{source.name}"] = time.perf_counter() - t0
             if values is None:
                 if source.name not in self._confound_alarms:
@@ -470,7 +538,12 @@ class VolumeProcessor:
                   "t_modelled": None, "t_published": None}
         rois = {name: {"raw": None, "clean": None, "psc": None} for name in self.roi_names}
         fb = FeedbackValue(None, reason, kind=self.cfg.feedback.kind)
-        return VolumeResult(*self._bodies(index, acquisition, name, rois, timing, fb, missing=True))
+        try:
+            return VolumeResult(*self._bodies(index, acquisition, name, rois, timing, fb, missing=True))
+        except Exception as exc:  # noqa: BLE001 - a missing volume's row is never lost to the feedback's state
+            self._step_failed(index, "building the messages", exc)  # the alarm, once
+            return VolumeResult(*self._bodies(index, acquisition, name, rois, timing, fb, missing=True,
+                                              feedback_state=False))
 
     def _bodies(
         self,
@@ -484,17 +557,20 @@ class VolumeProcessor:
         pre: Preprocessed | None = None,
         signals: dict[str, dict[str, Any]] | None = None,
         confounds: np.ndarray | None = None,
+        feedback_state: bool = True,
     ) -> tuple[VolumeMessage, FeedbackMessage]:
         """The ``volume`` and ``feedback`` messages: the one place they are built.
 
         ``model_construct``: the fields are rtnf's own, checked where they are computed; validating them
         again would cost the feedback path (the receivers validate, see :mod:`rtnf.wire.topics`).
+        ``feedback_state``: False leaves out what reads the feedback's state (the scored block's direction,
+        shaping), for a volume whose feedback failed there.
         """
         condition = self.labels[index]
         q = pre.quality if pre is not None else None
         # The feedback's direction: the way of "signal" that "value" shows as success (the scored block's for an
         # intermittent score); the volume's: the way its condition asks for (None in the baseline).
-        direction = self.feedback.direction(index)
+        direction = self.feedback.direction(index) if feedback_state else self.protocol.direction(condition)
         volume = VolumeMessage.model_construct(
             index=index,
             acquisition=acquisition,
@@ -533,6 +609,9 @@ class VolumeProcessor:
             display_s=fb.display_s,
             t_published=None,
         )
+        if not feedback_state:
+            feedback.threshold = None
+            return volume, feedback
         shaping = self.feedback.shaping(index)
         feedback.threshold = shaping.threshold
         if shaping.block_value is not None:  # only where a block is scored: other messages stay as they were
