@@ -250,3 +250,46 @@ def test_a_missing_volume_whose_messages_cannot_read_the_feedback_state_keeps_it
     assert rows[FAILED]["missing"] == "1"
     assert rows[FAILED]["feedback_reason"] == f"processing error: RuntimeError: refused {FAILED}"
     assert len(_alarms(caplog, "feedback_failed")) == 1
+
+
+def test_a_volume_that_failed_after_preprocessing_leaves_no_trace_in_motion_or_quality():
+    """Regression (review): a volume whose processing raised after Preprocessor.run was forgotten by the slice timer
+    only; the quality monitor and the realigner's warm start kept it, so the next volume's framewise displacement
+    was measured against a volume the table records as missing (6 mm here instead of 0: a motion outlier, censored)
+    and a resume, which never runs it, gave other values. Now skip(index) rolls both back."""
+    from types import SimpleNamespace
+
+    from scipy.ndimage import gaussian_filter
+    from scipy.ndimage import shift as nd_shift
+
+    from rtnf.analysis.preprocess import Preprocessor
+    from rtnf.scanner.volume import Volume
+
+    rng = np.random.default_rng(0)
+    base = gaussian_filter(rng.normal(size=(32, 32, 20)), 2).astype(np.float32)
+    g = np.indices(base.shape) - np.array(base.shape)[:, None, None, None] / 2
+    head = (g[0] / 13) ** 2 + (g[1] / 13) ** 2 + (g[2] / 8) ** 2 < 1
+    base = np.where(head, 1000 + 300 * base / base.std(), 0).astype(np.float32)
+    moves = {0: 0.0, 1: 0.0, 2: 2.0, 3: 0.0}  # volume 2 moved 2 voxels (6 mm) along x
+    vols = [Volume(data=nd_shift(base, (moves[k], 0, 0), order=1).astype(np.float32), affine=np.diag([3.0, 3, 3, 1]),
+                   t_acquired=None, path=Path(f"v{k}.nii")) for k in range(4)]
+    motion = SimpleNamespace(enabled=True, fwhm_mm=0.0, sigma_vox=1.0, reference="first")
+    quality = SimpleNamespace(fd_threshold_mm=0.5, spike_z=5.0)
+
+    def third(volume_2: str):
+        p = Preprocessor([], motion, quality).fit(vols[0])
+        for k in range(3):
+            if k == 2 and volume_2 == "never came":
+                p.skip(2)
+                continue
+            p.run(vols[k], k)
+            if k == 2 and volume_2 == "raised after preprocessing":
+                p.skip(2)  # what VolumeProcessor.missing does once the run loop caught the raise
+        return p.run(vols[3], 3)
+
+    missing, failed, ran = (third(v) for v in ("never came", "raised after preprocessing", "ran"))
+    assert ran.quality.framewise_displacement > 5.0  # the control: volume 2 really is 6 mm away
+    assert failed.quality.framewise_displacement == pytest.approx(missing.quality.framewise_displacement, abs=1e-9)
+    assert failed.quality.framewise_displacement < 0.1 and not failed.quality.censored
+    np.testing.assert_allclose(failed.motion, missing.motion, atol=1e-9)  # the same warm start
+    assert failed.quality.dvars == pytest.approx(missing.quality.dvars)

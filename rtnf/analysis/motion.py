@@ -435,6 +435,14 @@ class Realigner:
         self.params_ = np.zeros(6)
         self.result_: RealignResult | None = None
 
+    def checkpoint(self) -> tuple:
+        """The history :meth:`estimate` changes (warm start, last good pose, typical residual), for :meth:`rollback`."""
+        return self._m, self._m_good, self._rms_typ, self.params_, self.result_
+
+    def rollback(self, state: tuple) -> None:
+        """Back to a :meth:`checkpoint`: the volume estimated since is as if it never came (its processing failed)."""
+        self._m, self._m_good, self._rms_typ, self.params_, self.result_ = state
+
     def _smooth(self, vol: np.ndarray, sigma: float, reuse: bool = False) -> np.ndarray:
         """``gaussian_filter(vol, sigma, mode="nearest", truncate=3)`` of a float32 volume, compiled.
 

@@ -94,6 +94,7 @@ class Preprocessor:
         self.tr_s = tr_s
         self.slice_timer: SliceTimer | None = None
         self._index = 0  # the next volume's index when the caller gives none: the slice timer's clock
+        self._undo: tuple | None = None  # (index, realigner state, monitor state) before the last run()
         self.sample_brain = sample_brain
         self.motion_cfg = motion
         self.quality_cfg = quality
@@ -245,7 +246,11 @@ class Preprocessor:
         """
         volume, n_bad = self._finite(volume)
         index = self._index if index is None else int(index)
-        self._index = index + 1
+        self._index = max(self._index, index + 1)  # a volume given again (resume) never moves the clock back
+        # What this volume changes in the realigner and the quality monitor, undone by skip(index) when its
+        # processing fails later: the next volume is then compared with the last one recorded, as on a resume.
+        self._undo = (index, self.realigner.checkpoint() if self.realigner is not None else None,
+                      self.monitor.checkpoint() if self.monitor is not None else None)
         corrected = volume.data  # slice-time corrected when that is on: what realignment sees
         slice_timing_s = None
         if self.slice_timer is not None:
@@ -292,5 +297,12 @@ class Preprocessor:
         self._index = max(self._index, index + 1)
         if self.slice_timer is not None:
             self.slice_timer.forget(index)
+        if self._undo is not None and self._undo[0] == index:  # run() took it, then its processing failed
+            _, realigner_state, monitor_state = self._undo
+            if realigner_state is not None:
+                self.realigner.rollback(realigner_state)
+            if monitor_state is not None:
+                self.monitor.rollback(monitor_state)
+        self._undo = None
         if self.monitor is not None:
             self.monitor.skip()

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -293,6 +293,17 @@ class QualityMonitor:
 
     def skip(self) -> None:
         """Note a missing volume (nothing changes: the next volume compares with the last one seen)."""
+
+    def checkpoint(self) -> dict[str, Any]:
+        """The state :meth:`update` changes, for :meth:`rollback` (a few short windows: microseconds)."""
+        return {"_levels": self._levels.copy(), "_params": self._params, "_values": self._values, "_gs": self._gs,
+                "_dvars_hist": self._dvars_hist.copy(), "_dgs_hist": self._dgs_hist.copy(),
+                "_dvars_streak": list(self._dvars_streak), "_dgs_streak": list(self._dgs_streak)}
+
+    def rollback(self, state: dict[str, Any]) -> None:
+        """Back to a :meth:`checkpoint`: the volume updated since is as if it never came (its processing failed)."""
+        for name, value in state.items():
+            setattr(self, name, value)
 
     def update(self, params: Sequence[float], values: np.ndarray) -> QualityRow:
         """Quality of the next volume.
