@@ -13,7 +13,7 @@ import pytest
 
 from rtnf.config import load_config
 from rtnf.run import outputs
-from rtnf.run.record import RunRecorder
+from rtnf.run.record import RunRecorder, write_json_atomic
 from tests.helpers import make_config
 from tests.longitudinal_data import read_rows, record_run
 
@@ -136,3 +136,33 @@ def test_the_shaping_history_skips_an_unreadable_provenance_with_a_warning(tmp_p
     assert [v for run in runs for v in run.values] == [0.25]
     warnings = _warnings(caplog)
     assert len(warnings) == 1 and bad_path.name in warnings[0] and "could not be read" in warnings[0], warnings
+
+
+def test_the_provenance_is_written_whole_or_not_at_all(tmp_path):
+    """Regression (review): the provenance was written with write_text, which truncates first: a full disk or a
+    crash mid-write left the unreadable file a resume then had to set aside. Now a temporary file and a rename:
+    with writes failing past 100 bytes (RLIMIT_FSIZE, as a full disk), the earlier file stays whole."""
+    import subprocess
+    import sys
+    import textwrap
+
+    path = tmp_path / "sub-01_task-x_desc-rtnf_provenance.json"
+    path.write_text(json.dumps({"run_id": "a", "status": "running"}))
+    before = path.read_text()
+    script = textwrap.dedent(f"""
+        import resource, signal
+        from pathlib import Path
+        from rtnf.run.record import write_json_atomic
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100, 100))
+        try:
+            write_json_atomic(Path({str(path)!r}), {{"run_id": "b", "notes": "x" * 5000}})
+        except OSError as exc:
+            print("failed", exc.errno)
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.stdout.startswith("failed"), (out.stdout, out.stderr)
+    assert path.read_text() == before  # whole: the earlier provenance, readable
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary file left behind
+    write_json_atomic(path, {"run_id": "c"})
+    assert json.loads(path.read_text()) == {"run_id": "c"}

@@ -329,6 +329,21 @@ def _unreadable_name(path: Path) -> Path:
         k += 1
 
 
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON to ``path`` through a temporary file and a rename.
+
+    A crash or a full disk mid-write leaves the earlier file whole (a plain ``write_text`` truncates it
+    first: the unreadable provenance a resume then has to set aside).
+    """
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 class RunRecorder:
     """Writes a run's outputs as it goes.
 
@@ -460,7 +475,7 @@ class RunRecorder:
         self._path(outputs.EVENTS).write_text("\n".join(lines) + "\n")
 
     def _write_provenance(self) -> None:
-        self._path(outputs.PROVENANCE).write_text(json.dumps(self.provenance, indent=2))
+        write_json_atomic(self._path(outputs.PROVENANCE), self.provenance)
 
     def write_row(self, row: dict[str, Any]) -> None:
         """Append one volume's row and hand it to the operating system.
