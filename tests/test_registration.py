@@ -66,12 +66,18 @@ def test_an_affine_result_with_implausible_scales_is_a_failed_start_and_the_next
     starts = MultiStart((-12.0, 0.0, 12.0), (0.0,), keep=2)
     good = register(fixed, moving, stages=stages, multistart=starts)
     np.testing.assert_allclose(np.linalg.svd(good.fixed_to_moving[:3, :3], compute_uv=False), 1.2, atol=0.02)
-    assert good.parameters["starts_rejected"] == []
+    assert good.parameters["starts_rejected"] == [] and good.parameters["scales_plausible"]
     narrow = register(fixed, moving, stages=stages, multistart=starts, plausible_scales=(0.95, 1.05))
     rejected = narrow.parameters["starts_rejected"]
     assert len(rejected) >= 1  # keep=2 (+ the centre-of-mass start when it did not score among them)
     assert all(max(r["scales"]) > 1.05 for r in rejected)
     assert np.linalg.svd(narrow.fixed_to_moving[:3, :3], compute_uv=False).max() > 1.05  # returned, not hidden
+    assert narrow.parameters["scales_plausible"] is False  # and flagged
+    assert narrow.metric <= min(r["metric"] for r in rejected)  # the best of the failed starts
+    assert narrow.start_chosen not in [{k: r[k] for k in ("rotation_deg", "shift_mm")} for r in rejected]
+    for window in [(1.2, 0.8), (-1.0, 1.4), (float("nan"), 1.4), (0.7, float("inf"))]:
+        with pytest.raises(ValueError, match="plausible_scales"):
+            register(fixed, moving, stages=stages, multistart=starts, plausible_scales=window)
 
 
 def test_registration_json_round_trip(tmp_path):

@@ -25,7 +25,7 @@ from ._common import (
 )
 from .localizer import epi_mask
 from .regions import atlas_roi
-from .registration import _LPS, MultiStart, Stage, _sitk_matrix, _to_sitk, register  # noqa: F401 (re-exported)
+from .registration import _LPS, PLAUSIBLE_SCALES, MultiStart, Stage, _sitk_matrix, _to_sitk, register  # noqa: F401 (re-exported)
 
 
 # --------------------------------------------------------------------------- MNI regions
@@ -321,11 +321,12 @@ def register_mni(
                   "mni_to_t1": dict(mni_t1.parameters, start_chosen=mni_t1.start_chosen)}
         metric = mni_t1.metric
     scales = np.linalg.svd(ref_to_mni[:3, :3], compute_uv=False)
-    if scales.max() > 1.4 or scales.min() < 0.7:
+    lo, hi = PLAUSIBLE_SCALES
+    if scales.max() > hi or scales.min() < lo:
         raise RoiDefError(
             "--reference",
             f"the registration of the MNI152 template to the reference failed (scale factors "
-            f"{', '.join(f'{x:.2f}' for x in scales)}, expected 0.7-1.4 for a human head). Allowed: a reference "
+            f"{', '.join(f'{x:.2f}' for x in scales)}, expected {lo:g}-{hi:g} for a human head). Allowed: a reference "
             "EPI of the whole head or most of it; else define the ROI with 'sphere', 'mask' or 'localizer'",
         )
     quality["brain_dice"] = brain_overlap((data, affine), ref_to_mni)

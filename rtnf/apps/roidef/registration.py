@@ -222,11 +222,24 @@ def _euler(center: Sequence[float], angles: np.ndarray, translation: np.ndarray,
     return tx
 
 
+#: Smallest and largest scale factor of a successful affine registration of heads (no unit): any human
+#: head against another or the MNI152 template lies within it.
+PLAUSIBLE_SCALES: tuple[float, float] = (0.7, 1.4)
+
+
+def _check_window(window: tuple[float, float]) -> tuple[float, float]:
+    """``(lo, hi)`` as floats, or ValueError when it is no window of positive scale factors."""
+    lo, hi = (float(x) for x in window)
+    if not (0.0 < lo <= 1.0 <= hi < float("inf")):
+        raise ValueError(f"plausible_scales {window}: allowed 0 < lo <= 1 <= hi (finite), e.g. {PLAUSIBLE_SCALES}")
+    return lo, hi
+
+
 def register(
     fixed: tuple[np.ndarray, np.ndarray], moving: tuple[np.ndarray, np.ndarray], *,
     fixed_mask: np.ndarray | None = None, stages: Sequence[Stage] = (Stage("rigid", (4, 2), (6.0, 3.0)),),
     multistart: MultiStart | None = MultiStart(), initial: np.ndarray | None = None, threads: int = 2,
-    plausible_scales: tuple[float, float] = (0.7, 1.4),
+    plausible_scales: tuple[float, float] = PLAUSIBLE_SCALES,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` (linear, Mattes mutual information, multi-start).
 
@@ -251,12 +264,14 @@ def register(
         Smallest and largest scale factor of a successful result (no unit; 0.7-1.4 holds any
         human head against another or the MNI152 template): a start refined outside them failed,
         and the next-best start is refined (``parameters["starts_rejected"]``). When every start
-        fails, the last is returned and the caller's own check reports it.
+        fails, the one with the best final metric is returned with ``parameters["scales_plausible"]``
+        false, for the caller's own check to report.
 
     Returns
     -------
     RegistrationResult
     """
+    lo, hi = _check_window(plausible_scales)
     sitk = _sitk()
     t0 = time.perf_counter()
     sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(int(threads))
@@ -315,11 +330,14 @@ def register(
         tx, metric, stopped = _refine(tx, coarse_metric, stages, f_img, m_img, f_mask, threads)
         scales = np.linalg.svd(_sitk_matrix(tx)[:3, :3], compute_uv=False)
         refined.append((tx, metric, stopped, chosen, scales))
-        if plausible_scales[0] <= scales.min() and scales.max() <= plausible_scales[1]:
+        if lo <= scales.min() and scales.max() <= hi:
             break
-    tx, metric, stopped, chosen, _ = refined[-1]
+    plausible = lo <= refined[-1][4].min() and refined[-1][4].max() <= hi
+    # Every start failed: the best final metric is returned, flagged, for the caller's own check to report.
+    kept = len(refined) - 1 if plausible else min(range(len(refined)), key=lambda k: refined[k][1])
+    tx, metric, stopped, chosen, _ = refined[kept]
     rejected = [{"rotation_deg": np.rad2deg(poses[r[3]][0]).round(3).tolist(), "shift_mm": poses[r[3]][1].tolist(),
-                 "scales": r[4].round(3).tolist()} for r in refined[:-1]]
+                 "scales": r[4].round(3).tolist(), "metric": r[1]} for k, r in enumerate(refined) if k != kept]
     matrix = _LPS @ _sitk_matrix(tx) @ _LPS
     return RegistrationResult(
         matrix, metric, time.perf_counter() - t0, len(poses),
@@ -335,7 +353,7 @@ def register(
          "optimizer": "regular step gradient descent, scales from physical shift, learning rate per stage, "
                       "min step 1e-4",
          "interpolator": "linear", "stopped": stopped,
-         "plausible_scales": list(plausible_scales), "starts_rejected": rejected},
+         "plausible_scales": [lo, hi], "scales_plausible": bool(plausible), "starts_rejected": rejected},
     )
 
 
