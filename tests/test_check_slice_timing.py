@@ -148,3 +148,25 @@ def test_check_prints_the_mosaic_ref_acq_times_of_a_real_siemens_series(tmp_path
     header = re.search(r"^  slice times in the header of \S+: (.+) \(along axis 2\)$", proc.stdout, re.MULTILINE)
     assert header and [float(t) for t in header[1].split("by slice index: ")[1].split(", ")] == pytest.approx(
         truth, abs=1e-6)
+
+
+GE_SLICES = SHARED_DATA / "dicom-zoo" / "ge_discovery_mr750_epi_slices"
+
+
+@requires_shared_data("dicom-zoo/ge_discovery_mr750_epi_slices")
+def test_check_refuses_some_of_a_volumes_slice_files(tmp_path):
+    """Regression (review): one GE slice file of a 15-slice volume was read as a 1-slice volume, so check stopped a
+    correct 15-time config with a false error (and printed '1 slices' for an order). Now some of a volume's slice
+    files are refused with one line (ImagesInAcquisition says 15); all 15 are read as the run reads them."""
+    files = sorted(GE_SLICES.glob("*.dcm"))[:15]
+    times = [round(k * 2.0 / 15, 6) for k in range(15)]
+    cfg = make_config(tmp_path, {"scanner.tr_s": 2.0, "scanner.format": "dicom", "slice_timing.enabled": True,
+                                 "slice_timing.slice_times_s": times})
+    one = _check(str(cfg), "--volume", str(files[0]))
+    assert one.returncode == 2 and "Traceback" not in one.stderr, one.stderr
+    assert "1 of the 15 slice files of a volume" in one.stderr and "give all of one volume's slice files" in one.stderr
+    some = _check(str(cfg), "--volume", *map(str, files[:7]))
+    assert some.returncode == 2 and "7 of the 15 slice files" in some.stderr
+    whole = _check(str(cfg), "--volume", *map(str, files))
+    assert whole.returncode == 0, whole.stderr
+    _assert_times(_printed_times(whole.stdout), times)

@@ -45,7 +45,35 @@ def read_series_volume(paths: Sequence[Path], configured_format: str) -> Volume:
         return read_nifti(paths[0])
     from rtnf.scanner.dicom import read_volume
 
-    return read_volume(list(paths))
+    volume = read_volume(list(paths))
+    _check_whole_volume(volume, list(paths))
+    return volume
+
+
+def _check_whole_volume(volume: Volume, paths: list[Path]) -> None:
+    """Refuse some of a volume's slice files: the slice count, and so the check, would be wrong.
+
+    Classic slice files say how many images their acquisition has (``ImagesInAcquisition``, where the
+    vendor writes it); without it, a single slice file is refused (one slice is no EPI volume).
+    """
+    from rtnf.scanner.nifti import VolumeReadError
+
+    n_files = len(paths)
+    if volume.data.ndim < 3 or volume.data.shape[volume.slice_axis] != n_files:
+        return  # a mosaic, an enhanced (multi-frame) file or a PAR/REC: the file holds the whole volume
+    import pydicom
+
+    try:
+        expected = pydicom.dcmread(paths[0], stop_before_pixels=True, specific_tags=["ImagesInAcquisition"]).get(
+            "ImagesInAcquisition")
+        expected = int(expected) if expected is not None else None
+    except (OSError, ValueError, TypeError, pydicom.errors.InvalidDicomError):
+        expected = None
+    if expected is not None and expected > n_files:
+        raise VolumeReadError(f"{paths[0]}: {n_files} of the {expected} slice files of a volume (ImagesInAcquisition); "
+                              "give all of one volume's slice files to --volume")
+    if expected is None and n_files == 1:
+        raise VolumeReadError(f"{paths[0]}: a single slice file; give all of one volume's slice files to --volume")
 
 
 def seconds(t: float) -> str:
