@@ -524,3 +524,30 @@ def test_a_figure_that_cannot_be_drawn_is_left_out_not_the_report(recorded, tmp_
     drawn = {p.name for p in (tmp_path / "report").glob("*.png")}
     assert left_out or len(drawn) == 3, (left_out, drawn)  # drawn after all, or said
     assert all(m.split(": ", 1)[1].split(" (")[0] in text for m in left_out)  # and said in the report, too
+
+
+def test_drawn_leaves_out_only_what_cannot_be_drawn_and_says_so(tmp_path, caplog):
+    """The guard itself: a figure raising ValueError/LinAlgError/OverflowError is left out (its partial file
+    removed, a note added); any other error is a fault and propagates; a drawn figure is returned as it is."""
+    import logging
+
+    import numpy as np
+
+    from rtnf.apps.report.figures import drawn
+
+    def failing(exc):
+        def make(path):
+            path.write_bytes(b"partial")
+            raise exc
+        return make
+
+    for exc in (ValueError("ticks"), np.linalg.LinAlgError("Singular matrix"), OverflowError("int too large")):
+        notes: list[str] = []
+        path = tmp_path / "f.png"
+        with caplog.at_level(logging.WARNING):
+            assert drawn("motion", failing(exc), path, notes) is None
+        assert not path.exists() and len(notes) == 1 and "figure motion left out" in notes[0]
+        assert type(exc).__name__ in notes[0]
+    with pytest.raises(KeyError):
+        drawn("motion", failing(KeyError("a bug")), tmp_path / "g.png", [])
+    assert drawn("motion", lambda p: p, tmp_path / "h.png") == tmp_path / "h.png"

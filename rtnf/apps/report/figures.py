@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -51,19 +51,21 @@ def draw(name: str, run: RecordedRun, summary: dict[str, Any], path: Path) -> Pa
     return makers[name](run, summary, path)
 
 
-def drawn(name: str, draw: Any, path: Path, notes: list[str] | None = None) -> Path | None:
-    """``draw(path)``, or None when matplotlib cannot draw the numbers: the rest of the report is written.
+def drawn(name: str, make: Callable[[Path], Path | None], path: Path, notes: list[str] | None = None) -> Path | None:
+    """``make(path)``, or None when matplotlib cannot draw the numbers: the rest of the report is written.
 
     Values near the float limits (a damaged or hand-edited table: 1e308) overflow matplotlib's
     ticks and transforms (``ValueError``, ``LinAlgError``, ``OverflowError``). The figure is left
-    out with a warning naming it, and said in ``notes`` (shown at the top of the report) when given.
+    out with a warning naming it (the traceback at debug level: a fault in the figure's own code
+    raises the same types), and said in ``notes`` (shown at the top of the report) when given.
     """
     try:
-        return draw(path)
+        return make(path)
     except (ValueError, OverflowError) as exc:  # numpy's LinAlgError is a ValueError
         path.unlink(missing_ok=True)
         reason = f"figure {name} left out: its values cannot be drawn ({type(exc).__name__}: {exc})"
         log.warning("report: %s", reason)
+        log.debug("report: figure %s", name, exc_info=exc)
         if notes is not None:
             notes.append(reason)
         return None

@@ -15,7 +15,6 @@ report's Jinja2 environment (autoescape on; :func:`rtnf.apps.report.render.envir
 from __future__ import annotations
 
 import json
-import logging
 import math
 import time
 from pathlib import Path
@@ -27,7 +26,6 @@ from .longitudinal import TRANSFER_TASKS, longitudinal_summary
 from .read import NA
 from .render import environment, image_source
 
-log = logging.getLogger(__name__)
 
 TEMPLATE = "longitudinal.html.j2"
 """The page's template."""
