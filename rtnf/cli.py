@@ -542,7 +542,7 @@ def _cmd_import_opennft(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from .apps.check_slice_timing import read_series_volume, slice_timing_report
+    from .apps.check_slice_timing import header_tr_warning, printable, read_series_volume, slice_timing_report
     from .config import load_config, plausibility_warnings
     from .scanner.nifti import VolumeReadError
 
@@ -565,15 +565,19 @@ def _cmd_check(args: argparse.Namespace) -> int:
         print(f"  volumes {seg.start + 1:4d}-{seg.stop:4d}  {seg.condition}")
     print(f"  ROIs: {', '.join(cfg.rois)}; feedback from {' + '.join(cfg.feedback.targets)}")
     try:
-        volume = None if args.volume is None else read_series_volume(args.volume, cfg.scanner.format)
+        volume = None if args.volume is None else read_series_volume(args.volume, cfg.scanner.format,
+                                                                     cfg.scanner.slices_per_volume)
     except (VolumeReadError, OSError) as exc:
-        print(f"rtnf check: --volume: {exc} (read as scanner.format = {cfg.scanner.format!r})", file=sys.stderr)
+        print(printable(f"rtnf check: --volume: {exc} (read as scanner.format = {cfg.scanner.format!r})"),
+              file=sys.stderr)
         return EXIT_USAGE
     lines, timing_warnings = slice_timing_report(cfg, volume)
+    tr_warning = None if args.volume is None else header_tr_warning(args.volume, cfg.scanner.tr_s)
+    timing_warnings = [*timing_warnings, *([tr_warning] if tr_warning else [])]
     for line in lines:
-        print(f"  {line}")
+        print(printable(f"  {line}"))  # file names are the scanner's or the user's: no control characters
     for warning in [*plausibility_warnings(cfg), *timing_warnings]:
-        print(f"rtnf check: warning: {warning}", file=sys.stderr)
+        print(printable(f"rtnf check: warning: {warning}"), file=sys.stderr)
     return 0
 
 

@@ -164,7 +164,7 @@ def test_check_refuses_some_of_a_volumes_slice_files(tmp_path):
                                  "slice_timing.slice_times_s": times})
     one = _check(str(cfg), "--volume", str(files[0]))
     assert one.returncode == 2 and "Traceback" not in one.stderr, one.stderr
-    assert "1 of the 15 slice files of a volume" in one.stderr and "give all of one volume's slice files" in one.stderr
+    assert "1 of the 15 slice files of a volume" in one.stderr and "give all the slice files of one volume" in one.stderr
     some = _check(str(cfg), "--volume", *map(str, files[:7]))
     assert some.returncode == 2 and "7 of the 15 slice files" in some.stderr
     whole = _check(str(cfg), "--volume", *map(str, files))

@@ -91,10 +91,20 @@ def choose_slice_times(cfg: Any, tr_s: float, first: Volume) -> ChosenSliceTimes
     else:
         raise ConfigError(
             f"invalid value for 'slice_timing.enabled': true, but the first volume {first.path.name} has no "
-            "slice times in its header. Allowed: set slice_timing.slice_times_s or slice_timing.order, or "
-            "enabled = false."
+            f"slice times in its header{_sidecar_note(first, n)}. Allowed: set slice_timing.slice_times_s or "
+            "slice_timing.order, or enabled = false."
         )
     difference = None
     if header is not None and len(header) == n and not np.allclose(header, times, atol=HEADER_TOLERANCE_S):
         difference = float(np.max(np.abs(np.subtract(header, times))))
     return ChosenSliceTimes(times, source, axis, difference)
+
+
+def _sidecar_note(first: Volume, n_slices: int) -> str:
+    """`` (x.json: SliceTiming not used (why))`` for a NIfTI whose BIDS sidecar's slice times are unusable, else ""."""
+    from rtnf.scanner.sidecar import read_sidecar_slice_times
+
+    if first.path is None or not first.path.name.endswith((".nii", ".nii.gz")):
+        return ""
+    _, problem = read_sidecar_slice_times(first.path, n_slices)
+    return "" if problem is None else f" ({problem})"

@@ -20,7 +20,7 @@ from rtnf.config import Config, SliceTimingConfig
 from rtnf.scanner.volume import Volume
 
 
-def read_series_volume(paths: Sequence[Path], configured_format: str) -> Volume:
+def read_series_volume(paths: Sequence[Path], configured_format: str, slices_per_volume: int | None = None) -> Volume:
     """One volume of the series, read as the run reads its files (the config's ``scanner.format``).
 
     Parameters
@@ -29,51 +29,106 @@ def read_series_volume(paths: Sequence[Path], configured_format: str) -> Volume:
         One file (NIfTI, Siemens mosaic, enhanced DICOM, PAR), or every slice file of one volume.
     configured_format : str
         ``scanner.format`` ("auto" guesses from the file name, as the run does).
+    slices_per_volume : int, optional
+        ``scanner.slices_per_volume``: slice files per volume when the headers do not say.
 
     Raises
     ------
     rtnf.scanner.nifti.VolumeReadError
-        The files hold no volume the run could read (the message names the file).
+        The files hold no volume the run could read, more than one volume's files, or some of a
+        volume's slice files (the message names the file).
     OSError
         A file cannot be opened.
     """
     from rtnf.scanner.export import file_format
+    from rtnf.scanner.nifti import VolumeReadError
 
-    if file_format(Path(paths[0]), configured_format) == "nifti":
+    paths = [Path(p) for p in paths]
+    if file_format(paths[0], configured_format) == "nifti":
         from rtnf.scanner.nifti import read_nifti
 
+        if len(paths) > 1:
+            raise VolumeReadError(f"{paths[1]}: a NIfTI file holds the whole volume; give --volume one file")
         return read_nifti(paths[0])
     from rtnf.scanner.dicom import read_volume
 
-    volume = read_volume(list(paths))
-    _check_whole_volume(volume, list(paths))
-    return volume
+    _check_one_whole_volume(paths, slices_per_volume)
+    return read_volume(paths)
 
 
-def _check_whole_volume(volume: Volume, paths: list[Path]) -> None:
-    """Refuse some of a volume's slice files: the slice count, and so the check, would be wrong.
+def _check_one_whole_volume(paths: list[Path], slices_per_volume: int | None) -> None:
+    """Refuse files of several volumes, or some of a volume's slice files: the slice count would be wrong.
 
-    Classic slice files say how many images their acquisition has (``ImagesInAcquisition``, where the
-    vendor writes it); without it, a single slice file is refused (one slice is no EPI volume).
+    The files are probed as the run probes them (:func:`rtnf.scanner.dicom.probe`): slice files must
+    share series and volume number, and there must be as many as the volume has slices
+    (``scanner.slices_per_volume``, else ImagesInAcquisition, GE LocationsInAcquisition or Philips
+    NumberOfSlicesMR; without any, a single slice file is refused: one slice is no EPI volume).
     """
+    from rtnf.scanner.dicom import probe
     from rtnf.scanner.nifti import VolumeReadError
 
-    n_files = len(paths)
-    if volume.data.ndim < 3 or volume.data.shape[volume.slice_axis] != n_files:
-        return  # a mosaic, an enhanced (multi-frame) file or a PAR/REC: the file holds the whole volume
+    infos = [probe(p) for p in paths]
+    slices = [i for i in infos if i.kind == "slice"]
+    if not slices:
+        if len(paths) > 1:
+            raise VolumeReadError(f"{paths[1]}: a {infos[0].kind} file holds the whole volume; give --volume one file")
+        return
+    volumes = {(i.series_uid, i.volume_number) for i in slices}
+    if len(slices) < len(infos) or len(volumes) > 1:
+        raise VolumeReadError(f"{paths[0]}: the files given are of {max(len(volumes), 2)} volumes or kinds; give all "
+                              "the slice files of one volume to --volume")
+    expected = slices_per_volume or slices[0].n_slices
+    if expected is not None and expected != len(paths):
+        raise VolumeReadError(f"{paths[0]}: {len(paths)} of the {expected} slice files of a volume; give all the "
+                              "slice files of one volume to --volume")
+    if expected is None and len(paths) == 1:
+        raise VolumeReadError(f"{paths[0]}: a single slice file; give all the slice files of one volume to --volume")
+
+
+def header_tr_warning(paths: Sequence[Path], tr_s: float) -> str | None:
+    """A warning when the volume's own repetition time differs from ``scanner.tr_s`` (s), else None.
+
+    DICOM ``RepetitionTime`` (ms; an enhanced file's shared timing group), or a 4D NIfTI's time step in
+    seconds; nothing when the header has none. Slice timing weighs its interpolation with the config's TR.
+    """
+    tr = _header_tr_s(Path(paths[0]))
+    if tr is None or abs(tr - tr_s) <= 1e-3 * max(tr, tr_s):
+        return None
+    return (f"{Path(paths[0]).name} says its repetition time is {tr:g} s, scanner.tr_s is {tr_s:g} s: the run "
+            "(its timing, slice-timing interpolation, protocol) uses scanner.tr_s")
+
+
+def _header_tr_s(path: Path) -> float | None:
+    """The repetition time the file's header gives, in seconds, or None (none, or unreadable)."""
+    if path.name.endswith((".nii", ".nii.gz")):
+        import nibabel as nib
+
+        try:
+            hdr = nib.load(path).header
+            zooms = hdr.get_zooms()
+            unit = hdr.get_xyzt_units()[1]
+        except Exception:  # noqa: BLE001 - an unreadable header gives no TR; reading the volume says why
+            return None
+        if len(zooms) < 4 or not zooms[3] > 0:
+            return None
+        return float(zooms[3]) / {"msec": 1e3, "usec": 1e6}.get(unit, 1.0)
     import pydicom
 
     try:
-        expected = pydicom.dcmread(paths[0], stop_before_pixels=True, specific_tags=["ImagesInAcquisition"]).get(
-            "ImagesInAcquisition")
-        expected = int(expected) if expected is not None else None
-    except (OSError, ValueError, TypeError, pydicom.errors.InvalidDicomError):
-        expected = None
-    if expected is not None and expected > n_files:
-        raise VolumeReadError(f"{paths[0]}: {n_files} of the {expected} slice files of a volume (ImagesInAcquisition); "
-                              "give all of one volume's slice files to --volume")
-    if expected is None and n_files == 1:
-        raise VolumeReadError(f"{paths[0]}: a single slice file; give all of one volume's slice files to --volume")
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        ms = ds.get("RepetitionTime")
+        if ms is None and "SharedFunctionalGroupsSequence" in ds:
+            timing = ds.SharedFunctionalGroupsSequence[0].get("MRTimingAndRelatedParametersSequence")
+            ms = timing[0].get("RepetitionTime") if timing else None
+        return float(ms) / 1000.0 if ms is not None and float(ms) > 0 else None
+    except Exception:  # noqa: BLE001 - as above
+        return None
+
+
+def printable(text: str) -> str:
+    """``text`` on one line without control characters (a file name with a newline or an escape sequence would
+    break the line or drive the operator's terminal): each such character becomes ``?``."""
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def seconds(t: float) -> str:

@@ -19,8 +19,10 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import math
 import os
 import platform
+import stat
 import sys
 import time
 from importlib import metadata
@@ -273,6 +275,8 @@ RUN_KIND = "run_kind"
 ATTEMPT_KEYS = ("run_id", "started", "finished", "status", "n_rows")
 #: The suffix of an earlier provenance file a resumed run could not read and kept aside.
 UNREADABLE_SUFFIX = ".unreadable"
+#: A provenance larger than this is not read (a run's is a few kB; its config copy is bounded).
+MAX_PROVENANCE_BYTES = 16 * 1024 * 1024
 
 
 def earlier_attempts(path: Path) -> tuple[list[dict[str, Any]], str | None]:
@@ -289,15 +293,22 @@ def earlier_attempts(path: Path) -> tuple[list[dict[str, Any]], str | None]:
     warning : str or None
         For an unreadable file: the warning to log, naming it.
     """
-    if not path.exists():
+    if not os.path.lexists(path):
         return [], None
     try:
-        earlier = json.loads(path.read_text(encoding="utf-8"))
-        problem = _provenance_problem(earlier)
+        info = path.stat()  # through a link (its target is only read: the new provenance replaces the link)
+        if not stat.S_ISREG(info.st_mode):  # a FIFO would block the resume, a directory is no provenance
+            problem = "not a regular file"
+        elif info.st_size > MAX_PROVENANCE_BYTES:  # not read into memory
+            problem = f"{info.st_size} bytes, more than a provenance ever holds ({MAX_PROVENANCE_BYTES})"
+        else:
+            earlier = json.loads(path.read_text(encoding="utf-8"))
+            problem = _provenance_problem(earlier)
     except (OSError, ValueError, RecursionError) as exc:  # ValueError: not JSON or not UTF-8; Recursion: nested
         problem = str(exc) or type(exc).__name__
     if problem is None:
-        return earlier.get("resumed", []) + [{k: earlier.get(k) for k in ATTEMPT_KEYS}], None
+        attempts = [*earlier.get("resumed", []), {k: earlier.get(k) for k in ATTEMPT_KEYS}]
+        return [_scalars(a) for a in attempts], None
     try:
         aside: Path | None = _unreadable_name(path)
         path.rename(aside)
@@ -307,6 +318,13 @@ def earlier_attempts(path: Path) -> tuple[list[dict[str, Any]], str | None]:
     warning = (f"resume: the earlier provenance {path} could not be read ({problem}); {kept}. "
                "This run's provenance starts afresh and notes it.")
     return [{"provenance_unreadable": None if aside is None else aside.name}], warning
+
+
+def _scalars(attempt: dict[str, Any]) -> dict[str, Any]:
+    """An earlier attempt's entry with plain values only (a list or object in their place, as deep as the JSON
+    parser allows, would be carried into every later provenance): anything else becomes None."""
+    return {str(k): v if v is None or isinstance(v, (str, int, float, bool)) else None
+            for k, v in list(attempt.items())[:len(ATTEMPT_KEYS) + 1]}
 
 
 def _provenance_problem(data: Any) -> str | None:
@@ -329,6 +347,17 @@ def _unreadable_name(path: Path) -> Path:
         k += 1
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf: not JSON) as None, in dicts and lists at any depth."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` through a temporary file and a rename.
 
@@ -337,7 +366,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        tmp.write_text(json.dumps(_finite(data), indent=2, allow_nan=False), encoding="utf-8")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

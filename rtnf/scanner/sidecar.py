@@ -38,6 +38,17 @@ def sidecar_slice_times(path: Path, n_slices: int) -> tuple[float, ...] | None:
     n_slices : int
         Slices along the volume's slice axis: the list must be as long.
     """
+    times, problem = read_sidecar_slice_times(path, n_slices)
+    if problem is not None:
+        log.debug("%s: slice times not used (%s)", sidecar_path(path).name, problem)
+    return times
+
+
+def read_sidecar_slice_times(path: Path, n_slices: int) -> tuple[tuple[float, ...] | None, str | None]:
+    """``(SliceTiming (s) or None, why a sidecar's SliceTiming is not used or None)``; see :func:`sidecar_slice_times`.
+
+    No sidecar, or one without ``SliceTiming``, is no problem (None, None).
+    """
     from .nifti import open_regular
 
     side = sidecar_path(path)
@@ -45,17 +56,16 @@ def sidecar_slice_times(path: Path, n_slices: int) -> tuple[float, ...] | None:
         with open_regular(side) as f:  # never blocks on a FIFO in the sidecar's place
             text = f.read(MAX_SIDECAR_BYTES + 1)
     except OSError:
-        return None  # no sidecar: the usual case
+        return None, None  # no sidecar: the usual case
     try:
         if len(text) > MAX_SIDECAR_BYTES:
             raise ValueError(f"larger than {MAX_SIDECAR_BYTES} bytes")
         values = json.loads(text).get("SliceTiming")
         if values is None:
-            return None
+            return None, None
         times = np.asarray(values, dtype=np.float64)
         if times.shape != (n_slices,) or not np.all(np.isfinite(times)) or times.min() < 0:
             raise ValueError(f"SliceTiming is not {n_slices} finite non-negative numbers")
     except (ValueError, TypeError, AttributeError, RecursionError) as exc:  # RecursionError: nested too deep
-        log.debug("%s: slice times not used (%s)", side.name, exc)
-        return None
-    return tuple(float(v) for v in times)
+        return None, f"{side.name}: SliceTiming not used ({exc})"[:300]
+    return tuple(float(v) for v in times), None

@@ -147,8 +147,15 @@ def shifted_labels(values: list[Any], lag: int) -> list[Any]:
 
 
 def block_numbers(run: RecordedRun) -> list[int | None]:
-    """The ``block`` column as integers (None for n/a)."""
-    return [int(b) if b not in (NA, "") else None for b in run.text("block")]
+    """The ``block`` column as integers (None for n/a, and for a cell that is no integer: a damaged table)."""
+    return [_block_number(b) for b in run.text("block")]
+
+
+def _block_number(cell: str) -> int | None:
+    try:
+        return int(cell)
+    except ValueError:  # n/a, inf, 1e308, nan, text
+        return None
 
 
 def usable(run: RecordedRun) -> np.ndarray:
@@ -340,8 +347,9 @@ def tsnr(run: RecordedRun) -> dict[str, dict[str, Any]]:
 def stage_durations_ms(run: RecordedRun) -> list[tuple[str, np.ndarray]]:
     """Each stage's (and the total's) duration in ms over the non-missing volumes (NaN where a time is absent)."""
     missing = run.flag("missing")
-    return [(label, ((run.num(stop) - run.num(start)) * 1000.0)[~missing])
-            for label, start, stop in (*STAGES, TOTAL_STAGE)]
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in a damaged table is NaN, said as n/a, not warned
+        return [(label, ((run.num(stop) - run.num(start)) * 1000.0)[~missing])
+                for label, start, stop in (*STAGES, TOTAL_STAGE)]
 
 
 def latency_ms(run: RecordedRun) -> dict[str, dict[str, float]]:
@@ -357,7 +365,8 @@ def motion_summary(run: RecordedRun) -> dict[str, Any]:
     trans = np.concatenate([np.abs(motion[c]) for c in MOTION_COLUMNS[:3]])
     rot = np.degrees(np.concatenate([np.abs(motion[c]) for c in MOTION_COLUMNS[3:]]))  # recorded in radians
     return {
-        "recorded": any(np.isfinite(v).any() for v in motion.values()),
+        # A value that is there, even inf (a damaged table), is recorded: the figure says it cannot draw it.
+        "recorded": any((~np.isnan(v)).any() for v in motion.values()),
         "fd_threshold_mm": threshold,
         "fd_mean_mm": nanmean(fd),
         "fd_max_mm": float(np.nanmax(fd)) if np.isfinite(fd).any() else math.nan,
