@@ -19,7 +19,6 @@ from __future__ import annotations
 import errno
 import json
 import logging
-import math
 import os
 import platform
 import stat
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rtnf.config import Config
+from rtnf.wire.messages import clean_floats
 from rtnf.wire.topics import Motion, Quality, Timing
 from rtnf.analysis.protocol import Protocol
 from . import outputs
@@ -347,17 +347,6 @@ def _unreadable_name(path: Path) -> Path:
         k += 1
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every non-finite float (NaN, inf: not JSON) as None, in dicts and lists at any depth."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
-
-
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write ``data`` as JSON to ``path`` through a temporary file and a rename.
 
@@ -366,7 +355,7 @@ def write_json_atomic(path: Path, data: Any) -> None:
     """
     tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(_finite(data), indent=2, allow_nan=False), encoding="utf-8")
+        tmp.write_text(json.dumps(clean_floats(data), indent=2, allow_nan=False), encoding="utf-8")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

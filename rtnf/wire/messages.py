@@ -162,14 +162,14 @@ def schema_for(topic: str) -> str:
     return f"rtnf.{topic}/{SCHEMA_VERSION}"
 
 
-def _clean_floats(value: Any) -> Any:
+def clean_floats(value: Any) -> Any:
     """Replace non-finite floats by ``None``: JSON has no NaN or Infinity."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _clean_floats(v) for k, v in value.items()}
+        return {k: clean_floats(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_clean_floats(v) for v in value]
+        return [clean_floats(v) for v in value]
     return value
 
 
@@ -201,7 +201,7 @@ def encode(topic: str, run_id: str, body: dict[str, Any]) -> list[bytes]:
         data = json.dumps(payload, allow_nan=False, separators=(",", ":"))
     except ValueError:
         # A NaN or infinity somewhere: replace them (walking the body costs, so only then).
-        payload = {"schema": schema_for(topic), "run_id": run_id, **_clean_floats(body)}
+        payload = {"schema": schema_for(topic), "run_id": run_id, **clean_floats(body)}
         data = json.dumps(payload, allow_nan=False, separators=(",", ":"))
     data = data.encode("utf-8")
     if len(data) > MAX_MESSAGE_BYTES:
