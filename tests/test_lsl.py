@@ -1,10 +1,8 @@
 """The Lab Streaming Layer outlet: an LSL inlet receives every feedback value and one marker per volume.
 
-LSL discovery is confined to this machine: an ``lsl_api.cfg`` with the "machine" resolve
-scope, 127.0.0.1 as the only multicast/broadcast address and known peer, IPv6 off and a session
-id of its own (so other LSL streams on the machine are invisible) is written to a temporary
-folder and given to liblsl with ``LSLAPICFG`` before its first use in this process (liblsl reads
-its configuration once). No packet leaves the loopback interface.
+LSL discovery is confined to this machine for the whole test session (``tests/conftest.py``
+gives liblsl a loopback-only ``lsl_api.cfg`` through ``LSLAPICFG``): no packet leaves the
+loopback interface.
 """
 
 from __future__ import annotations
@@ -25,42 +23,19 @@ from rtnf.apps import lsl as rtnf_lsl
 from rtnf.wire.messages import encode
 from tests.helpers import pattern, run_processes
 
-LSL_API_CFG = """\
-[ports]
-IPv6 = disable
-
-[multicast]
-ResolveScope = machine
-MachineAddresses = {{127.0.0.1}}
-AddressesOverride = {{127.0.0.1}}
-TTLOverride = 0
-ListenAddress = 127.0.0.1
-
-[lab]
-KnownPeers = {{127.0.0.1}}
-SessionID = {session}
-
-[log]
-level = -2
-"""
-
 RUN_ID = "sub-01_ses-01_task-lsl_run-1"
 
 
 @pytest.fixture(scope="module")
-def pylsl(tmp_path_factory):
-    """pylsl with liblsl configured for loopback-only discovery (skips with the reason when unavailable)."""
-    folder = tmp_path_factory.mktemp("lsl")
-    cfg = folder / "lsl_api.cfg"
-    cfg.write_text(LSL_API_CFG.format(session=f"rtnf-test-{uuid.uuid4().hex[:12]}"))
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("LSLAPICFG", str(cfg))
-        try:
-            lib = rtnf_lsl.load_pylsl()
-        except rtnf_lsl.LslUnavailableError as exc:
-            pytest.skip(str(exc))
-        lib.local_clock()  # liblsl is initialised here, with LSLAPICFG set
-        yield lib
+def pylsl():
+    """pylsl, its discovery confined to this machine by tests/conftest.py (skips with the reason when unavailable)."""
+    assert os.environ.get("LSLAPICFG"), "tests/conftest.py sets LSLAPICFG for the whole test session"
+    try:
+        lib = rtnf_lsl.load_pylsl()
+    except rtnf_lsl.LslUnavailableError as exc:
+        pytest.skip(str(exc))
+    lib.local_clock()
+    return lib
 
 
 def _inlets(pylsl, bridge):
