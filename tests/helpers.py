@@ -64,6 +64,16 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float, interval_s: float
         time.sleep(interval_s)
 
 
+def drain(listener: Any, quiet_s: float = 0.5) -> None:
+    """Read what a :class:`rtnf.apps.demo.Listener` still has coming, until ``quiet_s`` seconds pass without a message.
+
+    For after the publishers exited: one ``listener.poll`` returns the first batch only, and on a loaded machine
+    a run's last messages (its alarms, the run's end) may still be on their way in the listener's I/O thread.
+    """
+    while listener.poll(quiet_s):
+        pass
+
+
 # ---------------------------------------------------------------- session configs
 
 
@@ -285,7 +295,7 @@ def run_processes(
             procs.procs["screen"].wait(30)
             assert procs.procs["screen"].returncode == 0, (logs / "screen.log").read_text()
         procs.procs["scanner_sim"].wait(30)
-        listener.poll(0.5)
+        drain(listener)
     finally:
         listener.close()
         procs.stop_all()

@@ -100,7 +100,10 @@ def test_rtnf_run(tmp_path):
         assert st["detected -> published"] == pytest.approx(
             st["detected -> read"] + st["read -> preprocessed"] + st["preprocessed -> modelled"]
             + st["modelled -> published"], abs=1e-6)
-        assert st["appear -> detected"] > -0.005  # the watcher sees the rename, at most a hair before it is logged
+        # The watcher sees the rename at most a little before the producer, back from os.replace, stamps it: 50 ms,
+        # not 5 ms, since a loaded machine can hold the producer off the CPU for several ms right there (the woken
+        # watcher runs first). Still a fifth of the 0.25 s between volumes: a volume matched to its neighbour fails.
+        assert st["appear -> detected"] > -0.05
     # the files appeared under their final names only (hidden name, then rename)
     assert sorted(p.name for p in (tmp_path / "run1" / "export").iterdir()) == sorted(n for n, _ in truth.values())
     total = res["stages"][res["total"]]["median_ms"]

@@ -27,7 +27,7 @@ from rtnf.run.pipeline import VolumeProcessor
 from rtnf.run.record import bids_prefix, func_dir
 from rtnf.apps.replay import ReplayFeeder
 from rtnf.run.session import NO_USABLE_VOLUME, run_session
-from tests.helpers import make_config, pattern, replay_func_dir, synthetic_run_4d
+from tests.helpers import drain, make_config, pattern, replay_func_dir, synthetic_run_4d
 
 N = 14  # 2 dummies + 12 kept volumes
 CONFIG = {"session.subject": "fail", "session.task": "nf", "scanner.n_volumes": N,
@@ -156,7 +156,7 @@ def _live_run(tmp_path: Path, overrides: dict, data: np.ndarray, affine: np.ndar
         deadline = time.time() + 120
         while proc.poll() is None and time.time() < deadline:
             listener.poll(0.2)
-        listener.poll(0.5)
+        drain(listener)
     finally:
         if proc.poll() is None:
             proc.kill()

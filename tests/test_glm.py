@@ -57,7 +57,11 @@ def test_incremental_equals_lstsq_at_every_volume(hrf):
                 continue
             ref, *_ = np.linalg.lstsq(Xq, Y[: t + 1], rcond=None)
             rel = np.linalg.norm(glm.coefficients(q) - ref, axis=0) / np.linalg.norm(ref, axis=0)
-            assert rel.max() <= 1e-8, f"volume {t}, {q} columns: relative error {rel.max():.2e}"
+            # 1e-8, looser in proportion above condition number 1e5: there lstsq's own error (LAPACK's, so the
+            # machine's) reaches the bound. Glover, volume 35, 5 columns, cond 1.0e6: lstsq was 7.9e-9 from the
+            # exact solution (rational arithmetic), the incremental GLM 8.8e-11.
+            bound = 1e-8 * max(1.0, np.linalg.cond(Xq) / 1e5)
+            assert rel.max() <= bound, f"volume {t}, {q} columns: relative error {rel.max():.2e} > {bound:.1e}"
             rss_ref = np.sum((Y[: t + 1] - Xq @ ref) ** 2, axis=0)
             np.testing.assert_allclose(glm.rss(q), rss_ref, rtol=1e-7)
             compared[q] += 1

@@ -416,7 +416,8 @@ def test_a_fifo_in_place_of_the_provenance_does_not_hang_the_resume(tmp_path):
     provenance.unlink()
     os.mkfifo(provenance)
     try:
-        proc = _resume_in_child(tmp_path, provenance, timeout=15)
+        # 60 s: a hang never ends, and the child's start (Python, NumPy, rtnf) took 2 s here, more on a loaded CI
+        proc = _resume_in_child(tmp_path, provenance, timeout=60)
     except subprocess.TimeoutExpired:
         pytest.fail("the resume hung on a FIFO in the provenance's place")
     assert proc.returncode == 0 and "RESUMED" in proc.stdout, proc.stderr[-1500:]

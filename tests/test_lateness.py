@@ -147,12 +147,30 @@ def test_volumes_that_came_while_rtnf_was_stopped_are_late(tmp_path, monkeypatch
     thread.join(10)
     assert "cont" in stall, "rtnf was never stopped"
     rows = {int(r["index"]): r for r in read_tsv(func_dir(cfg) / f"{bids_prefix(cfg)}_desc-rtnf_timeseries.tsv")}
-    finished = {int(r["volume"]): float(r["t_finished"]) for r in read_tsv(tmp_path / "truth" / "files.tsv")}
+    files = read_tsv(tmp_path / "truth" / "files.tsv")
+    finished = {int(r["volume"]): float(r["t_finished"]) for r in files}
+    # how long after its acquisition time (the header's, rtnf's clock for lateness) the simulator wrote each file
+    export_lag = {int(r["volume"]): float(r["t_finished"]) - float(r["t_acquired"]) for r in files}
     assert all(r["missing"] == "0" for r in rows.values())
-    # written while rtnf was stopped (and not just before it went on): seen late, however fast it was sent then
-    during = [v for v, t in finished.items() if stall["stop"] <= t <= stall["cont"] - 0.5]
+    # written while rtnf was stopped (and not just before it went on): seen late, however fast it was sent then.
+    # 0.7 s before it went on, not 0.5 s: late means more than 0.5 s (half this TR) behind the quickest volume's
+    # lag, and that lag holds up to one polling interval (0.05 s) of detection, so a volume written 0.5 s before
+    # rtnf went on was late or not by chance.
+    during = [v for v, t in finished.items() if stall["stop"] <= t <= stall["cont"] - 0.7]
     assert len(during) >= 2, (stall, finished)
     assert all(rows[v]["late"] == "1" for v in during), {v: rows[v]["late"] for v in during}
-    # written before the stop, or once rtnf had caught up: on time
-    on_time = [v for v, t in finished.items() if v >= 2 and (t < stall["stop"] - 0.2 or t > stall["cont"] + 1.0)]
-    assert on_time and all(rows[v]["late"] == "0" for v in on_time), {v: rows[v]["late"] for v in on_time}
+    # written before the stop (early enough to be seen before it), or once rtnf had caught up: on time -- when the
+    # simulator wrote it on schedule (within 0.2 s) and rtnf saw it within 0.2 s (together under the 0.5 s that
+    # makes a volume late) and sent it within 0.5 s (a TR is allowed). On a loaded machine either process can be
+    # held off the CPU (the simulator once wrote a file 0.87 s late; rtnf once stalled 2.2 s after the stop), and
+    # such a volume is late, rightly.
+    on_schedule = min(export_lag.values()) + 0.2
+
+    def prompt(v: int) -> bool:
+        t_detected, t_published = float(rows[v]["t_detected"]), float(rows[v]["t_published"])
+        return export_lag[v] < on_schedule and t_detected - finished[v] < 0.2 and t_published - t_detected < 0.5
+
+    on_time = [v for v, t in finished.items() if v >= 2 and prompt(v)
+               and (t < stall["stop"] - 0.5 or t > stall["cont"] + 1.0)]
+    assert any(finished[v] > stall["cont"] for v in on_time), (stall, finished)  # the judge after the backlog
+    assert all(rows[v]["late"] == "0" for v in on_time), {v: rows[v]["late"] for v in on_time}
