@@ -31,7 +31,9 @@ def test_a_slow_worker_never_blocks_a_live_run_and_drops_only_model_updates_beyo
     for i in range(MAX_PENDING + 6):  # the first job holds the worker; the queue then fills
         worker.submit(_job(i, added, made, gate))
     elapsed = time.perf_counter() - t0
-    assert elapsed < 0.5, f"submit waited {elapsed:.2f} s for the operator's worker"
+    # a submit that waited for room would take 0.5 s for each of the 5-6 dropped jobs (3 s); 22 puts that do
+    # not wait take well under a millisecond, unless a loaded machine descheduled this thread
+    assert elapsed < 2.0, f"submit waited {elapsed:.2f} s for the operator's worker"
     assert worker.n_dropped >= 5
     gate.set()
     worker.close()

@@ -469,7 +469,9 @@ def test_ratings_of_a_run_reach_its_bids_outputs_with_values_indices_and_onsets(
     assert [r["moment"] for r in rows] == ["after_block"] * 4 + ["after_run"]
     assert [r["response"] for r in rows] == ["3", "3", "3", "n/a", "3"]
     assert [r["condition"] for r in rows[:4]] == ["regulate"] * 4 and rows[3]["response_time"] == "n/a"
-    assert float(rows[3]["duration"]) == pytest.approx(3.0, abs=0.25)  # the time limit
+    # the time limit: the scale goes at the first frame at least 3 s after its onset, and its duration ends at
+    # the next flip (two frame periods at 60 Hz; a loaded machine's frames may come far later, never earlier)
+    assert 3.0 - 1e-3 <= float(rows[3]["duration"]) < 3.0 + 1.0
     # Tied to the volumes: the feedback index on screen at the onset, after the block's end.
     blocks = next(b for t, b in messages if t == "run")["blocks"]
     acks = _acks(messages, run_id)

@@ -57,6 +57,9 @@ scale_range = [-1.0, 2.5]
 dir = "outputs"
 """
 DROPPED, LATE, SPIKE = 6, 13, 20  # 0-based acquisitions (kept index = acquisition - DUMMIES)
+# The late volume's delay, scanner seconds: 6 s at speed 16 is 0.375 s, judged against rtnf's bound of 0.3 s
+# (rtnf.scanner.sequencer.LatenessJudge.MIN_LATE_S) with 75 ms to spare for detection jitter (5 s left 12.5 ms).
+LATE_DELAY_S = 6.0
 
 
 def simulate_run(tmp_path: Path, n_volumes: int = N_VOLUMES, speed: float = 16.0) -> Path:
@@ -90,7 +93,7 @@ def simulate_run(tmp_path: Path, n_volumes: int = N_VOLUMES, speed: float = 16.0
             "scanner_sim",
             [sys.executable, "-m", "scanner_sim", "synth", str(tmp_path / "spec.toml"),
              "--export-dir", str(cfg.scanner.export_dir), "--truth-dir", str(tmp_path / "truth"),
-             "--speed", str(speed), "--drop", str(DROPPED), "--late", f"{LATE}:5.0"],
+             "--speed", str(speed), "--drop", str(DROPPED), "--late", f"{LATE}:{LATE_DELAY_S}"],
             logs,
         )
         deadline = time.time() + 120

@@ -34,9 +34,12 @@ def test_second_overwrite_run_is_refused_and_the_live_run_keeps_every_row(tmp_pa
     try:
         procs.start("rtnf", [sys.executable, "-m", "rtnf", "run", str(cfg_path), "--create-export-dir", "--publish-address", address], logs)
         wait_ready(listener, procs, no_screen=True)
+        # Speed 1.5: the live run still has about 25 s to go when the second `rtnf run` starts, which took
+        # 3 s to be refused here and 10.5 s on a loaded machine (at speed 3 the run had 12.7 s left: a second
+        # run started after its end would not be refused)
         procs.start("scanner_sim", [sys.executable, "-m", "scanner_sim", "synth", str(spec), "--export-dir",
                                     str(cfg.scanner.export_dir), "--truth-dir", str(tmp_path / "truth"),
-                                    "--speed", "3"], logs)
+                                    "--speed", "1.5"], logs)
         deadline = time.time() + 60
         while len(listener.of("volume")) < 5 and time.time() < deadline:
             listener.poll(0.1)

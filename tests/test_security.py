@@ -18,7 +18,7 @@ import zmq
 from rtnf.wire import messages
 from rtnf.config import load_config
 from rtnf.wire.messages import MAX_MESSAGE_BYTES, MessageError, decode, encode
-from tests.helpers import CONFIG_DIR, ROOT, make_config
+from tests.helpers import CONFIG_DIR, ROOT, make_config, wait_until
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 PACKAGES = ("rtnf", "stimulus", "scanner_sim")
@@ -246,7 +246,8 @@ def test_symlink_out_of_the_export_folder_is_never_read(tmp_path, caplog):
         watcher.start()
         try:
             (export / "vol_0006.nii").symlink_to(secret)  # appears during the run
-            time.sleep(1.0)
+            # until the watcher has refused it (a fixed second was 20 polls, unless the machine is loaded)
+            wait_until(lambda: any(r.getMessage().startswith("vol_0006.nii") for r in caplog.records), 30)
         finally:
             watcher.stop()
     names = {p.name for p in handed}

@@ -30,11 +30,19 @@ from stimulus.link import ScreenState
 from stimulus.trigger import SerialTriggerReader, TriggerClock, Triggers, byte_name
 from tests.test_stimulus_screen import xdisplay  # noqa: F401  (the private Xvfb fixture)
 
-TR = 0.4
+# The screen's TR check has a window of tolerance * TR around each pulse (the screen test's tolerance is 0.4:
+# 0.32 s; the extra pulse, 0.2 s after its pulse, stays "extra" up to 0.48 s): the stamps' scheduling jitter
+# must stay inside it. With a TR of 0.4 s and a tolerance of 0.25 (0.1 s) it did not always: a stamp lagged
+# its byte by 188 ms on a heavily loaded machine (two busy loops and a test suite on two cores; 26 ms with
+# the suite alone).
+TR = 0.8
 N_PULSES = 14
 MISSED = 6  # the scanner pulse the box does not send
-EXTRA_AFTER = 9  # an extra pulse 0.35 TR after this one
-STAMP_TOLERANCE_S = 0.05  # read stamp - write time, on two shared cores
+EXTRA_AFTER = 9  # an extra pulse EXTRA_AT TRs after this one
+EXTRA_AT = 0.25
+# read stamp - write time: a stamp within this of its byte belongs to it (the next trigger byte comes 0.6 s
+# after the extra one at the earliest); stamps taken when the frame loop takes them would lag far more
+STAMP_TOLERANCE_S = 0.3
 
 
 # --------------------------------------------------------------------------- #
@@ -71,7 +79,7 @@ def pulse_times(t0: float) -> list[tuple[float, bytes, str]]:
         if k != MISSED:
             events.append((t0 + k * TR, b"5", f"pulse {k}"))
         events.append((t0 + (k + 0.5) * TR, b"x\r\n" if k % 2 else b"1", "noise"))  # not triggers
-    events.append((t0 + (EXTRA_AFTER + 0.35) * TR, b"5", "extra"))
+    events.append((t0 + (EXTRA_AFTER + EXTRA_AT) * TR, b"5", "extra"))
     return sorted(events)
 
 
@@ -191,7 +199,8 @@ def test_reader_stamps_each_trigger_byte_when_read_and_ignores_others(box):
     assert len(stamps) == len(written) == N_PULSES  # N - 1 pulses and the extra one
     lags = [s - w for s, (w, _) in zip(stamps, written)]
     assert all(0.0 <= lag < STAMP_TOLERANCE_S for lag in lags), lags
-    assert statistics.median(lags) < 0.01, lags
+    # typically read at once (0.1 ms here; 14 ms median under two busy loops and a test suite on two cores)
+    assert statistics.median(lags) < 0.05, lags
     assert reader.n_ignored == sum(len(d) for _, d, what in pulse_times(t0) if what == "noise")
     assert not reader.alive
 
@@ -325,7 +334,9 @@ def _screen(tmp_path: Path, port: str, xdisplay: str):
     from tests.test_stimulus_screen import RUN, Rtnf, free_address, start_screen
 
     config = tmp_path / "session.toml"
-    config.write_text(f'[display.trigger]\nport = "{port}"\nbaud = 115200\nbyte = "5"\ntolerance = 0.25\n')
+    # tolerance 0.4: a gap within 0.32 s of one TR is "ok", of two TRs "missed", under 0.6 TR "extra" (the
+    # check's finer cases are tested on the clock alone, without a scheduler)
+    config.write_text(f'[display.trigger]\nport = "{port}"\nbaud = 115200\nbyte = "5"\ntolerance = 0.4\n')
     address, ack = free_address(), free_address()
     rtnf = Rtnf(address, ack)
     proc, paths = start_screen(tmp_path, address, ack, "--config", str(config), "--key-log",
@@ -388,7 +399,7 @@ def test_screen_reads_the_trigger_box_sets_time_zero_and_reports_missed_and_extr
     assert len(missed) == 1 and missed[0]["trigger_index"] == MISSED and missed[0]["pulse"] == MISSED + 1
     assert missed[0]["gap_s"] == pytest.approx(2 * TR, abs=STAMP_TOLERANCE_S)
     assert len(extra) == 1 and extra[0]["trigger_index"] == EXTRA_AFTER and extra[0]["pulse"] is None
-    assert extra[0]["gap_s"] == pytest.approx(0.35 * TR, abs=STAMP_TOLERANCE_S)
+    assert extra[0]["gap_s"] == pytest.approx(EXTRA_AT * TR, abs=STAMP_TOLERANCE_S)
 
     # The lost port: one message in the log and in the heartbeat; the screen went on.
     stderr = paths["stderr"].read_text()

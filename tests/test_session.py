@@ -110,6 +110,10 @@ def test_whole_brain_t_map_finds_the_simulated_activation(tmp_path):
     assert t.max() > 5, f"max t {t.max():.1f}"
     assert np.linalg.norm(peak_mm - np.array([0.0, 30.0, 15.0])) <= 10.0, f"peak at {peak_mm} mm"
     previews = listener.of("preview")
-    assert [p["index"] for p in previews] == list(range(N_VOLUMES - DUMMIES))
+    # A preview per volume while the operator's worker keeps up; when it falls behind (a loaded machine: one
+    # volume every 0.25 s here), only the newest waiting volume gets one (rtnf.run.operator), and the last always.
+    indices = [p["index"] for p in previews]
+    n_kept = N_VOLUMES - DUMMIES
+    assert indices == sorted(set(indices)) and indices[-1] == n_kept - 1 and len(indices) >= 0.8 * n_kept, indices
     axial = previews[-1]["planes"]["axial"]
     assert len(axial["image"]) == axial["shape"][0] and "tmap" in axial and sum(map(sum, axial["rois"]["acc"])) > 0

@@ -43,6 +43,11 @@ def _spec(**kw) -> RunSpec:
     return RunSpec.from_dict(d)
 
 
+def _nominal(row: dict[str, str], speed: float) -> float:
+    """When a files.tsv row's file was due without faults: its acquisition, then one period (TR 1 s, no recon)."""
+    return float(row["t_acquired"]) + 1.0 / speed
+
+
 # --------------------------------------------------------------------------- faults, synthetic
 @pytest.fixture(scope="module")
 def faulty(phantom, tmp_path_factory):
@@ -98,12 +103,15 @@ def test_faults_on_disk_and_in_files_tsv(faulty):
     # duplicate: two rows, same name and bytes, the second with fault=duplicate
     dup = [r for r in main if r["volume"] == "5"]
     assert len(dup) == 2 and dup[0]["sha256"] == dup[1]["sha256"] and dup[1]["fault"] == "duplicate"
-    assert float(dup[1]["t_write_start"]) - float(dup[0]["t_finished"]) == pytest.approx(0.5 / speed, abs=0.05)
+    # Judged from each file's nominal time (acquired + one period): the writer waits for a due time and a loaded
+    # machine only wakes it later, never earlier (a two-sided 50 ms window around the gap between two wake-ups,
+    # each of which may be late, left the outcome to the machine's load)
+    assert 0.5 / speed - 0.005 <= float(dup[1]["t_write_start"]) - _nominal(dup[1], speed) < 0.5 / speed + 0.2
+    assert _nominal(dup[1], speed) == _nominal(dup[0], speed)
     # late: written 2.5 s (scanner time) after its nominal time, so after volume 5
     late = next(r for r in main if r["volume"] == "4")
     assert late["fault"] == "late"
-    nominal = float(late["t_acquired"]) + 1.0 / speed
-    assert float(late["t_write_start"]) - nominal == pytest.approx(2.5 / speed, abs=0.05)
+    assert 2.5 / speed - 0.005 <= float(late["t_write_start"]) - _nominal(late, speed) < 2.5 / speed + 0.2
     first_rows = [r["volume"] for r in main if r["fault"] != "duplicate"]
     assert first_rows[:6] == ["0", "1", "3", "5", "4", "7"]
     # out of order: 7 before 6
@@ -127,7 +135,9 @@ def test_vanish_renames_folder_away_and_back(faulty):
     t_first = min(t for t, present, _ in seen if present)  # the writer creates the folder
     away = [t for t, present, _ in seen if not present and t > t_first]
     assert away, "the poller never saw the export folder missing"
-    assert max(away) - min(away) == pytest.approx(1.5 / speed, abs=0.08)
+    # 0.3 s away, as the poller saw it: a loaded machine delays the poller's first and last look and the
+    # writer's two wake-ups (a 0.08 s window was tight); a folder away for 0 s or for 1.5 s is far outside
+    assert max(away) - min(away) == pytest.approx(1.5 / speed, abs=0.15)
     files = _tsv(tmp / "truth" / "files.tsv")
     meanwhile = [r for r in files if "vanish" in r["fault"]]
     assert meanwhile and meanwhile[0]["volume"] == "8"
@@ -152,9 +162,12 @@ def test_jitter_is_bounded_seeded_and_recorded(phantom, tmp_path):
     assert len(set(delays.values())) == 6
     expected = np.random.default_rng([11, 3]).uniform(0, 0.5, 6)
     np.testing.assert_allclose([delays[v] for v in range(6)], expected, atol=1e-4)
-    for r in rows:
-        lag = float(r["t_write_start"]) - (float(r["t_acquired"]) + 0.2)
-        assert lag == pytest.approx(delays[int(r["volume"])] / 5.0, abs=0.03)
+    # each file written its jitter after its nominal time: never earlier (the writer waits for a due time),
+    # later by a loaded machine's wake-up delay only (30 ms for each of six files was tight)
+    late_by = [float(r["t_write_start"]) - (float(r["t_acquired"]) + 0.2) - delays[int(r["volume"])] / 5.0
+               for r in rows]
+    assert all(-0.005 <= d < 0.2 for d in late_by), late_by
+    assert np.median(late_by) < 0.02, late_by  # jitter not applied twice, nor in scanner seconds
 
 
 def test_fault_spec_errors_and_cli_flags(tmp_path, capsys):
@@ -241,8 +254,15 @@ def test_replay_studyforrest_slices_spread_over_tr(tmp_path):
     assert [int(r["slice"]) for r in rows] == list(range(35))
     period = 2.0 / speed
     starts = np.array([float(r["t_write_start"]) for r in rows])
-    assert np.median(np.abs(np.diff(starts) - period / 35)) < 0.005
-    assert starts[-1] - starts[0] == pytest.approx(period * 34 / 35, abs=0.05)
+    # Spread evenly, one slice every period / 35 (7 ms): how far each slice came after an even schedule
+    # started by the earliest-relative one. The writer waits for each slice's due time, so a loaded machine
+    # only makes slices late, and a late one is followed by a catch-up (under two busy loops the gaps went
+    # 15, 0.5, 7, 16, 0.4 ms: the median of |gap - 7 ms| was 6 ms against a bound of 5 ms). All slices at
+    # once, or spread over two periods, put the last slice 0.24 s off that schedule.
+    behind = starts - np.arange(35) * period / 35
+    behind -= behind.min()
+    assert behind.max() < 0.1, behind.round(3)
+    assert starts[-1] - starts[0] == pytest.approx(period * 34 / 35, abs=0.12)
     positions = []
     for r in rows:
         path = Path(r["path"])

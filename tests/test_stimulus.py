@@ -296,7 +296,8 @@ def test_link_poll_respects_timeout(pub):
     with FeedbackLink(address, _free_address()) as link:
         t0 = time.perf_counter()
         assert link.poll(30) == []
-        assert time.perf_counter() - t0 < 0.5
+        # 30 ms, not 30 s (the unit) nor for ever; the bound leaves a loaded machine's scheduling delays aside
+        assert time.perf_counter() - t0 < 3.0
 
 
 def test_link_publishes_heartbeat_and_displayed(pub):

@@ -351,7 +351,11 @@ def test_atlas_strategy_puts_the_mni_region_on_each_sessions_grid(tmp_path, caps
     reference = roidef.load_reference(func / "sub-P01_ses-01_task-loc_run-1_desc-rtnf_bold.nii", volume=0)
     expected = roidef.mni_roi(reference.grid, roidef.register_mni(reference), region="anterior_cingulate").mask
     mask = nib.load(mask_path)
-    assert np.array_equal(np.asarray(mask.dataobj) > 0, expected)
+    # Two registrations with two ITK threads: their threaded sums may differ in the last digits (up to 3e-4 mm,
+    # depending on the process's history), which can move a voxel on the region's edge in or out; a mask from
+    # another region or another registration differs in tens of voxels.
+    differ = np.sum((np.asarray(mask.dataobj) > 0) != expected)
+    assert expected.sum() > 20 and differ <= 2, (differ, expected.sum())
     ijk = np.argwhere(expected)
     com = mask.affine[:3, :3] @ ijk.mean(axis=0) + mask.affine[:3, 3]
     assert np.linalg.norm(com - [0.0, 30.0, 12.0]) < 6.0

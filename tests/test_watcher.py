@@ -45,7 +45,7 @@ def _watch_while_writing(tmp_path: Path, n: int, mode: str, watch: str, speed: f
     try:
         writer = ScannerWriter(export, spec, mode=mode, n_chunks=4, chunk_delay_s=0.005, speed=speed, recon_delay_s=0.0)
         writer.write_run(SyntheticRun(spec), truth)
-        wait_until(lambda: len(order) >= n, 5)
+        wait_until(lambda: len(order) >= n, 60)  # the backlog of a loaded machine (the test asserts the count)
     finally:
         watcher.stop()
     return handed, order, read_tsv(truth / "files.tsv")
