@@ -39,14 +39,18 @@ from rtnf.scanner.export import Arrival
 from rtnf.scanner.filenames import FileNames
 from rtnf.wire.messages import volume_label
 from rtnf.scanner.nifti import VolumeReadError
+from rtnf.scanner.rewrite import read_rewritten
 from rtnf.analysis.protocol import Protocol
 from rtnf.analysis.rois import make_roi
-from rtnf.scanner.volume import Grid
+from rtnf.scanner.volume import Grid, Volume
 
 log = logging.getLogger(__name__)
 
 SLOW_SIGNAL_TR_FRACTION = 0.25
 """A feedback signal whose step takes more than this fraction of the TR is warned about (once a run)."""
+REWRITE_WAIT_S = 1.0
+"""Longest wait (s, and at most a TR) for a volume's files written again after hand-over to settle before
+they are read once more; later volumes wait meanwhile."""
 
 
 @dataclass
@@ -177,6 +181,25 @@ class VolumeProcessor:
         self._roi_masks: dict[str, np.ndarray] = {}
         self._preview_scale = 1.0
 
+    def _read(self, index: int, arrival: Arrival) -> Volume:
+        """Read the volume; files written again after their hand-over (a duplicate export) are read once more.
+
+        Raises
+        ------
+        VolumeReadError
+            The files cannot be read (and were not rewritten, or cannot be read once rewritten either).
+        """
+        try:
+            return arrival.load()
+        except VolumeReadError as exc:
+            # A rewrite read midway looks truncated; its complete copy follows within a file's write time.
+            volume = read_rewritten(arrival, limit_s=min(self.protocol.tr_s, REWRITE_WAIT_S))
+            if volume is None:
+                raise exc
+            log.info("%s (%s) was written again while it waited to be read; read again", self._label(index),
+                     arrival.name)
+            return volume
+
     def process(self, index: int, acquisition: int, arrival: Arrival) -> VolumeResult:
         """Process kept volume ``index``, read through ``arrival.load()``.
 
@@ -187,7 +210,7 @@ class VolumeProcessor:
         name = arrival.name
         t0 = time.perf_counter()
         try:
-            volume = arrival.load()
+            volume = self._read(index, arrival)
         except VolumeReadError as exc:
             log.warning("%s unreadable, treated as missing: %s", self._label(index), self.names.redact(str(exc), *arrival.paths))
             return self.missing(index, acquisition, name, t_detected, reason="unreadable file")
