@@ -23,14 +23,27 @@ SETTLE_S = 0.02
 
 
 def written_after(paths: Sequence[Path], t: float) -> bool:
-    """Whether any of ``paths`` was modified after ``t`` (s, epoch; a file that is gone counts as not)."""
+    """Whether any of ``paths`` was modified after ``t`` (s, epoch) and not in the future.
+
+    A file that is gone counts as not; so does one stamped ahead of this machine's clock (a share whose clock
+    runs ahead stamps every file so: it would make every corrupt file wait).
+    """
+    now = time.time()
     for path in paths:
         try:
-            if os.stat(path).st_mtime > t:
+            if t < os.stat(path).st_mtime <= now:
                 return True
         except OSError:
             continue
     return False
+
+
+def _outside_its_folder(path: Path) -> bool:
+    """Whether ``path`` is a symlink that resolves outside its folder (the watcher never reads such files)."""
+    try:
+        return path.is_symlink() and not path.resolve().is_relative_to(path.parent.resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        return True
 
 
 def _signatures(paths: Sequence[Path]) -> list[tuple[int, int] | None]:
@@ -74,14 +87,15 @@ def read_rewritten(arrival: Arrival, limit_s: float) -> Volume | None:
     Returns
     -------
     Volume or None
-        The volume read again; None when no file changed after ``arrival.t_detected`` (nothing to read again).
+        The volume read again; None when no file changed after ``arrival.t_detected`` (nothing to read again)
+        or a file is now a symlink out of its folder.
 
     Raises
     ------
     VolumeReadError
         No readable copy within ``limit_s``.
     """
-    if not written_after(arrival.paths, arrival.t_detected):
+    if not written_after(arrival.paths, arrival.t_detected) or any(map(_outside_its_folder, arrival.paths)):
         return None
     deadline = time.monotonic() + limit_s
     while True:
@@ -92,5 +106,5 @@ def read_rewritten(arrival: Arrival, limit_s: float) -> Volume | None:
         except VolumeReadError:
             while _signatures(arrival.paths) == seen and time.monotonic() < deadline:
                 time.sleep(SETTLE_S)  # the rest of the rewrite, if it comes
-            if _signatures(arrival.paths) == seen:
+            if time.monotonic() >= deadline or _signatures(arrival.paths) == seen:
                 raise

@@ -305,7 +305,7 @@ class VolumeWatcher(FileSystemEventHandler):
                 if path in self._rewritten:
                     return
                 self._rewritten.add(path)
-            log.warning("%s was written again after it was read (duplicate export); the new copy is ignored",
+            log.warning("%s was written again after it was handed over (duplicate export); it is not handed over again",
                         self.names.label(path.name))
 
     # ------------------------------------------------------------------ housekeeping
