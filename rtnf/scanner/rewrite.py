@@ -17,6 +17,7 @@ from pathlib import Path
 from .export import Arrival
 from .nifti import VolumeReadError
 from .volume import Volume
+from .watcher import file_signature
 
 SETTLE_S = 0.02
 """Files unchanged for this long (s) count as written."""
@@ -46,12 +47,12 @@ def _outside_its_folder(path: Path) -> bool:
         return True
 
 
-def _signatures(paths: Sequence[Path]) -> list[tuple[int, int] | None]:
-    out: list[tuple[int, int] | None] = []
+def _signatures(paths: Sequence[Path]) -> list[tuple[int, int, int] | None]:
+    """Each path's :func:`~rtnf.scanner.watcher.file_signature`, None for one that cannot be stat'ed."""
+    out: list[tuple[int, int, int] | None] = []
     for path in paths:
         try:
-            st = os.stat(path)
-            out.append((st.st_size, st.st_mtime_ns))
+            out.append(file_signature(os.stat(path)))
         except OSError:
             out.append(None)
     return out

@@ -56,7 +56,7 @@ Check = Callable[[Path], Any]
 OnReady = Callable[[Path, float, Any], None]
 
 
-def _signature(st: os.stat_result) -> tuple[int, int, int]:
+def file_signature(st: os.stat_result) -> tuple[int, int, int]:
     """What tells one state of a file from another: (type, size, mtime_ns)."""
     return stat.S_IFMT(st.st_mode), st.st_size, st.st_mtime_ns
 
@@ -234,8 +234,8 @@ class VolumeWatcher(FileSystemEventHandler):
         except OSError:
             return "gone", None, None, ""
         if not stat.S_ISREG(before.st_mode):
-            return "aside", _signature(before), None, f"{file_kind(before.st_mode)}, not a regular file; never read"
-        signature = _signature(before)
+            return "aside", file_signature(before), None, f"{file_kind(before.st_mode)}, not a regular file; never read"
+        signature = file_signature(before)
         if signature == self._aside.get(path):
             return "aside", signature, None, ""  # set aside before and unchanged: not judged again
         probe = self.check(path)
@@ -243,11 +243,11 @@ class VolumeWatcher(FileSystemEventHandler):
             after = os.stat(path)
         except OSError:
             return "gone", None, None, ""
-        signature = _signature(after)
+        signature = file_signature(after)
         reason = getattr(probe, "reason", "") if not probe else ""
         if not probe and getattr(probe, "state", None) == "refused":
             return "aside", signature, None, reason or "refused by the format check"
-        if _signature(before) != signature:
+        if file_signature(before) != signature:
             return "changing", signature, None, ""
         return ("complete" if probe else "incomplete"), signature, probe, ""
 
@@ -297,7 +297,7 @@ class VolumeWatcher(FileSystemEventHandler):
         if path in self._rewritten:
             return
         try:
-            signature = _signature(os.stat(path))
+            signature = file_signature(os.stat(path))
         except OSError:
             return
         if signature != handed:
